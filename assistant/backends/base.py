@@ -1,0 +1,74 @@
+"""One small protocol per backend kind. Adapters live beside this file, one per library."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from assistant.types import Chunk, EmbedderInfo, ModelInfo
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns text into unit-length vectors. Construction is cheap; ``warm_up`` loads."""
+
+    def warm_up(self) -> None: ...
+
+    @property
+    def info(self) -> EmbedderInfo: ...
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray: ...
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Holds chunk vectors. The manifest, not the store, is the source of truth for chunks."""
+
+    def warm_up(self, embedder: EmbedderInfo) -> None: ...
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None: ...
+
+    def delete_doc(self, doc_id: str) -> None: ...
+
+    def delete_ids(self, ids: Sequence[str]) -> None: ...
+
+    def query(
+        self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[tuple[str, float]]: ...
+
+    def ids(self) -> set[str]: ...
+
+    def count(self) -> int: ...
+
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model. Greedy when temperature is 0 so the same inputs give the same answer."""
+
+    def warm_up(self) -> None: ...
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class LogProbScorer(Protocol):
+    """Optional LLM capability used by attribution: teacher-forced log-probabilities.
+
+    For each prompt (a message list) returns log p(target_i | prompt) for every target span,
+    where the targets are consecutive pieces of one completion (answer sentences). Summing a
+    row gives log p(whole completion | prompt).
+    """
+
+    def logprobs(
+        self, prompts: Sequence[Sequence[Message]], targets: Sequence[str]
+    ) -> np.ndarray: ...

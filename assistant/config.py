@@ -1,0 +1,177 @@
+"""The one settings object.
+
+Precedence, lowest first: defaults, an optional ``clinrag.toml``, ``CLINRAG_*`` environment
+variables, then explicit overrides (CLI flags). ``load_settings`` is called only at the edges
+(the CLI and the UI) and the result is passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from assistant.errors import ConfigError
+
+ENV_PREFIX = "CLINRAG_"
+# Environment names that are not settings fields.
+_ENV_NOT_FIELDS = {"CLINRAG_CONFIG"}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(Path(".clinrag"), description="Everything clinrag writes lives here.")
+
+    # ingestion
+    max_file_mb: float = Field(50.0, gt=0, description="Files larger than this are refused.")
+    max_pages: int = Field(2000, gt=0, description="PDFs with more pages are refused.")
+    chunk_chars: int = Field(700, ge=200, le=4000, description="Target chunk size.")
+    chunk_overlap_sentences: int = Field(0, ge=0, le=3)
+
+    # embedding and store
+    embedder: str = "sentence_transformers"
+    embedder_model: str = Field("", description="Local model dir; empty = packaged MiniLM.")
+    embed_batch_size: int = Field(64, gt=0)
+    vector_store: str = "chroma"
+    chroma_url: str | None = Field(None, description="Use a Chroma server instead of embedded.")
+    collection: str = "clinrag"
+
+    # retrieval
+    top_k: int = Field(5, gt=0, le=50)
+    candidates: int = Field(40, gt=0, description="Per-retriever candidates before fusion.")
+    rrf_k: int = Field(60, gt=0)
+    reranker_model: str | None = Field(None, description="Local cross-encoder dir, optional.")
+
+    # generation
+    llm: str = "transformers"
+    llm_model: str = Field("", description="HF dir, .gguf file or server model; empty = packaged.")
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_new_tokens: int = Field(160, gt=0, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    prompt_template: str = "answer_v1"
+    max_question_chars: int = Field(2000, gt=0)
+
+    # citations and abstention
+    support_threshold: float = Field(0.5, ge=0, le=1)
+    abstain_min_relevance: float = Field(0.3, ge=-1, le=1)
+    abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
+
+    # attribution and audit
+    attribution: Literal["surrogate", "shap", "loo", "similarity", "off"] = "surrogate"
+    attribution_ablations: int = Field(32, gt=0, le=1024)
+    attribution_max_sentences: int = Field(40, gt=0)
+    audit_questions: Literal["verbatim", "redacted", "hashed"] = "verbatim"
+    audit_checkpoint_every: int = Field(100, gt=0)
+    user: str = Field("local", description="Recorded as the asker in the audit log.")
+    role: str = "clinician"
+
+    # derived locations
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.home / "manifest.sqlite"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.home / "writer.lock"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.home / "audit.sqlite"
+
+    @property
+    def audit_checkpoint(self) -> Path:
+        return self.home / "audit.checkpoint.json"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.home / "keys" / "audit.key"
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_FIELDS:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown environment variable {name}. Valid names are CLINRAG_ plus one of: "
+                + ", ".join(sorted(k.upper() for k in fields))
+            )
+        values[key] = raw
+    return values
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path(env.get("CLINRAG_CONFIG", "clinrag.toml"))
+    if path.is_file():
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it.") from exc
+    elif config_file:
+        raise ConfigError(f"Config file {path} does not exist.")
+    values.update(_env_values(env))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"Invalid settings ({problems}). Check clinrag.toml and CLINRAG_* variables.") from exc
+
+
+def offline_environment() -> dict[str, str]:
+    """Variables that keep every library offline and telemetry-free; applied at the edges."""
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def apply_offline_environment() -> None:
+    for key, value in offline_environment().items():
+        os.environ.setdefault(key, value)
+
+
+def ensure_home(settings: Settings) -> Path:
+    """Create the home folder owner-only: it holds the store, audit log and keys."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.chmod(0o700)
+    except OSError:
+        pass
+    return home

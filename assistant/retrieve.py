@@ -1,0 +1,124 @@
+"""Hybrid retrieval: dense (vector store) + lexical (BM25), fused by reciprocal rank fusion.
+
+Every stage's score and rank is kept on the Hit so the audit record shows why a chunk was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant import backends
+from assistant.config import Settings
+from assistant.errors import IndexEmptyError
+from assistant.types import Hit
+from ingest.index import Index, indexed_text
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrict retrieval by document metadata; empty means everything the user may see."""
+
+    doc_ids: tuple[str, ...] = ()
+    issuing_body: str | None = None
+    published_after: str | None = None  # compared as ISO strings: "2015" < "2015-06" < "2016"
+    published_before: str | None = None
+    roles: tuple[str, ...] = field(default=())  # the asker's roles, for restricted documents
+
+    def allows(self, doc: dict[str, Any]) -> bool:
+        meta = doc["metadata"]
+        if self.doc_ids and doc["doc_id"] not in self.doc_ids:
+            return False
+        if self.issuing_body and self.issuing_body.lower() not in meta.get("issuing_body", "").lower():
+            return False
+        date = meta.get("publication_date", "")
+        if self.published_after and (not date or date < self.published_after):
+            return False
+        if self.published_before and (not date or date > self.published_before):
+            return False
+        restricted = [r.strip() for r in meta.get("restricted_roles", "").split(",") if r.strip()]
+        return not restricted or bool(set(restricted) & set(self.roles))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.doc_ids or self.issuing_body or self.published_after or self.published_before)
+
+
+class Retriever:
+    def __init__(self, settings: Settings, index: Index | None = None) -> None:
+        self.settings = settings
+        self.index = index or Index(settings)
+        self.lexical = backends.create("lexical", "bm25s", settings)
+        self.reranker = (
+            backends.create("reranker", "cross_encoder", settings) if settings.reranker_model else None
+        )
+
+    def warm_up(self) -> None:
+        self.index.warm_up()
+        self._refresh_lexical()
+        if self.reranker is not None:
+            self.reranker.warm_up()
+
+    def _refresh_lexical(self) -> None:
+        manifest = self.index.manifest
+        self.lexical.load_or_build(
+            self.index.version,
+            lambda: [(c.chunk_id, indexed_text(c)) for c in manifest.chunks()],
+        )
+
+    def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
+        k = k or self.settings.top_k
+        filters = filters or Filters()
+        self.index.warm_up()
+        self._refresh_lexical()
+        if self.lexical.size == 0:
+            raise IndexEmptyError("The library is empty. Ingest documents first: clinrag ingest PATH")
+        docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
+        allowed = {doc_id for doc_id, d in docs.items() if filters.allows(d)}
+        if not allowed:
+            return []
+        restricted = len(allowed) < len(docs)
+        n = self.settings.candidates
+        where = {"doc_id": {"$in": sorted(allowed)}} if restricted else None
+        vector = self.index.embedder.embed([question], query=True)[0]
+        dense = self.index.store.query(vector, n, where)
+        # BM25 cannot filter inside the index: over-fetch, then drop what the filter forbids
+        lexical = self.lexical.search(question, n * (4 if restricted else 1))
+
+        chunks = self.index.manifest.chunks_by_id(sorted({i for i, _ in dense} | {i for i, _ in lexical}))
+        hits: dict[str, Hit] = {}
+        fused: dict[str, float] = {}
+        for stage, results in (("dense", dense), ("bm25", lexical)):
+            rank = 0
+            for chunk_id, score in results:
+                chunk = chunks.get(chunk_id)
+                if chunk is None or chunk.doc_id not in allowed:
+                    continue  # removed since the lexical index was built, or filtered out
+                rank += 1
+                if rank > n:
+                    break
+                hit = hits.setdefault(chunk_id, Hit(chunk=chunk, score=0.0))
+                setattr(hit, f"{stage}_score", score)
+                setattr(hit, f"{stage}_rank", rank)
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (self.settings.rrf_k + rank)
+        for chunk_id, hit in hits.items():
+            hit.score = fused[chunk_id]
+        ranked = sorted(hits.values(), key=lambda h: (-h.score, h.chunk.chunk_id))
+        if self.reranker is not None and ranked:
+            pool = ranked[: max(k * 4, 20)]
+            scores = self.reranker.score(question, [h.chunk.text for h in pool])
+            for hit, s in zip(pool, scores, strict=True):
+                hit.rerank_score = float(s)
+            ranked = sorted(pool, key=lambda h: -(h.rerank_score or 0.0))
+        top = ranked[:k]
+        self._fill_dense_scores(vector, top)
+        return top
+
+    def _fill_dense_scores(self, vector: Any, hits: list[Hit]) -> None:
+        """BM25-only hits get their cosine too: abstention compares relevance on one scale."""
+        missing = [h for h in hits if h.dense_score is None]
+        if not missing:
+            return
+        vectors = self.index.embedder.embed([indexed_text(h.chunk) for h in missing])
+        for hit, v in zip(missing, vectors, strict=True):
+            hit.dense_score = float(v @ vector)

@@ -1,0 +1,154 @@
+"""clinrag's own data types. No LangChain, Chroma or torch type crosses a module boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Block:
+    """A run of text with one position in the document: a paragraph under a heading on a page."""
+
+    text: str
+    section: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass
+class Document:
+    """A loaded file. ``text`` is the blocks joined by blank lines; offsets index into it."""
+
+    doc_id: str
+    title: str
+    source_path: str
+    sha256: str
+    blocks: list[Block]
+    metadata: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str
+    doc_id: str
+    text: str
+    title: str
+    section: str
+    page: int | None
+    char_start: int
+    char_end: int
+    doc_sha256: str
+    source_path: str
+    ingested_at: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def content_hash(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Hit:
+    """A retrieved chunk with every stage's score kept for the audit record."""
+
+    chunk: Chunk
+    score: float
+    dense_score: float | None = None
+    dense_rank: int | None = None
+    bm25_score: float | None = None
+    bm25_rank: int | None = None
+    rerank_score: float | None = None
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    name: str
+    model: str
+    weights_hash: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    backend: str
+    model_id: str
+    weights_hash: str
+
+
+@dataclass
+class Generation:
+    text: str
+    model: ModelInfo
+    prompt_hash: str
+    template: str
+    decoding: dict[str, Any]
+    seconds: float
+    first_token_seconds: float | None = None
+    tokens: int = 0
+
+
+@dataclass
+class SourceSentence:
+    """One sentence of one retrieved chunk: the unit that citations and attribution point at."""
+
+    index: int
+    n: int  # the 1-based source number shown in the prompt
+    chunk_id: str
+    text: str
+
+
+@dataclass
+class AnswerSentence:
+    text: str
+    citations: list[int]
+    supported: bool
+    support: float
+    evidence: list[int] = field(default_factory=list)  # SourceSentence indices
+
+
+@dataclass
+class Citation:
+    n: int
+    doc_id: str
+    chunk_id: str
+    title: str
+    section: str
+    page: int | None
+    text: str
+    score: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Evidence:
+    n: int
+    text: str
+    doc_id: str
+    title: str
+    section: str
+    page: int | None
+    score: float
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    abstained: bool
+    sentences: list[AnswerSentence]
+    citations: list[Citation]
+    evidence: list[Evidence]
+    hits: list[Hit]
+    source_sentences: list[SourceSentence]
+    generation: Generation | None
+    timings: dict[str, float]
+    abstain_reason: str | None = None
+    nearest_documents: list[dict[str, Any]] = field(default_factory=list)
+    attribution: dict[str, Any] | None = None
+    audit_id: int | None = None

@@ -1,0 +1,1 @@
+"""Ingestion: load files into Documents, split them into Chunks, embed and index them."""

@@ -1,0 +1,221 @@
+"""The manifest (SQLite): which documents and chunks the index holds, and their hashes.
+
+It is the source of truth: the vector store can be rebuilt from it, and a document whose row is
+still ``pending`` after a crash is rolled back and re-ingested on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from assistant.types import Chunk
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_documents_and_chunks",
+        """
+        CREATE TABLE documents (
+            doc_id TEXT PRIMARY KEY,
+            source_path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            title TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            n_chunks INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'complete')),
+            ingested_at TEXT NOT NULL,
+            warnings TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE TABLE chunks (
+            chunk_id TEXT PRIMARY KEY,
+            doc_id TEXT NOT NULL REFERENCES documents(doc_id),
+            ord INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            section TEXT NOT NULL,
+            page INTEGER,
+            char_start INTEGER NOT NULL,
+            char_end INTEGER NOT NULL,
+            ingested_at TEXT NOT NULL
+        );
+        CREATE INDEX chunks_doc ON chunks(doc_id, ord);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('index_version', '0');
+        """,
+    ),
+]
+
+
+class Manifest:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if new:
+                os.chmod(self.path, 0o600)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # reads
+    def documents(self, state: str | None = "complete") -> list[dict[str, Any]]:
+        sql = "SELECT * FROM documents" + (" WHERE state = ?" if state else "") + " ORDER BY doc_id"
+        rows = self.conn.execute(sql, (state,) if state else ()).fetchall()
+        return [_doc_row(r) for r in rows]
+
+    def document(self, doc_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        return _doc_row(row) if row else None
+
+    def chunks(self, doc_ids: Iterable[str] | None = None) -> list[Chunk]:
+        sql = (
+            "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata FROM chunks c "
+            "JOIN documents d USING (doc_id) WHERE d.state = 'complete'"
+        )
+        params: list[str] = []
+        if doc_ids is not None:
+            ids = list(doc_ids)
+            sql += f" AND c.doc_id IN ({','.join('?' * len(ids))})"
+            params = ids
+        rows = self.conn.execute(sql + " ORDER BY c.doc_id, c.ord", params).fetchall()
+        return [_chunk_row(r) for r in rows]
+
+    def chunks_by_id(self, ids: Sequence[str]) -> dict[str, Chunk]:
+        out: dict[str, Chunk] = {}
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            rows = self.conn.execute(
+                "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata FROM chunks c "
+                f"JOIN documents d USING (doc_id) WHERE c.chunk_id IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            out.update((r["chunk_id"], _chunk_row(r)) for r in rows)
+        return out
+
+    def chunk_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT chunk_id FROM chunks")}
+
+    def index_version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'index_version'").fetchone()
+        return int(row[0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # writes (callers hold the writer lock)
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def bump_version(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'index_version'"
+        )
+
+    def mark_pending(self, doc: Any, now: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, 0, 'pending', ?, ?) "
+                "ON CONFLICT(doc_id) DO UPDATE SET state = 'pending', source_path = excluded.source_path",
+                (doc.doc_id, doc.source_path, doc.sha256, doc.title,
+                 json.dumps(doc.metadata, sort_keys=True), now, json.dumps(doc.warnings)),
+            )
+
+    def complete(self, doc: Any, chunks: Sequence[Chunk], now: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
+            conn.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (c.chunk_id, c.doc_id, i, c.text, c.section, c.page, c.char_start,
+                     c.char_end, c.ingested_at)
+                    for i, c in enumerate(chunks)
+                ],
+            )
+            conn.execute(
+                "UPDATE documents SET source_path = ?, sha256 = ?, title = ?, metadata = ?, "
+                "n_chunks = ?, state = 'complete', ingested_at = ?, warnings = ? WHERE doc_id = ?",
+                (doc.source_path, doc.sha256, doc.title, json.dumps(doc.metadata, sort_keys=True),
+                 len(chunks), now, json.dumps(doc.warnings), doc.doc_id),
+            )
+            self.bump_version(conn)
+
+    def forget(self, doc_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+            conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+            self.bump_version(conn)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("ROLLBACK")
+                continue
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT INTO migrations VALUES (?, datetime('now'))", (name,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def _doc_row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["metadata"] = json.loads(out["metadata"])
+    out["warnings"] = json.loads(out["warnings"])
+    return out
+
+
+def _chunk_row(r: sqlite3.Row) -> Chunk:
+    return Chunk(
+        chunk_id=r["chunk_id"],
+        doc_id=r["doc_id"],
+        text=r["text"],
+        title=r["title"],
+        section=r["section"],
+        page=r["page"],
+        char_start=r["char_start"],
+        char_end=r["char_end"],
+        doc_sha256=r["sha256"],
+        source_path=r["source_path"],
+        ingested_at=r["ingested_at"],
+        metadata=json.loads(r["metadata"]),
+    )
