@@ -7,6 +7,7 @@ variables, then explicit overrides (CLI flags). ``load_settings`` is called only
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -146,7 +147,9 @@ def load_settings(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"Invalid settings ({problems}). Check clinrag.toml and CLINRAG_* variables.") from exc
+        raise ConfigError(
+            f"Invalid settings ({problems}). Check clinrag.toml and CLINRAG_* variables."
+        ) from exc
 
 
 def offline_environment() -> dict[str, str]:
@@ -170,8 +173,6 @@ def ensure_home(settings: Settings) -> Path:
     """Create the home folder owner-only: it holds the store, audit log and keys."""
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(OSError):
         home.chmod(0o700)
-    except OSError:
-        pass
     return home

@@ -29,7 +29,10 @@ class Filters:
         meta = doc["metadata"]
         if self.doc_ids and doc["doc_id"] not in self.doc_ids:
             return False
-        if self.issuing_body and self.issuing_body.lower() not in meta.get("issuing_body", "").lower():
+        if (
+            self.issuing_body
+            and self.issuing_body.lower() not in meta.get("issuing_body", "").lower()
+        ):
             return False
         date = meta.get("publication_date", "")
         if self.published_after and (not date or date < self.published_after):
@@ -41,7 +44,9 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return bool(self.doc_ids or self.issuing_body or self.published_after or self.published_before)
+        return bool(
+            self.doc_ids or self.issuing_body or self.published_after or self.published_before
+        )
 
 
 class Retriever:
@@ -50,7 +55,9 @@ class Retriever:
         self.index = index or Index(settings)
         self.lexical = backends.create("lexical", "bm25s", settings)
         self.reranker = (
-            backends.create("reranker", "cross_encoder", settings) if settings.reranker_model else None
+            backends.create("reranker", "cross_encoder", settings)
+            if settings.reranker_model
+            else None
         )
 
     def warm_up(self) -> None:
@@ -66,13 +73,17 @@ class Retriever:
             lambda: [(c.chunk_id, indexed_text(c)) for c in manifest.chunks()],
         )
 
-    def retrieve(self, question: str, k: int | None = None, filters: Filters | None = None) -> list[Hit]:
+    def retrieve(
+        self, question: str, k: int | None = None, filters: Filters | None = None
+    ) -> list[Hit]:
         k = k or self.settings.top_k
         filters = filters or Filters()
         self.index.warm_up()
         self._refresh_lexical()
         if self.lexical.size == 0:
-            raise IndexEmptyError("The library is empty. Ingest documents first: clinrag ingest PATH")
+            raise IndexEmptyError(
+                "The library is empty. Ingest documents first: clinrag ingest PATH"
+            )
         docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
         allowed = {doc_id for doc_id, d in docs.items() if filters.allows(d)}
         if not allowed:
@@ -85,7 +96,9 @@ class Retriever:
         # BM25 cannot filter inside the index: over-fetch, then drop what the filter forbids
         lexical = self.lexical.search(question, n * (4 if restricted else 1))
 
-        chunks = self.index.manifest.chunks_by_id(sorted({i for i, _ in dense} | {i for i, _ in lexical}))
+        chunks = self.index.manifest.chunks_by_id(
+            sorted({i for i, _ in dense} | {i for i, _ in lexical})
+        )
         hits: dict[str, Hit] = {}
         fused: dict[str, float] = {}
         for stage, results in (("dense", dense), ("bm25", lexical)):

@@ -31,7 +31,11 @@ EMBED_GROUP_CHUNKS = 2048  # embed across documents in large batches; write per 
 
 def indexed_text(chunk: Chunk) -> str:
     """What is embedded and BM25-indexed: the chunk with its title and section as context."""
-    return f"{chunk.title}\n{chunk.section}\n{chunk.text}" if chunk.section else f"{chunk.title}\n{chunk.text}"
+    return (
+        f"{chunk.title}\n{chunk.section}\n{chunk.text}"
+        if chunk.section
+        else f"{chunk.title}\n{chunk.text}"
+    )
 
 
 @dataclass
@@ -264,7 +268,9 @@ def ingest(
                 continue
             result.status = "updated" if existing else "added"
             pending.append((doc, result))
-            group_chunks += sum(len(b.text) for b in doc.blocks) // max(settings.chunk_chars // 2, 1)
+            group_chunks += sum(len(b.text) for b in doc.blocks) // max(
+                settings.chunk_chars // 2, 1
+            )
             if group_chunks >= EMBED_GROUP_CHUNKS:
                 flush()
                 group_chunks = 0
@@ -273,7 +279,9 @@ def ingest(
             for doc in index.manifest.documents(state=None):
                 if not Path(doc["source_path"]).exists():
                     index.remove(doc["doc_id"])
-                    emit(FileResult(path=doc["source_path"], status="removed", doc_id=doc["doc_id"]))
+                    emit(
+                        FileResult(path=doc["source_path"], status="removed", doc_id=doc["doc_id"])
+                    )
         bar.close()
         summary.index_version = index.manifest.index_version()
     return summary

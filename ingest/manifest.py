@@ -116,7 +116,8 @@ class Manifest:
             part = list(ids[start : start + 500])
             rows = self.conn.execute(
                 "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata FROM chunks c "
-                f"JOIN documents d USING (doc_id) WHERE c.chunk_id IN ({','.join('?' * len(part))})",
+                "JOIN documents d USING (doc_id) "
+                f"WHERE c.chunk_id IN ({','.join('?' * len(part))})",
                 part,
             ).fetchall()
             out.update((r["chunk_id"], _chunk_row(r)) for r in rows)
@@ -146,9 +147,17 @@ class Manifest:
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO documents VALUES (?, ?, ?, ?, ?, 0, 'pending', ?, ?) "
-                "ON CONFLICT(doc_id) DO UPDATE SET state = 'pending', source_path = excluded.source_path",
-                (doc.doc_id, doc.source_path, doc.sha256, doc.title,
-                 json.dumps(doc.metadata, sort_keys=True), now, json.dumps(doc.warnings)),
+                "ON CONFLICT(doc_id) DO UPDATE SET state = 'pending', "
+                "source_path = excluded.source_path",
+                (
+                    doc.doc_id,
+                    doc.source_path,
+                    doc.sha256,
+                    doc.title,
+                    json.dumps(doc.metadata, sort_keys=True),
+                    now,
+                    json.dumps(doc.warnings),
+                ),
             )
 
     def complete(self, doc: Any, chunks: Sequence[Chunk], now: str) -> None:
@@ -157,16 +166,33 @@ class Manifest:
             conn.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (c.chunk_id, c.doc_id, i, c.text, c.section, c.page, c.char_start,
-                     c.char_end, c.ingested_at)
+                    (
+                        c.chunk_id,
+                        c.doc_id,
+                        i,
+                        c.text,
+                        c.section,
+                        c.page,
+                        c.char_start,
+                        c.char_end,
+                        c.ingested_at,
+                    )
                     for i, c in enumerate(chunks)
                 ],
             )
             conn.execute(
                 "UPDATE documents SET source_path = ?, sha256 = ?, title = ?, metadata = ?, "
                 "n_chunks = ?, state = 'complete', ingested_at = ?, warnings = ? WHERE doc_id = ?",
-                (doc.source_path, doc.sha256, doc.title, json.dumps(doc.metadata, sort_keys=True),
-                 len(chunks), now, json.dumps(doc.warnings), doc.doc_id),
+                (
+                    doc.source_path,
+                    doc.sha256,
+                    doc.title,
+                    json.dumps(doc.metadata, sort_keys=True),
+                    len(chunks),
+                    now,
+                    json.dumps(doc.warnings),
+                    doc.doc_id,
+                ),
             )
             self.bump_version(conn)
 

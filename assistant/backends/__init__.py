@@ -9,7 +9,9 @@ from assistant.errors import ConfigError
 
 REGISTRY: dict[str, dict[str, str]] = {
     "embedder": {
-        "sentence_transformers": "assistant.backends.sentence_transformers:SentenceTransformerEmbedder",
+        "sentence_transformers": (
+            "assistant.backends.sentence_transformers:SentenceTransformerEmbedder"
+        ),
     },
     "vector_store": {
         "chroma": "assistant.backends.chroma:ChromaStore",

@@ -34,7 +34,9 @@ class OpenAILLM:
     @property
     def info(self) -> ModelInfo:
         # A remote server's weights cannot be hashed from here; the id and URL are recorded.
-        return ModelInfo(backend="openai", model_id=self._model, weights_hash=f"remote:{self._base_url}")
+        return ModelInfo(
+            backend="openai", model_id=self._model, weights_hash=f"remote:{self._base_url}"
+        )
 
     def stream(
         self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float

@@ -93,7 +93,10 @@ class SentenceTransformerEmbedder:
         with _lock:
             self._model = _load(str(model_dir), _device(self._device_setting))
         name = PACKAGED_EMBEDDER_NAME if not self._model_setting else model_dir.name
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dimension = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
         dim = int(dimension())
         self._info = EmbedderInfo(
             name="sentence_transformers", model=name, weights_hash=_cached_hash(model_dir), dim=dim

@@ -71,7 +71,9 @@ _load_lock = threading.Lock()
 
 
 @cache
-def _load(source: str, gguf_name: str | None, cache_root: str, device: str) -> tuple[Any, Any, dict]:
+def _load(
+    source: str, gguf_name: str | None, cache_root: str, device: str
+) -> tuple[Any, Any, dict]:
     """Load (model, tokenizer, identity) once per process for these parameters."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

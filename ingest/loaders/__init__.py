@@ -12,10 +12,20 @@ from assistant.errors import LoadError
 from assistant.types import Block, Document
 from ingest.loaders.metadata import SIDECAR_SUFFIX, read_sidecar
 
-SUPPORTED = {".pdf": "pdf", ".html": "html", ".htm": "html", ".md": "markdown",
-             ".markdown": "markdown", ".txt": "text", ".text": "text", ".docx": "docx"}
+SUPPORTED = {
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".docx": "docx",
+}
 # Files in a library folder that describe it rather than belong to it.
-SKIPPED_NAMES = re.compile(r"^(readme|about|license|changelog)(\.[a-z]+)?$|^example_questions\.json$", re.I)
+SKIPPED_NAMES = re.compile(
+    r"^(readme|about|license|changelog)(\.[a-z]+)?$|^example_questions\.json$", re.I
+)
 
 # Zero-width and Unicode tag characters hide text from a reader but not from the model.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\U000e0000-\U000e007f]")
@@ -58,13 +68,18 @@ def load_document(path: Path, *, max_bytes: int, max_pages: int) -> Document:
 
     kind = SUPPORTED.get(path.suffix.lower())
     if kind is None:
-        raise LoadError("unsupported_type", f"'{path.suffix or path.name}' files are not supported "
-                        f"(supported: {', '.join(sorted(SUPPORTED))})")
+        raise LoadError(
+            "unsupported_type",
+            f"'{path.suffix or path.name}' files are not supported "
+            f"(supported: {', '.join(sorted(SUPPORTED))})",
+        )
     if path.is_symlink() or not path.is_file():
         raise LoadError("not_a_regular_file", "symlinks and special files are not ingested")
     size = path.stat().st_size
     if size > max_bytes:
-        raise LoadError("too_large", f"{size / 1e6:.1f} MB exceeds max_file_mb ({max_bytes / 1e6:.1f} MB)")
+        raise LoadError(
+            "too_large", f"{size / 1e6:.1f} MB exceeds max_file_mb ({max_bytes / 1e6:.1f} MB)"
+        )
     if size == 0:
         raise LoadError("empty_file", "the file is empty")
     data = path.read_bytes()

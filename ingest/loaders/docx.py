@@ -35,7 +35,9 @@ def load_docx(data: bytes) -> tuple[str | None, list[Block], dict[str, str]]:
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as exc:  # python-docx / lxml raise many types on broken XML
-        raise LoadError("corrupt_docx", f"the DOCX cannot be parsed ({exc.__class__.__name__})") from exc
+        raise LoadError(
+            "corrupt_docx", f"the DOCX cannot be parsed ({exc.__class__.__name__})"
+        ) from exc
     title = (document.core_properties.title or "").strip() or None
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []

@@ -24,12 +24,16 @@ def load_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block], dict
             except Exception:  # pypdf raises several types for unsupported ciphers
                 ok = 0
             if not ok:
-                raise LoadError("encrypted_pdf", "the PDF is password-protected; save it unprotected")
+                raise LoadError(
+                    "encrypted_pdf", "the PDF is password-protected; save it unprotected"
+                )
         n_pages = len(reader.pages)
     except LoadError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise LoadError("corrupt_pdf", f"the PDF cannot be read ({exc.__class__.__name__})") from exc
+        raise LoadError(
+            "corrupt_pdf", f"the PDF cannot be read ({exc.__class__.__name__})"
+        ) from exc
     if n_pages == 0:
         raise LoadError("empty_pdf", "the PDF has no pages")
     if n_pages > max_pages:
@@ -53,16 +57,9 @@ def load_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block], dict
     levels: list[tuple[float, str]] = []
     for page_no, lines in enumerate(pages, start=1):
         buf: list[str] = []
-
-        def flush(page_no: int = page_no, buf: list[str] = buf) -> None:
-            text = " ".join(buf).strip()
-            if text:
-                blocks.append(Block(text, section, page_no))
-            buf.clear()
-
         for text, size in lines:
             if size >= body * 1.15 and len(text) < 120:
-                flush()
+                _flush(buf, blocks, section, page_no)
                 if title is None and not blocks and not levels:
                     title = text
                     continue
@@ -70,12 +67,10 @@ def load_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block], dict
                 levels = [(s, h) for s, h in levels if s > size + 0.5] + [(size, text)]
                 section = tuple(h for _, h in levels)
                 continue
+            buf.append(text)
             if text.endswith((".", ":", "?", "!")) or text.startswith(("-", "•")):
-                buf.append(text)
-                flush()
-            else:
-                buf.append(text)
-        flush()
+                _flush(buf, blocks, section, page_no)
+        _flush(buf, blocks, section, page_no)
     return title, blocks, {}
 
 
@@ -104,3 +99,10 @@ def _lines_with_size(page: Any) -> list[tuple[str, float]]:
     if current.strip():
         lines.append((" ".join(current.split()), current_size))
     return lines
+
+
+def _flush(buf: list[str], blocks: list[Block], section: tuple[str, ...], page: int) -> None:
+    text = " ".join(buf).strip()
+    if text:
+        blocks.append(Block(text, section, page))
+    buf.clear()
