@@ -54,14 +54,14 @@ class Settings(BaseModel):
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_new_tokens: int = Field(160, gt=0, le=4096)
+    max_new_tokens: int = Field(96, gt=0, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     prompt_template: str = "answer_v1"
     max_question_chars: int = Field(2000, gt=0)
 
     # citations and abstention
     support_threshold: float = Field(0.5, ge=0, le=1)
-    abstain_min_relevance: float = Field(0.3, ge=-1, le=1)
+    abstain_min_relevance: float = Field(0.42, ge=-1, le=1)
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
 
     # attribution and audit

@@ -1,0 +1,254 @@
+"""The `clinrag` command. Settings are loaded here, once, and passed down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from assistant.config import Settings, apply_offline_environment, ensure_home, load_settings
+from assistant.errors import ClinragError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clinrag", description=__doc__)
+    p.add_argument("--config", type=Path, help="settings file (default ./clinrag.toml if present)")
+    p.add_argument("--home", type=Path, help="data folder (default $CLINRAG_HOME or ./.clinrag)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="add or update documents in the library")
+    ing.add_argument("paths", nargs="+", type=Path)
+    ing.add_argument("--prune", action="store_true", help="remove documents whose files are gone")
+    ing.add_argument(
+        "--if-empty", action="store_true", help="do nothing if the library has documents"
+    )
+    ing.add_argument("--json", action="store_true")
+
+    src = sub.add_parser("sources", help="list the documents in the library")
+    src.add_argument("--json", action="store_true")
+
+    rem = sub.add_parser("remove", help="remove one document from the library")
+    rem.add_argument("doc_id")
+
+    ask = sub.add_parser("ask", help="ask a question")
+    ask.add_argument("question")
+    ask.add_argument("--json", action="store_true")
+    ask.add_argument("--k", type=int, help="number of passages to retrieve")
+    ask.add_argument("--user", help="asker recorded in the audit log")
+    ask.add_argument("--role", help="asker's role (clinician, auditor, admin)")
+
+    aud = sub.add_parser("audit", help="verify, list, show, export or replay audit records")
+    asub = aud.add_subparsers(dest="audit_command", required=True)
+    asub.add_parser("verify", help="check the hash chain and checkpoints")
+    lst = asub.add_parser("list")
+    lst.add_argument("--since", help="ISO date or time, e.g. 2026-11-01")
+    lst.add_argument("--user")
+    lst.add_argument("--event")
+    lst.add_argument("--limit", type=int)
+    lst.add_argument("--json", action="store_true")
+    show = asub.add_parser("show")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    exp = asub.add_parser("export")
+    exp.add_argument("--format", choices=["fhir", "csv", "jsonl"], default="jsonl")
+    exp.add_argument("--output", type=Path, help="file to write (default stdout)")
+    exp.add_argument("--since")
+    rep = asub.add_parser("replay", help="re-run a recorded answer and compare")
+    rep.add_argument("id", type=int)
+    rep.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_environment()
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, overrides={"home": args.home})
+        ensure_home(settings)
+        handler = {
+            "ingest": cmd_ingest,
+            "sources": cmd_sources,
+            "remove": cmd_remove,
+            "ask": cmd_ask,
+            "audit": cmd_audit,
+        }[args.command]
+        return handler(args, settings)
+    except ClinragError as exc:
+        print(f"clinrag: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clinrag: interrupted", file=sys.stderr)
+        return 130
+
+
+def _audit_event(settings: Settings, event: str, payload: dict[str, Any]) -> None:
+    from audit.log import AuditLog
+
+    log = AuditLog(
+        settings.audit_db,
+        settings.audit_checkpoint,
+        settings.audit_key,
+        checkpoint_every=settings.audit_checkpoint_every,
+    )
+    log.append(event, settings.user, settings.role, payload)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.index import Index, ingest
+
+    index = Index(settings)
+    if args.if_empty and index.manifest.documents():
+        print(
+            f"Library in {settings.home} already has documents; skipping ingest.", file=sys.stderr
+        )
+        return 0
+    summary = ingest(args.paths, settings, prune=args.prune, index=index)
+    data = summary.to_dict()
+    _audit_event(
+        settings,
+        "ingest",
+        {k: v for k, v in data.items() if k != "files"}
+        | {
+            "paths": [str(p) for p in args.paths],
+            "documents": [
+                {"doc_id": r.doc_id, "status": r.status, "reason": r.reason}
+                for r in summary.results
+                if r.status != "unchanged"
+            ],
+        },
+    )
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(
+            f"added {data['added']}, updated {data['updated']}, unchanged {data['unchanged']}, "
+            f"removed {data['removed']}, failed {data['failed']}; {data['chunks']} chunks written "
+            f"(index version {data['index_version']})"
+        )
+        for r in summary.results:
+            if r.status == "failed":
+                print(f"  FAILED {r.path}: {r.reason} ({r.detail})")
+            for w in r.warnings:
+                print(f"  warning {r.path}: {w}")
+    return 1 if summary.failed else 0
+
+
+def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.manifest import Manifest
+
+    docs = Manifest(settings.manifest_path).documents()
+    if args.json:
+        print(json.dumps(docs, indent=2))
+        return 0
+    if not docs:
+        print("The library is empty. Add documents with: clinrag ingest PATH")
+    for d in docs:
+        meta = d["metadata"]
+        extra = ", ".join(x for x in (meta.get("issuing_body"), meta.get("publication_date")) if x)
+        print(
+            f"{d['doc_id']:45} {d['n_chunks']:4} chunks  {d['title'][:60]}"
+            + (f"  ({extra})" if extra else "")
+        )
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.index import Index, writer_lock
+
+    index = Index(settings)
+    with writer_lock(settings):
+        index.warm_up()
+        removed = index.remove(args.doc_id)
+    if not removed:
+        print(
+            f"No document {args.doc_id!r} in the library (see: clinrag sources).", file=sys.stderr
+        )
+        return 1
+    _audit_event(settings, "remove", {"doc_id": args.doc_id})
+    print(f"Removed {args.doc_id}.")
+    return 0
+
+
+def answer_json(answer: Any) -> dict[str, Any]:
+    gen = answer.generation
+    return {
+        "question": answer.question,
+        "answer": answer.answer,
+        "abstained": answer.abstained,
+        "abstain_reason": answer.abstain_reason,
+        "sentences": [
+            {
+                "text": s.text,
+                "citations": s.citations,
+                "supported": s.supported,
+                "support": s.support,
+            }
+            for s in answer.sentences
+        ],
+        "citations": [asdict(c) for c in answer.citations],
+        "evidence": [asdict(e) for e in answer.evidence],
+        "nearest_documents": answer.nearest_documents,
+        "model": asdict(gen.model) if gen else None,
+        "prompt_hash": gen.prompt_hash if gen else None,
+        "prompt_template": gen.template if gen else None,
+        "generated_text": gen.text if gen else None,
+        "attribution": answer.attribution,
+        "timings": {k: round(v, 4) for k, v in answer.timings.items()},
+        "audit_id": answer.audit_id,
+    }
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.pipeline import Assistant
+
+    assistant = Assistant(settings)
+    assistant.warm_up()
+    stream = None if args.json else (lambda t: print(t, end="", flush=True))
+    if stream:
+        print("Generating (unverified until checked against the sources)...", file=sys.stderr)
+    answer = assistant.ask(args.question, k=args.k, user=args.user, role=args.role, on_token=stream)
+    if args.json:
+        print(json.dumps(answer_json(answer), indent=2))
+        return 0
+    print("\n")
+    print_answer(answer)
+    return 0
+
+
+def print_answer(answer: Any) -> None:
+    if answer.abstained:
+        print(f"ANSWER: {answer.answer}  [{answer.abstain_reason}]")
+    else:
+        print("ANSWER (checked against the sources):")
+        for s in answer.sentences:
+            marks = "".join(f"[{n}]" for n in s.citations)
+            flag = "" if s.supported else "  <- UNSUPPORTED by the sources"
+            print(f"  {s.text} {marks}{flag}")
+    if answer.citations:
+        print("\nSOURCES:")
+        for c in answer.citations:
+            where = ", ".join(x for x in (c.section, f"p. {c.page}" if c.page else "") if x)
+            print(f"  [{c.n}] {c.title} ({where}) doc={c.doc_id}")
+    if answer.evidence:
+        print("\nKEY EVIDENCE (the guideline's own words):")
+        for e in answer.evidence:
+            print(f'  [{e.n}] "{e.text}" ({e.title}' + (f", p. {e.page}" if e.page else "") + ")")
+    if answer.abstained and answer.nearest_documents:
+        print("\nNEAREST DOCUMENTS:")
+        for d in answer.nearest_documents:
+            print(f"  {d['doc_id']}: {d['title']} (relevance {d['relevance']:.2f})")
+    if answer.audit_id is not None:
+        print(f"\naudit record: {answer.audit_id}")
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.audit_commands import run_audit_command
+
+    return run_audit_command(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
