@@ -20,6 +20,7 @@ from assistant.types import AnswerSentence, Citation, Evidence, Hit, SourceSente
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 Embed = Callable[[Sequence[str]], np.ndarray]
+CAUSAL_MIN_SIMILARITY = 0.6
 
 
 @dataclass
@@ -107,9 +108,12 @@ def align(
     for i, (text, marked, _invalid) in enumerate(parsed):
         score = similarity[i].copy()
         if causal is not None and i < causal.shape[0]:
-            # causal support lifts a sentence the model relied on to at least the threshold
+            # A source the model causally relied on counts as support when it is also related
+            # in content; reliance alone is not support (a model can lean on a source and
+            # still misstate it).
             weight = causal[i] / (np.abs(causal[i]).max() or 1.0)
-            score = np.where(weight > 0.5, np.maximum(score, threshold), score)
+            lift = (weight > 0.5) & (score >= CAUSAL_MIN_SIMILARITY * threshold)
+            score = np.where(lift, np.maximum(score, threshold), score)
         order = np.argsort(-score)
         best = [int(j) for j in order[:3] if score[j] >= threshold]
         support = float(score[order[0]])
@@ -167,13 +171,17 @@ def _evidence(
 def question_evidence(
     question: str, hits: Sequence[Hit], embed: Embed, sources: list[SourceSentence], limit: int = 3
 ) -> list[Evidence]:
-    """The source sentences closest to the question: shown when no answer can be verified."""
+    """The source sentences that best match the question (embedding plus word overlap)."""
     if not sources:
         return []
     vectors = embed([question] + [s.text for s in sources])
     scores = vectors[1:] @ vectors[0]
+    lexical = np.array([lexical_overlap(question, s.text) for s in sources])
+    # Bibliographic lines repeat the question's words without answering it.
+    bibliographic = np.array([_is_bibliographic(hits[s.n - 1], s.text) for s in sources])
+    ranking = scores + 0.2 * lexical - bibliographic
     out = []
-    for j in np.argsort(-scores)[:limit]:
+    for j in np.argsort(-ranking)[:limit]:
         src = sources[int(j)]
         c = hits[src.n - 1].chunk
         out.append(
@@ -182,3 +190,21 @@ def question_evidence(
             )
         )
     return out
+
+
+_BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)
+_BIBLIOGRAPHIC_LINE = re.compile(r"^\s*(title|url|source|citation|doi|related)\s*:", re.I)
+
+
+def _is_bibliographic(hit: Hit, sentence: str) -> bool:
+    last = hit.chunk.section.split(" > ")[-1] if hit.chunk.section else ""
+    return bool(_BIBLIOGRAPHIC_SECTION.search(last) or _BIBLIOGRAPHIC_LINE.match(sentence))
+
+
+def quote_answer(evidence: Sequence[Evidence], hits: Sequence[Hit], limit: int = 2) -> Alignment:
+    """An answer made of the guideline's own sentences, each cited: supported by construction."""
+    chosen = list(evidence[:limit])
+    sentences = [AnswerSentence(e.text, [e.n], True, 1.0) for e in chosen]
+    cited = sorted({e.n for e in chosen})
+    citations = [_citation(hits[n - 1], n) for n in cited]
+    return Alignment(sentences, citations, chosen, np.zeros((len(chosen), 0)))

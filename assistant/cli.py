@@ -179,6 +179,8 @@ def answer_json(answer: Any) -> dict[str, Any]:
         "answer": answer.answer,
         "abstained": answer.abstained,
         "abstain_reason": answer.abstain_reason,
+        "mode": answer.mode,
+        "unverified_sentences": [s.text for s in answer.unverified],
         "sentences": [
             {
                 "text": s.text,
@@ -222,7 +224,12 @@ def print_answer(answer: Any) -> None:
     if answer.abstained:
         print(f"ANSWER: {answer.answer}  [{answer.abstain_reason}]")
     else:
-        print("ANSWER (checked against the sources):")
+        label = (
+            "quoted from the guideline"
+            if answer.mode == "quoted"
+            else "checked against the sources"
+        )
+        print(f"ANSWER ({label}):")
         for s in answer.sentences:
             marks = "".join(f"[{n}]" for n in s.citations)
             flag = "" if s.supported else "  <- UNSUPPORTED by the sources"

@@ -61,8 +61,12 @@ class Settings(BaseModel):
 
     # citations and abstention
     support_threshold: float = Field(0.5, ge=0, le=1)
-    abstain_min_relevance: float = Field(0.42, ge=-1, le=1)
+    abstain_min_relevance: float = Field(0.45, ge=-1, le=1)
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
+    unsupported_fallback: Literal["quote", "abstain"] = Field(
+        "quote", description="When the model's wording fails verification: quote or abstain."
+    )
+    quote_min_evidence: float = Field(0.55, ge=-1, le=1)
 
     # attribution and audit
     attribution: Literal["surrogate", "shap", "loo", "similarity", "off"] = "surrogate"

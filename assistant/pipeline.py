@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from assistant import backends
-from assistant.cite import align, question_evidence, source_sentences
+from assistant.cite import align, question_evidence, quote_answer, source_sentences
 from assistant.config import Settings
 from assistant.errors import AuditError, InputLimitError
 from assistant.generate import generate
@@ -78,6 +78,7 @@ class Assistant:
         role: str | None = None,
         on_token: Callable[[str], None] | None = None,
         record: bool = True,
+        attribute: bool | None = None,
     ) -> Answer:
         question = question.strip()
         if not question:
@@ -98,6 +99,10 @@ class Assistant:
         hits = self.retriever.retrieve(question, k=k, filters=filters)
         timings["retrieval"] = time.perf_counter() - t0
         answer = self._answer(question, hits, timings, on_token)
+        if attribute is None:
+            attribute = self.settings.attribution != "off"
+        if attribute and not answer.abstained:
+            self.attribute(answer)
         timings["total"] = time.perf_counter() - t0
         if record:
             answer.audit_id = self.record(answer, user=user, role=role)
@@ -149,8 +154,30 @@ class Assistant:
             reason = (
                 "model_declined" if declined else f"unsupported ({unsupported:.0%} of sentences)"
             )
-            text = ABSTAIN_TEXT if declined else UNVERIFIED_TEXT
             evidence = question_evidence(question, hits, self.embed, sources)
+            strong = bool(evidence) and evidence[0].score >= self.settings.quote_min_evidence
+            if strong and self.settings.unsupported_fallback == "quote":
+                # The library holds the answer but the model did not say it verifiably: give
+                # the clinician the guideline's own sentences rather than nothing.
+                quoted = quote_answer(evidence, hits)
+                text = " ".join(f"{s.text} [{s.citations[0]}]" for s in quoted.sentences)
+                return Answer(
+                    question,
+                    text,
+                    False,
+                    quoted.sentences,
+                    quoted.citations,
+                    quoted.evidence,
+                    hits,
+                    sources,
+                    generation,
+                    timings,
+                    mode="quoted",
+                    abstain_reason=None,
+                    nearest_documents=nearest,
+                    unverified=[s for s in alignment.sentences if not s.supported],
+                )
+            text = ABSTAIN_TEXT if declined or not strong else UNVERIFIED_TEXT
             return Answer(
                 question,
                 text,
@@ -164,6 +191,7 @@ class Assistant:
                 timings,
                 abstain_reason=reason,
                 nearest_documents=nearest,
+                mode="abstained",
             )
         return Answer(
             question,
@@ -178,6 +206,12 @@ class Assistant:
             timings,
             nearest_documents=nearest,
         )
+
+    def attribute(self, answer: Answer, method: str | None = None) -> Answer:
+        """Causal attribution; may run after the answer was shown (the UI does so)."""
+        from assistant.attribute import attribute_answer
+
+        return attribute_answer(answer, self.llm, self.settings, self.embed, method)
 
     # audit
     def _check_audit_writable(self) -> None:
@@ -194,6 +228,7 @@ class Assistant:
         index = self.retriever.index
         payload = answer_payload(answer, self.settings, index.version, index.embedder.info)
         payload.update(question_fields(answer.question, self.settings.audit_questions))
+        payload["question_mode"] = self.settings.audit_questions
         try:
             return int(self.audit.append("answer", user, role, payload).seq)
         except Exception as exc:
@@ -245,6 +280,7 @@ def answer_payload(
         "answer": answer.answer,
         "abstained": answer.abstained,
         "abstain_reason": answer.abstain_reason,
+        "mode": answer.mode,
         "generated_text": gen.text if gen else None,
         "sentences": [asdict(s) for s in answer.sentences],
         "citations": [

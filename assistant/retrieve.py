@@ -49,6 +49,9 @@ class Filters:
         )
 
 
+SUPERSEDED_WEIGHT = 0.5
+
+
 class Retriever:
     def __init__(self, settings: Settings, index: Index | None = None) -> None:
         self.settings = settings
@@ -114,8 +117,16 @@ class Retriever:
                 setattr(hit, f"{stage}_score", score)
                 setattr(hit, f"{stage}_rank", rank)
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (self.settings.rrf_k + rank)
+        superseded = {
+            old.strip()
+            for d in docs.values()
+            for old in d["metadata"].get("supersedes", "").split(",")
+            if old.strip()
+        }
         for chunk_id, hit in hits.items():
-            hit.score = fused[chunk_id]
+            # Outdated guidance stays findable but ranks below what replaced it.
+            penalty = SUPERSEDED_WEIGHT if hit.chunk.doc_id in superseded else 1.0
+            hit.score = fused[chunk_id] * penalty
         ranked = sorted(hits.values(), key=lambda h: (-h.score, h.chunk.chunk_id))
         if self.reranker is not None and ranked:
             pool = ranked[: max(k * 4, 20)]

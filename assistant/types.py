@@ -149,6 +149,8 @@ class Answer:
     generation: Generation | None
     timings: dict[str, float]
     abstain_reason: str | None = None
+    mode: str = "generated"  # generated | quoted | abstained
+    unverified: list[AnswerSentence] = field(default_factory=list)
     nearest_documents: list[dict[str, Any]] = field(default_factory=list)
     attribution: dict[str, Any] | None = None
     audit_id: int | None = None

@@ -231,25 +231,33 @@ class TransformersLLM:
         bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
         out = np.zeros((len(prompts), len(targets)), dtype=np.float64)
         pad = self._tokenizer.pad_token_id
+        keep = len(flat) + 1
+        flat_t = torch.tensor(flat, dtype=torch.long)
         for start in range(0, len(prompts), batch_size):
-            rows = [self._prompt_ids(p) for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows) + len(flat)
+            rows = [self._prompt_ids(p) + flat for p in prompts[start : start + batch_size]]
+            width = max(len(r) for r in rows)
+            # Left padding puts every row's answer tokens at the same final positions, so only
+            # those logits are computed: a full-vocabulary softmax over the whole prompt would
+            # cost gigabytes for nothing.
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for j, r in enumerate(rows):
-                seq = r + flat
-                input_ids[j, : len(seq)] = torch.tensor(seq)
-                mask[j, : len(seq)] = 1
+                input_ids[j, width - len(r) :] = torch.tensor(r)
+                mask[j, width - len(r) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            device = self._model.device
             with torch.inference_mode():
                 logits = self._model(
-                    input_ids=input_ids.to(self._model.device),
-                    attention_mask=mask.to(self._model.device),
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    logits_to_keep=keep,
                 ).logits.float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-            flat_t = torch.tensor(flat, dtype=torch.long)
-            for j, r in enumerate(rows):
-                positions = torch.arange(len(r) - 1, len(r) - 1 + len(flat))
-                token_lp = logp[j, positions, flat_t].numpy()
+            # logits[:, i] predicts the token after position (width - keep + i)
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
+            token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
+            token_lp = token_lp.numpy()
+            for j in range(len(rows)):
                 for t in range(len(targets)):
-                    out[start + j, t] = float(token_lp[bounds[t] : bounds[t + 1]].sum())
+                    out[start + j, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
         return out

@@ -52,8 +52,9 @@ def load_docx(data: bytes) -> tuple[str | None, list[Block], dict[str, str]]:
         if style.startswith("Heading"):
             digits = "".join(ch for ch in style if ch.isdigit())
             level = int(digits) if digits else 1
-            if level == 1 and title is None:
-                title = text
+            if level == 1 and (title is None or text == title):
+                title = title or text
+                path = []
                 continue
             path = [(lv, h) for lv, h in path if lv < level] + [(level, text)]
             continue

@@ -60,8 +60,8 @@ def load_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block], dict
         for text, size in lines:
             if size >= body * 1.15 and len(text) < 120:
                 _flush(buf, blocks, section, page_no)
-                if title is None and not blocks and not levels:
-                    title = text
+                if not blocks and not levels and (title is None or text.lower() == title.lower()):
+                    title = title or text
                     continue
                 # bigger font = higher level; drop deeper or equal headings from the path
                 levels = [(s, h) for s, h in levels if s > size + 0.5] + [(size, text)]

@@ -1,0 +1,133 @@
+"""Causal attribution of an answer: glue between the answering model and audit.attribution.
+
+Builds a Scorer that re-renders the prompt with only some source sentences kept and asks the
+same model for log p(answer sentence | that prompt) by teacher forcing. audit.attribution
+never imports the model; this module never implements a method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from assistant.backends.base import LogProbScorer
+from assistant.cite import align, question_evidence
+from assistant.config import Settings
+from assistant.generate import build_messages
+from assistant.prompts import PromptTemplate, load_template
+from assistant.text import sentence_spans
+from assistant.types import Answer, Hit, SourceSentence
+
+
+def answer_targets(text: str) -> list[str]:
+    """Consecutive pieces of ``text``, one per sentence, whose concatenation is ``text``."""
+    spans = sentence_spans(text)
+    if not spans:
+        return [text] if text else []
+    pieces = []
+    for i, (_, end) in enumerate(spans):
+        start = 0 if i == 0 else spans[i - 1][1]
+        stop = len(text) if i == len(spans) - 1 else end
+        pieces.append(text[start:stop])
+    return pieces
+
+
+class AnswerScorer:
+    """log p(answer sentences | prompt with the kept source sentences), batched."""
+
+    def __init__(
+        self,
+        llm: LogProbScorer,
+        template: PromptTemplate,
+        question: str,
+        hits: Sequence[Hit],
+        sources: Sequence[SourceSentence],
+        targets: Sequence[str],
+    ) -> None:
+        self.llm, self.template, self.question = llm, template, question
+        self.hits, self.sources, self.targets = list(hits), list(sources), list(targets)
+
+    def texts(self, mask: np.ndarray) -> list[str]:
+        kept: list[list[str]] = [[] for _ in self.hits]
+        for s, keep in zip(self.sources, mask, strict=True):
+            if keep:
+                kept[s.n - 1].append(s.text)
+        return [" ".join(parts) if parts else "(removed)" for parts in kept]
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        prompts = [
+            build_messages(self.template, self.question, self.hits, self.texts(m)) for m in masks
+        ]
+        return self.llm.logprobs(prompts, self.targets)
+
+
+def attribute_answer(
+    answer: Answer, llm: Any, settings: Settings, embed: Any, method: str | None = None
+) -> Answer:
+    """Add causal attribution and faithfulness to ``answer`` and re-align its citations."""
+    from audit.attribution import CachedScorer, faithfulness, make_attributor
+
+    method = method or settings.attribution
+    gen = answer.generation
+    if method == "off" or gen is None or not gen.text or not isinstance(llm, LogProbScorer):
+        return answer
+    sources = answer.source_sentences[: settings.attribution_max_sentences]
+    # attribute what the clinician is shown: the model's text, or the quoted sentences
+    shown = gen.text if answer.mode == "generated" else " ".join(s.text for s in answer.sentences)
+    targets = answer_targets(shown)
+    if not sources or not targets:
+        return answer
+    start = time.perf_counter()
+    scorer = CachedScorer(
+        AnswerScorer(
+            llm,
+            load_template(settings.prompt_template),
+            answer.question,
+            answer.hits,
+            sources,
+            targets,
+        )
+    )
+    kwargs: dict[str, Any] = {}
+    if method == "surrogate":
+        kwargs["n_ablations"] = settings.attribution_ablations
+    elif method == "shap":
+        kwargs["n_samples"] = settings.attribution_ablations
+    elif method == "similarity":
+        vectors = embed(list(targets) + [s.text for s in sources])
+        kwargs["similarity"] = vectors[: len(targets)] @ vectors[len(targets) :].T
+    result = make_attributor(method, **kwargs).attribute(scorer, len(sources), len(targets))
+    check = faithfulness(scorer, result, k=min(3, len(sources)))
+    seconds = time.perf_counter() - start
+    answer.attribution = {
+        "method": method,
+        "n_ablations": settings.attribution_ablations,
+        "scores": [round(float(x), 6) for x in result.scores],
+        "per_sentence": [[round(float(x), 6) for x in row] for row in result.per_target],
+        "sources": [
+            {"index": s.index, "n": s.n, "chunk_id": s.chunk_id, "text": s.text} for s in sources
+        ],
+        "faithfulness": check.to_dict(),
+        "n_evaluations": result.n_evaluations,
+        "seconds": round(seconds, 3),
+    }
+    answer.timings["attribution"] = seconds
+    if answer.mode == "generated":
+        causal = np.zeros((result.per_target.shape[0], len(answer.source_sentences)))
+        causal[:, : len(sources)] = result.per_target
+        aligned = align(
+            gen.text,
+            answer.hits,
+            embed,
+            threshold=settings.support_threshold,
+            causal=causal,
+            sources=answer.source_sentences,
+        )
+        answer.sentences, answer.citations = aligned.sentences, aligned.citations
+        answer.evidence = aligned.evidence or question_evidence(
+            answer.question, answer.hits, embed, answer.source_sentences
+        )
+    return answer

@@ -1,0 +1,176 @@
+"""End to end with the real packaged model, embedder, Chroma and audit log on data_samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assistant.config import Settings
+from assistant.pipeline import Assistant
+
+pytestmark = pytest.mark.slow
+
+ANSWERABLE = "What blood pressure defines stage 1 hypertension?"
+UNANSWERABLE = "How should moderate acne vulgaris be treated in adolescents?"
+
+
+@pytest.fixture(scope="module")
+def assistant(library: Settings) -> Assistant:
+    a = Assistant(library.model_copy(update={"attribution": "off"}))
+    a.warm_up()
+    return a
+
+
+def test_answerable_question_cites_the_right_document(assistant: Assistant) -> None:
+    answer = assistant.ask(ANSWERABLE)
+    assert not answer.abstained, answer.abstain_reason
+    assert answer.citations
+    assert {c.doc_id for c in answer.citations} == {"hypertension-diagnosis-and-treatment"}
+    assert all(s.supported and s.citations for s in answer.sentences)
+    assert "130" in answer.answer
+    assert answer.audit_id is not None
+    record = assistant.audit.get(answer.audit_id)
+    assert record.payload["answer"] == answer.answer
+    assert record.payload["model"]["weights_hash"] == answer.generation.model.weights_hash
+    assert record.payload["retrieved"][0]["content_hash"]
+
+
+def test_unanswerable_question_abstains_and_lists_nearest(assistant: Assistant) -> None:
+    answer = assistant.ask(UNANSWERABLE)
+    assert answer.abstained
+    assert answer.answer == "The library does not contain guidance on this question."
+    assert answer.citations == []
+    assert answer.nearest_documents
+
+
+def test_same_question_twice_gives_the_same_answer(assistant: Assistant) -> None:
+    q = "What HbA1c goal does the ADA suggest for many nonpregnant adults?"
+    first = assistant.ask(q, record=False)
+    second = assistant.ask(q, record=False)
+    assert first.answer == second.answer
+    assert first.generation and second.generation
+    assert first.generation.text == second.generation.text
+    assert first.generation.prompt_hash == second.generation.prompt_hash
+
+
+def test_cli_ask_json_contract(library: Settings) -> None:
+    env = {**os.environ, "CLINRAG_HOME": str(library.home), "CLINRAG_ATTRIBUTION": "off"}
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "ask", ANSWERABLE, "--json", "--k", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "question",
+        "answer",
+        "abstained",
+        "sentences",
+        "citations",
+        "evidence",
+        "model",
+        "prompt_hash",
+        "timings",
+        "audit_id",
+    ):
+        assert key in data
+    assert set(data["sentences"][0]) >= {"text", "citations", "supported"}
+    assert set(data["citations"][0]) >= {
+        "n",
+        "doc_id",
+        "chunk_id",
+        "title",
+        "section",
+        "page",
+        "text",
+        "score",
+    }
+    assert set(data["model"]) == {"backend", "model_id", "weights_hash"}
+    assert set(data["timings"]) >= {"retrieval", "generation", "total"}
+    assert len(data["model"]["weights_hash"]) == 64
+
+
+def test_replay_unchanged_then_changed_after_document_edit(
+    tmp_path: Path, settings: Settings
+) -> None:
+    from assistant.replay import replay
+    from ingest.index import ingest
+    from tests.conftest import SAMPLES
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("hypertension-diagnosis-and-treatment.md", "statins-primary-prevention.md"):
+        shutil.copy(SAMPLES / name, lib / name)
+    settings = settings.model_copy(update={"attribution": "off", "max_new_tokens": 48})
+    ingest([lib], settings, progress=False)
+    assistant = Assistant(settings)
+    answer = assistant.ask(ANSWERABLE)
+    assert replay(settings, answer.audit_id).unchanged
+
+    doc = lib / "hypertension-diagnosis-and-treatment.md"
+    doc.write_text(doc.read_text().replace("130 to 139", "135 to 139"))
+    ingest([lib], settings, progress=False)
+    report = replay(settings, answer.audit_id)
+    assert not report.unchanged
+    assert any("sources changed" in d for d in report.differences)
+    assert assistant.audit.verify().ok
+
+
+def test_eight_processes_asking_at_once_keep_a_valid_chain(
+    library: Settings, tmp_path: Path
+) -> None:
+    home = tmp_path / "shared-home"
+    shutil.copytree(library.home, home, ignore=shutil.ignore_patterns("audit*", "keys"))
+    env = {
+        **os.environ,
+        "CLINRAG_HOME": str(home),
+        "CLINRAG_ATTRIBUTION": "off",
+        "CLINRAG_MAX_NEW_TOKENS": "24",
+    }
+    questions = [ANSWERABLE, UNANSWERABLE] * 4
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "assistant.cli", "ask", q, "--json", "--user", f"user{i}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, q in enumerate(questions)
+    ]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
+        ids.append(json.loads(out)["audit_id"])
+    from assistant.replay import audit_log
+
+    log = audit_log(library.model_copy(update={"home": home}))
+    result = log.verify()
+    assert result.ok, result.reason
+    answers = log.list(event="answer")
+    assert len(answers) == 8 and sorted(ids) == sorted(r.seq for r in answers)
+    assert {r.user for r in answers} == {f"user{i}" for i in range(8)}
+
+
+def test_audit_unwritable_fails_closed(library: Settings, tmp_path: Path) -> None:
+    from assistant.errors import AuditError
+
+    class BrokenLog:
+        def check_writable(self) -> None:
+            raise OSError("disk full")
+
+    assistant = Assistant(library, audit_log=BrokenLog())
+    shown: list[str] = []
+    with pytest.raises(AuditError, match="No answer is given without an audit record"):
+        assistant.ask(ANSWERABLE, on_token=shown.append)
+    assert shown == []  # nothing reached the screen

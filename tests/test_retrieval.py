@@ -1,0 +1,80 @@
+"""Hybrid retrieval over data_samples with the real embedder, Chroma and BM25."""
+
+from __future__ import annotations
+
+import json
+
+from assistant.config import Settings
+from assistant.retrieve import Filters, Retriever
+from tests.conftest import SAMPLES
+
+
+def test_sample_library_has_every_format(library: Settings) -> None:
+    from ingest.manifest import Manifest
+
+    docs = {d["doc_id"]: d for d in Manifest(library.manifest_path).documents()}
+    assert len(docs) == 16
+    suffixes = {d["source_path"].rsplit(".", 1)[1] for d in docs.values()}
+    assert suffixes == {"md", "txt", "html", "docx", "pdf"}
+    assert docs["lung-cancer-screening"]["metadata"]["issuing_body"]
+    chunks = Manifest(library.manifest_path).chunks(["lung-cancer-screening"])
+    assert {c.page for c in chunks} >= {1, 2}  # real page numbers from the PDF
+
+
+def test_answerable_questions_retrieve_their_document(library: Settings) -> None:
+    retriever = Retriever(library)
+    questions = [
+        q
+        for q in json.loads((SAMPLES / "example_questions.json").read_text())
+        if q["expected_file"]
+    ]
+    found = 0
+    for q in questions:
+        hits = retriever.retrieve(q["question"], k=5)
+        expected = q["expected_file"].rsplit(".", 1)[0]
+        found += any(h.chunk.doc_id == expected for h in hits)
+        for h in hits:
+            assert h.dense_rank is not None or h.bm25_rank is not None
+    assert found / len(questions) >= 0.9
+
+
+def test_every_stage_score_is_kept_and_chunks_deduped(library: Settings) -> None:
+    hits = Retriever(library).retrieve("lung cancer screening pack-years low-dose CT", k=8)
+    ids = [h.chunk.chunk_id for h in hits]
+    assert len(ids) == len(set(ids))
+    assert hits[0].chunk.doc_id == "lung-cancer-screening"
+    assert any(h.dense_score is not None and h.bm25_score is not None for h in hits)
+    assert all(h.dense_score is not None for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_filters_by_document_body_and_date(library: Settings) -> None:
+    r = Retriever(library)
+    only = r.retrieve("screening", k=5, filters=Filters(doc_ids=("hepatitis-c-screening",)))
+    assert only and {h.chunk.doc_id for h in only} == {"hepatitis-c-screening"}
+    cdc = r.retrieve("screening", k=10, filters=Filters(issuing_body="Centers for Disease Control"))
+    assert cdc and all("Disease Control" in h.chunk.metadata["issuing_body"] for h in cdc)
+    old = r.retrieve(
+        "colorectal cancer screening age", k=5, filters=Filters(published_before="2017")
+    )
+    assert old and all(h.chunk.metadata["publication_date"] <= "2017" for h in old)
+
+
+def test_langchain_retriever_adapter(library: Settings) -> None:
+    from langchain_core.retrievers import BaseRetriever
+
+    from assistant.langchain_retriever import ClinragRetriever
+
+    lc = ClinragRetriever(retriever=Retriever(library), k=3)
+    assert isinstance(lc, BaseRetriever)
+    docs = lc.invoke("first-line treatment for hypertension")
+    assert len(docs) == 3
+    assert docs[0].metadata["doc_id"] == "hypertension-diagnosis-and-treatment"
+    assert docs[0].page_content
+
+
+def test_superseded_guideline_ranks_below_its_replacement(library: Settings) -> None:
+    hits = Retriever(library).retrieve("colorectal cancer screening age to start", k=6)
+    docs = [h.chunk.doc_id for h in hits]
+    assert "colorectal-cancer-screening" in docs
+    assert docs.index("colorectal-cancer-screening") == 0
