@@ -233,8 +233,12 @@ class TransformersLLM:
         pad = self._tokenizer.pad_token_id
         keep = len(flat) + 1
         flat_t = torch.tensor(flat, dtype=torch.long)
-        for start in range(0, len(prompts), batch_size):
-            rows = [self._prompt_ids(p) + flat for p in prompts[start : start + batch_size]]
+        encoded = [self._prompt_ids(p) + flat for p in prompts]
+        # batch similar lengths together so little compute goes to padding
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            rows = [encoded[i] for i in batch]
             width = max(len(r) for r in rows)
             # Left padding puts every row's answer tokens at the same final positions, so only
             # those logits are computed: a full-vocabulary softmax over the whole prompt would
@@ -257,7 +261,7 @@ class TransformersLLM:
             logp = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
             token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
             token_lp = token_lp.numpy()
-            for j in range(len(rows)):
+            for j, row in enumerate(batch):
                 for t in range(len(targets)):
-                    out[start + j, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
+                    out[row, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
         return out

@@ -1,0 +1,62 @@
+"""Attribution with the real packaged model (teacher forcing through the LLM protocol)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assistant import backends
+from assistant.attribute import AnswerScorer, answer_targets
+from assistant.cite import source_sentences
+from assistant.config import Settings
+from assistant.prompts import load_template
+from assistant.types import Chunk, Hit
+from audit.attribution import CachedScorer, faithfulness, make_attributor
+
+pytestmark = pytest.mark.slow
+
+
+def _hit(n: int, text: str) -> Hit:
+    chunk = Chunk(f"doc{n}:c", f"doc{n}", text, f"Clinic handbook {n}", "General", None, 0,
+                  len(text), "sha", f"doc{n}.md", "now")
+    return Hit(chunk=chunk, score=0.03, dense_score=0.7)
+
+
+def test_the_sentence_holding_the_answer_ranks_first(library: Settings) -> None:
+    llm = backends.create("llm", "transformers", library)
+    hits = [
+        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
+        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
+        _hit(3, "Visitors must sign in at the front desk. The pharmacy closes at 6 pm."),
+    ]
+    sources = source_sentences(hits)
+    question = "What is the starting dose of zorbamycin?"
+    answer = "The starting dose of zorbamycin is 40 mg once daily."
+    scorer = CachedScorer(AnswerScorer(llm, load_template(library.prompt_template), question,
+                                       hits, sources, answer_targets(answer)))
+    dose = next(s.index for s in sources if "zorbamycin" in s.text)
+    for method in ("surrogate", "loo"):
+        result = make_attributor(method).attribute(scorer, len(sources), 1)
+        assert result.top(1) == [dose], (method, result.scores)
+    check = faithfulness(scorer, make_attributor("surrogate").attribute(scorer, len(sources), 1),
+                         k=1)
+    assert check.top_k_drop > check.random_drop
+    assert not check.flag_memory
+
+
+def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> None:
+    from assistant.pipeline import Assistant
+
+    settings = library.model_copy(update={"attribution": "surrogate",
+                                          "attribution_ablations": 24, "max_new_tokens": 48})
+    answer = Assistant(settings).ask("What blood pressure defines stage 1 hypertension?")
+    attribution = answer.attribution
+    assert attribution is not None and attribution["method"] == "surrogate"
+    faith = attribution["faithfulness"]
+    assert faith["top_k_drop"] > faith["random_drop"]
+    assert len(attribution["scores"]) == len(attribution["sources"])
+    assert np.isfinite(attribution["scores"]).all()
+    from assistant.replay import audit_log
+
+    record = audit_log(settings).get(answer.audit_id)
+    assert record.payload["attribution"]["faithfulness"]["top_k_drop"] == faith["top_k_drop"]
