@@ -302,13 +302,14 @@ def _write_group(
     ]
     flat = [c for chunks in per_doc for c in chunks]
     vectors = index.embedder.embed([indexed_text(c) for c in flat])
-    offset = 0
-    for (doc, result), chunks in zip(pending, per_doc, strict=True):
-        part = vectors[offset : offset + len(chunks)]
-        offset += len(chunks)
-        index.manifest.mark_pending(doc, now)
-        index.store.delete_doc(doc.doc_id)
-        index.store.upsert(chunks, part)
-        index.manifest.complete(doc, chunks, now)
+    docs = [doc for doc, _ in pending]
+    # One pending mark, one delete and one upsert for the whole group: per-document round trips
+    # to the store dominated small-document corpora. Crash safety is unchanged: every document
+    # of the group stays ``pending`` until its chunks are committed below.
+    index.manifest.mark_pending_many(docs, now)
+    index.store.delete_docs([doc.doc_id for doc in docs])
+    index.store.upsert(flat, vectors)
+    index.manifest.complete_many(list(zip(docs, per_doc, strict=True)), now)
+    for (_, result), chunks in zip(pending, per_doc, strict=True):
         result.chunks = len(chunks)
         emit(result)

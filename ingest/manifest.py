@@ -144,57 +144,72 @@ class Manifest:
         )
 
     def mark_pending(self, doc: Any, now: str) -> None:
+        self.mark_pending_many([doc], now)
+
+    def mark_pending_many(self, docs: Sequence[Any], now: str) -> None:
         with self.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO documents VALUES (?, ?, ?, ?, ?, 0, 'pending', ?, ?) "
                 "ON CONFLICT(doc_id) DO UPDATE SET state = 'pending', "
                 "source_path = excluded.source_path",
-                (
-                    doc.doc_id,
-                    doc.source_path,
-                    doc.sha256,
-                    doc.title,
-                    json.dumps(doc.metadata, sort_keys=True),
-                    now,
-                    json.dumps(doc.warnings),
-                ),
+                [
+                    (
+                        doc.doc_id,
+                        doc.source_path,
+                        doc.sha256,
+                        doc.title,
+                        json.dumps(doc.metadata, sort_keys=True),
+                        now,
+                        json.dumps(doc.warnings),
+                    )
+                    for doc in docs
+                ],
             )
 
     def complete(self, doc: Any, chunks: Sequence[Chunk], now: str) -> None:
+        self.complete_many([(doc, chunks)], now)
+
+    def complete_many(self, items: Sequence[tuple[Any, Sequence[Chunk]]], now: str) -> None:
         with self.transaction() as conn:
-            conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
-            conn.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.chunk_id,
-                        c.doc_id,
-                        i,
-                        c.text,
-                        c.section,
-                        c.page,
-                        c.char_start,
-                        c.char_end,
-                        c.ingested_at,
-                    )
-                    for i, c in enumerate(chunks)
-                ],
-            )
-            conn.execute(
-                "UPDATE documents SET source_path = ?, sha256 = ?, title = ?, metadata = ?, "
-                "n_chunks = ?, state = 'complete', ingested_at = ?, warnings = ? WHERE doc_id = ?",
-                (
-                    doc.source_path,
-                    doc.sha256,
-                    doc.title,
-                    json.dumps(doc.metadata, sort_keys=True),
-                    len(chunks),
-                    now,
-                    json.dumps(doc.warnings),
-                    doc.doc_id,
-                ),
-            )
+            for doc, chunks in items:
+                self._complete(conn, doc, chunks, now)
             self.bump_version(conn)
+
+    def _complete(
+        self, conn: sqlite3.Connection, doc: Any, chunks: Sequence[Chunk], now: str
+    ) -> None:
+        conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
+        conn.executemany(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    c.chunk_id,
+                    c.doc_id,
+                    i,
+                    c.text,
+                    c.section,
+                    c.page,
+                    c.char_start,
+                    c.char_end,
+                    c.ingested_at,
+                )
+                for i, c in enumerate(chunks)
+            ],
+        )
+        conn.execute(
+            "UPDATE documents SET source_path = ?, sha256 = ?, title = ?, metadata = ?, "
+            "n_chunks = ?, state = 'complete', ingested_at = ?, warnings = ? WHERE doc_id = ?",
+            (
+                doc.source_path,
+                doc.sha256,
+                doc.title,
+                json.dumps(doc.metadata, sort_keys=True),
+                len(chunks),
+                now,
+                json.dumps(doc.warnings),
+                doc.doc_id,
+            ),
+        )
 
     def forget(self, doc_id: str) -> None:
         with self.transaction() as conn:

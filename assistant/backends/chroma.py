@@ -84,6 +84,10 @@ class ChromaStore:
     def delete_doc(self, doc_id: str) -> None:
         self._col.delete(where={"doc_id": doc_id})
 
+    def delete_docs(self, doc_ids: Sequence[str]) -> None:
+        for start in range(0, len(doc_ids), 500):
+            self._col.delete(where={"doc_id": {"$in": list(doc_ids[start : start + 500])}})
+
     def delete_ids(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _BATCH):
             self._col.delete(ids=list(ids[start : start + _BATCH]))
