@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_offline_environment()
+    os.umask(0o077)  # everything clinrag writes (store, audit log, keys) is owner-only
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config, overrides={"home": args.home})

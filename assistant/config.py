@@ -31,6 +31,7 @@ class Settings(BaseModel):
     # ingestion
     max_file_mb: float = Field(50.0, gt=0, description="Files larger than this are refused.")
     max_pages: int = Field(2000, gt=0, description="PDFs with more pages are refused.")
+    parse_timeout_s: float = Field(30.0, gt=0, description="Per-file parse time limit.")
     chunk_chars: int = Field(700, ge=200, le=4000, description="Target chunk size.")
     chunk_overlap_sentences: int = Field(0, ge=0, le=3)
 
@@ -58,6 +59,7 @@ class Settings(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     prompt_template: str = "answer_v1"
     max_question_chars: int = Field(2000, gt=0)
+    questions_per_minute: int = Field(20, gt=0, description="Per user, counted in the audit log.")
 
     # citations and abstention
     support_threshold: float = Field(0.5, ge=0, le=1)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from assistant import backends
@@ -90,10 +91,12 @@ class Assistant:
             )
         user = user or self.settings.user
         role = role or self.settings.role
-        if filters is None:
-            filters = Filters(roles=(role,))
+        # The asker's role always decides which restricted documents are visible, whatever
+        # other filters the caller chose.
+        filters = replace(filters or Filters(), roles=(role,))
         if record:
             self._check_audit_writable()
+            self._check_rate(user)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         hits = self.retriever.retrieve(question, k=k, filters=filters)
@@ -221,6 +224,16 @@ class Assistant:
             raise AuditError(
                 f"{exc} No answer is given without an audit record; ask your administrator."
             ) from exc
+
+    def _check_rate(self, user: str) -> None:
+        # Counted from the audit log itself, so the limit holds across processes and restarts.
+        since = datetime.now(UTC) - timedelta(minutes=1)
+        recent = self.audit.list(since=since, user=user, event="answer")
+        if len(recent) >= self.settings.questions_per_minute:
+            raise InputLimitError(
+                f"{user} has asked {len(recent)} questions in the last minute; the limit is "
+                f"{self.settings.questions_per_minute}. Wait a minute and ask again."
+            )
 
     def record(self, answer: Answer, *, user: str, role: str) -> int:
         from audit.log.redact import question_fields
