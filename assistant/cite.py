@@ -80,6 +80,7 @@ def align(
     causal: np.ndarray | None = None,
     sources: list[SourceSentence] | None = None,
     max_evidence: int = 5,
+    question: str | None = None,
 ) -> Alignment:
     """Tie every answer sentence to the source sentences that support it.
 
@@ -121,7 +122,9 @@ def align(
             set().union(*(numbers_in(sources[j].text) for j in best)) if best else set()
         )
         missing_numbers = numbers_in(text) - evidence_numbers
-        supported = bool(best) and not missing_numbers
+        # a sentence that only restates the question asserts nothing the sources could support
+        restates = question is not None and content_tokens(text) <= content_tokens(question)
+        supported = bool(best) and not missing_numbers and not restates
         aligned_n = [sources[j].n for j in best]
         # keep a model citation only when that source actually supports the sentence
         kept = [n for n in marked if any(score[j] >= threshold for j in by_n.get(n, []))]

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = asub.add_parser("replay", help="re-run a recorded answer and compare")
     rep.add_argument("id", type=int)
     rep.add_argument("--json", action="store_true")
+    from assistant.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "remove": cmd_remove,
             "ask": cmd_ask,
             "audit": cmd_audit,
+            "eval": cmd_eval,
         }[args.command]
         return handler(args, settings)
     except ClinragError as exc:
@@ -251,6 +255,12 @@ def print_answer(answer: Any) -> None:
             print(f"  {d['doc_id']}: {d['title']} (relevance {d['relevance']:.2f})")
     if answer.audit_id is not None:
         print(f"\naudit record: {answer.audit_id}")
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.evaluation.cli import eval_command
+
+    return eval_command(args, settings)
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -148,6 +148,7 @@ class Assistant:
             self.embed,
             threshold=self.settings.support_threshold,
             sources=sources,
+            question=question,
         )
         timings["citation"] = time.perf_counter() - t
         n = len(alignment.sentences)

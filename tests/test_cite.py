@@ -114,3 +114,9 @@ def test_causal_scores_lift_support() -> None:
 def test_sentence_splitter_keeps_decimals_and_abbreviations() -> None:
     parts = split_sentences("Give 1.5 mg daily, e.g. with food. Dr. Lee agrees [2]. Stop.")
     assert parts == ["Give 1.5 mg daily, e.g. with food.", "Dr. Lee agrees [2].", "Stop."]
+
+
+def test_restating_the_question_is_not_support() -> None:
+    q = "How often is colonoscopy repeated?"
+    a = align("How often is colonoscopy repeated?", HITS, bow_embed, question=q)
+    assert not a.sentences[0].supported

@@ -1,0 +1,207 @@
+"""The evaluation data set and its isolated library.
+
+A data set folder holds ``corpus.jsonl`` (``{doc_id, title, text, source, url}``) and
+``questions.jsonl`` (``{qid, question, gold_doc_ids, answer, long_answer}``). The corpus is
+ingested through clinrag's real ingestion path into a store of its own under
+``settings.home / "eval" / <corpus sha256[:16]>``, never into the user's library: each row is
+written as a Markdown file whose front matter carries ``doc_id`` and ``title``, and the folder
+is ingested with ``ingest.index.ingest``. clinrag slugs doc ids (``PMID:123`` ->
+``pmid-123``) and suffixes clashes, so the store keeps a map back to the corpus ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assistant.config import Settings
+from assistant.errors import ClinragError
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+STORE_FORMAT = 1  # bump when the way the eval library is written or ingested changes
+
+
+class EvalDataError(ClinragError):
+    """The evaluation folder is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: str
+    question: str
+    gold: tuple[str, ...]
+    answer: str | None = None
+    long_answer: str | None = None
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.gold)
+
+
+@dataclass
+class Dataset:
+    folder: Path
+    corpus: list[dict[str, Any]]
+    questions: list[Question]
+    corpus_sha256: str
+
+    @property
+    def key(self) -> str:
+        return self.corpus_sha256[:16]
+
+
+@dataclass
+class EvalLibrary:
+    """The ingested corpus: settings whose home is the isolated store, and the id map."""
+
+    settings: Settings
+    doc_map: dict[str, str]  # clinrag doc_id -> corpus doc_id
+    root: Path  # settings.home / "eval" / <corpus key>
+    built_now: bool = False
+    failed: list[str] = field(default_factory=list)
+
+    def corpus_id(self, clinrag_doc_id: str) -> str:
+        return self.doc_map.get(clinrag_doc_id, clinrag_doc_id)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalDataError(f"{path}:{n} is not valid JSON ({exc.msg}).") from exc
+            if not isinstance(row, dict):
+                raise EvalDataError(f"{path}:{n} must hold a JSON object.")
+            rows.append(row)
+    return rows
+
+
+def load_dataset(folder: Path) -> Dataset:
+    corpus_path, questions_path = folder / "corpus.jsonl", folder / "questions.jsonl"
+    for path in (corpus_path, questions_path):
+        if not path.is_file():
+            raise EvalDataError(
+                f"{path} does not exist. An evaluation folder holds corpus.jsonl "
+                "({doc_id, title, text, ...}) and questions.jsonl ({qid, question, "
+                "gold_doc_ids, answer, long_answer})."
+            )
+    corpus = read_jsonl(corpus_path)
+    for n, row in enumerate(corpus, start=1):
+        if not row.get("doc_id") or not isinstance(row.get("text"), str):
+            raise EvalDataError(f"{corpus_path} row {n} needs a doc_id and a text.")
+    questions = []
+    for n, row in enumerate(read_jsonl(questions_path), start=1):
+        if not row.get("question") or row.get("qid") in (None, ""):
+            raise EvalDataError(f"{questions_path} row {n} needs a qid and a question.")
+        gold = row.get("gold_doc_ids") or []
+        if not isinstance(gold, list):
+            raise EvalDataError(f"{questions_path} row {n}: gold_doc_ids must be a list.")
+        questions.append(
+            Question(
+                qid=str(row["qid"]),
+                question=str(row["question"]),
+                gold=tuple(str(g) for g in gold),
+                answer=None if row.get("answer") is None else str(row["answer"]),
+                long_answer=None if row.get("long_answer") is None else str(row["long_answer"]),
+            )
+        )
+    qids = [q.qid for q in questions]
+    if len(set(qids)) != len(qids):
+        raise EvalDataError(f"{questions_path} repeats a qid; every qid must be unique.")
+    return Dataset(folder, corpus, questions, hashlib.sha256(corpus_path.read_bytes()).hexdigest())
+
+
+def sample_questions(
+    questions: Sequence[Question], limit: int | None, seed: int = 0
+) -> list[Question]:
+    """A fixed seeded sample (all questions, in file order, when limit is None or too big)."""
+    if limit is None or limit >= len(questions):
+        return list(questions)
+    if limit <= 0:
+        raise EvalDataError("--limit must be a positive number of questions.")
+    return random.Random(seed).sample(list(questions), limit)
+
+
+def markdown_file(row: dict[str, Any]) -> str:
+    """A corpus row as a library file: front matter (doc id, title), then its text."""
+    title = " ".join(str(row.get("title") or "").split()) or str(row["doc_id"])
+    doc_id = " ".join(str(row["doc_id"]).split())
+    return f"---\ndoc_id: {doc_id}\ntitle: {title}\n---\n\n{row['text'].strip()}\n"
+
+
+def ingest_key(settings: Settings) -> str:
+    """What decides the chunks and vectors of the eval store."""
+    parts = {
+        "format": STORE_FORMAT,
+        "chunk_chars": settings.chunk_chars,
+        "overlap": settings.chunk_overlap_sentences,
+        "embedder": settings.embedder,
+        "embedder_model": settings.embedder_model,
+        "vector_store": settings.vector_store,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def eval_root(settings: Settings, dataset: Dataset) -> Path:
+    return settings.home / "eval" / dataset.key
+
+
+def build_library(
+    dataset: Dataset, settings: Settings, *, progress: bool = True, rebuild: bool = False
+) -> EvalLibrary:
+    """Ingest the corpus into its own store (once; later runs reuse it)."""
+    import shutil
+
+    root = eval_root(settings, dataset)
+    home = root / f"index-{ingest_key(settings)}"
+    # An isolated, embedded store: never the user's Chroma server or collection.
+    eval_settings = settings.model_copy(
+        update={"home": home, "chroma_url": None, "collection": "clinrag_eval"}
+    )
+    ready = home / "doc_map.json"
+    if rebuild:
+        shutil.rmtree(home, ignore_errors=True)
+    if ready.is_file():
+        return EvalLibrary(eval_settings, json.loads(ready.read_text(encoding="utf-8")), root)
+
+    from ingest.index import ingest
+
+    library = root / "library"
+    library.mkdir(parents=True, exist_ok=True)
+    path_to_doc: dict[str, str] = {}
+    used: set[str] = set()
+    for row in dataset.corpus:
+        base = _SAFE_NAME.sub("_", str(row["doc_id"])).strip("._")[:100] or "doc"
+        name, n = base, 1
+        while name.lower() in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name.lower())
+        path = library / f"{name}.md"
+        text = markdown_file(row)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        path_to_doc[str(path)] = str(row["doc_id"])
+    print(
+        f"clinrag eval: ingesting {len(dataset.corpus)} documents into {home} (once) ...",
+        file=sys.stderr,
+    )
+    summary = ingest([library], eval_settings, progress=progress)
+    doc_map: dict[str, str] = {}
+    for r in summary.results:
+        if r.doc_id and r.status in {"added", "updated", "unchanged"}:
+            doc_map[r.doc_id] = path_to_doc.get(r.path, r.doc_id)
+    failed = [f"{r.path}: {r.reason} {r.detail or ''}".strip() for r in summary.failed]
+    ready.write_text(json.dumps(doc_map), encoding="utf-8")
+    return EvalLibrary(eval_settings, doc_map, root, built_now=True, failed=failed)
