@@ -180,7 +180,13 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     for root in paths:
         if root.is_dir() and not root.is_symlink():
             for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                # a symlinked folder is yielded (and refused by the loader) rather than skipped
+                # silently, so it shows up in the summary with its reason
+                links = sorted(d for d in dirnames if (Path(dirpath) / d).is_symlink())
+                yield from (Path(dirpath) / d for d in links)
+                dirnames[:] = sorted(
+                    d for d in dirnames if not d.startswith(".") and d not in links
+                )
                 for name in sorted(filenames):
                     path = Path(dirpath) / name
                     if is_candidate(path):
@@ -249,6 +255,7 @@ def ingest(
                     path,
                     max_bytes=int(settings.max_file_mb * 1024 * 1024),
                     max_pages=settings.max_pages,
+                    timeout_s=settings.parse_timeout_s,
                 )
             except LoadError as exc:
                 result.reason, result.detail = exc.reason, exc.detail

@@ -1,46 +1,95 @@
-"""HTML loader. Text only: scripts, styles, comments and hidden elements never reach the index."""
+"""HTML loader. Text only: scripts, styles, comments and hidden elements never reach the index.
+
+Parsed with lxml's HTML parser (libxml2, through BeautifulSoup) when it is installed, which it
+is wherever python-docx is: CPython's ``html.parser`` before 3.11.13 is quadratic on
+malformed markup (CVE-2025-6069: a few hundred KB of ``</`` or ``<?`` took minutes), and it
+nests every unclosed ``<p>``/``<li>`` inside the previous one. ``html.parser`` remains the
+fallback; the parse timeout then bounds it.
+
+Every text node is read once, as part of its nearest enclosing block element (``p``, ``li``,
+``h2``...), in one pass over the tree: the earlier "skip a block if it contains another block,
+then get_text() it" was quadratic in nesting depth (20,000 nested ``<li>`` took 30 s) and
+dropped the text of any block that had a nested one.
+"""
 
 from __future__ import annotations
 
 import re
+import warnings
 
 from assistant.errors import LoadError
 from assistant.types import Block
+from ingest.loaders.metadata import clean
 from ingest.loaders.text import decode
 
-_BLOCK_TAGS = [
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "p",
-    "li",
-    "td",
-    "th",
-    "pre",
-    "blockquote",
-    "dd",
-    "dt",
-]
+_BLOCK_TAGS = frozenset(
+    {
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "p",
+        "li",
+        "td",
+        "th",
+        "pre",
+        "blockquote",
+        "dd",
+        "dt",
+    }
+)
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_REMOVED = ["script", "style", "noscript", "template", "iframe", "object", "svg"]
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0|opacity\s*:\s*0(?![.\d])", re.I
 )
 _WS = re.compile(r"[ \t\r\f\v]+")
+# Each element costs BeautifulSoup about 1 KB and 25 us; a guideline page has a few thousand.
+# Counted before parsing, so a file of a million empty tags is refused without building a tree.
+MAX_ELEMENTS = 200_000
+_TAG_OPEN = re.compile(r"<[A-Za-z]")
+
+
+def _soup(text: str):  # -> BeautifulSoup
+    import bs4
+    from bs4 import BeautifulSoup, FeatureNotFound
+
+    with warnings.catch_warnings():
+        # bs4 warns when a short input "looks like a filename or URL", or like XML: noise on
+        # the console for content we parse on purpose.
+        for name in ("MarkupResemblesLocatorWarning", "XMLParsedAsHTMLWarning"):
+            category = getattr(bs4, name, None)
+            if category is not None:
+                warnings.simplefilter("ignore", category)
+        try:
+            return BeautifulSoup(text, "lxml")
+        except FeatureNotFound:
+            return BeautifulSoup(text, "html.parser")
 
 
 def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], list[str]]:
-    from bs4 import BeautifulSoup, Comment
+    from bs4 import CData, Comment, NavigableString, Tag
 
     text = decode(data)
+    n_tags = sum(1 for _ in _TAG_OPEN.finditer(text)) if text.count("<") > MAX_ELEMENTS else 0
+    if n_tags > MAX_ELEMENTS:
+        raise LoadError(
+            "too_complex", f"{n_tags} HTML elements; the limit is {MAX_ELEMENTS} per file"
+        )
     try:
-        soup = BeautifulSoup(text, "html.parser")
-    except RecursionError as exc:
-        raise LoadError("too_deeply_nested", "the HTML nests elements too deeply to parse") from exc
+        soup = _soup(text)
+    except (RecursionError, MemoryError):
+        raise  # load_document names these
+    except Exception as exc:  # lxml raises ParserError, ValueError... on input it rejects
+        raise LoadError(
+            "corrupt_html", f"the HTML cannot be parsed ({exc.__class__.__name__})"
+        ) from exc
     warnings: list[str] = []
-    for tag in soup(["script", "style", "noscript", "template", "iframe", "object", "svg"]):
-        tag.decompose()
+    for tag in soup(_REMOVED):
+        if not tag.decomposed:
+            tag.decompose()
     comments = soup.find_all(string=lambda s: isinstance(s, Comment))
     if comments:
         warnings.append(f"removed {len(comments)} HTML comment(s)")
@@ -64,23 +113,39 @@ def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], lis
         name, content = tag.get("name"), tag.get("content")
         if name and content:
             meta[str(name).lower().replace("-", "_")] = str(content)
+    # Only the known keys, length-checked, like front matter: every <meta> of a page would
+    # otherwise become metadata on every chunk (100,000 of them, in a hostile file).
+    meta = clean(meta, "HTML <meta>")
     title_tag = soup.find("title")
     title = title_tag.get_text(" ", strip=True) if title_tag else None
 
+    # One pass in document order (parents before children): each string goes to the nearest
+    # block ancestor; text outside any block element is not read (navigation, layout).
+    owner: dict[int, Tag | None] = {id(soup): None}
+    parts: dict[int, list[str]] = {}
+    order: list[Tag] = []
+    for node in soup.descendants:
+        parent = node.parent
+        if parent is None:
+            continue
+        near = parent if parent.name in _BLOCK_TAGS else owner.get(id(parent))
+        if isinstance(node, Tag):
+            owner[id(node)] = near
+            if node.name in _BLOCK_TAGS:
+                order.append(node)
+                parts[id(node)] = []
+        elif type(node) in (NavigableString, CData) and near is not None:
+            piece = node.strip()
+            if piece:
+                parts[id(near)].append(piece)
+
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
-    try:
-        elements = soup.find_all(_BLOCK_TAGS)
-    except RecursionError as exc:
-        raise LoadError("too_deeply_nested", "the HTML nests elements too deeply to parse") from exc
-    for el in elements:
-        # nested block tags (a <p> inside an <li>) are read once, at the innermost level
-        if el.name not in {"h1", "h2", "h3", "h4", "h5", "h6"} and el.find(_BLOCK_TAGS):
-            continue
-        content = _WS.sub(" ", el.get_text(" ", strip=True)).strip()
+    for el in order:
+        content = _WS.sub(" ", " ".join(parts[id(el)])).strip()
         if not content:
             continue
-        if el.name[0] == "h" and el.name[1:].isdigit():
+        if el.name in _HEADINGS:
             level = int(el.name[1])
             if level == 1 and title is None:
                 title = content

@@ -8,17 +8,60 @@ from assistant.errors import LoadError
 from assistant.types import Block
 from ingest.loaders.metadata import split_front_matter
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# "#"s, space, text; trailing "#"s are stripped in code. The former single regex,
+# ``^(#{1,6})\s+(.+?)\s*#*\s*$``, backtracked quadratically on a "#" line padded with spaces.
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(\S.*)$")
+_MAX_HEADING_LINE = 2000  # longer "heading" lines are read as paragraphs
 _NUMBERED_HEADING = re.compile(r"^(\d+(?:\.\d+)*)\.?\s+([A-Z].{0,80})$")
-_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+# Bounded, and no brackets inside text or target: the unbounded ``\[([^\]]*)\]\([^)]*\)``
+# rescanned to the end of the paragraph from every "[" ("[[[[..." or "[](" repeated over a
+# 5 MB line ran for hours). Now each character is scanned by at most one match attempt.
+_MD_LINK = re.compile(r"!?\[([^\[\]]{0,1000})\]\([^)\[\]]{0,2000}\)")
 _MD_EMPHASIS = re.compile(r"(\*\*|__|`)")
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),  # before UTF-16 LE: the same first two bytes
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+_SNIFF = 8192
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """ASCII text saved as UTF-16 without a BOM: every other byte is NUL."""
+    if len(head) < 16:
+        return False
+    shares = sorted(half.count(0) / len(half) for half in (head[0::2], head[1::2]))
+    return shares[0] < 0.1 and shares[1] > 0.7
 
 
 def decode(data: bytes) -> str:
-    if b"\x00" in data[:8192]:
+    """Text from bytes: UTF-8 (optional BOM), or UTF-16/32 when a byte-order mark says so."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data[len(bom) :].decode(codec)
+            except UnicodeDecodeError as exc:
+                reason = "not_utf8" if codec == "utf-8" else "unsupported_encoding"
+                raise LoadError(
+                    reason,
+                    f"invalid {codec.upper()} at byte {exc.start + len(bom)}; "
+                    "re-save the file as UTF-8",
+                ) from exc
+            if "\x00" in text[:_SNIFF]:
+                raise LoadError("binary_content", "the file holds binary data (NUL), not text")
+            return text
+    head = data[:_SNIFF]
+    if b"\x00" in head:
+        if _looks_utf16(head):
+            raise LoadError(
+                "unsupported_encoding",
+                "looks like UTF-16 without a byte-order mark; re-save the file as UTF-8",
+            )
         raise LoadError("binary_content", "the file holds binary data (NUL bytes), not text")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LoadError(
             "not_utf8",
@@ -57,10 +100,12 @@ def load_markdown(data: bytes) -> tuple[str | None, list[Block], dict[str, str]]
         if line.strip().startswith("```"):
             in_fence = not in_fence
             continue
-        heading = None if in_fence else _MD_HEADING.match(line)
+        heading = None if in_fence or len(line) > _MAX_HEADING_LINE else _MD_HEADING.match(line)
         if heading:
             flush()
-            level, text = len(heading.group(1)), _MD_EMPHASIS.sub("", heading.group(2)).strip()
+            raw = heading.group(2)
+            raw = raw.rstrip().rstrip("#").rstrip() or raw[:1]
+            level, text = len(heading.group(1)), _MD_EMPHASIS.sub("", raw).strip()
             if level == 1 and title is None:
                 title = text
                 path = []
