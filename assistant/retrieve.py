@@ -57,6 +57,7 @@ class Retriever:
         self.settings = settings
         self.index = index or Index(settings)
         self.lexical = backends.create("lexical", "bm25s", settings)
+        self._docs_cache: tuple[int, dict[str, dict[str, Any]], set[str]] | None = None
         self.reranker = (
             backends.create("reranker", "cross_encoder", settings)
             if settings.reranker_model
@@ -68,6 +69,20 @@ class Retriever:
         self._refresh_lexical()
         if self.reranker is not None:
             self.reranker.warm_up()
+
+    def _documents(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Document metadata and the superseded ids, reloaded only when the index changes."""
+        version = self.index.manifest.index_version()
+        if self._docs_cache is None or self._docs_cache[0] != version:
+            docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
+            superseded = {
+                old.strip()
+                for d in docs.values()
+                for old in d["metadata"].get("supersedes", "").split(",")
+                if old.strip()
+            }
+            self._docs_cache = (version, docs, superseded)
+        return self._docs_cache[1], self._docs_cache[2]
 
     def _refresh_lexical(self) -> None:
         manifest = self.index.manifest
@@ -87,7 +102,7 @@ class Retriever:
             raise IndexEmptyError(
                 "The library is empty. Ingest documents first: clinrag ingest PATH"
             )
-        docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
+        docs, superseded = self._documents()
         allowed = {doc_id for doc_id, d in docs.items() if filters.allows(d)}
         if not allowed:
             return []
@@ -117,12 +132,6 @@ class Retriever:
                 setattr(hit, f"{stage}_score", score)
                 setattr(hit, f"{stage}_rank", rank)
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (self.settings.rrf_k + rank)
-        superseded = {
-            old.strip()
-            for d in docs.values()
-            for old in d["metadata"].get("supersedes", "").split(",")
-            if old.strip()
-        }
         for chunk_id, hit in hits.items():
             # Outdated guidance stays findable but ranks below what replaced it.
             penalty = SUPERSEDED_WEIGHT if hit.chunk.doc_id in superseded else 1.0
