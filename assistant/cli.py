@@ -60,6 +60,26 @@ def _parser() -> argparse.ArgumentParser:
     rep = asub.add_parser("replay", help="re-run a recorded answer and compare")
     rep.add_argument("id", type=int)
     rep.add_argument("--json", action="store_true")
+    bak = sub.add_parser("backup", help="back up the audit log, manifest and users to a folder")
+    bak.add_argument("dest", type=Path, help="a new or empty folder outside CLINRAG_HOME")
+    bak.add_argument(
+        "--include-keys",
+        action="store_true",
+        help="also copy the audit signing key (then protect the backup like the key)",
+    )
+    bak.add_argument("--json", action="store_true")
+    res = sub.add_parser("restore", help="restore a backup into an empty home, rebuild the index")
+    res.add_argument("src", type=Path, help="a folder written by clinrag backup")
+    res.add_argument("--key", type=Path, help="the audit signing key (not in backups by default)")
+    res.add_argument("--json", action="store_true")
+    rei = sub.add_parser("reindex", help="rebuild the vector index from the manifest")
+    rei.add_argument(
+        "--fresh",
+        action="store_true",
+        help="move store/ aside first (when it cannot be opened; stop the app)",
+    )
+    rei.add_argument("--json", action="store_true")
+
     from assistant.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
@@ -80,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             "ask": cmd_ask,
             "audit": cmd_audit,
             "eval": cmd_eval,
+            "backup": cmd_maintenance,
+            "restore": cmd_maintenance,
+            "reindex": cmd_maintenance,
         }[args.command]
         return handler(args, settings)
     except ClinragError as exc:
@@ -255,6 +278,12 @@ def print_answer(answer: Any) -> None:
             print(f"  {d['doc_id']}: {d['title']} (relevance {d['relevance']:.2f})")
     if answer.audit_id is not None:
         print(f"\naudit record: {answer.audit_id}")
+
+
+def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.maintenance import maintenance_command
+
+    return maintenance_command(args, settings)
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:

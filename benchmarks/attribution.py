@@ -85,14 +85,20 @@ def main() -> int:
             evaluations[method].append(result.n_evaluations)
             for k in (1, 3):
                 drops[method][k].append(removal_drop(shared, result.scores, k, len(sources)))
-        common.log(f"[{i}/{len(questions)}] S={len(sources)} T={len(targets)} "
-                   f"gen {generation.seconds:.1f}s surrogate {seconds['surrogate'][-1]:.1f}s")
+        common.log(
+            f"[{i}/{len(questions)}] S={len(sources)} T={len(targets)} "
+            f"gen {generation.seconds:.1f}s surrogate {seconds['surrogate'][-1]:.1f}s"
+        )
 
     gen_total = sum(gen_seconds)
     rows = []
-    summary: dict = {"questions": len(gen_seconds), "k": args.k, "machine": common.machine(),
-                     "generation_seconds_mean": round(statistics.mean(gen_seconds), 3),
-                     "methods": {}}
+    summary: dict = {
+        "questions": len(gen_seconds),
+        "k": args.k,
+        "machine": common.machine(),
+        "generation_seconds_mean": round(statistics.mean(gen_seconds), 3),
+        "methods": {},
+    }
     for m in METHODS:
         ratio = sum(seconds[m]) / gen_total if gen_total else float("nan")
         entry = {
@@ -103,15 +109,29 @@ def main() -> int:
             "time_over_generation": round(ratio, 3),
         }
         summary["methods"][m] = entry
-        rows.append([m, entry["top1_drop"], entry["top3_drop"], entry["evaluations_mean"],
-                     entry["seconds_mean"], entry["time_over_generation"]])
+        rows.append(
+            [
+                m,
+                entry["top1_drop"],
+                entry["top3_drop"],
+                entry["evaluations_mean"],
+                entry["seconds_mean"],
+                entry["time_over_generation"],
+            ]
+        )
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"PubMedQA attribution, {len(gen_seconds)} questions, k={args.k} chunks, "
-              f"mean generation {summary['generation_seconds_mean']} s")
-        print(common.table(["method", "top-1 drop", "top-3 drop", "evals", "seconds",
-                            "time / generation"], rows))
+        print(
+            f"PubMedQA attribution, {len(gen_seconds)} questions, k={args.k} chunks, "
+            f"mean generation {summary['generation_seconds_mean']} s"
+        )
+        print(
+            common.table(
+                ["method", "top-1 drop", "top-3 drop", "evals", "seconds", "time / generation"],
+                rows,
+            )
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,17 @@ MIGRATIONS: list[tuple[str, str]] = [
 class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
+        # One connection per thread: sqlite3 connections refuse use from another thread, and
+        # one Index (inside one Assistant) serves every session thread of the app.
+        self._local = threading.local()
+
+    @property
+    def _conn(self) -> sqlite3.Connection | None:
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, value: sqlite3.Connection | None) -> None:
+        self._local.conn = value
 
     @property
     def conn(self) -> sqlite3.Connection:

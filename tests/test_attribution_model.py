@@ -17,8 +17,19 @@ pytestmark = pytest.mark.slow
 
 
 def _hit(n: int, text: str) -> Hit:
-    chunk = Chunk(f"doc{n}:c", f"doc{n}", text, f"Clinic handbook {n}", "General", None, 0,
-                  len(text), "sha", f"doc{n}.md", "now")
+    chunk = Chunk(
+        f"doc{n}:c",
+        f"doc{n}",
+        text,
+        f"Clinic handbook {n}",
+        "General",
+        None,
+        0,
+        len(text),
+        "sha",
+        f"doc{n}.md",
+        "now",
+    )
     return Hit(chunk=chunk, score=0.03, dense_score=0.7)
 
 
@@ -32,14 +43,23 @@ def test_the_sentence_holding_the_answer_ranks_first(library: Settings) -> None:
     sources = source_sentences(hits)
     question = "What is the starting dose of zorbamycin?"
     answer = "The starting dose of zorbamycin is 40 mg once daily."
-    scorer = CachedScorer(AnswerScorer(llm, load_template(library.prompt_template), question,
-                                       hits, sources, answer_targets(answer)))
+    scorer = CachedScorer(
+        AnswerScorer(
+            llm,
+            load_template(library.prompt_template),
+            question,
+            hits,
+            sources,
+            answer_targets(answer),
+        )
+    )
     dose = next(s.index for s in sources if "zorbamycin" in s.text)
     for method in ("surrogate", "loo"):
         result = make_attributor(method).attribute(scorer, len(sources), 1)
         assert result.top(1) == [dose], (method, result.scores)
-    check = faithfulness(scorer, make_attributor("surrogate").attribute(scorer, len(sources), 1),
-                         k=1)
+    check = faithfulness(
+        scorer, make_attributor("surrogate").attribute(scorer, len(sources), 1), k=1
+    )
     assert check.top_k_drop > check.random_drop
     assert not check.flag_memory
 
@@ -47,8 +67,9 @@ def test_the_sentence_holding_the_answer_ranks_first(library: Settings) -> None:
 def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> None:
     from assistant.pipeline import Assistant
 
-    settings = library.model_copy(update={"attribution": "surrogate",
-                                          "attribution_ablations": 24, "max_new_tokens": 48})
+    settings = library.model_copy(
+        update={"attribution": "surrogate", "attribution_ablations": 24, "max_new_tokens": 48}
+    )
     answer = Assistant(settings).ask("What blood pressure defines stage 1 hypertension?")
     attribution = answer.attribution
     assert attribution is not None and attribution["method"] == "surrogate"

@@ -43,6 +43,11 @@ from audit.log.errors import (
 )
 from audit.log.migrations import GENESIS_HASH, apply_migrations
 
+if os.name == "posix":
+    import fcntl
+else:  # pragma: no cover - Windows
+    import msvcrt
+
 BUSY_TIMEOUT_S = 30.0
 KEY_BYTES = 32
 MIN_KEY_BYTES = 16
@@ -312,6 +317,9 @@ class AuditLog:
         self.checkpoint_path = Path(checkpoint_path)
         self.history_path = history_path_for(self.checkpoint_path)
         self.key_path = Path(key_path)
+        # Serialises appends across processes past their COMMIT: the head checkpoint is
+        # finalised after the record commits, in commit order.
+        self.lock_path = self.db_path.with_name(self.db_path.name + ".lock")
         self.checkpoint_every = int(checkpoint_every)
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
@@ -444,6 +452,35 @@ class AuditLog:
 
     # ------------------------------------------------------------------ writing
 
+    @contextlib.contextmanager
+    def _append_lock(self, *, create: bool) -> Iterator[None]:
+        """Exclusive across processes and AuditLog objects (flock is per open file).
+
+        Readers pass ``create=False``: no lock file means no writer has ever run here (or the
+        copy sits on read-only media), so there is nothing to wait for.
+        """
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self.lock_path, flags, 0o600)
+        except OSError:
+            if create:
+                raise
+            yield
+            return
+        try:
+            if os.name == "posix":
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:  # pragma: no cover - Windows
+                while True:
+                    try:
+                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                        break
+                    except OSError:
+                        continue
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def check_writable(self) -> None:
         """Raise :class:`AuditWriteError` unless an append would currently succeed.
 
@@ -520,43 +557,62 @@ class AuditLog:
         payload: dict[str, Any],
         payload_text: str,
     ) -> Record:
-        conn.execute("BEGIN IMMEDIATE")
-        old_head: bytes | None = None
-        old_history_size: int | None = None
-        files_touched = False
-        try:
-            row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-            seq = int(row[0]) + 1 if row else 1
-            prev_hash = str(row[1]) if row else GENESIS_HASH
-            ts = utc_timestamp()
-            digest = record_hash(seq, ts, event, user, role, payload, prev_hash)
-            conn.execute(
-                f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, ts, event, user, role, payload_text, prev_hash, digest),
-            )
-            # The checkpoint files are written while SQLite's write lock is held, so concurrent
-            # writers update them in commit order and the head always names the newest record.
-            # A crash between this and COMMIT leaves the head one record ahead; verify reports
-            # that as a truncated tail, and the next append overwrites it.
-            old_head = _read_optional(self.checkpoint_path)
-            old_history_size = self.history_path.stat().st_size if self.history_path.exists() else 0
-            files_touched = True
-            history_count = self._history_count(key, old_head, seq)
+        # Two-phase head checkpoint. Before COMMIT the head names the last committed record
+        # and, as "pending", the one being written; after COMMIT (and its history line) the
+        # head names the new record alone, and only then is the append acknowledged. A crash
+        # at any point leaves a state verify accepts (a pending record either committed or
+        # not), while deleting an acknowledged record still fails verification.
+        with self._append_lock(create=True):
+            conn.execute("BEGIN IMMEDIATE")
+            old_head: bytes | None = None
+            head_touched = False
+            try:
+                row = conn.execute(
+                    "SELECT seq, hash, ts FROM records ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                seq = int(row[0]) + 1 if row else 1
+                prev_hash = str(row[1]) if row else GENESIS_HASH
+                ts = utc_timestamp()
+                prev_ts = str(row[2]) if row else ts
+                digest = record_hash(seq, ts, event, user, role, payload, prev_hash)
+                conn.execute(
+                    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, ts, event, user, role, payload_text, prev_hash, digest),
+                )
+                old_head = _read_optional(self.checkpoint_path)
+                history_count = self._history_count(key, old_head, seq)
+                head_touched = True
+                self._write_head(
+                    key,
+                    {
+                        "seq": seq - 1,
+                        "hash": prev_hash,
+                        "ts": prev_ts,
+                        "history": history_count,
+                        "pending": {"seq": seq, "hash": digest, "ts": ts},
+                    },
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if head_touched:
+                    self._restore_checkpoint_files(old_head, None)
+                raise
+            # Committed. If what follows fails, the pending head still verifies, but the
+            # caller is told (AuditWriteError) and withholds the answer: acknowledged records
+            # are exactly those a finalised head vouches for.
             if seq % self.checkpoint_every == 0:
-                self._append_history(key, seq, digest, ts, old_history_size)
+                size = self.history_path.stat().st_size if self.history_path.exists() else 0
+                self._append_history(key, seq, digest, ts, size)
                 history_count += 1
-            head = {"seq": seq, "hash": digest, "ts": ts, "history": history_count}
-            head["mac"] = checkpoint_mac(key, "head", head)
-            _atomic_write(self.checkpoint_path, (canonical_json(head) + "\n").encode("utf-8"))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if files_touched:
-                self._restore_checkpoint_files(old_head, old_history_size)
-            raise
+            self._write_head(key, {"seq": seq, "hash": digest, "ts": ts, "history": history_count})
         return Record(seq, ts, event, user, role, payload, prev_hash, digest)
+
+    def _write_head(self, key: bytes, head: dict[str, Any]) -> None:
+        head["mac"] = checkpoint_mac(key, "head", head)
+        _atomic_write(self.checkpoint_path, (canonical_json(head) + "\n").encode("utf-8"))
 
     def _history_count(self, key: bytes, old_head: bytes | None, seq: int) -> int:
         """Entries in the history file before this append.
@@ -759,6 +815,11 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _writers_paused(self) -> Iterator[None]:
+        with self._append_lock(create=False), self._sqlite_writers_paused():
+            yield
+
+    @contextlib.contextmanager
+    def _sqlite_writers_paused(self) -> Iterator[None]:
         try:
             lock = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error:
@@ -811,17 +872,34 @@ class AuditLog:
                     "existed (all records deleted)",
                 )
             return "empty log (no records yet)"
-        if head.seq > last:
-            raise _Failure(
-                last + 1, f"records end at {last} but checkpoint says {head.seq} (tail truncated)"
+        signed = head
+        expected_history = head.fields.get("history")
+        allowed_history = {expected_history}
+        note = ""
+        pending = _pending_from(head)
+        if pending is not None and last == pending.seq:
+            # Crashed after COMMIT, before the head was finalised (and maybe before the
+            # history line): the record is genuine, the signed pending entry vouches for it.
+            signed = pending
+            if isinstance(expected_history, int):
+                allowed_history = {expected_history, expected_history + 1}
+            note = f"; the append of record {last} was interrupted after it committed"
+        elif pending is not None and last == head.seq:
+            note = (
+                f"; an append (record {pending.seq}) was interrupted before it committed and "
+                "was never acknowledged"
             )
-        if head.seq < last:
+        if signed.seq > last:
             raise _Failure(
-                head.seq + 1,
-                f"records go to {last} but the signed checkpoint says {head.seq} (stale "
-                f"checkpoint restored, or records {head.seq + 1}-{last} added without the key)",
+                last + 1, f"records end at {last} but checkpoint says {signed.seq} (tail truncated)"
             )
-        if not hmac.compare_digest(head.hash, last_hash):
+        if signed.seq < last:
+            raise _Failure(
+                signed.seq + 1,
+                f"records go to {last} but the signed checkpoint says {signed.seq} (stale "
+                f"checkpoint restored, or records {signed.seq + 1}-{last} added without the key)",
+            )
+        if not hmac.compare_digest(signed.hash, last_hash):
             raise _Failure(
                 last_good_cp + 1,
                 f"record {last}: hash differs from the signed checkpoint (log rewritten with "
@@ -833,8 +911,7 @@ class AuditLog:
                 f"records end at {last} but the signed history says {history[-1].seq} "
                 "(tail truncated)",
             )
-        expected_history = head.fields.get("history")
-        if isinstance(expected_history, int) and expected_history != len(history):
+        if isinstance(expected_history, int) and len(history) not in allowed_history:
             raise _Failure(
                 None,
                 f"signed checkpoint history {self.history_path} has {len(history)} entries but "
@@ -842,8 +919,8 @@ class AuditLog:
                 "replaced); restore it from backup",
             )
         return (
-            f"{last} records verified: chain intact, head checkpoint at {head.seq} and "
-            f"{len(history)} signed history checkpoints match"
+            f"{last} records verified: chain intact, head checkpoint at {signed.seq} and "
+            f"{len(history)} signed history checkpoints match{note}"
         )
 
     def _scan(
@@ -931,7 +1008,12 @@ class AuditLog:
     def _parse_head(self, key: bytes | None, data: bytes) -> _Checkpoint:
         try:
             fields = json.loads(data)
-            checkpoint = _checkpoint_from(fields)
+            checkpoint = _checkpoint_from(
+                fields, allow_zero=isinstance(fields, dict) and "pending" in fields
+            )
+            pending = _pending_from(checkpoint)
+            if pending is not None and pending.seq != checkpoint.seq + 1:
+                raise ValueError("pending record does not follow the head")
         except (ValueError, TypeError, KeyError):
             raise _Failure(
                 None,
@@ -1049,15 +1131,22 @@ class AuditLog:
 _FORKED_CONNECTIONS: list[sqlite3.Connection] = []
 
 
-def _checkpoint_from(fields: Any) -> _Checkpoint:
+def _checkpoint_from(fields: Any, *, allow_zero: bool = False) -> _Checkpoint:
     if not isinstance(fields, dict):
         raise TypeError("checkpoint is not an object")
     seq, digest, ts = fields["seq"], fields["hash"], fields["ts"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < (0 if allow_zero else 1):
         raise ValueError("bad seq")
     if not isinstance(digest, str) or not HEX64_RE.match(digest) or not isinstance(ts, str):
         raise ValueError("bad hash or ts")
     return _Checkpoint(seq, digest, ts, fields)
+
+
+def _pending_from(head: _Checkpoint) -> _Checkpoint | None:
+    """The in-flight record a two-phase head names, if any (already covered by its mac)."""
+    if "pending" not in head.fields:
+        return None
+    return _checkpoint_from(head.fields["pending"])
 
 
 def _check_name(what: str, value: Any) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of clinrag against the evaluation data in ../shared/eval (see each script)."""

@@ -1,0 +1,286 @@
+"""Abstention: does clinrag decline questions its library cannot answer, and only those?
+
+    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/abstention.py
+
+Data: MedQuAD (../shared/eval/medquad), 200 questions drawn with a fixed seed (0). The first
+100 drawn are made unanswerable by removing documents from the index; the next 100 drawn
+whose documents are all still indexed are the answerable ones. Two ways of removing, both
+run on the same 200 questions:
+
+  topic  every passage whose title (the MedQuAD focus, e.g. "Adult Acute Lymphoblastic
+         Leukemia") equals the title of an unanswerable question's gold passage: the library
+         then says nothing about that disease. This is the honest "not in the library" case.
+  gold   only the gold passages. MedQuAD has several passages per disease ("What is X",
+         "symptoms of X", "treatment of X" ...), so sibling passages on the same disease
+         remain and retrieval still finds closely related text; not abstaining is then often
+         defensible, so read this row as an upper bound on the difficulty.
+
+Removal uses the real ``Index.remove`` on a private copy of the cached full MedQuAD index
+(built by benchmarks/common.py, shared with retrieval.py), so the library is the full 8,254
+passages minus the removed ones.
+
+Retrieval-stage abstention is exactly the pipeline's first check (assistant/pipeline.py,
+``Assistant._answer``): with hits = ``Retriever.retrieve(question)`` at the default top_k,
+relevance = max(hit.dense_score), and the assistant abstains when relevance <
+``Settings.abstain_min_relevance``. The calibration table shows both rates for other
+thresholds, so the default can be chosen; "best" maximises (abstain on unanswerable) -
+(false abstain on answerable).
+
+Options:
+  --questions N    total questions, half of each kind (default 200)
+  --seed S         (default 0)
+  --generate N     also run the full Assistant.ask(record=False) on N questions of each kind
+                   (topic removal; packaged LLM; about 5 s or more per question on CPU)
+  --json           one JSON object instead of tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
+# folder is on sys.path (Python puts a script's folder first): import via the repository root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
+from benchmarks.common import log  # noqa: E402
+
+THRESHOLDS = [round(0.20 + 0.025 * i, 3) for i in range(27)]  # 0.20 .. 0.85
+
+
+def _norm(title: str) -> str:
+    return " ".join(title.lower().split())
+
+
+def split_questions(n: int, seed: int) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
+    """(unanswerable, answerable, {mode: corpus doc ids to remove})."""
+    corpus = common.load_corpus("medquad")
+    title_of = {r["doc_id"]: _norm(r["title"]) for r in corpus}
+    by_title: dict[str, set[str]] = {}
+    for r in corpus:
+        by_title.setdefault(_norm(r["title"]), set()).add(r["doc_id"])
+    # (a duplicated id maps to several titles; questions on those ids are never drawn)
+    pool = [q for q in common.load_questions("medquad") if q["gold_doc_ids"]]
+    dup = common.duplicated_doc_ids("medquad")  # ids shared by several passages: no clear gold
+    pool = [q for q in pool if all(g in title_of and g not in dup for g in q["gold_doc_ids"])]
+    random.Random(seed).shuffle(pool)
+    half = n // 2
+    unanswerable = pool[:half]
+    gold = {g for q in unanswerable for g in q["gold_doc_ids"]}
+    topic = {d for g in gold for d in by_title[title_of[g]]}
+    answerable = [q for q in pool[half:] if not set(q["gold_doc_ids"]) & topic][: n - half]
+    return unanswerable, answerable, {"topic": topic, "gold": gold}
+
+
+def relevance(hits: list[Any]) -> float:
+    """The pipeline's retrieval-stage relevance (Assistant._answer)."""
+    return max((h.dense_score or 0.0) for h in hits) if hits else 0.0
+
+
+def run_mode(
+    built: common.BuiltCorpus,
+    remove: set[str],
+    unanswerable: list[dict],
+    answerable: list[dict],
+    workdir: Path,
+) -> tuple[dict[str, Any], Any]:
+    from assistant.retrieve import Retriever
+    from ingest.index import Index, writer_lock
+
+    settings = common.copy_home(built, workdir)
+    to_clinrag: dict[str, list[str]] = {}
+    for clinrag_id, corpus_id in built.doc_map.items():
+        to_clinrag.setdefault(corpus_id, []).append(clinrag_id)
+    index = Index(settings)
+    t0 = time.perf_counter()
+    with writer_lock(settings):
+        index.warm_up()
+        removed = sum(
+            index.remove(clinrag_id) for d in sorted(remove) for clinrag_id in to_clinrag.get(d, [])
+        )
+    remove_seconds = time.perf_counter() - t0
+    retriever = Retriever(settings, index=index)
+    retriever.warm_up()
+    scores: dict[str, list[float]] = {"unanswerable": [], "answerable": []}
+    for kind, qs in (("unanswerable", unanswerable), ("answerable", answerable)):
+        for q in qs:
+            scores[kind].append(relevance(retriever.retrieve(q["question"])))
+    return (
+        {
+            "removed_docs": removed,
+            "remove_seconds": round(remove_seconds, 1),
+            "chunks_left": index.store.count(),
+            "relevance": scores,
+        },
+        settings,
+    )
+
+
+def rates(scores: dict[str, list[float]], threshold: float) -> tuple[float, float]:
+    un, an = scores["unanswerable"], scores["answerable"]
+    return (
+        sum(s < threshold for s in un) / max(len(un), 1),
+        sum(s < threshold for s in an) / max(len(an), 1),
+    )
+
+
+def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n: int) -> dict:
+    from assistant.pipeline import Assistant
+
+    assistant = Assistant(settings)
+    log("[generate] loading the packaged LLM ...")
+    assistant.warm_up()
+    out: dict[str, Any] = {}
+    for kind, qs in (("unanswerable", unanswerable[:n]), ("answerable", answerable[:n])):
+        reasons: dict[str, int] = {}
+        abstained, seconds = 0, []
+        for q in qs:
+            t = time.perf_counter()
+            answer = assistant.ask(q["question"], record=False)
+            seconds.append(time.perf_counter() - t)
+            abstained += answer.abstained
+            key = (answer.abstain_reason or "answered").split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        out[kind] = {
+            "questions": len(qs),
+            "abstained": abstained / max(len(qs), 1),
+            "reasons": reasons,
+            "seconds_p50": common.percentile(seconds, 50),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generate", type=int, default=0, metavar="N")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    built = common.build_corpus("medquad", None, recipe=False)
+    unanswerable, answerable, removals = split_questions(args.questions, args.seed)
+    threshold = built.settings.abstain_min_relevance
+    log(f"{len(unanswerable)} unanswerable, {len(answerable)} answerable questions")
+    work = Path(tempfile.mkdtemp(prefix="clinrag-abstention-"))
+    modes: dict[str, Any] = {}
+    generated = None
+    try:
+        for mode in ("topic", "gold"):
+            log(f"[{mode}] removing {len(removals[mode])} documents and retrieving ...")
+            modes[mode], settings = run_mode(
+                built, removals[mode], unanswerable, answerable, work / mode
+            )
+            if mode == "topic" and args.generate:
+                generated = generate(settings, unanswerable, answerable, args.generate)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    result: dict[str, Any] = {
+        "corpus": "medquad",
+        "seed": args.seed,
+        "unanswerable": len(unanswerable),
+        "answerable": len(answerable),
+        "threshold": threshold,
+        "modes": {},
+        "machine": common.machine(),
+    }
+    for mode, m in modes.items():
+        scores = m.pop("relevance")
+        abst, false_abst = rates(scores, threshold)
+        table = [[t, *rates(scores, t)] for t in THRESHOLDS]
+        best = max(table, key=lambda r: (r[1] - r[2], -abs(r[0] - threshold)))
+        un, an = sorted(scores["unanswerable"]), sorted(scores["answerable"])
+        result["modes"][mode] = {
+            **m,
+            "abstain_on_unanswerable": abst,
+            "false_abstain_on_answerable": false_abst,
+            "relevance_median": {
+                "unanswerable": common.percentile(un, 50),
+                "answerable": common.percentile(an, 50),
+            },
+            "calibration": [
+                {"threshold": t, "abstain_on_unanswerable": a, "false_abstain_on_answerable": f}
+                for t, a, f in table
+            ],
+            "best_threshold": best[0],
+        }
+    if generated is not None:
+        result["generate"] = generated
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+
+    print(
+        f"MedQuAD abstention, {len(unanswerable)} unanswerable + {len(answerable)} answerable "
+        f"questions (seed {args.seed}), retrieval-stage check, threshold {threshold}"
+    )
+    print(
+        common.table(
+            [
+                "removal",
+                "docs removed",
+                "abstain | unanswerable",
+                "false abstain | answerable",
+                "median rel. unans.",
+                "median rel. ans.",
+                "best threshold",
+            ],
+            [
+                [
+                    mode,
+                    m["removed_docs"],
+                    m["abstain_on_unanswerable"],
+                    m["false_abstain_on_answerable"],
+                    m["relevance_median"]["unanswerable"],
+                    m["relevance_median"]["answerable"],
+                    m["best_threshold"],
+                ]
+                for mode, m in result["modes"].items()
+            ],
+        )
+    )
+    print("\ncalibration (share with best relevance < threshold, i.e. abstaining)")
+    rows = []
+    for i, t in enumerate(THRESHOLDS):
+        row: list[Any] = [f"{t:.3f}" + (" *" if abs(t - threshold) < 1e-9 else "")]
+        for mode in result["modes"]:
+            c = result["modes"][mode]["calibration"][i]
+            row += [c["abstain_on_unanswerable"], c["false_abstain_on_answerable"]]
+        rows.append(row)
+    headers = ["threshold"]
+    for mode in result["modes"]:
+        headers += [f"{mode}: abstain|unans", f"{mode}: false|ans"]
+    print(common.table(headers, rows))
+    print("* = the configured abstain_min_relevance")
+    if generated is not None:
+        print("\nfull Assistant.ask (topic removal, packaged LLM, record=False)")
+        print(
+            common.table(
+                ["questions", "n", "abstained", "p50 s", "outcomes"],
+                [
+                    [
+                        kind,
+                        g["questions"],
+                        g["abstained"],
+                        g["seconds_p50"],
+                        json.dumps(g["reasons"]),
+                    ]
+                    for kind, g in generated.items()
+                ],
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
