@@ -240,13 +240,44 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     stream = None if args.json else (lambda t: print(t, end="", flush=True))
     if stream:
         print("Generating (unverified until checked against the sources)...", file=sys.stderr)
-    answer = assistant.ask(args.question, k=args.k, user=args.user, role=args.role, on_token=stream)
+    user, role = args.user or settings.user, args.role or settings.role
+    # The answer is recorded (and only then shown); attribution follows as its own record.
+    answer = assistant.ask(
+        args.question, k=args.k, user=user, role=role, on_token=stream, attribute=False
+    )
+    if not args.json:
+        print("\n")
+        print_answer(answer)
+    if settings.attribution != "off" and not answer.abstained:
+        if not args.json:
+            print(
+                f"\nattributing ({settings.attribution}, {settings.attribution_ablations} "
+                "ablations)...",
+                file=sys.stderr,
+            )
+        assistant.attribute(answer)
+        if answer.attribution is not None:
+            assistant.record_attribution(answer, user=user, role=role)
+            if not args.json:
+                print_attribution(answer)
     if args.json:
         print(json.dumps(answer_json(answer), indent=2))
-        return 0
-    print("\n")
-    print_answer(answer)
     return 0
+
+
+def print_attribution(answer: Any) -> None:
+    att = answer.attribution
+    faith = att["faithfulness"]
+    order = sorted(range(len(att["scores"])), key=lambda i: -att["scores"][i])[:3]
+    print("ATTRIBUTION (source sentences that drove the answer):")
+    for i in order:
+        src = att["sources"][i]
+        print(f"  {att['scores'][i]:+.2f}  [{src['n']}] {src['text'][:100]}")
+    print(
+        f"faithfulness: removing the top {faith['k']} sentences lowers log p(answer) by "
+        f"{faith['top_k_drop']:.2f} (random: {faith['random_drop']:.2f})"
+        + ("; FLAG: the answer barely depends on the sources" if faith["flag_memory"] else "")
+    )
 
 
 def print_answer(answer: Any) -> None:

@@ -226,6 +226,24 @@ class Assistant:
                 f"{exc} No answer is given without an audit record; ask your administrator."
             ) from exc
 
+    def record_attribution(self, answer: Answer, *, user: str, role: str) -> int:
+        """Append attribution computed after the answer was shown, tied to its record."""
+        try:
+            return int(
+                self.audit.append(
+                    "attribution",
+                    user,
+                    role,
+                    {
+                        "answer_seq": answer.audit_id,
+                        "attribution": answer.attribution,
+                        "faithfulness": (answer.attribution or {}).get("faithfulness"),
+                    },
+                ).seq
+            )
+        except Exception as exc:
+            raise AuditError(f"The attribution could not be recorded: {exc}") from exc
+
     def _check_rate(self, user: str) -> None:
         # Counted from the audit log itself, so the limit holds across processes and restarts.
         since = datetime.now(UTC) - timedelta(minutes=1)
