@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/clinrag ingest data_samples --if-empty
-	$(VENV)/bin/clinrag ask "At what age should average-risk adults start colorectal cancer screening?"
+	# First start creates `admin` (password from CLINRAG_ADMIN_PASSWORD, or printed once).
+	$(VENV)/bin/streamlit run ui/app.py --server.port 8501 --server.headless true \
+		--browser.gatherUsageStats false
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -81,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     rei.add_argument("--json", action="store_true")
 
     from assistant.evaluation.cli import add_eval_parser
+    from ui.cli_users import add_parser as add_users_parser
 
     add_eval_parser(sub)
+    add_users_parser(sub)
     return p
 
 
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "backup": cmd_maintenance,
             "restore": cmd_maintenance,
             "reindex": cmd_maintenance,
+            "users": cmd_users,
         }[args.command]
         return handler(args, settings)
     except ClinragError as exc:
@@ -315,6 +318,12 @@ def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.maintenance import maintenance_command
 
     return maintenance_command(args, settings)
+
+
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from ui.cli_users import users_command
+
+    return users_command(args, settings)
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,492 @@
+"""The Streamlit app through ``streamlit.testing.v1.AppTest``: sign-in, pages, role checks.
+
+Fast tests swap the LLM for the extractive fake in ``test_ui_fakes`` (retrieval, citation,
+audit are real); ``test_real_assistant_end_to_end`` runs the packaged model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, build_library
+
+from assistant.config import load_settings
+from ui.events import audit_log
+from ui.render import md_escape
+
+APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
+HTN_QUESTION = "What blood pressure defines stage 1 hypertension?"
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "ANONYMIZED_TELEMETRY": "False",
+    "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def ui_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in OFFLINE.items():
+            mp.setenv(k, v)
+        yield build_library(tmp_path_factory.mktemp("uihome"))
+
+
+@pytest.fixture
+def home(ui_library: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import ui.session
+    from assistant.pipeline import Assistant
+
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("CLINRAG_CONFIG", raising=False)
+    monkeypatch.setenv("CLINRAG_HOME", str(ui_library))
+    monkeypatch.setattr(
+        ui.session, "assistant_factory", lambda s: Assistant(s, llm=ExtractiveLLM())
+    )
+    st.cache_resource.clear()
+    yield ui_library
+    st.cache_resource.clear()
+
+
+def settings_for(home: Path) -> Any:
+    return load_settings(env={"CLINRAG_HOME": str(home)})
+
+
+def records(home: Path, event: str | None = None) -> list[Any]:
+    log = audit_log(settings_for(home))
+    try:
+        return log.list(event=event)
+    finally:
+        log.close()
+
+
+def start(timeout: float = 120) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def sign_in(at: AppTest, username: str, password: str | None = None) -> AppTest:
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(password or PASSWORDS[username])
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def pages(at: AppTest) -> list[str]:
+    return list(at.sidebar.radio(key="page").options)
+
+
+def all_text(at: AppTest) -> str:
+    parts: list[str] = []
+    for kind in ("markdown", "caption", "header", "subheader", "warning", "error", "info"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    return "\n".join(parts)
+
+
+def table(at: AppTest, column: str) -> Any:
+    """The first dataframe shown with ``column`` (AppTest does not expose dataframe keys)."""
+    for frame in at.dataframe:
+        if column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with column {column!r}")
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input(key="question").set_value(question).run()
+    assert not at.exception, at.exception
+    return at
+
+
+# ------------------------------------------------------------------ sign-in
+
+
+def test_sign_in_form_first_and_wrong_password_is_refused_and_audited(home: Path) -> None:
+    at = start()
+    assert [t.label for t in at.text_input] == ["User name", "Password"]
+    assert not at.sidebar.radio  # nothing but the form before sign-in
+    before = len(records(home, "login_failed"))
+    sign_in(at, "carol", "not-the-password")
+    assert "Wrong user name or password" in at.error[0].value
+    assert at.text_input(key="signin_username")  # still on the form
+    failed = records(home, "login_failed")
+    assert len(failed) == before + 1
+    assert failed[-1].user == "carol" and failed[-1].payload["reason"] == "bad_password"
+    assert "not-the-password" not in json.dumps([r.to_dict() for r in failed])
+
+
+def test_sign_in_records_login_and_sign_out_ends_the_session(home: Path) -> None:
+    before = len(records(home, "login"))
+    at = sign_in(start(), "carol")
+    assert pages(at) == ["Ask"]
+    logins = records(home, "login")
+    assert len(logins) == before + 1 and logins[-1].user == "carol"
+    assert logins[-1].role == "clinician"
+    at.sidebar.button(key="signout").click().run()
+    assert at.text_input(key="signin_username")
+    assert records(home, "logout")[-1].user == "carol"
+
+
+def test_disabled_account_is_signed_out_on_next_run(home: Path) -> None:
+    from ui.users import disable_user
+
+    settings = settings_for(home)
+    at = sign_in(start(), "carol")
+    assert pages(at) == ["Ask"]
+    try:
+        disable_user(settings, "carol")
+        at.run()
+        assert at.text_input(key="signin_username")
+        assert "disabled" in at.info[0].value
+        sign_in(at, "carol")
+        assert at.error and not at.sidebar.radio
+    finally:
+        disable_user(settings, "carol", disabled=False)
+
+
+def test_idle_session_is_signed_out(home: Path) -> None:
+    from ui.session import IDLE_TIMEOUT_MINUTES
+
+    at = sign_in(start(), "carol")
+    auth = dict(at.session_state["auth"])
+    auth["last_seen"] -= IDLE_TIMEOUT_MINUTES * 60 + 1
+    at.session_state["auth"] = auth
+    at.run()
+    assert at.text_input(key="signin_username")
+    assert "inactivity" in at.info[0].value
+
+
+# ------------------------------------------------------------------ roles
+
+
+def test_each_role_sees_its_pages(home: Path) -> None:
+    assert pages(sign_in(start(), "carol")) == ["Ask"]
+    assert pages(sign_in(start(), "audrey")) == ["Audit"]
+    assert pages(sign_in(start(), "admin")) == ["Ask", "Library", "Audit"]
+
+
+def _render_page_as(page: str, username: str) -> None:
+    from ui.session import get_settings
+    from ui.users import get_user
+    from ui.views import ask, audit, library
+
+    settings = get_settings()
+    view = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}[page]
+    view(settings, get_user(settings, username))
+
+
+@pytest.mark.parametrize(
+    ("page", "username"),
+    [("Audit", "carol"), ("Library", "carol"), ("Library", "audrey"), ("Ask", "audrey")],
+)
+def test_pages_refuse_other_roles_server_side(home: Path, page: str, username: str) -> None:
+    at = AppTest.from_function(
+        _render_page_as, kwargs={"page": page, "username": username}, default_timeout=60
+    )
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["You do not have access to this page."]
+    assert not at.dataframe and not at.header and not at.chat_input
+
+
+def test_signed_out_session_cannot_render_a_page(home: Path) -> None:
+    at = AppTest.from_function(
+        _render_page_as, kwargs={"page": "Audit", "username": "nobody"}, default_timeout=60
+    )
+    at.run()
+    assert [e.value for e in at.error] == ["You do not have access to this page."]
+
+
+def test_clinician_cannot_force_the_audit_page(home: Path) -> None:
+    at = sign_in(start(), "carol")
+    with contextlib.suppress(ValueError):  # AppTest refuses a value outside the options
+        at.session_state["page"] = "Audit"
+        at.run()
+    assert "Verify the chain" not in [b.label for b in at.button]
+    assert "Audit" not in [h.value for h in at.header]
+    assert not any("records (newest first" in c.value for c in at.caption)
+
+
+# ------------------------------------------------------------------ Ask
+
+
+def test_ask_streams_a_cited_answer_with_sources_and_feedback(home: Path) -> None:
+    at = sign_in(start(), "carol")
+    ask(at, HTN_QUESTION)
+    md = [m.value for m in at.markdown]
+    assert any("Stage 1 hypertension" in m and ":blue-badge[1]" in m for m in md), md
+    # the citation opens on the chunk, escaped, with the evidence highlighted
+    expander = at.expander[0]
+    assert expander.label.startswith("\\[1\\] High Blood Pressure")
+    chunk = next(m.value for m in expander.markdown if "clinrag-chunk" in m.value)
+    assert '<mark class="clinrag-evidence">' in chunk and "Stage 1 hypertension" in chunk
+    captions = " ".join(c.value for c in expander.caption)
+    assert "American College of Cardiology" in captions and "2017" in captions
+    # older than 5 years: flagged
+    assert any("more than 5 years ago" in w.value for w in at.warning)
+    assert any("Key evidence" in m for m in md)
+    answers = records(home, "answer")
+    audit_id = answers[-1].seq
+    assert answers[-1].user == "carol" and answers[-1].payload["question"] == HTN_QUESTION
+    assert any(c.value == f"Audit record {audit_id}" for c in at.caption)
+
+    at.text_input(key="fb-comment-0").input("clear and quick")
+    next(b for b in at.button if b.label == "Helpful").click().run()
+    feedback = records(home, "feedback")[-1]
+    assert feedback.payload == {
+        "answer_id": audit_id,
+        "helpful": True,
+        "comment": "clear and quick",
+    }
+    assert feedback.user == "carol"
+    assert any("Feedback recorded: helpful" in c.value for c in at.caption)
+
+
+def test_history_keeps_every_answer(home: Path) -> None:
+    at = sign_in(start(), "carol")
+    ask(at, HTN_QUESTION)
+    ask(at, "At what age should average-risk adults start colorectal cancer screening?")
+    users = [m for m in at.chat_message if m.name == "user"]
+    answers = [m for m in at.chat_message if m.name == "assistant"]
+    assert len(users) == 2 and len(answers) == 2
+    assert "stage 1 hypertension" in users[0].markdown[0].value
+    assert any("Stage 1 hypertension" in m.value for m in answers[0].markdown)
+    assert any("colorectal" in m.value.lower() for m in answers[1].markdown)
+    assert len(at.expander) >= 2  # each answer keeps its own sources
+
+
+class _Only2016:
+    """The real Assistant (fake LLM) restricted to the superseded 2016 guideline.
+
+    Retrieval ranks superseded guidance below its successor, so an unrestricted question
+    rarely cites it; the restriction makes the warning deterministic.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        from assistant.pipeline import Assistant
+
+        self._inner = Assistant(settings, llm=ExtractiveLLM())
+        self.retriever = self._inner.retriever
+
+    def warm_up(self) -> None:
+        self._inner.warm_up()
+
+    def ask(self, question: str, **kwargs: Any) -> Any:
+        from assistant.retrieve import Filters
+
+        return self._inner.ask(
+            question, filters=Filters(doc_ids=("colorectal-cancer-screening-2016",)), **kwargs
+        )
+
+
+def test_superseded_guideline_is_flagged(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui.session
+
+    monkeypatch.setattr(ui.session, "assistant_factory", _Only2016)
+    st.cache_resource.clear()
+    at = sign_in(start(), "carol")
+    ask(at, "At what age should average-risk adults start colorectal cancer screening?")
+    assert not at.error, [e.value for e in at.error]
+    assert at.expander[0].label.startswith("\\[1\\] Colorectal Cancer Screening \\(USPSTF 2016\\)")
+    warnings = " ".join(w.value for w in at.warning)
+    assert "Superseded by Colorectal Cancer Screening in Adults \\(USPSTF 2021\\)" in warnings
+
+
+def test_abstention_is_shown_with_nearest_documents(home: Path) -> None:
+    at = sign_in(start(), "carol")
+    ask(at, "How do I replace the chain on a mountain bike?")
+    text = all_text(at)
+    assert "**No answer.**" in text
+    assert "Nearest documents" in text
+    answer = records(home, "answer")[-1]
+    assert answer.payload["abstained"] is True
+
+
+def test_document_text_is_escaped_not_rendered(home: Path) -> None:
+    from ui.render import highlighted_html
+
+    evil = "Dose [click](javascript:alert(1)) <script>alert(1)</script> **bold** $x$"
+    html = highlighted_html(evil, ["<script>alert(1)</script>"])
+    assert "<script>" not in html and "](" not in html and "**" not in html
+    assert "&#60;script&#62;" in html
+    assert "<mark" in html
+    escaped = md_escape(evil)
+    assert "\\[click\\]\\(javascript" in escaped and "\\<script\\>" in escaped
+
+
+def _attributing_assistant(settings: Any) -> Any:
+    """The real Assistant with the fake LLM, and an attribution stand-in (no log-probs)."""
+    from assistant.pipeline import Assistant
+
+    class Attributing(Assistant):
+        def attribute(self, answer: Any, method: str | None = None) -> Any:
+            sources = answer.source_sentences[:3]
+            answer.attribution = {
+                "method": "surrogate",
+                "scores": [0.9, 0.1, -0.2][: len(sources)],
+                "per_sentence": [[0.9, 0.1, -0.2][: len(sources)]],
+                "sources": [
+                    {"index": s.index, "n": s.n, "chunk_id": s.chunk_id, "text": s.text}
+                    for s in sources
+                ],
+                "faithfulness": {"top_k_drop": 1.5, "random_drop": 0.2},
+            }
+            return answer
+
+    return Attributing(settings, llm=ExtractiveLLM())
+
+
+def test_attribution_is_offered_after_the_answer_and_recorded(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ui.session
+
+    at = sign_in(start(), "carol")
+    ask(at, HTN_QUESTION)
+    at.button(key="attribute-0").click().run()
+    assert "Attribution is not available for this model." in [c.value for c in at.caption]
+
+    monkeypatch.setattr(ui.session, "assistant_factory", _attributing_assistant)
+    st.cache_resource.clear()
+    at = sign_in(start(), "carol")
+    ask(at, HTN_QUESTION)
+    answer = records(home, "answer")[-1]
+    assert answer.payload["attribution"] is None  # the answer did not wait for it
+    at.button(key="attribute-0").click().run()
+    assert not at.exception, at.exception
+    event = records(home, "attribution")[-1]
+    assert event.payload["answer_id"] == answer.seq and event.user == "carol"
+    assert event.payload["attribution"]["scores"][0] == 0.9
+    assert any("Which sources the answer relied on" in m.value for m in at.markdown)
+    chunk = next(m.value for m in at.expander[0].markdown if "clinrag-chunk" in m.value)
+    assert "clinrag-attributed" in chunk or "clinrag-evidence" in chunk
+
+    auditor = sign_in(start(), "audrey")
+    auditor.selectbox(key="audit_event").set_value("answer").run()
+    auditor.selectbox(key="audit_record").set_value(answer.seq).run()
+    assert not auditor.exception, auditor.exception
+    shown = [m.value for m in auditor.markdown]
+    assert any(m.startswith("**Attribution requested later**") for m in shown), shown
+    assert any(m.startswith("**Attribution** (surrogate)") for m in shown), shown
+
+
+# ------------------------------------------------------------------ Library
+
+
+def test_admin_library_lists_documents_and_removes_an_upload(home: Path) -> None:
+    from ui.library import ingest_files, save_uploads
+
+    settings = settings_for(home)
+    name = "depression-screening-adults.txt"
+    paths = save_uploads(settings, [(name, (SAMPLES / name).read_bytes())])
+    assert oct(paths[0].stat().st_mode & 0o777) == "0o600"
+    summary = ingest_files(settings, paths, user="admin", role="admin")
+    assert summary.count("added") == 1
+    assert records(home, "ingest")[-1].payload["source"] == "ui_upload"
+    doc_id = summary.results[0].doc_id
+
+    at = sign_in(start(), "admin")
+    at.sidebar.radio(key="page").set_value("Library").run()
+    assert not at.exception, at.exception
+    docs = table(at, "chunks")
+    assert doc_id in set(docs["doc_id"]) and len(docs) == 4
+    superseded = docs[docs["doc_id"] == "colorectal-cancer-screening-2016"]["warnings"]
+    assert "Superseded by" in superseded.iloc[0]
+
+    at.selectbox(key="remove_doc").set_value(doc_id).run()
+    at.checkbox(key="remove_confirm").check().run()
+    at.button(key="remove_button").click().run()
+    assert not at.exception, at.exception
+    assert md_escape(f"Removed {doc_id}.") in [s.value for s in at.success]
+    assert doc_id not in set(table(at, "chunks")["doc_id"])
+    assert not paths[0].exists()
+    removal = records(home, "remove")[-1]
+    assert removal.payload == {"doc_id": doc_id, "deleted_upload": True}
+    assert removal.user == "admin"
+
+
+# ------------------------------------------------------------------ Audit
+
+
+def test_auditor_filters_reads_verifies_and_exports(home: Path) -> None:
+    clinician = sign_in(start(), "carol")
+    ask(clinician, HTN_QUESTION)
+    answer = records(home, "answer")[-1]
+
+    at = sign_in(start(), "audrey")
+    assert [h.value for h in at.header] == ["Audit"]
+    listed = table(at, "question")
+    assert answer.seq in set(listed["seq"])
+    at.selectbox(key="audit_event").set_value("answer").run()
+    assert set(table(at, "question")["event"]) == {"answer"}
+    at.selectbox(key="audit_abstained").set_value("answered").run()
+    assert answer.seq in set(table(at, "question")["seq"])
+    at.text_input(key="audit_user").input("nobody").run()
+    assert "No records match these filters." in [i.value for i in at.info]
+    at.text_input(key="audit_user").input("carol").run()
+
+    at.selectbox(key="audit_record").set_value(answer.seq).run()
+    assert not at.exception, at.exception
+    texts = [t.value for t in at.text]
+    assert HTN_QUESTION in texts and answer.payload["answer"] in texts
+    assert any("Versions" in m.value for m in at.markdown)
+    assert any("Replay" in b.label for b in at.button) or any(
+        "Replay unavailable" in c.value for c in at.caption
+    )
+
+    at.button(key="verify").click().run()
+    assert at.success and at.success[0].value.startswith("Chain verified")
+    assert records(home, "verify")[-1].user == "audrey"
+
+    at.radio(key="export_format").set_value("JSONL").run()
+    exported_before = len(records(home, "export"))
+    at.button(key="export").click().run()
+    assert not at.exception, at.exception
+    exports = records(home, "export")
+    assert len(exports) == exported_before + 1
+    payload = exports[-1].payload
+    assert payload["format"] == "jsonl" and payload["count"] >= 1
+    assert payload["filters"]["user"] == "carol" and exports[-1].user == "audrey"
+    assert any(f"audit record {exports[-1].seq}" in c.value for c in at.caption)
+
+
+# ------------------------------------------------------------------ the real model
+
+
+@pytest.mark.slow
+def test_real_assistant_end_to_end(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui.session
+
+    monkeypatch.setattr(ui.session, "assistant_factory", None)
+    st.cache_resource.clear()
+    at = sign_in(start(timeout=600), "carol")
+    ask(at, HTN_QUESTION)
+    assert not at.error, [e.value for e in at.error]
+    answer = records(home, "answer")[-1]
+    assert answer.user == "carol" and answer.payload["question"] == HTN_QUESTION
+    assert answer.payload["model"]["backend"] == "transformers"
+    assistant_msg = [m for m in at.chat_message if m.name == "assistant"][-1]
+    shown = " ".join(m.value for m in assistant_msg.markdown)
+    if answer.payload["abstained"]:
+        assert "**No answer.**" in " ".join(w.value for w in assistant_msg.warning)
+        assert "Key evidence" in shown  # the closest passages are still shown
+    else:
+        assert ":blue-badge[" in shown
+    assert any(c.value == f"Audit record {answer.seq}" for c in assistant_msg.caption)
+    assert assistant_msg.expander, "sources or closest passages can be opened"
+
+    auditor = sign_in(start(), "audrey")
+    assert answer.seq in set(table(auditor, "question")["seq"])
+    auditor.button(key="verify").click().run()
+    assert auditor.success[0].value.startswith("Chain verified")

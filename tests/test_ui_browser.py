@@ -1,0 +1,314 @@
+"""The app in a real browser: ``streamlit run ui/app.py`` driven by headless Chromium (Selenium).
+
+A clinician signs in, asks a question of the packaged model, sees the answer with its source
+and opens it; an auditor signs in, finds that answer's record and verifies the chain.
+Screenshots go to ``tmp_path/screenshots`` (printed at the end; kept by pytest for 3 runs).
+
+Needs Chromium and its driver (Debian: ``apt-get install -y chromium chromium-driver``) and
+``pip install selenium``. Skipped only when no Chromium binary is found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_ui_fakes import PASSWORDS, REPO, SAMPLES, build_library
+
+HTN_QUESTION = "What blood pressure defines stage 1 hypertension?"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1100",
+)
+START_TIMEOUT_S = 90
+ANSWER_TIMEOUT_S = 420  # first question converts and loads the packaged model
+
+
+def _chromium() -> str | None:
+    env = os.environ.get("CLINRAG_TEST_CHROMIUM")
+    if env and Path(env).is_file():
+        return env
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"streamlit exited early:\n{log.read_text()[-4000:]}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"streamlit did not start in {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A pre-ingested home with accounts, and the app serving it on a free local port."""
+    home = build_library(tmp_path / "home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINRAG_")} | {
+        "CLINRAG_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "ui/app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+                "--browser.gatherUsageStats",
+                "false",
+                "--client.toolbarMode",
+                "viewer",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/_stcore/health", START_TIMEOUT_S, proc, log)
+        yield url, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no Chromium binary found (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
+    assert Path(driver_path).is_file(), (
+        "Chromium is installed but chromedriver is not: apt-get install -y chromium-driver"
+    )
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not fetch drivers
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """Small helpers over Selenium for Streamlit's DOM."""
+
+    def __init__(self, driver: Any, shots: Path) -> None:
+        from selenium.webdriver.common.by import By
+
+        self.driver = driver
+        self.by = By
+        self.shots = shots
+        shots.mkdir(parents=True, exist_ok=True)
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+                if value:
+                    return value
+            except Exception as exc:  # element not there yet, stale after a rerun, ...
+                last = exc
+            time.sleep(0.3)
+        self.shot(f"timeout-{what.replace(' ', '-')}")
+        raise AssertionError(f"timed out waiting for {what} ({last}):\n{self.text()[-3000:]}")
+
+    def text(self) -> str:
+        return str(self.driver.find_element(self.by.TAG_NAME, "body").text)
+
+    def wait_text(self, needle: str, timeout: float = 60) -> None:
+        self.wait(f"text {needle!r}", lambda: needle in self.text(), timeout)
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{len(list(self.shots.iterdir())):02d}-{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def css(self, selector: str) -> list[Any]:
+        return list(self.driver.find_elements(self.by.CSS_SELECTOR, selector))
+
+    def button(self, label: str, timeout: float = 30) -> Any:
+        def find() -> Any:
+            for b in self.css("button"):
+                # an icon's ligature name comes first in the text ("download\nOriginal file")
+                lines = b.text.strip().splitlines()
+                if b.is_displayed() and b.is_enabled() and lines and lines[-1] == label:
+                    return b
+            return None
+
+        return self.wait(f"button {label!r}", find, timeout)
+
+    def sign_in(self, username: str) -> None:
+        user = self.wait("sign-in form", lambda: self.css('input[aria-label="User name"]'))[0]
+        user.clear()
+        user.send_keys(username)
+        password = self.css('input[aria-label="Password"]')[0]
+        password.send_keys(PASSWORDS[username])
+        self.button("Sign in").click()
+        self.wait_text(f"Signed in as {username}")
+
+    def select(self, label: str, option: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        def box() -> Any:
+            for widget in self.css('[data-testid="stSelectbox"]'):
+                if widget.text.split("\n", 1)[0].strip() == label:
+                    return widget
+            return None
+
+        field = self.wait(f"selectbox {label!r}", box).find_element(self.by.TAG_NAME, "input")
+        field.click()
+        field.send_keys(option)
+        field.send_keys(Keys.ENTER)
+
+
+@pytest.mark.slow
+def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
+    server: tuple[str, Path], browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    from assistant.config import load_settings
+    from ui.events import audit_log
+
+    url, home = server
+    page = Page(browser, tmp_path / "screenshots")
+    browser.get(url)
+    page.wait_text("Sign in with your hospital account")
+    page.shot("signin")
+
+    # --- the clinician
+    page.sign_in("carol")
+    assert "Audit" not in [e.text for e in page.css('[data-testid="stSidebar"] label')]
+    box = page.wait("chat input", lambda: page.css('[data-testid="stChatInputTextArea"]'))[0]
+    box.send_keys(HTN_QUESTION)
+    box.send_keys(Keys.ENTER)
+    page.wait_text("Audit record", timeout=ANSWER_TIMEOUT_S)
+    page.shot("answer")
+
+    log = audit_log(load_settings(env={"CLINRAG_HOME": str(home)}))
+    answer = log.list(event="answer")[-1]
+    assert answer.user == "carol" and answer.payload["question"] == HTN_QUESTION
+    body = page.text()
+    assert f"Audit record {answer.seq}" in body
+    if answer.payload["abstained"]:
+        pytest.fail(f"the packaged model abstained on {HTN_QUESTION!r}: {answer.payload}")
+    cited = {c["n"] for c in answer.payload["citations"]}
+    assert cited, answer.payload
+    badges = [b.text.strip() for b in page.css('[data-testid="stMarkdownContainer"] span')]
+    assert any(b in {str(n) for n in cited} for b in badges), badges
+
+    # open the first citation: the chunk, escaped, with its evidence highlighted
+    expanders = page.css('[data-testid="stExpander"] summary')
+    # (the summary's text starts with the arrow icon's ligature name)
+    first = next(e for e in expanders if f"[{min(cited)}]" in e.text)
+    assert "High Blood Pressure in Adults" in first.text
+    first.click()
+    marks = page.wait(
+        "highlighted evidence",
+        lambda: [m for m in page.css("mark.clinrag-evidence") if m.is_displayed()],
+    )
+    assert any("130" in m.text or "Stage 1" in m.text for m in marks), [m.text for m in marks]
+    page.wait_text("Issued by: American College of Cardiology")
+    assert page.button("Original file")
+    page.shot("citation-open")
+
+    page.button("Sign out").click()
+    page.wait_text("Sign in with your hospital account")
+
+    # --- the auditor
+    page.sign_in("audrey")
+    page.wait_text("Verify the chain")
+    assert "Ask a clinical question" not in page.text()
+    page.select("Event", "answer")
+    page.wait_text(f"Record {answer.seq}: answer")
+    page.wait_text(HTN_QUESTION)
+    page.shot("audit-record")
+    page.button("Verify the chain").click()
+    page.wait_text("Chain verified")
+    page.shot("audit-verified")
+    verify = log.list(event="verify")[-1]
+    assert verify.user == "audrey" and verify.payload["ok"] is True
+
+    # --- the administrator adds a guideline through the upload form
+    page.button("Sign out").click()
+    page.wait_text("Sign in with your hospital account")
+    page.sign_in("admin")
+    radio = page.wait(
+        "Library in the menu",
+        lambda: [e for e in page.css('[data-testid="stSidebar"] label') if e.text == "Library"],
+    )
+    radio[0].click()
+    page.wait_text("Add documents")
+    upload = page.wait("file input", lambda: page.css('input[type="file"]'))[0]
+    upload.send_keys(str(SAMPLES / "depression-screening-adults.txt"))
+    page.wait_text("adults.txt")  # the chip shows a shortened name
+    page.button("Add to library").click()
+    page.wait_text("Added 1, updated 0", timeout=120)
+    page.wait_text("4 documents,")  # the table was refreshed
+    page.shot("library-upload")
+    ingest = log.list(event="ingest")[-1]
+    assert ingest.user == "admin" and ingest.payload["added"] == 1
+    assert (home / "uploads" / "depression-screening-adults.txt").is_file()
+    log.close()
+    print(f"\nscreenshots: {page.shots}")

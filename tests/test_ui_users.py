@@ -1,0 +1,163 @@
+"""Local accounts (ui.users) and the ``clinrag users`` command (ui.cli_users)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+
+from assistant.config import Settings
+from ui import users
+from ui.cli_users import add_parser, users_command
+from ui.events import audit_log
+from ui.users import (
+    MAX_FAILURES,
+    UserError,
+    add_user,
+    authenticate,
+    disable_user,
+    ensure_admin,
+    get_user,
+    list_users,
+    users_path,
+)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, user: str, role: str, payload: dict[str, Any]) -> None:
+        self.seen.append((event, user, role, payload))
+
+
+def test_users_file_is_owner_only_and_stores_argon2_hashes(settings: Settings) -> None:
+    add_user(settings, "Carol", "a-long-password", "clinician")
+    path = users_path(settings)
+    assert path == settings.home / "users.sqlite"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    row = sqlite3.connect(path).execute("SELECT username, password_hash FROM users").fetchone()
+    assert row[0] == "carol"  # names are case-insensitive, stored lower-case
+    assert row[1].startswith("$argon2id$") and "a-long-password" not in row[1]
+
+
+def test_authenticate_records_login_and_failures(settings: Settings) -> None:
+    add_user(settings, "carol", "a-long-password", "clinician")
+    events = Events()
+    user = authenticate(settings, " CAROL ", "a-long-password", on_event=events)
+    assert user is not None and user.role == "clinician" and user.last_login
+    assert authenticate(settings, "carol", "wrong-password", on_event=events) is None
+    assert authenticate(settings, "mallory", "whatever-pass", on_event=events) is None
+    assert [(e[0], e[1], e[2], e[3].get("reason")) for e in events.seen] == [
+        ("login", "carol", "clinician", None),
+        ("login_failed", "carol", "clinician", "bad_password"),
+        ("login_failed", "mallory", "unknown", "unknown_user"),
+    ]
+
+
+def test_a_failing_audit_sink_blocks_the_sign_in(settings: Settings) -> None:
+    add_user(settings, "carol", "a-long-password", "clinician")
+
+    def broken(*_: Any) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        authenticate(settings, "carol", "a-long-password", on_event=broken)
+    assert get_user(settings, "carol").last_login is None  # type: ignore[union-attr]
+
+
+def test_disabled_accounts_cannot_sign_in(settings: Settings) -> None:
+    add_user(settings, "carol", "a-long-password", "clinician")
+    assert disable_user(settings, "carol")
+    events = Events()
+    assert authenticate(settings, "carol", "a-long-password", on_event=events) is None
+    assert events.seen[-1][3] == {"reason": "disabled"}
+    assert disable_user(settings, "carol", disabled=False)
+    assert authenticate(settings, "carol", "a-long-password") is not None
+    assert not disable_user(settings, "nobody")
+
+
+def test_repeated_failures_lock_the_account(settings: Settings) -> None:
+    add_user(settings, "carol", "a-long-password", "clinician")
+    events = Events()
+    for _ in range(MAX_FAILURES):
+        assert authenticate(settings, "carol", "wrong-password", on_event=events) is None
+    # even the right password is refused while locked
+    assert authenticate(settings, "carol", "a-long-password", on_event=events) is None
+    assert events.seen[-1][3] == {"reason": "locked"}
+    assert users.set_password(settings, "carol", "another-long-password")  # admin reset unlocks
+    assert authenticate(settings, "carol", "another-long-password") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "role"),
+    [
+        ("../etc", "a-long-password", "clinician"),
+        ("", "a-long-password", "clinician"),
+        ("carol", "short", "clinician"),
+        ("carol", "a-long-password", "superuser"),
+    ],
+)
+def test_invalid_accounts_are_refused(
+    settings: Settings, name: str, password: str, role: str
+) -> None:
+    with pytest.raises(UserError):
+        add_user(settings, name, password, role)
+
+
+def test_duplicate_user_is_refused(settings: Settings) -> None:
+    add_user(settings, "carol", "a-long-password", "clinician")
+    with pytest.raises(UserError, match="already exists"):
+        add_user(settings, "CAROL", "a-long-password", "admin")
+    assert [(u.username, u.role) for u in list_users(settings)] == [("carol", "clinician")]
+
+
+def test_ensure_admin_only_on_first_run(settings: Settings) -> None:
+    generated = ensure_admin(settings)
+    assert generated and len(generated) >= 16
+    assert authenticate(settings, "admin", generated).role == "admin"  # type: ignore[union-attr]
+    assert ensure_admin(settings) is None  # never again, never a second password
+    assert ensure_admin(settings, "given-password") is None
+
+
+def test_ensure_admin_uses_the_given_password(settings: Settings) -> None:
+    assert ensure_admin(settings, "given-password") is None
+    assert authenticate(settings, "admin", "given-password") is not None
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="clinrag")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_users_command_add_list_disable_enable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-password\n"))
+    args = _cli(["users", "add", "audrey", "--role", "auditor", "--password-stdin"])
+    assert users_command(args, settings) == 0
+    assert authenticate(settings, "audrey", "a-long-password") is not None
+
+    assert users_command(_cli(["users", "list", "--json"]), settings) == 0
+    listed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert [(u["username"], u["role"], u["disabled"]) for u in listed] == [
+        ("audrey", "auditor", False)
+    ]
+    assert users_command(_cli(["users", "disable", "audrey"]), settings) == 0
+    assert get_user(settings, "audrey").disabled  # type: ignore[union-attr]
+    assert users_command(_cli(["users", "enable", "audrey"]), settings) == 0
+    assert users_command(_cli(["users", "disable", "nobody"]), settings) == 1
+
+    log = audit_log(settings)
+    events = [(r.event, r.payload.get("username")) for r in log.list()]
+    log.close()
+    assert events == [
+        ("user_add", "audrey"),
+        ("user_disable", "audrey"),
+        ("user_enable", "audrey"),
+    ]

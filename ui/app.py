@@ -1,0 +1,62 @@
+"""clinrag's web app: ``streamlit run ui/app.py``.
+
+Sign-in first; then the pages the user's role allows (checked again inside every page):
+Ask (clinicians, admins), Library (admins), Audit (auditors, admins).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+try:
+    import ui  # noqa: F401  (installed with the project)
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit as st
+
+from assistant.errors import ClinragError
+from ui.events import record_event
+from ui.render import md_escape
+from ui.session import allowed_pages, current_user, get_settings, sign_out
+from ui.views import ask, audit, library, signin
+
+VIEWS = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}
+
+
+def main() -> None:
+    os.umask(0o077)  # uploads, user store, audit log: owner-only, as with the CLI
+    st.set_page_config(page_title="clinrag", page_icon=":material/local_hospital:", layout="wide")
+    try:
+        settings = get_settings()
+    except ClinragError as exc:
+        st.error(md_escape(f"clinrag cannot start: {exc}"))
+        st.stop()
+    user = current_user(settings)
+    if user is None:
+        signin.render(settings)
+        return
+    pages = allowed_pages(user)
+    with st.sidebar:
+        st.markdown(f"Signed in as **{md_escape(user.username)}** ({user.role})")
+        page = st.radio("Page", pages, key="page")
+        if st.button("Sign out", key="signout"):
+            try:
+                record_event(settings, "logout", user.username, user.role, {})
+            except Exception:  # signing out must always work; the log says why it failed
+                logging.getLogger("clinrag.ui").exception("logout event not recorded")
+            sign_out()
+            st.rerun()
+        st.caption(
+            "Answers come only from the hospital's guideline library and are checked against "
+            "it. They support, not replace, clinical judgement."
+        )
+    if page not in pages:  # a stale or forged value: fall back, the view checks again anyway
+        page = pages[0]
+    VIEWS[page](settings, user)
+
+
+main()

@@ -1,0 +1,170 @@
+"""Settings, the cached Assistant, and who is signed in: the server-side checks every page runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import streamlit as st
+
+from assistant.config import Settings, apply_offline_environment, ensure_home, load_settings
+from ui.users import User, ensure_admin, get_user
+
+# Environment variables the app reads itself; they are not settings fields.
+ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"
+_UI_ENV = {ADMIN_PASSWORD_ENV}
+# A session that does nothing for this long is signed out.
+IDLE_TIMEOUT_MINUTES = 30
+
+# page -> roles that may open it. Checked on every run of every page, never only in the menu.
+PAGES: dict[str, tuple[str, ...]] = {
+    "Ask": ("clinician", "admin"),
+    "Library": ("admin",),
+    "Audit": ("auditor", "admin"),
+}
+
+# Test seam: a callable (settings) -> Assistant. None builds the real one.
+assistant_factory: Callable[[Settings], Any] | None = None
+
+
+def _settings_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("CLINRAG_") and k not in _UI_ENV}
+
+
+@st.cache_resource(show_spinner=False)
+def _load_settings(env_items: tuple[tuple[str, str], ...]) -> Settings:
+    apply_offline_environment()
+    settings = load_settings(env=dict(env_items))
+    ensure_home(settings)
+    generated = ensure_admin(settings, os.environ.get(ADMIN_PASSWORD_ENV) or None)
+    if generated:
+        # printed once, on the server console, when the first account is created
+        print(
+            f"clinrag: created user 'admin' in {settings.home} with password: {generated}\n"
+            "clinrag: sign in and change it with `clinrag users passwd admin`.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return settings
+
+
+def get_settings() -> Settings:
+    """The settings, loaded once per environment (so once per server)."""
+    return _load_settings(tuple(sorted(_settings_env().items())))
+
+
+@st.cache_resource(show_spinner=False)
+def _assistant(_key: str, _settings: Settings, _factory: Any) -> Any:
+    if _factory is not None:
+        return _factory(_settings)
+    from assistant.pipeline import Assistant
+
+    return Assistant(_settings)
+
+
+def get_assistant(settings: Settings) -> Any:
+    """One Assistant per settings, shared by every session (construction is cheap)."""
+    key = settings.model_dump_json() + f"|{id(assistant_factory)}"
+    return _assistant(key, settings, assistant_factory)
+
+
+@st.cache_resource(show_spinner=False)
+def _lock(_key: str) -> threading.Lock:
+    return threading.Lock()
+
+
+def _rebind_manifest(assistant: Any) -> None:
+    """Give the manifest a connection of this thread.
+
+    Streamlit runs every script run in a new thread, and ``ingest.manifest.Manifest`` opens
+    its SQLite connection with ``check_same_thread`` on. Callers hold the lock, so exactly
+    one thread uses the shared Assistant at a time; the previous connection is dropped.
+    """
+    manifest = getattr(
+        getattr(getattr(assistant, "retriever", None), "index", None), "manifest", None
+    )
+    if manifest is None or not hasattr(manifest, "_conn"):
+        return
+    me = threading.get_ident()
+    if getattr(manifest, "_ui_thread", me) != me:
+        manifest._conn = None
+    manifest._ui_thread = me
+
+
+@contextlib.contextmanager
+def assistant_session(settings: Settings) -> Iterator[Any]:
+    """The shared, warmed-up Assistant, used by one session at a time.
+
+    One question at a time suits an on-premise CPU model; the others wait their turn.
+    """
+    lock = _lock(str(settings.home))
+    if not lock.acquire(blocking=False):
+        with st.spinner("Waiting for another question to finish..."):
+            lock.acquire()
+    try:
+        assistant = get_assistant(settings)
+        _rebind_manifest(assistant)
+        if not getattr(assistant, "_ui_warm", False):
+            with st.spinner("Loading the models (only after a restart)..."):
+                assistant.warm_up()
+            assistant._ui_warm = True
+        yield assistant
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------ who is signed in
+
+
+def sign_in(user: User) -> None:
+    st.session_state["auth"] = {
+        "username": user.username,
+        "role": user.role,
+        "since": time.time(),
+        "last_seen": time.time(),
+    }
+
+
+def sign_out() -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def current_user(settings: Settings) -> User | None:
+    """The signed-in user, re-read from the account store on every run.
+
+    A disabled account, a changed role or an idle session ends the session at once.
+    """
+    auth = st.session_state.get("auth")
+    if not auth:
+        return None
+    user = get_user(settings, auth["username"])
+    idle = time.time() - float(auth.get("last_seen", 0)) > IDLE_TIMEOUT_MINUTES * 60
+    if user is None or user.disabled or user.role != auth["role"] or idle:
+        sign_out()
+        st.session_state["signed_out_reason"] = (
+            "You were signed out after a period of inactivity."
+            if idle and user is not None and not user.disabled
+            else "Your session ended: the account was changed or disabled."
+        )
+        return None
+    auth["last_seen"] = time.time()
+    return user
+
+
+def allowed_pages(user: User) -> list[str]:
+    return [page for page, roles in PAGES.items() if user.role in roles]
+
+
+def require(user: User | None, page: str) -> User:
+    """Stop the run unless ``user`` may open ``page``. Call first thing on every page."""
+    if user is None or user.role not in PAGES.get(page, ()):
+        st.error("You do not have access to this page.")
+        st.stop()
+    assert user is not None
+    return user

@@ -1,0 +1,294 @@
+"""Local user accounts for the app: SQLite in ``CLINRAG_HOME/users.sqlite``, argon2 hashes.
+
+Roles: ``clinician`` (asks questions), ``auditor`` (reads and exports the audit log) and
+``admin`` (everything, plus the document library). Accounts are disabled, never deleted, so
+the audit log's user names keep meaning something. Sign-ins and failed sign-ins are reported
+to an event sink (the audit log in the app); if it cannot record them, nobody is signed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from assistant.config import Settings, ensure_home
+from assistant.errors import ClinragError
+from ui.events import EventSink
+
+ROLES: tuple[str, ...] = ("clinician", "auditor", "admin")
+ADMIN_USERNAME = "admin"
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+# After this many wrong passwords in a row an account is locked for LOCKOUT_MINUTES.
+MAX_FAILURES = 5
+LOCKOUT_MINUTES = 15
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('clinician', 'auditor', 'admin')),
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    last_login TEXT,
+    failed_count INTEGER NOT NULL DEFAULT 0,
+    locked_until TEXT
+)
+"""
+
+
+class UserError(ClinragError):
+    """A user account cannot be created or changed as asked."""
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    disabled: bool
+    created_at: str
+    last_login: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self.disabled
+
+
+def users_path(settings: Settings) -> Path:
+    return settings.home / "users.sqlite"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+@cache
+def _hasher() -> Any:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+@cache
+def _dummy_hash() -> str:
+    # Verified against for unknown names so a wrong name takes as long as a wrong password.
+    return str(_hasher().hash(secrets.token_urlsafe(16)))
+
+
+@contextlib.contextmanager
+def _db(settings: Settings) -> Iterator[sqlite3.Connection]:
+    ensure_home(settings)
+    path = users_path(settings)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with contextlib.suppress(OSError):
+        path.chmod(0o600)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(_SCHEMA)
+        yield conn
+    finally:
+        conn.close()
+
+
+def _row_user(row: sqlite3.Row) -> User:
+    return User(
+        username=row["username"],
+        role=row["role"],
+        disabled=bool(row["disabled"]),
+        created_at=row["created_at"],
+        last_login=row["last_login"],
+    )
+
+
+def check_username(username: str) -> str:
+    name = (username or "").strip().lower()
+    if not USERNAME_RE.match(name):
+        raise UserError(
+            f"User name {username!r} is not allowed: use 1 to 64 lower-case letters, digits, "
+            "dots, dashes, underscores or @, starting with a letter or digit."
+        )
+    return name
+
+
+def check_password(password: str) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
+        raise UserError(f"The password must have at least {MIN_PASSWORD_CHARS} characters.")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise UserError(f"The password must have at most {MAX_PASSWORD_CHARS} characters.")
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"Unknown role {role!r}; choose one of: {', '.join(ROLES)}.")
+    return role
+
+
+def add_user(settings: Settings, username: str, password: str, role: str) -> User:
+    """Create an account. Raises :class:`UserError` if the name is taken or input is invalid."""
+    name = check_username(username)
+    check_password(password)
+    check_role(role)
+    digest = _hasher().hash(password)
+    with _db(settings) as conn:
+        try:
+            conn.execute(
+                "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                (name, digest, role, _iso(_now())),
+            )
+        except sqlite3.IntegrityError:
+            raise UserError(
+                f"A user named {name!r} already exists (see: clinrag users list)."
+            ) from None
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+    return _row_user(row)
+
+
+def get_user(settings: Settings, username: str) -> User | None:
+    with _db(settings) as conn:
+        row = conn.execute(
+            "SELECT * FROM users WHERE username = ?", ((username or "").strip().lower(),)
+        ).fetchone()
+    return _row_user(row) if row else None
+
+
+def list_users(settings: Settings) -> list[User]:
+    with _db(settings) as conn:
+        rows = conn.execute("SELECT * FROM users ORDER BY username").fetchall()
+    return [_row_user(r) for r in rows]
+
+
+def disable_user(settings: Settings, username: str, disabled: bool = True) -> bool:
+    """Disable (or re-enable) an account. Returns False if there is no such user."""
+    with _db(settings) as conn:
+        cur = conn.execute(
+            "UPDATE users SET disabled = ?, failed_count = 0, locked_until = NULL "
+            "WHERE username = ?",
+            (int(disabled), (username or "").strip().lower()),
+        )
+    return cur.rowcount > 0
+
+
+def set_password(settings: Settings, username: str, password: str) -> bool:
+    check_password(password)
+    digest = _hasher().hash(password)
+    with _db(settings) as conn:
+        cur = conn.execute(
+            "UPDATE users SET password_hash = ?, failed_count = 0, locked_until = NULL "
+            "WHERE username = ?",
+            (digest, (username or "").strip().lower()),
+        )
+    return cur.rowcount > 0
+
+
+def _safe_name(username: str) -> str:
+    name = "".join(ch for ch in (username or "").strip() if ch.isprintable())[:64]
+    return name or "(empty)"
+
+
+def authenticate(
+    settings: Settings,
+    username: str,
+    password: str,
+    on_event: EventSink | None = None,
+) -> User | None:
+    """Check a sign-in. Returns the user, or None for any failure (never says which).
+
+    Every attempt is reported to ``on_event`` as ``login`` or ``login_failed`` (with a reason
+    for the auditor). If reporting a successful sign-in raises, the exception propagates and
+    the caller must not sign the user in.
+    """
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+    hasher = _hasher()
+    name = (username or "").strip().lower()
+    now = _now()
+
+    def failed(reason: str, role: str = "unknown") -> None:
+        if on_event is not None:
+            on_event("login_failed", _safe_name(username), role, {"reason": reason})
+
+    with _db(settings) as conn:
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+        if row is None:
+            with contextlib.suppress(VerificationError, InvalidHashError):
+                hasher.verify(_dummy_hash(), password or "")
+            failed("unknown_user")
+            return None
+        role = row["role"]
+        if row["locked_until"] and row["locked_until"] > _iso(now):
+            with contextlib.suppress(VerificationError, InvalidHashError):
+                hasher.verify(_dummy_hash(), password or "")
+            failed("locked", role)
+            return None
+        try:
+            hasher.verify(row["password_hash"], password or "")
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            count = int(row["failed_count"]) + 1
+            locked = (
+                _iso(now + timedelta(minutes=LOCKOUT_MINUTES)) if count >= MAX_FAILURES else None
+            )
+            conn.execute(
+                "UPDATE users SET failed_count = ?, locked_until = ? WHERE username = ?",
+                (0 if locked else count, locked, name),
+            )
+            failed("bad_password" if not locked else "bad_password_locked", role)
+            return None
+        if row["disabled"]:
+            failed("disabled", role)
+            return None
+        if hasher.check_needs_rehash(row["password_hash"]):
+            conn.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?",
+                (hasher.hash(password), name),
+            )
+        if on_event is not None:
+            on_event("login", name, role, {})
+        conn.execute(
+            "UPDATE users SET last_login = ?, failed_count = 0, locked_until = NULL "
+            "WHERE username = ?",
+            (_iso(now), name),
+        )
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+    return _row_user(row)
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+def ensure_admin(settings: Settings, password: str | None = None) -> str | None:
+    """On first run (no accounts at all) create ``admin``.
+
+    Uses ``password`` when given (the app passes ``$CLINRAG_ADMIN_PASSWORD``), otherwise a
+    generated one, which is returned so the caller can print it once. Returns None when
+    nothing was generated (accounts existed, or the password was supplied).
+    """
+    with _db(settings) as conn:
+        if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+            return None
+    generated = None if password else generate_password()
+    try:
+        add_user(settings, ADMIN_USERNAME, password or str(generated), "admin")
+    except UserError:
+        if get_user(settings, ADMIN_USERNAME) is not None:
+            return None  # another process created it first
+        raise
+    return generated

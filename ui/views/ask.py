@@ -1,0 +1,313 @@
+"""Ask: a question streams into an answer; each sentence carries its sources, checked.
+
+Answers stay in the session's history (newest last); a new question never replaces an old one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from assistant.config import Settings
+from assistant.errors import ClinragError
+from ui.events import record_event
+from ui.library import currency_warnings, documents, source_file
+from ui.render import (
+    abstain_reason_text,
+    attribution_by_source,
+    highlighted_html,
+    md_escape,
+    source_highlights,
+)
+from ui.session import assistant_session, require
+from ui.users import User
+
+log = logging.getLogger("clinrag.ui")
+MAX_COMMENT_CHARS = 2000
+
+
+def render(settings: Settings, user: User | None) -> None:
+    user = require(user, "Ask")
+    st.header("Ask")
+    docs = documents(settings)
+    if not docs:
+        st.info("The library is empty. An administrator adds guidelines on the Library page.")
+    history: list[dict[str, Any]] = st.session_state.setdefault("history", [])
+    for i, entry in enumerate(history):
+        _render_entry(settings, user, entry, i, docs)
+    question = st.chat_input(
+        "Ask a clinical question", key="question", max_chars=settings.max_question_chars
+    )
+    if question:
+        with st.chat_message("user"):
+            st.markdown(md_escape(question))
+        with st.chat_message("assistant"):
+            entry = _ask(settings, user, question)
+        history.append(entry)
+        st.rerun()
+
+
+def _ask(settings: Settings, user: User, question: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"question": question, "answer": None, "error": None, "feedback": None}
+    try:
+        with assistant_session(settings) as assistant:
+            st.caption("Generating: not yet checked against the sources.")
+            placeholder = st.empty()
+            tokens: list[str] = []
+
+            def on_token(token: str) -> None:
+                tokens.append(token)
+                placeholder.markdown(md_escape("".join(tokens)) + " ▌")
+
+            entry["answer"] = assistant.ask(
+                question,
+                user=user.username,
+                role=user.role,
+                on_token=on_token,
+                attribute=False,  # minutes on a CPU: offered afterwards, on request
+            )
+    except ClinragError as exc:
+        entry["error"] = str(exc)
+    except Exception as exc:  # shown, not raised: the history must survive
+        log.exception("question failed")
+        entry["error"] = (
+            f"Unexpected error ({exc.__class__.__name__}: {exc}). Tell your administrator."
+        )
+    return entry
+
+
+def _render_entry(
+    settings: Settings, user: User, entry: dict[str, Any], i: int, docs: list[dict[str, Any]]
+) -> None:
+    with st.chat_message("user"):
+        st.markdown(md_escape(entry["question"]))
+    with st.chat_message("assistant"):
+        if entry.get("error"):
+            st.error(md_escape(entry["error"]))
+            return
+        answer = entry["answer"]
+        _render_answer(settings, answer, i, docs)
+        _render_attribution(settings, user, entry, i)
+        _render_feedback(settings, user, entry, i)
+
+
+def _render_answer(settings: Settings, answer: Any, i: int, docs: list[dict[str, Any]]) -> None:
+    if answer.abstained:
+        st.warning(
+            "**No answer.** The assistant abstained: "
+            + md_escape(abstain_reason_text(answer.abstain_reason))
+            + "."
+        )
+        st.markdown(md_escape(answer.answer))
+        if answer.sentences:
+            with st.expander("The withheld draft (not supported by the sources)"):
+                for s in answer.sentences:
+                    st.text(s.text)
+        numbers = sorted({e.n for e in answer.evidence})
+    else:
+        if getattr(answer, "mode", "generated") == "quoted":
+            st.info(
+                "The model's own wording could not be verified against the sources, so the "
+                "guideline sentences that best answer the question are quoted instead."
+            )
+        else:
+            st.caption("Each sentence was checked against the cited sources.")
+        for s in answer.sentences:
+            chips = " ".join(f":blue-badge[{n}]" for n in s.citations)
+            if s.supported:
+                st.markdown(f"{md_escape(s.text)} {chips}")
+            else:
+                st.markdown(
+                    f":red-badge[:material/warning: Not supported by the sources] "
+                    f"{md_escape(s.text)} {chips}"
+                )
+        numbers = [c.n for c in answer.citations]
+        unverified = getattr(answer, "unverified", None) or []
+        if unverified:
+            with st.expander("The model's unverified wording (withheld)"):
+                for s in unverified:
+                    st.text(s.text)
+
+    hits = answer.hits or []
+    warnings: list[str] = []
+    for n in numbers:
+        if 0 < n <= len(hits):
+            chunk = hits[n - 1].chunk
+            for w in currency_warnings(
+                chunk.doc_id, docs, title=chunk.title, metadata=chunk.metadata
+            ):
+                warnings.append(f"[{n}] {chunk.title}: {w}")
+    for w in warnings:
+        st.warning(md_escape(w), icon=":material/history:")
+
+    if numbers:
+        st.markdown("**Sources**" if not answer.abstained else "**Closest passages**")
+        for n in numbers:
+            if 0 < n <= len(hits):
+                _source_panel(settings, answer, hits[n - 1].chunk, n, i, docs)
+
+    if answer.evidence:
+        st.markdown("**Key evidence** (the guideline's own words)")
+        for e in answer.evidence:
+            st.markdown("> " + md_escape(e.text))
+            where = ", ".join(x for x in (e.section, f"p. {e.page}" if e.page else "") if x)
+            st.caption(md_escape(f"[{e.n}] {e.title}" + (f" ({where})" if where else "")))
+
+    if answer.abstained and answer.nearest_documents:
+        st.markdown("**Nearest documents**")
+        for d in answer.nearest_documents:
+            st.markdown(
+                "- " + md_escape(f"{d['title']} ({d['doc_id']}), relevance {d['relevance']:.2f}")
+            )
+
+    if answer.audit_id is not None:
+        st.caption(f"Audit record {int(answer.audit_id)}")
+
+
+def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i: int) -> None:
+    """The attribution chart, or a button computing it (slow on a CPU) and recording it.
+
+    Attribution runs after the answer was shown and recorded, as its own ``attribution``
+    audit event pointing at the answer record, so no clinician waits minutes for an answer.
+    """
+    answer = entry["answer"]
+    rows = attribution_by_source(answer)
+    if rows:
+        attribution = answer.attribution or {}
+        st.markdown(
+            "**Which sources the answer relied on** "
+            + md_escape(f"(attribution: {attribution.get('method', '')})")
+        )
+        st.bar_chart(rows, x="source", y="attribution", horizontal=True)
+        return
+    if (
+        answer.abstained
+        or answer.generation is None
+        or answer.audit_id is None
+        or settings.attribution == "off"
+    ):
+        return
+    if entry.get("attribution_unavailable"):
+        st.caption("Attribution is not available for this model.")
+        return
+    if not st.button(
+        "Which sentences did the answer rely on? (slow)",
+        key=f"attribute-{i}",
+        icon=":material/insights:",
+        help="Re-runs the model with sources left out to measure each sentence's effect.",
+    ):
+        return
+    try:
+        with (
+            assistant_session(settings) as assistant,
+            st.spinner("Measuring attribution (this can take minutes on a CPU)..."),
+        ):
+            assistant.attribute(answer)
+        if not answer.attribution:
+            entry["attribution_unavailable"] = True
+        else:
+            record_event(
+                settings,
+                "attribution",
+                user.username,
+                user.role,
+                {
+                    "answer_id": int(answer.audit_id),
+                    "attribution": answer.attribution,
+                    "sentences": [asdict(s) for s in answer.sentences],
+                    "citations": [
+                        {"n": c.n, "doc_id": c.doc_id, "chunk_id": c.chunk_id}
+                        for c in answer.citations
+                    ],
+                },
+            )
+    except Exception as exc:
+        log.exception("attribution failed")
+        answer.attribution = None  # not shown unless it is in the audit log
+        st.error(md_escape(f"Attribution failed: {exc}"))
+        return
+    st.rerun()
+
+
+def _source_panel(
+    settings: Settings, answer: Any, chunk: Any, n: int, i: int, docs: list[dict[str, Any]]
+) -> None:
+    meta = chunk.metadata or {}
+    where = ", ".join(x for x in (chunk.section, f"p. {chunk.page}" if chunk.page else "") if x)
+    label = md_escape(f"[{n}] {chunk.title}" + (f" · {where}" if where else ""))
+    with st.expander(label):
+        facts = [
+            ("Issued by", meta.get("issuing_body")),
+            ("Published", meta.get("publication_date")),
+            ("Version", meta.get("version")),
+            ("Section", chunk.section),
+            ("Page", str(chunk.page) if chunk.page else None),
+            ("Document", chunk.doc_id),
+        ]
+        st.caption(" · ".join(md_escape(f"{k}: {v}") for k, v in facts if v))
+        for w in currency_warnings(chunk.doc_id, docs, title=chunk.title, metadata=meta):
+            st.warning(md_escape(w))
+        evidence, attributed = source_highlights(answer, n)
+        st.markdown(highlighted_html(chunk.text, evidence, attributed), unsafe_allow_html=True)
+        legend = "Highlighted: the sentences the answer relies on."
+        if attributed:
+            legend += " Underlined: the sentences attribution credits most."
+        st.caption(legend)
+        cols = st.columns(2)
+        path = source_file(settings, chunk.doc_id, docs)
+        if path is not None:
+            cols[0].download_button(
+                "Original file",
+                data=_reader(path),
+                file_name=path.name,
+                key=f"dl-{i}-{n}",
+                icon=":material/download:",
+                on_click="ignore",
+            )
+        url = meta.get("source_url", "")
+        if url.startswith(("https://", "http://")):
+            cols[1].link_button("Published version", url, icon=":material/open_in_new:")
+
+
+def _reader(path: Path) -> Any:
+    def read() -> bytes:
+        return path.read_bytes()
+
+    return read
+
+
+def _render_feedback(settings: Settings, user: User, entry: dict[str, Any], i: int) -> None:
+    answer = entry["answer"]
+    if answer.audit_id is None:
+        return
+    if entry.get("feedback"):
+        st.caption(f"Feedback recorded: {entry['feedback']}. Thank you.")
+        return
+    with st.form(f"feedback-{i}", border=False):
+        comment = st.text_input("Feedback comment (optional)", key=f"fb-comment-{i}")
+        cols = st.columns(2)
+        helpful = cols[0].form_submit_button("Helpful", icon=":material/thumb_up:")
+        unhelpful = cols[1].form_submit_button("Not helpful", icon=":material/thumb_down:")
+    if not (helpful or unhelpful):
+        return
+    try:
+        record_event(
+            settings,
+            "feedback",
+            user.username,
+            user.role,
+            {
+                "answer_id": int(answer.audit_id),
+                "helpful": bool(helpful),
+                "comment": (comment or "")[:MAX_COMMENT_CHARS],
+            },
+        )
+    except Exception as exc:
+        st.error(md_escape(f"The feedback could not be recorded: {exc}"))
+        return
+    entry["feedback"] = "helpful" if helpful else "not helpful"
+    st.rerun()

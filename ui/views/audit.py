@@ -1,0 +1,358 @@
+"""Audit (auditors, admins): find records, read one in full, verify the chain, export, replay.
+
+Verifying and exporting are themselves audit events; an export is recorded before its data
+is handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, is_dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import streamlit as st
+
+from assistant.config import Settings
+from ui.events import audit_log, record_event
+from ui.render import heatmap_rows, md_escape
+from ui.session import require
+from ui.users import User
+
+EVENTS = [
+    "all",
+    "answer",
+    "feedback",
+    "login",
+    "login_failed",
+    "logout",
+    "export",
+    "verify",
+    "replay",
+    "attribution",
+    "ingest",
+    "remove",
+]
+EXPORT_FORMATS = {
+    "FHIR (Bundle, JSON)": ("fhir", "json", "application/fhir+json"),
+    "CSV": ("csv", "csv", "text/csv"),
+    "JSONL": ("jsonl", "jsonl", "application/jsonl"),
+}
+DEFAULT_DAYS = 30
+MAX_RECORDS = 1000
+
+
+def render(settings: Settings, user: User | None) -> None:
+    user = require(user, "Audit")
+    st.header("Audit")
+    log = audit_log(settings)
+    try:
+        _verify(settings, user, log)
+        st.divider()
+        records, filters = _filtered(log)
+        _table(records)
+        _detail(settings, user, log, records)
+        st.divider()
+        _export(settings, user, records, filters)
+    finally:
+        log.close()
+
+
+def _verify(settings: Settings, user: User, log: Any) -> None:
+    cols = st.columns([1, 3])
+    if cols[0].button("Verify the chain", key="verify", icon=":material/verified:"):
+        result = log.verify()
+        st.session_state["verify_result"] = (
+            result.to_dict()
+            if hasattr(result, "to_dict")
+            else {
+                "ok": result.ok,
+                "count": result.count,
+                "first_bad_seq": result.first_bad_seq,
+                "reason": result.reason,
+            }
+        )
+        try:
+            record_event(
+                settings,
+                "verify",
+                user.username,
+                user.role,
+                {k: st.session_state["verify_result"][k] for k in ("ok", "count", "first_bad_seq")},
+            )
+        except Exception as exc:
+            st.error(md_escape(f"The verification could not be recorded: {exc}"))
+    result = st.session_state.get("verify_result")
+    if result:
+        if result["ok"]:
+            cols[1].success(
+                md_escape(f"Chain verified ({result['count']} records): {result['reason']}")
+            )
+        else:
+            bad = result.get("first_bad_seq")
+            cols[1].error(
+                f"Verification FAILED{f' at record {bad}' if bad is not None else ''}: "
+                f"{result['reason']}"
+            )
+
+
+def _filtered(log: Any) -> tuple[list[Any], dict[str, Any]]:
+    cols = st.columns(5)
+    today = date.today()
+    start = cols[0].date_input("From", today - timedelta(days=DEFAULT_DAYS), key="audit_from")
+    end = cols[1].date_input("To", today, key="audit_to")
+    who = cols[2].text_input("User", key="audit_user").strip().lower()
+    event = cols[3].selectbox("Event", EVENTS, index=0, key="audit_event")
+    abstained = cols[4].selectbox(
+        "Answers", ["all", "answered", "abstained"], index=0, key="audit_abstained"
+    )
+    filters = {
+        "since": start.isoformat() if start else None,
+        "until": (end + timedelta(days=1)).isoformat() if end else None,
+        "user": who or None,
+        "event": None if event == "all" else event,
+    }
+    records = log.list(**filters, limit=MAX_RECORDS, newest_first=True)
+    if abstained != "all":
+        want = abstained == "abstained"
+        records = [
+            r for r in records if r.event == "answer" and bool(r.payload.get("abstained")) == want
+        ]
+    filters["abstained"] = abstained
+    return records, filters
+
+
+def _question(payload: dict[str, Any]) -> str:
+    if payload.get("question"):
+        return str(payload["question"])
+    if payload.get("question_hash"):
+        return f"(hashed: {str(payload['question_hash'])[:16]}...)"
+    return ""
+
+
+def _table(records: list[Any]) -> None:
+    st.caption(
+        f"{len(records)} records (newest first"
+        + (f", at most {MAX_RECORDS}" if len(records) >= MAX_RECORDS else "")
+        + ")."
+    )
+    if not records:
+        st.info("No records match these filters.")
+        return
+    rows = [
+        {
+            "seq": r.seq,
+            "time (UTC)": r.ts,
+            "event": r.event,
+            "user": r.user,
+            "role": r.role,
+            "question": _question(r.payload)[:120],
+            "abstained": r.payload.get("abstained") if r.event == "answer" else None,
+            "answer": str(r.payload.get("answer") or "")[:120],
+        }
+        for r in records
+    ]
+    st.dataframe(rows, hide_index=True, width="stretch", key="audit_table")
+
+
+def _detail(settings: Settings, user: User, log: Any, records: list[Any]) -> None:
+    if not records:
+        return
+    by_seq = {r.seq: r for r in records}
+    seq = st.selectbox(
+        "Record",
+        list(by_seq),
+        format_func=lambda s: f"#{s} · {by_seq[s].ts} · {by_seq[s].event} · {by_seq[s].user}",
+        key="audit_record",
+    )
+    record = by_seq.get(seq)
+    if record is None:
+        return
+    with st.container(border=True):
+        st.subheader(f"Record {record.seq}: {record.event}")
+        st.caption(md_escape(f"{record.ts} · {record.user} ({record.role})"))
+        if record.event in {"answer", "replay"}:
+            _answer_detail(record.payload)
+            if record.event == "answer":
+                _later_attribution(log, record.seq)
+            _replay(settings, user, record.seq)
+        else:
+            st.json(record.payload)
+        with st.expander("Hash chain"):
+            st.code(f"prev_hash {record.prev_hash}\nhash      {record.hash}", language=None)
+
+
+def _answer_detail(p: dict[str, Any]) -> None:
+    st.markdown("**Question**")
+    st.text(_question(p) or "(not recorded)")
+    st.markdown("**Answer**" + (" (abstained)" if p.get("abstained") else ""))
+    st.text(str(p.get("answer") or ""))
+    if p.get("abstain_reason"):
+        st.caption(md_escape(f"Abstention reason: {p['abstain_reason']}"))
+    if p.get("sentences"):
+        st.markdown("**Sentences and their support**")
+        st.dataframe(
+            [
+                {
+                    "sentence": s.get("text", ""),
+                    "citations": ", ".join(str(n) for n in s.get("citations") or []),
+                    "supported": s.get("supported"),
+                    "support": s.get("support"),
+                }
+                for s in p["sentences"]
+            ],
+            hide_index=True,
+            width="stretch",
+        )
+    if p.get("citations"):
+        st.markdown("**Cited sources**")
+        st.dataframe(p["citations"], hide_index=True, width="stretch")
+    if p.get("retrieved"):
+        with st.expander(f"Retrieved passages ({len(p['retrieved'])})"):
+            st.dataframe(p["retrieved"], hide_index=True, width="stretch")
+    st.markdown("**Versions**")
+    versions = {
+        "index_version": p.get("index_version"),
+        "embedder": p.get("embedder"),
+        "model": p.get("model"),
+        "prompt": p.get("prompt"),
+        "decoding": p.get("decoding"),
+        "settings": p.get("settings"),
+    }
+    st.json({k: v for k, v in versions.items() if v is not None}, expanded=False)
+    faithfulness = p.get("faithfulness")
+    if faithfulness is not None:
+        st.markdown("**Faithfulness**")
+        st.json(faithfulness)
+    _heatmap(p)
+    if p.get("timings"):
+        st.caption("Timings (s): " + ", ".join(f"{k} {v}" for k, v in p["timings"].items()))
+
+
+def _later_attribution(log: Any, seq: int) -> None:
+    """Attribution computed after the answer (on a clinician's request): its own records."""
+    for rec in log.list(event="attribution"):
+        if rec.payload.get("answer_id") != seq:
+            continue
+        st.markdown(
+            "**Attribution requested later** "
+            + md_escape(f"(record {rec.seq}, {rec.ts}, {rec.user})")
+        )
+        faithfulness = (rec.payload.get("attribution") or {}).get("faithfulness")
+        if faithfulness is not None:
+            st.markdown("**Faithfulness**")
+            st.json(faithfulness)
+        _heatmap(rec.payload)
+
+
+def _heatmap(p: dict[str, Any]) -> None:
+    rows = heatmap_rows(p)
+    if rows:
+        import altair as alt
+
+        method = md_escape(str((p.get("attribution") or {}).get("method", "")))
+        st.markdown(
+            f"**Attribution** ({method}): credit of each source sentence per answer sentence"
+        )
+        chart = (
+            alt.Chart(alt.Data(values=rows))
+            .mark_rect()
+            .encode(
+                x=alt.X("source_sentence:O", title="source sentence"),
+                y=alt.Y("answer_sentence:N", title="answer sentence"),
+                color=alt.Color("score:Q", scale=alt.Scale(scheme="blueorange", domainMid=0)),
+                tooltip=["answer_sentence:N", "source_sentence:O", "score:Q"],
+            )
+        )
+        st.altair_chart(chart, width="stretch")
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+def _replay(settings: Settings, user: User, seq: int) -> None:
+    try:
+        from assistant.replay import replay
+    except ImportError:
+        st.caption("Replay unavailable in this installation.")
+        return
+    if st.button("Replay this answer", key=f"replay-{seq}", icon=":material/replay:"):
+        try:
+            with st.spinner("Re-running the recorded question with the recorded settings..."):
+                # the replay event is recorded under the auditor who asked for it
+                as_user = settings.model_copy(update={"user": user.username, "role": user.role})
+                st.session_state[f"replay-result-{seq}"] = _jsonable(replay(as_user, seq))
+        except Exception as exc:
+            st.error(md_escape(f"Replay failed: {exc}"))
+    result = st.session_state.get(f"replay-result-{seq}")
+    if result is not None:
+        st.markdown("**Replay result**")
+        st.json(result)
+
+
+def _export_bytes(fmt: str, records: list[Any]) -> bytes:
+    from audit.log.export import to_csv, to_fhir, to_jsonl
+
+    if fmt == "fhir":
+        return json.dumps(to_fhir(records), indent=2, ensure_ascii=False).encode("utf-8")
+    buf = io.StringIO(newline="")
+    if fmt == "csv":
+        to_csv(records, buf)
+    else:
+        to_jsonl(records, buf)
+    return buf.getvalue().encode("utf-8")
+
+
+def _export(settings: Settings, user: User, records: list[Any], filters: dict[str, Any]) -> None:
+    st.subheader("Export")
+    cols = st.columns([2, 1])
+    label = cols[0].radio("Format", list(EXPORT_FORMATS), horizontal=True, key="export_format")
+    fmt, ext, mime = EXPORT_FORMATS[label]
+    if cols[1].button(f"Export {len(records)} records", key="export", disabled=not records):
+        ordered = sorted(records, key=lambda r: r.seq)
+        data = _export_bytes(fmt, ordered)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            seq = record_event(
+                settings,
+                "export",
+                user.username,
+                user.role,
+                {
+                    "format": fmt,
+                    "count": len(ordered),
+                    "first_seq": ordered[0].seq,
+                    "last_seq": ordered[-1].seq,
+                    "filters": {k: v for k, v in filters.items() if v is not None},
+                    "sha256": digest,
+                },
+            )
+        except Exception as exc:
+            st.error(md_escape(f"The export could not be recorded, so it is not offered: {exc}"))
+            return
+        st.session_state["export_data"] = {
+            "data": data,
+            "name": f"clinrag-audit-{ordered[0].seq}-{ordered[-1].seq}.{ext}",
+            "mime": mime,
+            "seq": seq,
+            "count": len(ordered),
+        }
+    ready = st.session_state.get("export_data")
+    if ready:
+        st.download_button(
+            f"Download {ready['name']}",
+            data=ready["data"],
+            file_name=ready["name"],
+            mime=ready["mime"],
+            key="export_download",
+            icon=":material/download:",
+            on_click="ignore",
+        )
+        st.caption(f"{ready['count']} records; this export is audit record {ready['seq']}.")

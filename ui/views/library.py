@@ -1,0 +1,166 @@
+"""Library (admins): what the assistant can cite, adding documents, removing them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from assistant.config import Settings
+from assistant.errors import ClinragError
+from ui.library import (
+    currency_warnings,
+    documents,
+    ingest_files,
+    remove_document,
+    save_uploads,
+)
+from ui.render import md_escape
+from ui.session import require
+from ui.users import User
+
+UPLOAD_TYPES = ["pdf", "html", "htm", "md", "markdown", "txt", "text", "docx", "json"]
+
+
+def render(settings: Settings, user: User | None) -> None:
+    user = require(user, "Library")
+    st.header("Library")
+    flash = st.session_state.pop("library_flash", None)
+    if flash:
+        st.success(md_escape(flash))
+    docs = documents(settings)
+    _table(docs)
+    st.divider()
+    _upload(settings, user)
+    st.divider()
+    _remove(settings, user, docs)
+
+
+def _table(docs: list[dict[str, Any]]) -> None:
+    if not docs:
+        st.info("The library is empty. Upload guideline files below.")
+        return
+    rows = []
+    for d in docs:
+        meta = d["metadata"]
+        rows.append(
+            {
+                "title": d["title"],
+                "doc_id": d["doc_id"],
+                "issuing body": meta.get("issuing_body", ""),
+                "published": meta.get("publication_date", ""),
+                "version": meta.get("version", ""),
+                "supersedes": meta.get("supersedes", ""),
+                "chunks": d["n_chunks"],
+                "ingested": d["ingested_at"],
+                "warnings": "; ".join(
+                    [*(d.get("warnings") or []), *currency_warnings(d["doc_id"], docs)]
+                ),
+            }
+        )
+    st.caption(f"{len(docs)} documents, {sum(d['n_chunks'] for d in docs)} chunks.")
+    st.dataframe(rows, hide_index=True, width="stretch", key="library_table")
+
+
+def _upload(settings: Settings, user: User) -> None:
+    st.subheader("Add documents")
+    st.caption(
+        "PDF, HTML, Markdown, text or Word files. Metadata (issuing body, date, version, "
+        "supersedes) comes from Markdown front matter or a NAME.meta.json file uploaded with it."
+    )
+    # a new key after each ingest empties the uploader
+    round_ = st.session_state.setdefault("upload_round", 0)
+    files = st.file_uploader(
+        "Guideline files",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key=f"uploads-{round_}",
+    )
+    clicked = st.button("Add to library", disabled=not files, type="primary", key="ingest")
+    if clicked:
+        _ingest(settings, user, files or [])
+    result = st.session_state.get("library_result")
+    if result:
+        _show_result(result)
+
+
+def _ingest(settings: Settings, user: User, files: list[Any]) -> None:
+    try:
+        paths = save_uploads(settings, [(f.name, f.getvalue()) for f in files])
+    except (OSError, ValueError) as exc:
+        st.error(md_escape(f"The files could not be saved: {exc}"))
+        return
+    progress = st.progress(0.0, text="Reading and indexing...")
+    done: list[Any] = []
+    total = max(sum(1 for p in paths if not p.name.endswith(".meta.json")), 1)
+
+    def on_file(result: Any) -> None:
+        done.append(result)
+        name = result.path.rsplit("/", 1)[-1]
+        progress.progress(
+            min(len(done) / total, 1.0), text=md_escape(f"{len(done)}/{total}: {name}")
+        )
+
+    try:
+        with st.spinner("Indexing..."):
+            summary = ingest_files(
+                settings, paths, user=user.username, role=user.role, on_file=on_file
+            )
+    except ClinragError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    data = summary.to_dict()
+    st.session_state["library_result"] = {
+        "message": (
+            f"Added {data['added']}, updated {data['updated']}, unchanged {data['unchanged']}, "
+            f"failed {data['failed']}; {data['chunks']} chunks written."
+        ),
+        "rows": [
+            {
+                "file": r.path.rsplit("/", 1)[-1],
+                "status": r.status,
+                "doc_id": r.doc_id or "",
+                "chunks": r.chunks,
+                "problem": " ".join(x for x in (r.reason, r.detail) if x),
+                "warnings": "; ".join(r.warnings),
+            }
+            for r in summary.results
+        ],
+        "failed": [f"{r.path.rsplit('/', 1)[-1]}: {r.reason} ({r.detail})" for r in summary.failed],
+    }
+    st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+    st.rerun()  # the table above now lists the new documents
+
+
+def _show_result(result: dict[str, Any]) -> None:
+    (st.warning if result["failed"] else st.success)(result["message"])
+    st.dataframe(result["rows"], hide_index=True, width="stretch")
+    for line in result["failed"]:
+        st.error(md_escape(line))
+
+
+def _remove(settings: Settings, user: User, docs: list[dict[str, Any]]) -> None:
+    st.subheader("Remove a document")
+    if not docs:
+        return
+    titles = {d["doc_id"]: d["title"] for d in docs}
+    doc_id = st.selectbox(
+        "Document",
+        list(titles),
+        format_func=lambda d: f"{titles[d]} ({d})",
+        index=None,
+        key="remove_doc",
+    )
+    confirm = st.checkbox("Yes, the assistant must no longer cite it", key="remove_confirm")
+    if not st.button("Remove", disabled=not (doc_id and confirm), key="remove_button"):
+        return
+    try:
+        removed = remove_document(settings, str(doc_id), user=user.username, role=user.role)
+    except ClinragError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    if removed:
+        st.session_state["library_flash"] = f"Removed {doc_id}."
+        st.rerun()
+    else:
+        st.warning(md_escape(f"{doc_id} was not in the library any more."))
