@@ -20,7 +20,7 @@ from assistant.errors import ConfigError
 
 ENV_PREFIX = "CLINRAG_"
 # Environment names that are not settings fields.
-_ENV_NOT_FIELDS = {"CLINRAG_CONFIG"}
+_ENV_NOT_FIELDS = {"CLINRAG_CONFIG", "CLINRAG_ADMIN_PASSWORD"}
 
 
 class Settings(BaseModel):
