@@ -29,8 +29,10 @@ thresholds, so the default can be chosen; "best" maximises (abstain on unanswera
 Options:
   --questions N    total questions, half of each kind (default 200)
   --seed S         (default 0)
-  --generate N     also run the full Assistant.ask(record=False) on N questions of each kind
-                   (topic removal; packaged LLM; about 5 s or more per question on CPU)
+  --generate N     also run the full Assistant.ask(record=False, attribute=False) on N
+                   questions of each kind (topic removal; packaged LLM; about 5-10 s per
+                   question on 2 CPU cores; attribution, which does not affect abstention and
+                   takes ~90 s per answer there, is off)
   --json           one JSON object instead of tables
 """
 
@@ -145,10 +147,13 @@ def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n:
         abstained, seconds = 0, []
         for q in qs:
             t = time.perf_counter()
-            answer = assistant.ask(q["question"], record=False)
+            # attribution explains an answer; it does not decide abstention, and on 2 CPU cores
+            # it costs ~90 s per answer, so it is left out here
+            answer = assistant.ask(q["question"], record=False, attribute=False)
             seconds.append(time.perf_counter() - t)
             abstained += answer.abstained
             key = (answer.abstain_reason or "answered").split(" (")[0]
+            log(f"[generate] {kind} {len(seconds)}/{len(qs)}: {key} ({seconds[-1]:.1f} s)")
             reasons[key] = reasons.get(key, 0) + 1
         out[kind] = {
             "questions": len(qs),
