@@ -47,6 +47,10 @@ class Settings(BaseModel):
     top_k: int = Field(5, gt=0, le=50)
     candidates: int = Field(40, gt=0, description="Per-retriever candidates before fusion.")
     rrf_k: int = Field(60, gt=0)
+    # Weighted RRF: on MedQuAD's dev sample MiniLM's ranking beats BM25's, so it counts more;
+    # BM25 still rescues exact terms (drug names, codes) the embedder misses.
+    dense_weight: float = Field(1.0, ge=0, description="RRF weight of the dense ranking.")
+    lexical_weight: float = Field(1.0, ge=0, description="RRF weight of the BM25 ranking.")
     reranker_model: str | None = Field(None, description="Local cross-encoder dir, optional.")
 
     # generation

@@ -119,6 +119,7 @@ class Retriever:
         )
         hits: dict[str, Hit] = {}
         fused: dict[str, float] = {}
+        weights = {"dense": self.settings.dense_weight, "bm25": self.settings.lexical_weight}
         for stage, results in (("dense", dense), ("bm25", lexical)):
             rank = 0
             for chunk_id, score in results:
@@ -131,7 +132,9 @@ class Retriever:
                 hit = hits.setdefault(chunk_id, Hit(chunk=chunk, score=0.0))
                 setattr(hit, f"{stage}_score", score)
                 setattr(hit, f"{stage}_rank", rank)
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (self.settings.rrf_k + rank)
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weights[stage] / (
+                    self.settings.rrf_k + rank
+                )
         for chunk_id, hit in hits.items():
             # Outdated guidance stays findable but ranks below what replaced it.
             penalty = SUPERSEDED_WEIGHT if hit.chunk.doc_id in superseded else 1.0

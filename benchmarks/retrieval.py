@@ -39,6 +39,9 @@ Options:
   --latency-only                  skip recall/MRR, only time the queries
   --scale 100000                  instead: clinrag query latency at ~100,000 chunks (MedQuAD's
                                   real chunks padded with synthetic ones; see scale())
+  --sweep                         instead: tune the RRF lexical weight on a dev sample of
+                                  MedQuAD questions disjoint from the seeded test sample, so
+                                  the shipped weights are not fitted to the reported figures
   --json                          print one JSON object instead of tables
 """
 
@@ -196,6 +199,59 @@ def evaluate(
     return result
 
 
+# --- fusion weights, tuned on a dev sample ------------------------------------------------
+
+SWEEP_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
+    """recall@5 / MRR of weighted RRF (dense weight 1, lexical weight w) on dev questions.
+
+    Dev questions are drawn (seed + 1) from those *not* in the seeded test sample that
+    evaluate() reports, so choosing the weight here does not fit it to the reported figures.
+    One retrieve() per question gives both candidate lists with their ranks (Hit.dense_rank,
+    Hit.bm25_rank); every weighting is then re-fused from those ranks, exactly as retrieve()
+    fuses them (no superseded documents or reranker in this corpus).
+    """
+    from assistant.retrieve import Retriever
+
+    built = common.build_corpus(name, None, recipe=False)
+    indexed = set(built.doc_map.values())
+    test, _ = _questions(name, n_test, seed, indexed)
+    test_ids = {q["qid"] for q in test}
+    pool, _ = _questions(name, None, seed, indexed)
+    dev = common.sample([q for q in pool if q["qid"] not in test_ids], n_dev, seed + 1)
+    log(f"[sweep] {len(dev)} dev questions, disjoint from the {len(test)} test questions")
+    retriever = Retriever(built.settings)
+    retriever.warm_up()
+    retriever._fill_dense_scores = lambda vector, hits: None  # type: ignore[method-assign]
+    rrf_k = built.settings.rrf_k
+    scores: dict[float, list[tuple[float, float]]] = {w: [] for w in SWEEP_WEIGHTS}
+    for q in dev:
+        hits = retriever.retrieve(q["question"], k=2 * built.settings.candidates)
+        for w in SWEEP_WEIGHTS:
+            fused = sorted(
+                hits,
+                key=lambda h: (
+                    -(
+                        (1.0 / (rrf_k + h.dense_rank) if h.dense_rank else 0.0)
+                        + (w / (rrf_k + h.bm25_rank) if h.bm25_rank else 0.0)
+                    ),
+                    h.chunk.chunk_id,
+                ),
+            )
+            docs = common.doc_ranking(built.doc_map.get(h.chunk.doc_id, "?") for h in fused)
+            scores[w].append(common.rank_metrics(docs, q["gold_doc_ids"]))
+    table = {
+        str(w): {
+            "recall@5": sum(r for r, _ in v) / len(v),
+            "mrr@10": sum(rr for _, rr in v) / len(v),
+        }
+        for w, v in scores.items()
+    }
+    return {"mode": "sweep", "corpus": name, "dev_questions": len(dev), "lexical_weight": table}
+
+
 # --- latency at scale ----------------------------------------------------------------------------
 
 
@@ -336,8 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-only", action="store_true", help="skip recall/MRR; only time the queries"
     )
     parser.add_argument("--scale", type=int, default=None, metavar="CHUNKS")
+    parser.add_argument("--sweep", action="store_true", help="tune the RRF lexical weight")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+
+    if args.sweep:
+        result = sweep("medquad", args.questions, args.questions, args.seed)
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
+        print(f"MedQuAD dev sample ({result['dev_questions']} questions), dense weight 1.0")
+        rows = [[w, m["recall@5"], m["mrr@10"]] for w, m in result["lexical_weight"].items()]
+        print(common.table(["lexical weight", "recall@5", "MRR@10"], rows))
+        return 0
 
     if args.scale:
         result = scale(args.scale, args.latency_n, args.seed)
