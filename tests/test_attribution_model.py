@@ -81,3 +81,36 @@ def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> No
 
     record = audit_log(settings).get(answer.audit_id)
     assert record.payload["attribution"]["faithfulness"]["top_k_drop"] == faith["top_k_drop"]
+
+
+def test_shared_prefix_cache_gives_the_same_logprobs(
+    library: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assistant.backends import transformers_llm
+
+    llm = backends.create("llm", "transformers", library)
+    hits = [
+        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
+        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
+    ]
+    sources = source_sentences(hits)
+    scorer = AnswerScorer(
+        llm,
+        load_template(library.prompt_template),
+        "What is the starting dose of zorbamycin?",
+        hits,
+        sources,
+        answer_targets("The starting dose is 40 mg. It is taken once daily."),
+    )
+    masks = np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 0], [1, 0, 0, 1]], dtype=bool)
+    prompts = [scorer.texts(m) for m in masks]
+    assert len({p[0] for p in prompts}) > 1  # the rows really differ after the shared prefix
+    calls: list[int] = []
+    real = llm._prefix_cache
+    monkeypatch.setattr(llm, "_prefix_cache", lambda ids: calls.append(len(ids)) or real(ids))
+    with_cache = scorer(masks)
+    assert calls and calls[0] >= transformers_llm.MIN_PREFIX  # the reuse path really ran
+    monkeypatch.setattr(transformers_llm, "MIN_PREFIX", 10**9)
+    without = scorer(masks)
+    np.testing.assert_allclose(with_cache, without, atol=2e-3)
+    assert with_cache[0, 0] > with_cache[2, 0]  # removing the dose sentence lowers log p

@@ -6,6 +6,7 @@ result saved under CLINRAG_HOME/models, so later starts load the converted folde
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -230,38 +231,86 @@ class TransformersLLM:
         flat = [i for ids in target_ids for i in ids]
         bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
         out = np.zeros((len(prompts), len(targets)), dtype=np.float64)
-        pad = self._tokenizer.pad_token_id
         keep = len(flat) + 1
         flat_t = torch.tensor(flat, dtype=torch.long)
         encoded = [self._prompt_ids(p) + flat for p in prompts]
+        # Ablated prompts share everything before the first removed source sentence (system
+        # prompt, chat header, first source's heading): that prefix is run once and its KV
+        # cache reused by every row, instead of recomputed per ablation.
+        shared = _common_prefix_len(encoded, limit=min(len(r) for r in encoded) - keep)
+        prefix_cache = self._prefix_cache(encoded[0][:shared]) if shared >= MIN_PREFIX else None
+        if prefix_cache is None:
+            shared = 0
         # batch similar lengths together so little compute goes to padding
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            rows = [encoded[i] for i in batch]
-            width = max(len(r) for r in rows)
-            # Left padding puts every row's answer tokens at the same final positions, so only
-            # those logits are computed: a full-vocabulary softmax over the whole prompt would
-            # cost gigabytes for nothing.
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                input_ids[j, width - len(r) :] = torch.tensor(r)
-                mask[j, width - len(r) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            device = self._model.device
-            with torch.inference_mode():
-                logits = self._model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    logits_to_keep=keep,
-                ).logits.float()
-            # logits[:, i] predicts the token after position (width - keep + i)
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
-            token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
-            token_lp = token_lp.numpy()
+            token_lp = self._target_logprobs(
+                [encoded[i][shared:] for i in batch], shared, prefix_cache, keep, flat_t
+            )
             for j, row in enumerate(batch):
                 for t in range(len(targets)):
                     out[row, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
         return out
+
+    def _prefix_cache(self, prefix: list[int]) -> Any:
+        import torch
+
+        ids = torch.tensor([prefix], device=self._model.device)
+        with torch.inference_mode():
+            result = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return getattr(result, "cache", None)
+
+    def _target_logprobs(
+        self, rows: list[list[int]], shared: int, prefix_cache: Any, keep: int, flat_t: Any
+    ) -> np.ndarray:
+        """Per-token log p of the target tokens at the end of each row (rows follow the prefix)."""
+        import torch
+
+        pad = self._tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        # Left padding (between the shared prefix and each row) puts every row's answer tokens
+        # at the same final positions, so only those logits are computed: a full-vocabulary
+        # softmax over the whole prompt would cost gigabytes for nothing.
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for j, r in enumerate(rows):
+            input_ids[j, width - len(r) :] = torch.tensor(r)
+            mask[j, shared + width - len(r) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        kwargs: dict[str, Any] = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            kwargs["cache"] = cache
+        device = self._model.device
+        with torch.inference_mode():
+            logits = self._model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                logits_to_keep=keep,
+                use_cache=prefix_cache is not None,
+                **kwargs,
+            ).logits.float()
+        # logits[:, i] predicts the token after position (width - keep + i)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
+        token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
+        return token_lp.numpy()
+
+
+# Below this many shared tokens a separate prefix pass costs more than it saves.
+MIN_PREFIX = 16
+
+
+def _common_prefix_len(rows: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the token prefix all rows share, at most ``limit`` (each row keeps a tail)."""
+    first = rows[0]
+    n = max(0, min(limit, len(first)))
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
