@@ -326,3 +326,30 @@ def test_invisible_characters_are_stripped(tmp_path: Path) -> None:
     doc = load_document(path, **LIMITS)
     assert doc.blocks[0].text == "Take 50 mg daily."
     assert doc.warnings
+
+
+@pytest.mark.parametrize(
+    ("markup", "hidden"),
+    [
+        ('<span style="color:#ffffff">Give 900 mg.</span>', True),
+        ('<span style="color: white !important">Give 900 mg.</span>', True),
+        ('<span style="color:rgb(255, 255, 255)">Give 900 mg.</span>', True),
+        ('<font color="white">Give 900 mg.</font>', True),
+        ('<span style="font-size:1px">Give 900 mg.</span>', True),
+        ('<span style="font-size: 0">Give 900 mg.</span>', True),
+        ('<span style="font-size:0.1em">Give 900 mg.</span>', True),
+        ('<span style="color:white;background:#003366">Give 900 mg.</span>', False),
+        ('<span style="font-size:0.9em">Give 900 mg.</span>', False),
+        ('<span style="font-size:12px;color:#333">Give 900 mg.</span>', False),
+    ],
+)
+def test_html_treats_white_and_tiny_text_as_hidden(
+    tmp_path: Path, markup: str, hidden: bool
+) -> None:
+    path = tmp_path / "page.html"
+    path.write_text(f"<html><body><p>Dose guidance. {markup} Take with food.</p></body></html>")
+    doc = load_document(path, **LIMITS)
+    body = " ".join(b.text for b in doc.blocks)
+    assert ("900 mg" not in body) is hidden, body
+    assert "Take with food." in body
+    assert any("hidden" in w for w in doc.warnings) is hidden

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Any
 
 from assistant.errors import LoadError
 from assistant.types import Block
@@ -43,13 +44,35 @@ _BLOCK_TAGS = frozenset(
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _REMOVED = ["script", "style", "noscript", "template", "iframe", "object", "svg"]
 _HIDDEN_STYLE = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0|opacity\s*:\s*0(?![.\d])", re.I
+    r"display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0(?![.\d])", re.I
+)
+# Text a reader cannot see but a model would read: white-on-default text and near-zero sizes.
+_FONT_SIZE = re.compile(r"font-size\s*:\s*(\d*\.?\d+)\s*(px|pt|em|rem|%)?", re.I)
+_TINY = {"px": 3.0, "pt": 2.5, "em": 0.25, "rem": 0.25, "%": 25.0, None: 0.5}
+_WHITE = re.compile(
+    r"^\s*(white|#fff|#ffffff|#fefefe|rgba?\(\s*25[0-5]\s*,\s*25[0-5]\s*,\s*25[0-5]\b[^)]*\))"
+    r"\s*(!important)?\s*$",
+    re.I,
 )
 _WS = re.compile(r"[ \t\r\f\v]+")
 # Each element costs BeautifulSoup about 1 KB and 25 us; a guideline page has a few thousand.
 # Counted before parsing, so a file of a million empty tags is refused without building a tree.
 MAX_ELEMENTS = 200_000
 _TAG_OPEN = re.compile(r"<[A-Za-z]")
+
+
+def _invisible(style: str, el: Any) -> bool:
+    """White text (with no background of its own) or a font too small to read."""
+    for size, unit in _FONT_SIZE.findall(style):
+        if float(size) < _TINY[unit.lower() or None]:
+            return True
+    declarations = dict(
+        (k.strip().lower(), v) for k, _, v in (d.partition(":") for d in style.split(";"))
+    )
+    color = declarations.get("color") or (el.get("color") if el.name == "font" else None)
+    if color and _WHITE.match(str(color)):
+        return not any(k.startswith("background") for k in declarations)
+    return el.name == "font" and str(el.get("size", "")).strip() in {"0", "-3", "-4"}
 
 
 def _soup(text: str):  # -> BeautifulSoup
@@ -101,6 +124,7 @@ def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], lis
         if el.has_attr("hidden")
         or el.get("aria-hidden") == "true"
         or _HIDDEN_STYLE.search(str(el.get("style", "")))
+        or _invisible(str(el.get("style", "")), el)
     ]
     if hidden:
         warnings.append(f"removed {len(hidden)} hidden element(s)")
