@@ -174,3 +174,38 @@ def test_audit_unwritable_fails_closed(library: Settings, tmp_path: Path) -> Non
     with pytest.raises(AuditError, match="No answer is given without an audit record"):
         assistant.ask(ANSWERABLE, on_token=shown.append)
     assert shown == []  # nothing reached the screen
+
+
+def test_openai_backend_answers_through_a_compatible_server(
+    assistant: Assistant, library: Settings
+) -> None:
+    """The `openai` backend against a loopback OpenAI-compatible server that runs the real
+    packaged model: the same question, the same greedy answer as in process."""
+    from openai_server import serve_chat
+
+    local = assistant.llm
+
+    def reply(messages: list[dict[str, str]], max_tokens: int) -> str:
+        return "".join(local.stream(messages, max_new_tokens=max_tokens, temperature=0.0))
+
+    in_process = assistant.ask(ANSWERABLE, record=False)
+    with serve_chat(reply) as server:
+        remote = Assistant(
+            library.model_copy(
+                update={
+                    "llm": "openai",
+                    "llm_base_url": server.base_url,
+                    "llm_model": "smollm2-135m",
+                    "attribution": "off",
+                }
+            )
+        )
+        answer = remote.ask(ANSWERABLE)
+    assert server.requests and server.requests[0]["body"]["stream"] is True
+    assert server.requests[0]["body"]["max_tokens"] == library.max_new_tokens
+    assert answer.generation is not None and in_process.generation is not None
+    assert answer.generation.text == in_process.generation.text
+    assert answer.generation.model.backend == "openai"
+    assert answer.answer == in_process.answer and not answer.abstained
+    record = remote.audit.get(answer.audit_id)
+    assert record.payload["model"]["model_id"] == "smollm2-135m"
