@@ -70,10 +70,9 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Pat
     raise AssertionError(f"streamlit did not start in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A pre-ingested home with accounts, and the app serving it on a free local port."""
-    home = build_library(tmp_path / "home")
+@contextlib.contextmanager
+def serve_app(tmp_path: Path, home: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """``streamlit run ui/app.py`` over ``home`` on a free local port; yields its URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINRAG_")} | {
         "CLINRAG_HOME": str(home),
@@ -82,6 +81,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "ANONYMIZED_TELEMETRY": "False",
         "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
         "TOKENIZERS_PARALLELISM": "false",
+        **(extra_env or {}),
     }
     log = tmp_path / "streamlit.log"
     with log.open("wb") as out:
@@ -113,7 +113,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/_stcore/health", START_TIMEOUT_S, proc, log)
-        yield url, home
+        yield url
     finally:
         proc.terminate()
         try:
@@ -121,6 +121,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A pre-ingested home with accounts, and the app serving it on a free local port."""
+    home = build_library(tmp_path / "home")
+    with serve_app(tmp_path, home) as url:
+        yield url, home
 
 
 @pytest.fixture
@@ -138,6 +146,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not fetch drivers
     options = webdriver.ChromeOptions()
     options.binary_location = binary
+    # the network log lets a test list every URL the page asked for
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -312,3 +322,150 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     assert (home / "uploads" / "depression-screening-adults.txt").is_file()
     log.close()
     print(f"\nscreenshots: {page.shots}")
+
+
+# --- hostile content: 20 XSS, Markdown-image and javascript: payloads ---------------------------
+
+PAYLOADS = (
+    "<script>fetch('{c}/p1');window.__pwned=1</script>",
+    "<img src=x onerror=\"fetch('{c}/p2');window.__pwned=2\">",
+    '<img src="{c}/p3.png">',
+    "![chart]({c}/p4.png)",
+    "[dose table](javascript:fetch('{c}/p5'))",
+    "<svg/onload=fetch('{c}/p6')>",
+    '<iframe src="{c}/p7"></iframe>',
+    '<a href="javascript:window.__pwned=8">more</a>',
+    "<body onload=fetch('{c}/p9')>",
+    '<link rel=stylesheet href="{c}/p10.css">',
+    "<style>@import url({c}/p11.css);</style>",
+    '<div style="background-image:url({c}/p12.png)">box</div>',
+    '<object data="{c}/p13"></object>',
+    "<video><source onerror=\"fetch('{c}/p14')\"></video>",
+    '<meta http-equiv="refresh" content="0;url={c}/p15">',
+    "<input autofocus onfocus=\"fetch('{c}/p16')\">",
+    "<details open ontoggle=\"fetch('{c}/p17')\">",
+    '<img srcset="{c}/p18.png 1x">',
+    "<math><mtext><table><mglyph><style><img src=x onerror=fetch('{c}/p19')>",
+    "$\\href{{javascript:fetch('{c}/p20')}}{{click}}$",
+)
+
+
+@contextlib.contextmanager
+def _canary() -> Iterator[tuple[str, list[str]]]:
+    """A loopback server that records every request: any hit means a payload made the browser
+    fetch something."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.slow
+def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
+    tmp_path: Path, browser: Any
+) -> None:
+    """20 payloads sit in a guideline (plain text, kept verbatim by the loader) and in the
+    model's answer (an OpenAI-compatible server on loopback returns them, cited). A clinician
+    asks, sees the answer, and opens the source passage. Nothing executes (the page title and a
+    window flag stay untouched), and the browser requests nothing but the app itself: not the
+    canary server, not any other URL (Chromium's network log)."""
+    from openai_server import serve_chat
+    from selenium.webdriver.common.keys import Keys
+
+    from assistant.config import load_settings
+    from ingest.index import ingest
+    from ui.events import audit_log
+
+    with _canary() as (canary, hits):
+        payloads = [p.format(c=canary) for p in PAYLOADS]
+        lines = [f"Zorbamycin rule {i}: {p} applies." for i, p in enumerate(payloads, start=1)]
+        home = build_library(tmp_path / "home", files=("hypertension-diagnosis-and-treatment.md",))
+        (home / "sources" / "zorbamycin-hostile.txt").write_text(
+            "Zorbamycin dosing rules\n\n" + "\n".join(lines) + "\n", encoding="utf-8"
+        )
+        summary = ingest(
+            [home / "sources"], load_settings(env={"CLINRAG_HOME": str(home)}), progress=False
+        )
+        assert summary.count("added") == 1 and not summary.failed, summary.to_dict()
+        answer_text = " ".join(f"{line} [1]" for line in lines)
+
+        with (
+            serve_chat(lambda messages, max_tokens: answer_text) as chat,
+            serve_app(
+                tmp_path,
+                home,
+                {
+                    "CLINRAG_LLM": "openai",
+                    "CLINRAG_LLM_BASE_URL": chat.base_url,
+                    "CLINRAG_LLM_MODEL": "hostile-test",
+                    "CLINRAG_ATTRIBUTION": "off",
+                },
+            ) as url,
+        ):
+            page = Page(browser, tmp_path / "screenshots")
+            browser.get(url)
+            page.wait_text("Sign in with your hospital account")
+            title = browser.title
+            page.sign_in("carol")
+            box = page.wait("chat input", lambda: page.css('[data-testid="stChatInputTextArea"]'))
+            box[0].send_keys("What are the zorbamycin dosing rules?")
+            box[0].send_keys(Keys.ENTER)
+            page.wait_text("Audit record", timeout=ANSWER_TIMEOUT_S)
+            assert chat.requests, "the app never called the model server"
+            for expander in page.css('[data-testid="stExpander"] summary'):
+                if "Zorbamycin" in expander.text:
+                    expander.click()
+            page.wait_text("Zorbamycin rule 20")
+            time.sleep(3)  # give any payload time to fire
+            page.shot("hostile-payloads")
+            body = page.text()
+
+            # shown literally, as text: the payloads' own characters are on the screen
+            assert "onerror" in body and "javascript:" in body and "<script>" in body, body
+            record = audit_log(load_settings(env={"CLINRAG_HOME": str(home)})).list(event="answer")[
+                -1
+            ]
+            assert "Zorbamycin rule 1" in record.payload["answer"], record.payload
+            assert not record.payload["abstained"]
+            # nothing ran
+            assert browser.title == title and "pwned" not in browser.title
+            assert browser.execute_script("return window.__pwned === undefined;") is True
+            assert not browser.find_elements(page.by.CSS_SELECTOR, "iframe[src*='p7']")
+            assert not browser.find_elements(page.by.CSS_SELECTOR, "img[src*='127.0.0.1']")
+            # and no link a reader could click: not javascript:, not the planted URLs
+            links = [a.get_attribute("href") or "" for a in page.css("a")]
+            assert not [h for h in links if h.startswith("javascript") or canary in h], links
+            # nothing was fetched: not the canary, and no URL outside the app
+            time.sleep(1)
+            assert hits == [], hits
+            requested = _requested_urls(browser)
+            foreign = [u for u in requested if not u.startswith((url, "data:", "blob:", "about:"))]
+            assert requested and not foreign, foreign
+
+
+def _requested_urls(driver: Any) -> list[str]:
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls

@@ -70,7 +70,16 @@ def test_markdown_escaping_shows_text_literally() -> None:
     escaped = md_escape(text)
     for raw in ("[here](", "![img]", "<b>", "$a$", ":red[", "*em*"):
         assert raw not in escaped
-    assert "\\[here\\]\\(http\\:" in escaped
+    assert "\\[here\\]\\(http\u2060\\:" in escaped
+
+
+def test_markdown_escaping_breaks_bare_links_and_emails() -> None:
+    text = "Call http://evil.example/x or www.evil.example or mail me@evil.example now"
+    escaped = md_escape(text)
+    for raw in ("http\\:", "www\\.", "me@"):
+        assert raw not in escaped
+    # what a reader sees is unchanged apart from the invisible joiners and the escapes
+    assert escaped.replace("\u2060", "").replace("\\", "") == text
 
 
 def test_highlighted_html_escapes_everything_and_marks_evidence() -> None:

@@ -27,9 +27,23 @@ from ui.views import ask, audit, library, signin
 VIEWS = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}
 
 
+def _icon() -> object:
+    """A 32x32 white cross on teal, as pixels (served by the app itself)."""
+    import numpy as np
+    from PIL import Image
+
+    icon = np.zeros((32, 32, 3), dtype=np.uint8)
+    icon[:] = (0, 110, 120)
+    icon[12:20, 5:27] = 255
+    icon[5:27, 12:20] = 255
+    return Image.fromarray(icon)
+
+
 def main() -> None:
     os.umask(0o077)  # uploads, user store, audit log: owner-only, as with the CLI
-    st.set_page_config(page_title="clinrag", page_icon=":material/local_hospital:", layout="wide")
+    # A drawn icon: a Material or emoji page_icon makes the browser fetch the favicon from a
+    # font CDN, a request leaving the hospital network on every page load.
+    st.set_page_config(page_title="clinrag", page_icon=_icon(), layout="wide")
     try:
         settings = get_settings()
     except ClinragError as exc:

@@ -21,9 +21,16 @@ ABSTAIN_REASONS = {
 }
 
 
+# GFM turns bare URLs and e-mail addresses into links *after* parsing, so escaping cannot stop
+# it: a word joiner (invisible) inside "http:", "www." and before "@" does.
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|www|mailto|xmpp)(?=[:.])|(?=@)")
+WORD_JOINER = "\u2060"
+
+
 def md_escape(text: str) -> str:
     """Escape text for ``st.markdown`` so it shows literally (no links, HTML, math, emoji)."""
-    text = _MD_SPECIAL.sub(r"\\\1", str(text))
+    text = _AUTOLINK.sub(lambda m: (m.group(1) or "") + WORD_JOINER, str(text))
+    text = _MD_SPECIAL.sub(r"\\\1", text)
     # A line break in the source would start a Markdown block; keep it as a hard break.
     return re.sub(r"\r?\n", "  \n", text)
 
