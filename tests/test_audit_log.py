@@ -763,6 +763,30 @@ PHI_CASES: list[tuple[str, str]] = [
     ("a 94 year old with AF", "94"),
 ]
 
+# Names, where the wording marks them (a title or a cue word); see audit/log/redact.py.
+NAME_CASES: list[tuple[str, str]] = [
+    ("Mrs. Alvarez has stage 3 CKD, which statin?", "Alvarez"),
+    ("my patient John Smith takes warfarin and asks about ibuprofen", "John Smith"),
+    ("a woman named Maria Lopez, 45, with hypertension", "Maria Lopez"),
+    ("Dr Ann-Marie Chen asked about PrEP dosing", "Ann-Marie Chen"),
+    ("Patient Jane Q. Doe on metformin 1 g twice daily", "Jane Q. Doe"),
+    ("Mr O'Neil is 67 with AF; anticoagulate?", "O'Neil"),
+    ("Ms. Smith-Jones has asthma and a cough", "Smith-Jones"),
+    ("pt Robert Miller, HbA1c 9%", "Robert Miller"),
+    ("her son Peter Van Dyke has type 1 diabetes", "Peter Van Dyke"),
+    ("Mr McDonald wants to stop his statin", "McDonald"),
+    ("name is Fatima Rahman, due for a colonoscopy?", "Fatima Rahman"),
+    ("Miss Okafor, 16, asks about the HPV vaccine", "Okafor"),
+]
+# Capitalised clinical words after a cue or in a title-cased question must stay.
+NAME_LOOKALIKES = [
+    "Does Addison disease need steroid cover for surgery?",
+    "For patient education on Crohn disease, what is first line?",
+    "Is the patient with Type 2 Diabetes a candidate?",
+    "Patient Health Questionnaire scores for depression screening",
+    "USPSTF Grade B for adults 50 to 75",
+]
+
 CLINICAL_TEXT = [
     "BP 130/80 mmHg in a patient aged 45",
     "age 45 with HbA1c 7.5% on 2 agents",
@@ -789,6 +813,18 @@ def test_redaction_recall_on_synthetic_phi() -> None:
     recall = caught / len(PHI_CASES)
     assert len(PHI_CASES) >= 20
     assert recall >= 0.95, missed
+
+
+def test_name_redaction_recall_on_synthetic_questions() -> None:
+    missed = [(t, redact(t)) for t, name in NAME_CASES if name in redact(t)]
+    recall = 1 - len(missed) / len(NAME_CASES)
+    assert recall >= 0.9, missed
+    assert all("[NAME]" in redact(t) for t, name in NAME_CASES if (t, redact(t)) not in missed)
+
+
+def test_name_redaction_leaves_clinical_terms() -> None:
+    for text in NAME_LOOKALIKES:
+        assert redact(text) == text
 
 
 def test_redaction_keeps_clinical_numbers() -> None:

@@ -1,9 +1,11 @@
 """Offline, regex-based PHI redaction for questions stored in the audit log.
 
 This catches the structured identifiers clinicians most often paste into a question (emails,
-US phone numbers, dates, SSNs, medical record numbers, ages over 89). It cannot find names or
-addresses in free text, so "redacted" is a safety net, not de-identification: use the "hashed"
-mode where questions may name patients.
+US phone numbers, dates, SSNs, medical record numbers, ages over 89) and names where the wording
+marks them as names: after a title ("Mrs. Alvarez", "Dr Chen") or a cue ("patient John Smith",
+"named Maria Lopez", "for Mr Kowalski"). No offline name-recognition model ships with clinrag,
+so a bare name with no cue ("does John Smith need a statin") is missed: "redacted" is a safety
+net, not de-identification; use the "hashed" mode where questions may name patients.
 
 Patterns are tuned to leave clinical numbers alone: blood pressures (130/80), doses
 (0.5 mg/kg), ranges (1000-1500 mg), scores and ages under 90.
@@ -21,6 +23,15 @@ QUESTION_MODES: tuple[str, ...] = ("verbatim", "redacted", "hashed")
 _MONTHS = (
     r"(?:(?i:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?|May|MAY)"
+)
+_NAME = (
+    r"[A-Z](?:['’][A-Z])?[a-z]+(?:[A-Z][a-z]+)*(?:-[A-Z]?[a-z]+)*\b"  # O'Neil, McDonald, Ann-Marie
+)
+# Capitalised words that follow "Patient" in instrument and programme names (PHQ-9 is the
+# "Patient Health Questionnaire"), never the start of a person's name.
+_NOT_NAMES = (
+    r"(?:Health|Care|Safety|Education|Assessment|Reported|Centered|Centred|Portal|Records?"
+    r"|Information|Controlled|Administered|Protection|Experience|Satisfaction|Access)"
 )
 # "may" is only a month when capitalised: "the dose may 2 x daily" is a verb.
 
@@ -68,6 +79,19 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?(?![\d/])"
         ),
     ),
+    (
+        "[NAME]",
+        re.compile(
+            # a title, then one to three capitalised words: "Mrs. Alvarez", "Dr Ann-Marie Chen"
+            r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+"
+            rf"{_NAME}(?:\s+[A-Z]\.?(?![a-z]))?(?:\s+{_NAME}){{0,2}}"
+            # a cue word, then a capitalised name of two or three words: "patient John Smith"
+            # (the cue is kept: it is group "cue")
+            r"|(?P<cue>\b(?i:patient|pt\.?|named|called|name\s+is|name:|client|resident|mother"
+            r"|father|daughter|son|husband|wife)\s+)"
+            rf"(?!{_NOT_NAMES}\b){_NAME}(?:\s+[A-Z]\.?(?![a-z]))?(?:\s+{_NAME}){{1,2}}"
+        ),
+    ),
     # HIPAA Safe Harbor treats ages over 89 as identifying; younger ages are clinical context.
     (
         "[AGE>89]",
@@ -82,7 +106,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 def redact(text: str) -> str:
     """Replace recognised identifiers with bracketed tags such as ``[DATE]``."""
     for tag, pattern in _PATTERNS:
-        text = pattern.sub(tag, text)
+        if "cue" in pattern.groupindex:
+            text = pattern.sub(lambda m, tag=tag: (m.group("cue") or "") + tag, text)
+        else:
+            text = pattern.sub(tag, text)
     return text
 
 
