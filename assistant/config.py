@@ -83,6 +83,14 @@ class Settings(BaseModel):
     user: str = Field("local", description="Recorded as the asker in the audit log.")
     role: str = "clinician"
 
+    # web app sign-in
+    sso_provider: str | None = Field(
+        None,
+        description="Offer single sign-on through Streamlit's st.login with this provider "
+        "(configured under [auth] in .streamlit/secrets.toml; 'default' for the unnamed one).",
+    )
+    sso_claim: str = Field("email", description="The identity-token claim that names the user.")
+
     # derived locations
     @property
     def store_dir(self) -> Path:

@@ -490,3 +490,44 @@ def test_real_assistant_end_to_end(home: Path, monkeypatch: pytest.MonkeyPatch) 
     assert answer.seq in set(table(auditor, "question")["seq"])
     auditor.button(key="verify").click().run()
     assert auditor.success[0].value.startswith("Chain verified")
+
+
+# ------------------------------------------------------------------ single sign-on
+
+
+def test_single_sign_on_maps_the_provider_identity_to_a_local_role(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """st.login needs a live identity provider; the claims it would return are injected
+    through ``sso_claims``, and everything after that runs for real."""
+    import ui.views.signin
+    from ui.users import add_sso_user, get_user
+
+    monkeypatch.setenv("CLINRAG_SSO_PROVIDER", "default")
+    settings = load_settings(env={"CLINRAG_HOME": str(home), "CLINRAG_SSO_PROVIDER": "default"})
+    if get_user(settings, "sam@hospital.org") is None:
+        add_sso_user(settings, "sam@hospital.org", "auditor")
+    claims: dict[str, Any] | None = None
+    monkeypatch.setattr(ui.views.signin, "sso_claims", lambda: claims)
+
+    at = start()
+    assert [b.label for b in at.button] == ["Sign in with single sign-on", "Sign in"]
+    assert at.text_input(key="signin_username")  # local accounts still work beside it
+
+    claims = {"email": "mallory@elsewhere.org", "iss": "https://idp.example"}
+    at.run()
+    assert "not allowed to use clinrag" in at.error[0].value
+    assert not at.sidebar.radio
+    at.run()  # a rerun does not log the same refusal twice
+    refused = [r for r in records(home, "login_failed") if r.user == "mallory@elsewhere.org"]
+    assert len(refused) == 1 and refused[0].payload["reason"] == "sso_unknown_user"
+
+    claims = {"email": "sam@hospital.org", "iss": "https://idp.example"}
+    at = start()
+    assert pages(at) == ["Audit"]
+    login = records(home, "login")[-1]
+    assert login.user == "sam@hospital.org" and login.payload["method"] == "sso"
+    claims = None  # signing out also ends the provider session
+    at.sidebar.button(key="signout").click().run()
+    assert not at.exception, at.exception
+    assert at.text_input(key="signin_username")

@@ -161,3 +161,60 @@ def test_users_command_add_list_disable_enable(
         ("user_disable", "audrey"),
         ("user_enable", "audrey"),
     ]
+
+
+# ------------------------------------------------------------------ single sign-on
+
+
+def test_sso_maps_verified_claims_to_local_accounts(settings: Settings) -> None:
+    from ui.users import add_sso_user, sso_sign_in
+
+    add_sso_user(settings, "Dana@Hospital.org", "auditor")
+    events = Events()
+    claims = {"email": "dana@hospital.org", "iss": "https://idp.hospital.example"}
+    user = sso_sign_in(settings, claims, on_event=events)
+    assert user is not None and user.username == "dana@hospital.org" and user.role == "auditor"
+    # an SSO-only account has no password that could ever match
+    assert authenticate(settings, "dana@hospital.org", "", on_event=events) is None
+    assert authenticate(settings, "dana@hospital.org", "!sso-only", on_event=events) is None
+    # unknown identities, missing claims and disabled accounts are refused and audited
+    assert sso_sign_in(settings, {"email": "eve@elsewhere.org"}, on_event=events) is None
+    assert sso_sign_in(settings, {"sub": "123"}, on_event=events) is None
+    disable_user(settings, "dana@hospital.org")
+    assert sso_sign_in(settings, claims, on_event=events) is None
+    assert [(e[0], e[1], e[3].get("reason"), e[3].get("method")) for e in events.seen] == [
+        ("login", "dana@hospital.org", None, "sso"),
+        ("login_failed", "dana@hospital.org", "bad_password", None),
+        ("login_failed", "dana@hospital.org", "bad_password", None),
+        ("login_failed", "eve@elsewhere.org", "sso_unknown_user", "sso"),
+        ("login_failed", "(no claim)", "sso_missing_claim", "sso"),
+        ("login_failed", "dana@hospital.org", "disabled", "sso"),
+    ]
+    assert events.seen[0][3]["issuer"] == "https://idp.hospital.example"
+
+
+def test_sso_claim_is_configurable(settings: Settings) -> None:
+    from ui.users import add_sso_user, sso_sign_in
+
+    add_sso_user(settings, "jdoe", "clinician")
+    custom = settings.model_copy(update={"sso_claim": "preferred_username"})
+    assert sso_sign_in(custom, {"preferred_username": "JDoe", "email": "x@y.org"}) is not None
+    assert sso_sign_in(settings, {"preferred_username": "jdoe"}) is None  # default claim: email
+
+
+def test_users_add_sso_from_the_cli(settings: Settings, capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["users", "add", "nurse@hospital.org", "--role", "clinician", "--sso"])
+    assert users_command(args, settings) == 0
+    assert get_user(settings, "nurse@hospital.org").role == "clinician"
+    log = audit_log(settings)
+    try:
+        added = log.list(event="user_add")[-1]
+    finally:
+        log.close()
+    assert added.payload == {
+        "username": "nurse@hospital.org",
+        "new_role": "clinician",
+        "sso_only": True,
+    }

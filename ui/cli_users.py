@@ -24,6 +24,7 @@ from ui.events import record_event
 from ui.users import (
     ROLES,
     UserError,
+    add_sso_user,
     add_user,
     check_password,
     disable_user,
@@ -44,6 +45,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--password-stdin",
         action="store_true",
         help="read the password from the first line of stdin instead of prompting",
+    )
+    add.add_argument(
+        "--sso",
+        action="store_true",
+        help="no password: the account signs in only through single sign-on (sso_provider); "
+        "USERNAME is the identity provider's e-mail (or the sso_claim configured)",
     )
     lst = usub.add_parser("list", help="list accounts")
     lst.add_argument("--json", action="store_true")
@@ -85,9 +92,15 @@ def users_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{u.username:32} {u.role:10} {state:9} last sign-in: {u.last_login or '-'}")
         return 0
     if command == "add":
-        password = _read_password(args.password_stdin)
-        user = add_user(settings, args.username, password, args.role)
-        _record(settings, "user_add", {"username": user.username, "new_role": user.role})
+        if args.sso:
+            user = add_sso_user(settings, args.username, args.role)
+        else:
+            user = add_user(settings, args.username, _read_password(args.password_stdin), args.role)
+        _record(
+            settings,
+            "user_add",
+            {"username": user.username, "new_role": user.role, "sso_only": bool(args.sso)},
+        )
         print(f"Added {user.username} ({user.role}).")
         return 0
     if command in {"disable", "enable"}:

@@ -121,18 +121,23 @@ def assistant_session(settings: Settings) -> Iterator[Any]:
 # ------------------------------------------------------------------ who is signed in
 
 
-def sign_in(user: User) -> None:
+def sign_in(user: User, method: str = "password") -> None:
     st.session_state["auth"] = {
         "username": user.username,
         "role": user.role,
+        "method": method,
         "since": time.time(),
         "last_seen": time.time(),
     }
 
 
 def sign_out() -> None:
+    single_sign_on = (st.session_state.get("auth") or {}).get("method") == "sso"
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    if single_sign_on:
+        # the provider's session cookie would sign the user straight back in
+        st.logout()
 
 
 def current_user(settings: Settings) -> User | None:

@@ -161,6 +161,67 @@ def add_user(settings: Settings, username: str, password: str, role: str) -> Use
     return _row_user(row)
 
 
+# Stored instead of a password hash for single-sign-on accounts: no password can match it.
+SSO_ONLY = "!sso-only"
+
+
+def add_sso_user(settings: Settings, username: str, role: str) -> User:
+    """An account that signs in only through the identity provider (no password)."""
+    name = check_username(username)
+    check_role(role)
+    with _db(settings) as conn:
+        try:
+            conn.execute(
+                "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                (name, SSO_ONLY, role, _iso(_now())),
+            )
+        except sqlite3.IntegrityError:
+            raise UserError(
+                f"A user named {name!r} already exists (see: clinrag users list)."
+            ) from None
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+    return _row_user(row)
+
+
+def sso_sign_in(
+    settings: Settings, claims: dict[str, Any], on_event: EventSink | None = None
+) -> User | None:
+    """Map an identity provider's verified claims to a local account, or None.
+
+    The provider proves who someone is; clinrag's own account store still decides whether
+    they may use it and with which role, so an administrator controls access in one place.
+    """
+    issuer = str(claims.get("iss", ""))
+    raw = str(claims.get(settings.sso_claim) or "")
+    name = raw.strip().lower()
+
+    def failed(reason: str, role: str = "unknown") -> None:
+        if on_event is not None:
+            on_event(
+                "login_failed",
+                _safe_name(raw or "(no claim)"),
+                role,
+                {"reason": reason, "method": "sso", "issuer": issuer},
+            )
+
+    if not name:
+        failed("sso_missing_claim")
+        return None
+    with _db(settings) as conn:
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+        if row is None:
+            failed("sso_unknown_user")
+            return None
+        if row["disabled"]:
+            failed("disabled", row["role"])
+            return None
+        if on_event is not None:
+            on_event("login", name, row["role"], {"method": "sso", "issuer": issuer})
+        conn.execute("UPDATE users SET last_login = ? WHERE username = ?", (_iso(_now()), name))
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+    return _row_user(row)
+
+
 def get_user(settings: Settings, username: str) -> User | None:
     with _db(settings) as conn:
         row = conn.execute(

@@ -1,6 +1,13 @@
-"""The sign-in form. Every attempt is an audit event; no event, no session."""
+"""The sign-in page: local accounts, and single sign-on when ``sso_provider`` is set.
+
+Every attempt is an audit event; no event, no session. With single sign-on the identity
+provider proves who someone is (Streamlit's ``st.login``), and the local account store still
+decides whether they may use clinrag and with which role.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import streamlit as st
 
@@ -8,7 +15,17 @@ from assistant.config import Settings
 from ui.events import sink
 from ui.render import md_escape
 from ui.session import sign_in
-from ui.users import authenticate
+from ui.users import authenticate, sso_sign_in
+
+
+def sso_claims() -> dict[str, Any] | None:
+    """The identity provider's claims for this browser session, or None (a test seam)."""
+    try:
+        if not st.user.is_logged_in:
+            return None
+        return dict(st.user.to_dict())
+    except Exception:  # no [auth] section configured: single sign-on is unavailable
+        return None
 
 
 def render(settings: Settings) -> None:
@@ -17,6 +34,8 @@ def render(settings: Settings) -> None:
     reason = st.session_state.pop("signed_out_reason", None)
     if reason:
         st.info(reason)
+    if settings.sso_provider and _single_sign_on(settings):
+        return
     with st.form("signin"):
         username = st.text_input("User name", key="signin_username")
         password = st.text_input("Password", type="password", key="signin_password")
@@ -33,3 +52,43 @@ def render(settings: Settings) -> None:
         return
     sign_in(user)
     st.rerun()
+
+
+def _single_sign_on(settings: Settings) -> bool:
+    """Offer or complete single sign-on. True when the page is done (signed in or refused)."""
+    claims = sso_claims()
+    if claims is None:
+        if st.button("Sign in with single sign-on", type="primary", key="sso"):
+            provider = settings.sso_provider
+            st.login() if provider == "default" else st.login(provider)
+        st.caption("Or with a local account:")
+        return False
+    if st.session_state.get("sso_refused") == claims.get(settings.sso_claim):
+        _refused(settings, claims)
+        return True
+    try:
+        user = sso_sign_in(settings, claims, on_event=sink(settings))
+    except Exception as exc:  # the audit log cannot record the sign-in
+        st.error(md_escape(f"Sign-in is unavailable because it cannot be recorded: {exc}"))
+        return True
+    if user is None:
+        # remembered so a rerun does not log a second failed attempt for the same identity
+        st.session_state["sso_refused"] = claims.get(settings.sso_claim)
+        _refused(settings, claims)
+        return True
+    sign_in(user, method="sso")
+    st.rerun()
+    return True
+
+
+def _refused(settings: Settings, claims: dict[str, Any]) -> None:
+    who = str(claims.get(settings.sso_claim) or "your account")
+    st.error(
+        md_escape(
+            f"{who} is not allowed to use clinrag (no active clinrag account). "
+            "Ask an administrator to add it: clinrag users add NAME --role ROLE --sso"
+        )
+    )
+    if st.button("Sign out of single sign-on", key="sso_out"):
+        st.session_state.pop("sso_refused", None)
+        st.logout()
