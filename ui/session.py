@@ -78,24 +78,6 @@ def _lock(_key: str) -> threading.Lock:
     return threading.Lock()
 
 
-def _rebind_manifest(assistant: Any) -> None:
-    """Give the manifest a connection of this thread.
-
-    Streamlit runs every script run in a new thread, and ``ingest.manifest.Manifest`` opens
-    its SQLite connection with ``check_same_thread`` on. Callers hold the lock, so exactly
-    one thread uses the shared Assistant at a time; the previous connection is dropped.
-    """
-    manifest = getattr(
-        getattr(getattr(assistant, "retriever", None), "index", None), "manifest", None
-    )
-    if manifest is None or not hasattr(manifest, "_conn"):
-        return
-    me = threading.get_ident()
-    if getattr(manifest, "_ui_thread", me) != me:
-        manifest._conn = None
-    manifest._ui_thread = me
-
-
 @contextlib.contextmanager
 def assistant_session(settings: Settings) -> Iterator[Any]:
     """The shared, warmed-up Assistant, used by one session at a time.
@@ -108,7 +90,6 @@ def assistant_session(settings: Settings) -> Iterator[Any]:
             lock.acquire()
     try:
         assistant = get_assistant(settings)
-        _rebind_manifest(assistant)
         if not getattr(assistant, "_ui_warm", False):
             with st.spinner("Loading the models (only after a restart)..."):
                 assistant.warm_up()
