@@ -21,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
+# folder is on sys.path (Python puts a script's folder first): import via the repository root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from benchmarks import common  # noqa: E402
 
 METHODS = ("surrogate", "shap", "loo", "similarity", "random")
 

@@ -23,8 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
+# folder is on sys.path (Python puts a script's folder first): import via the repository root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from benchmarks import common  # noqa: E402
 
 TOPICS = [
     ("hypertension", "hypertension-diagnosis-and-treatment.md", "amlodipine", "5 mg"),
