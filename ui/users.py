@@ -145,13 +145,15 @@ def add_user(settings: Settings, username: str, password: str, role: str) -> Use
     """Create an account. Raises :class:`UserError` if the name is taken or input is invalid."""
     name = check_username(username)
     check_password(password)
-    check_role(role)
-    digest = _hasher().hash(password)
+    return _insert_user(settings, name, _hasher().hash(password), check_role(role))
+
+
+def _insert_user(settings: Settings, name: str, password_hash: str, role: str) -> User:
     with _db(settings) as conn:
         try:
             conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                (name, digest, role, _iso(_now())),
+                (name, password_hash, role, _iso(_now())),
             )
         except sqlite3.IntegrityError:
             raise UserError(
@@ -167,20 +169,7 @@ SSO_ONLY = "!sso-only"
 
 def add_sso_user(settings: Settings, username: str, role: str) -> User:
     """An account that signs in only through the identity provider (no password)."""
-    name = check_username(username)
-    check_role(role)
-    with _db(settings) as conn:
-        try:
-            conn.execute(
-                "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                (name, SSO_ONLY, role, _iso(_now())),
-            )
-        except sqlite3.IntegrityError:
-            raise UserError(
-                f"A user named {name!r} already exists (see: clinrag users list)."
-            ) from None
-        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
-    return _row_user(row)
+    return _insert_user(settings, check_username(username), SSO_ONLY, check_role(role))
 
 
 def sso_sign_in(
