@@ -335,3 +335,9 @@ def test_bad_scorer_output_is_reported() -> None:
 
     with pytest.raises(ValueError, match="non-finite"):
         AblationSurrogate().attribute(infinite, S, 1)
+
+
+def test_surrogate_rejects_a_keep_probability_outside_0_1() -> None:
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="keep_prob"):
+            make_attributor("surrogate", keep_prob=bad)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from .scorer import Scorer
 from .types import Attribution
 
-__all__ = ["Attributor", "check_sizes", "empty_attribution", "resolve_budget"]
+__all__ = ["Attributor", "Method", "check_sizes", "empty_attribution", "resolve_budget"]
 
 
 @runtime_checkable
@@ -57,3 +59,50 @@ def empty_attribution(method: str, n_targets: int, seconds: float = 0.0) -> Attr
         n_evaluations=0,
         seconds=seconds,
     )
+
+
+@dataclass(kw_only=True)
+class Method:
+    """What every method shares: the evaluation cap and scorer batch size (accepted by all, so
+    every method can be built from the same settings), the size checks, the timing, and
+    (where ``empty_needs_no_scorer``) the answer for a context with no sentences.
+
+    Subclasses implement ``_attribute``; ``seconds`` is filled in here.
+    """
+
+    max_evaluations: int | None = None
+    batch_size: int | None = None
+
+    name: ClassVar[str] = ""
+    empty_needs_no_scorer: ClassVar[bool] = True
+
+    def attribute(
+        self,
+        scorer: Scorer,
+        n_sources: int,
+        n_targets: int,
+        *,
+        prior: np.ndarray | None = None,
+    ) -> Attribution:
+        check_sizes(n_sources, n_targets, prior)
+        start = time.perf_counter()
+        if n_sources == 0 and self.empty_needs_no_scorer:
+            return empty_attribution(self.name, n_targets)
+        result = self._attribute(scorer, n_sources, n_targets, prior)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _attribute(
+        self, scorer: Scorer, n_sources: int, n_targets: int, prior: np.ndarray | None
+    ) -> Attribution:
+        raise NotImplementedError
+
+    def _budget(self, wanted: int, knob: str, minimum: int, needs: str) -> int:
+        """Scorer rows to use: ``wanted`` capped by max_evaluations, and at least ``minimum``."""
+        budget = resolve_budget(wanted, self.max_evaluations, knob)
+        if budget < minimum:
+            raise ValueError(
+                f"{needs} needs at least {minimum} scorer rows; got a budget of {budget}. "
+                "Raise max_evaluations."
+            )
+        return budget

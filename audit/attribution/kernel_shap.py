@@ -8,14 +8,13 @@ log p(answer | full) - log p(answer | empty) among the sentences with Shapley we
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from .base import check_sizes, empty_attribution, resolve_budget
+from .base import Method
 from .scorer import Scorer, evaluate
 from .types import Attribution
 
@@ -23,7 +22,7 @@ __all__ = ["ShapAttributor"]
 
 
 @dataclass
-class ShapAttributor:
+class ShapAttributor(Method):
     """KernelSHAP with ``n_samples`` scorer rows in all (capped by ``max_evaluations``).
 
     The budget counts the full and empty contexts too, so shap's own ``nsamples`` is
@@ -36,30 +35,18 @@ class ShapAttributor:
     n_samples: int = 32
     seed: int = 0
     l1_reg: str | float | bool | None = None
-    max_evaluations: int | None = None
-    batch_size: int | None = None
 
     name: ClassVar[str] = "shap"
 
-    def attribute(
-        self,
-        scorer: Scorer,
-        n_sources: int,
-        n_targets: int,
-        *,
-        prior: np.ndarray | None = None,
+    def _attribute(
+        self, scorer: Scorer, n_sources: int, n_targets: int, prior: np.ndarray | None
     ) -> Attribution:
-        check_sizes(n_sources, n_targets, prior)
-        start = time.perf_counter()
-        if n_sources == 0:
-            return empty_attribution(self.name, n_targets)
-        budget = resolve_budget(self.n_samples, self.max_evaluations, "n_samples")
-        min_budget = 2 if n_sources == 1 else 4
-        if budget < min_budget:
-            raise ValueError(
-                f"KernelSHAP over {n_sources} sentences needs at least {min_budget} scorer rows "
-                f"(full, empty and some coalitions); got {budget}. Raise n_samples or use 'loo'."
-            )
+        budget = self._budget(
+            self.n_samples,
+            "n_samples",
+            2 if n_sources == 1 else 4,
+            f"KernelSHAP over {n_sources} sentences (full, empty and some coalitions)",
+        )
 
         # Full and empty go in one batch up front; shap asks for each separately, one row at a
         # time, and answering from this memo saves two single-row forward passes.
@@ -119,7 +106,7 @@ class ShapAttributor:
             scores=phi[n_targets],
             per_target=per_target,
             n_evaluations=rows_used[0],
-            seconds=time.perf_counter() - start,
+            seconds=0.0,
             full_logprob=end_out[0],
             empty_logprob=end_out[1],
             info={"nsamples": nsamples, "l1_reg": str(l1_reg), "seed": self.seed},

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from .base import check_sizes, empty_attribution, resolve_budget
+from .base import Method
 from .scorer import Scorer, evaluate
 from .types import Attribution
 
@@ -16,7 +15,7 @@ __all__ = ["LeaveOneOut"]
 
 
 @dataclass
-class LeaveOneOut:
+class LeaveOneOut(Method):
     """score_s = log p(answer | full) - log p(answer | full without s); S + 1 scorer rows.
 
     Exact for additive effects but blind to redundancy: if two sentences each suffice,
@@ -28,29 +27,14 @@ class LeaveOneOut:
     ``info["unscored"]`` so a reader can tell "not tested" from "no effect".
     """
 
-    max_evaluations: int | None = None
-    batch_size: int | None = None
-
     name: ClassVar[str] = "loo"
 
-    def attribute(
-        self,
-        scorer: Scorer,
-        n_sources: int,
-        n_targets: int,
-        *,
-        prior: np.ndarray | None = None,
+    def _attribute(
+        self, scorer: Scorer, n_sources: int, n_targets: int, prior: np.ndarray | None
     ) -> Attribution:
-        check_sizes(n_sources, n_targets, prior)
-        start = time.perf_counter()
-        if n_sources == 0:
-            return empty_attribution(self.name, n_targets)
-        budget = resolve_budget(n_sources + 1, self.max_evaluations, "n_sources + 1")
-        if budget < 2:
-            raise ValueError(
-                "leave-one-out needs at least 2 scorer rows (full context + one removal); "
-                f"got a budget of {budget}. Raise max_evaluations."
-            )
+        budget = self._budget(
+            n_sources + 1, "n_sources + 1", 2, "leave-one-out (full context + one removal)"
+        )
         if prior is None:
             order = np.arange(n_sources)
         else:
@@ -69,7 +53,7 @@ class LeaveOneOut:
             scores=per_target.sum(axis=0),
             per_target=per_target,
             n_evaluations=len(masks),
-            seconds=time.perf_counter() - start,
+            seconds=0.0,
             full_logprob=out[0],
             info={"n_scored": len(scored), "unscored": unscored},
         )

@@ -6,13 +6,12 @@ baseline the model-based methods must beat on faithfulness.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 
-from .base import check_sizes
+from .base import Method
 from .scorer import Scorer
 from .types import Attribution
 
@@ -20,7 +19,7 @@ __all__ = ["SimilarityAttributor"]
 
 
 @dataclass
-class SimilarityAttributor:
+class SimilarityAttributor(Method):
     """Passes ``similarity[t, s]`` through; the whole answer takes the max or mean over t.
 
     ``max`` is the default because an answer sentence usually rests on one source sentence,
@@ -29,22 +28,12 @@ class SimilarityAttributor:
 
     similarity: np.ndarray
     reduce: Literal["max", "mean"] = "max"
-    # Accepted so every method can be built from the same settings; no scorer rows are used.
-    max_evaluations: int | None = None
-    batch_size: int | None = None
 
     name: ClassVar[str] = "similarity"
 
-    def attribute(
-        self,
-        scorer: Scorer | None,
-        n_sources: int,
-        n_targets: int,
-        *,
-        prior: np.ndarray | None = None,
+    def _attribute(
+        self, scorer: Scorer | None, n_sources: int, n_targets: int, prior: np.ndarray | None
     ) -> Attribution:
-        check_sizes(n_sources, n_targets, prior)
-        start = time.perf_counter()
         sim = np.asarray(self.similarity, dtype=float)
         if sim.shape != (n_targets, n_sources):
             raise ValueError(
@@ -62,6 +51,6 @@ class SimilarityAttributor:
             scores=scores,
             per_target=sim.copy(),
             n_evaluations=0,
-            seconds=time.perf_counter() - start,
+            seconds=0.0,
             info={"reduce": self.reduce},
         )

@@ -14,13 +14,12 @@ Differences from MadryLab/context-cite, and why:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from .base import check_sizes, empty_attribution, resolve_budget
+from .base import Method
 from .scorer import Scorer, evaluate
 from .types import Attribution
 
@@ -63,7 +62,7 @@ def fit_sparse_linear(
 
 
 @dataclass
-class AblationSurrogate:
+class AblationSurrogate(Method):
     """Random ablations (each sentence kept with ``keep_prob``) plus the full context.
 
     Scorer rows used: ``n_ablations + 1`` (the full mask), capped by ``max_evaluations``.
@@ -76,31 +75,19 @@ class AblationSurrogate:
     keep_prob: float = 0.5
     alpha: float | None = None
     seed: int = 0
-    max_evaluations: int | None = None
-    batch_size: int | None = None
 
     name: ClassVar[str] = "surrogate"
 
-    def attribute(
-        self,
-        scorer: Scorer,
-        n_sources: int,
-        n_targets: int,
-        *,
-        prior: np.ndarray | None = None,
-    ) -> Attribution:
-        check_sizes(n_sources, n_targets, prior)
+    def __post_init__(self) -> None:
         if not 0.0 < self.keep_prob < 1.0:
             raise ValueError(f"keep_prob must be in (0, 1); got {self.keep_prob}")
-        start = time.perf_counter()
-        if n_sources == 0:
-            return empty_attribution(self.name, n_targets)
-        budget = resolve_budget(self.n_ablations + 1, self.max_evaluations, "n_ablations")
-        if budget < 2:
-            raise ValueError(
-                "the ablation surrogate needs at least 2 scorer rows (full context + one "
-                f"ablation); got a budget of {budget}. Raise max_evaluations."
-            )
+
+    def _attribute(
+        self, scorer: Scorer, n_sources: int, n_targets: int, prior: np.ndarray | None
+    ) -> Attribution:
+        budget = self._budget(
+            self.n_ablations + 1, "n_ablations", 2, "the ablation surrogate (full + one ablation)"
+        )
         alpha = DEFAULT_ALPHA if self.alpha is None else float(self.alpha)
         full = np.ones((1, n_sources), dtype=bool)
 
@@ -112,7 +99,7 @@ class AblationSurrogate:
                 scores=per_target.sum(axis=0),
                 per_target=per_target,
                 n_evaluations=2,
-                seconds=time.perf_counter() - start,
+                seconds=0.0,
                 full_logprob=out[0],
                 empty_logprob=out[1],
                 info={"alpha": alpha, "exact": True},
@@ -134,7 +121,7 @@ class AblationSurrogate:
             scores=scores,
             per_target=per_target,
             n_evaluations=len(masks),
-            seconds=time.perf_counter() - start,
+            seconds=0.0,
             full_logprob=out[0],
             info={
                 "alpha": alpha,
