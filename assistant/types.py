@@ -72,6 +72,9 @@ class EmbedderInfo:
     model: str
     weights_hash: str
     dim: int
+    # Recorded for the audit, not part of index compatibility: bf16 and fp32 vectors of the same
+    # weights agree to cosine 0.9999, so an index moves between machines of either kind.
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,15 @@ def _corpus_stamp(name: str) -> str:
     return f"{st.st_size}-{int(st.st_mtime)}"
 
 
+def resolved_embedder_dtype(settings: Any) -> str:
+    """The precision the embedder will actually run in on this machine ("" for float32, so
+    indexes built before the setting existed keep their cache key)."""
+    from assistant.backends.sentence_transformers import resolve_dtype
+
+    dtype = resolve_dtype(settings.embedder_dtype, settings.device)
+    return dtype if dtype != "float32" else ""
+
+
 def cache_key(name: str, limit: int | None, settings: Any) -> str:
     parts = {
         "format": CACHE_FORMAT,
@@ -362,6 +371,9 @@ def cache_key(name: str, limit: int | None, settings: Any) -> str:
         "embedder_model": settings.embedder_model,
         "recipe": [RECIPE_CHUNK_SIZE, RECIPE_CHUNK_OVERLAP],
     }
+    dtype = resolved_embedder_dtype(settings)
+    if dtype:
+        parts["embedder_dtype"] = dtype
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
     return f"{name}-{limit or 'all'}-{digest}"
 

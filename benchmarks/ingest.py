@@ -23,6 +23,11 @@ the share of wall time inside the embedding model (the rest: loading, splitting,
 clinrag's manifest and per-document crash-safe writes); ">256 tokens" the share of chunks
 longer than MiniLM's 256-token window, whose tail the vector does not see.
 
+Systems: "clinrag" is the shipped configuration (embedder_dtype auto: bfloat16 on a CPU with
+native bf16, as this one has); "clinrag float32" is the same pipeline with the embedder forced
+to float32, to show how much of the difference is the embedder's precision and how much the
+rest of the pipeline; "langchain" is the recipe (float32, as the tutorial runs it).
+
 Options: --corpus guidelines|pubmedqa|all (default all), --limit N documents per corpus
 (0 = all), --repeat R (alternate which system goes first; the median time is kept), --json.
 Timings on a shared 2-core machine are noisy: compare the two systems within one run.
@@ -62,18 +67,23 @@ def _inputs(name: str, limit: int | None, work: Path) -> tuple[list[Path], dict[
 
 
 def bench(name: str, limit: int | None, repeat: int, embeddings: Any) -> dict[str, Any]:
-    runs: dict[str, list[common.IngestRun]] = {"clinrag": [], "langchain": []}
+    runs: dict[str, list[common.IngestRun]] = {
+        "clinrag": [],
+        "clinrag float32": [],
+        "langchain": [],
+    }
     with tempfile.TemporaryDirectory(prefix=f"clinrag-bench-{name}-") as tmp:
         work = Path(tmp)
         paths, path_to_doc = _inputs(name, limit, work)
         texts = [(doc_id, Path(p).read_text(encoding="utf-8")) for p, doc_id in path_to_doc.items()]
         for i in range(repeat):
-            order = ["clinrag", "langchain"] if i % 2 == 0 else ["langchain", "clinrag"]
+            order = list(runs) if i % 2 == 0 else list(reversed(runs))
             for system in order:
-                home = work / f"{system}-{i}"
+                home = work / f"{system.replace(' ', '-')}-{i}"
                 log(f"[{name}] {system} run {i + 1}/{repeat} over {len(texts)} documents ...")
-                if system == "clinrag":
-                    settings = common.clinrag_settings(home)
+                if system.startswith("clinrag"):
+                    dtype = "float32" if system.endswith("float32") else "auto"
+                    settings = common.clinrag_settings(home, embedder_dtype=dtype)
                     run = common.clinrag_ingest(paths, settings, path_to_doc)
                     if run.failed:
                         log(f"[{name}] clinrag: {len(run.failed)} failed: {run.failed[:3]}")

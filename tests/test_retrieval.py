@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import numpy as np
 
 from assistant.config import Settings
 from assistant.retrieve import Filters, Retriever
@@ -78,3 +81,24 @@ def test_superseded_guideline_ranks_below_its_replacement(library: Settings) -> 
     docs = [h.chunk.doc_id for h in hits]
     assert "colorectal-cancer-screening" in docs
     assert docs.index("colorectal-cancer-screening") == 0
+
+
+def test_embedder_precision_is_recorded_and_vectors_agree(tmp_path: Path) -> None:
+    """bf16 (auto, where the CPU computes it natively) and float32 vectors of the same weights
+    agree closely enough to share an index; the precision used goes into the embedder info."""
+    from assistant import backends
+    from assistant.backends.sentence_transformers import resolve_dtype
+
+    texts = ["Stage 1 hypertension is 130 to 139 mmHg systolic.", "Screen adults from age 45."]
+    infos, vectors = {}, {}
+    for dtype in ("float32", "auto"):
+        settings = Settings(home=tmp_path / dtype, embedder_dtype=dtype)
+        embedder = backends.create("embedder", "sentence_transformers", settings)
+        vectors[dtype] = embedder.embed(texts)
+        infos[dtype] = embedder.info
+    assert infos["float32"].dtype == "float32"
+    assert infos["auto"].dtype == resolve_dtype("auto") in {"float32", "bfloat16"}
+    assert infos["auto"].weights_hash == infos["float32"].weights_hash  # one index identity
+    cosines = (vectors["auto"] * vectors["float32"]).sum(axis=1)
+    assert cosines.min() > 0.999, cosines
+    assert np.allclose(np.linalg.norm(vectors["auto"], axis=1), 1.0, atol=1e-5)

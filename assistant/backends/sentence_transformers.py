@@ -53,10 +53,28 @@ _lock = threading.Lock()
 
 
 @cache
-def _load(model_dir: str, device: str) -> Any:
+def _load(model_dir: str, device: str, dtype: str) -> Any:
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(model_dir, device=device, local_files_only=True)
+    return SentenceTransformer(
+        model_dir,
+        device=device,
+        local_files_only=True,
+        model_kwargs={"dtype": getattr(torch, dtype)},
+    )
+
+
+def resolve_dtype(setting: str, device_setting: str = "auto") -> str:
+    """bf16 where the hardware computes it natively; emulated bf16 would be slower than fp32."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if _device(device_setting) == "cuda":
+        return "bfloat16"
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    return "bfloat16" if native() else "float32"
 
 
 def _device(setting: str) -> str:
@@ -72,6 +90,7 @@ class SentenceTransformerEmbedder:
         self._model_setting: str = settings.embedder_model
         self._batch_size: int = settings.embed_batch_size
         self._device_setting: str = settings.device
+        self._dtype_setting: str = settings.embedder_dtype
         self._model: Any = None
         self._info: EmbedderInfo | None = None
 
@@ -90,8 +109,10 @@ class SentenceTransformerEmbedder:
         if self._model is not None:
             return
         model_dir = self._model_dir()
+        device = _device(self._device_setting)
+        dtype = resolve_dtype(self._dtype_setting, device)
         with _lock:
-            self._model = _load(str(model_dir), _device(self._device_setting))
+            self._model = _load(str(model_dir), device, dtype)
         name = PACKAGED_EMBEDDER_NAME if not self._model_setting else model_dir.name
         dimension = (
             getattr(self._model, "get_embedding_dimension", None)
@@ -99,7 +120,11 @@ class SentenceTransformerEmbedder:
         )
         dim = int(dimension())
         self._info = EmbedderInfo(
-            name="sentence_transformers", model=name, weights_hash=_cached_hash(model_dir), dim=dim
+            name="sentence_transformers",
+            model=name,
+            weights_hash=_cached_hash(model_dir),
+            dim=dim,
+            dtype=dtype,
         )
 
     @property
@@ -119,7 +144,9 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        # bf16 output is normalised before the cast to float32; renormalise so cosines stay <= 1
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 @cache
