@@ -240,7 +240,7 @@ def count_over_limit(texts: Sequence[str]) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # "sequence length is longer than" is what we count
-        model = _load(str(packaged_embedder_dir()), "cpu")
+        model = _load(str(packaged_embedder_dir()), "cpu", "float32")
         _TOKENIZER = (model.tokenizer, int(model.max_seq_length))
     tokenizer, window = _TOKENIZER
     n = 0
