@@ -419,3 +419,26 @@ def test_answer_metrics_with_the_real_model(
     again = run_json(argv, settings, capsys)
     assert again["cache"]["computed"] == {}
     assert again["clinrag"]["citations"] == cit
+
+
+def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
+    """MedQuAD numbers each source separately, so its qids repeat; every question still counts."""
+    from assistant.evaluation.data import load_dataset
+    from assistant.evaluation.runner import data_notes
+
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"doc_id": d, "title": d, "text": f"Text of {d}."}) for d in "abc")
+    )
+    rows = [("0001", "What is a?", "a"), ("0001", "What is b?", "b"), ("0002", "c?", "c")]
+    rows.append(("0001", "And a again?", "a"))
+    (folder / "questions.jsonl").write_text(
+        "\n".join(json.dumps({"qid": q, "question": t, "gold_doc_ids": [g]}) for q, t, g in rows)
+    )
+    dataset = load_dataset(folder)
+    assert [q.qid for q in dataset.questions] == ["0001", "0001#2", "0002", "0001#3"]
+    assert [q.gold for q in dataset.questions] == [("a",), ("b",), ("c",), ("a",)]
+    assert load_dataset(folder).questions == dataset.questions  # stable across loads
+    notes = data_notes(dataset, dataset.questions)
+    assert any("2 questions repeat an earlier qid" in n for n in notes), notes

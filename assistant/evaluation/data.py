@@ -16,6 +16,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,24 +102,28 @@ def load_dataset(folder: Path) -> Dataset:
         if not row.get("doc_id") or not isinstance(row.get("text"), str):
             raise EvalDataError(f"{corpus_path} row {n} needs a doc_id and a text.")
     questions = []
+    seen: Counter[str] = Counter()
     for n, row in enumerate(read_jsonl(questions_path), start=1):
         if not row.get("question") or row.get("qid") in (None, ""):
             raise EvalDataError(f"{questions_path} row {n} needs a qid and a question.")
         gold = row.get("gold_doc_ids") or []
         if not isinstance(gold, list):
             raise EvalDataError(f"{questions_path} row {n}: gold_doc_ids must be a list.")
+        # Real sets repeat qids (MedQuAD numbers each source separately); the results cache is
+        # keyed by qid, so the k-th repeat becomes "qid#k", stable in file order.
+        qid = str(row["qid"])
+        seen[qid] += 1
+        if seen[qid] > 1:
+            qid = f"{qid}#{seen[qid]}"
         questions.append(
             Question(
-                qid=str(row["qid"]),
+                qid=qid,
                 question=str(row["question"]),
                 gold=tuple(str(g) for g in gold),
                 answer=None if row.get("answer") is None else str(row["answer"]),
                 long_answer=None if row.get("long_answer") is None else str(row["long_answer"]),
             )
         )
-    qids = [q.qid for q in questions]
-    if len(set(qids)) != len(qids):
-        raise EvalDataError(f"{questions_path} repeats a qid; every qid must be unique.")
     return Dataset(folder, corpus, questions, hashlib.sha256(corpus_path.read_bytes()).hexdigest())
 
 

@@ -438,6 +438,12 @@ def data_notes(dataset: Dataset, questions: Sequence[Question]) -> list[str]:
             f"{len(missing)} gold doc ids are not in corpus.jsonl (e.g. {missing[0]}); "
             "those questions cannot score on retrieval."
         )
+    renamed = [q.qid for q in dataset.questions if "#" in q.qid]
+    if renamed:
+        notes.append(
+            f"{len(renamed)} questions repeat an earlier qid in questions.jsonl; they are "
+            f"kept and numbered in file order (e.g. {renamed[0]})."
+        )
     repeated = [d for d, n in ids.items() if n > 1]
     if repeated:
         notes.append(
