@@ -6,6 +6,7 @@ Ask (clinicians, admins), Library (admins), Audit (auditors, admins).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from ui.views import ask, audit, library, signin
 VIEWS = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}
 
 
+@functools.cache
 def _icon() -> object:
     """A 32x32 white cross on teal, as pixels (served by the app itself)."""
     import numpy as np

@@ -140,12 +140,11 @@ class SentenceTransformerEmbedder:
         vectors = self._model.encode(
             list(texts),
             batch_size=self._batch_size,
-            normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
+        # normalised here, in float32: normalising bf16 output would leave norms off by ~1e-3
         vectors = np.asarray(vectors, dtype=np.float32)
-        # bf16 output is normalised before the cast to float32; renormalise so cosines stay <= 1
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
