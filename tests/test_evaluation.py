@@ -352,6 +352,62 @@ def test_interrupted_run_resumes_where_it_stopped(
     assert summary["questions"]["evaluated"] == 6
 
 
+def test_shards_split_the_sample_and_the_whole_run_reuses_them(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_fixture(tmp_path / "data")
+    argv = [str(folder), "--limit", "5", "--metrics", "retrieval"]
+    one = run_json([*argv, "--shard", "1/2"], settings, capsys)
+    two = run_json([*argv, "--shard", "2/2"], settings, capsys)
+    assert one["shard"] == "1/2" and two["shard"] == "2/2"
+    # positions 0, 2, 4 and 1, 3 of the seeded sample of five
+    assert one["questions"]["evaluated"] == 3 and two["questions"]["evaluated"] == 2
+    assert one["cache"]["computed"] == {"retrieval": 3}
+    assert two["cache"]["computed"] == {"retrieval": 2}
+    assert any("Shard 1 of 2" in note for note in one["notes"])
+    whole = run_json(argv, settings, capsys)
+    assert whole["shard"] is None
+    assert whole["cache"]["computed"] == {} and whole["cache"]["reused"] == {"retrieval": 5}
+    unsharded = run_json([*argv, "--fresh"], settings, capsys)
+    assert whole["clinrag"]["retrieval"] == unsharded["clinrag"]["retrieval"]
+
+
+@pytest.mark.parametrize("bad", ["0/2", "3/2", "2", "a/b"])
+def test_bad_shard_is_a_usage_error(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        parse(["data", "--shard", bad])
+
+
+def _append_rows(path: str, writer: int, rows: int) -> None:
+    from assistant.evaluation.data import Question
+    from assistant.evaluation.runner import ResultsCache
+
+    cache = ResultsCache(Path(path))
+    for i in range(rows):
+        q = Question(qid=f"w{writer}-{i}", question="q", gold=(), answer=None, long_answer=None)
+        cache.put("answer", "cfg", q, {"answer": str(writer) * 50_000})
+
+
+def test_results_cache_lines_from_concurrent_processes_never_interleave(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from assistant.evaluation.runner import ResultsCache
+
+    path = tmp_path / "results.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_rows, args=(str(path), w, 40)) for w in (1, 2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 80
+    rows = [json.loads(line) for line in lines]  # a torn or interleaved line would not parse
+    assert {r["data"]["answer"] for r in rows} == {"1" * 50_000, "2" * 50_000}
+    assert len(ResultsCache(path)._rows) == 80
+
+
 def test_report_writes_markdown_and_png(
     tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("write K/N, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError("K must be between 1 and N, e.g. 1/2")
+    return k, n
+
+
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``eval`` to a ``parser.add_subparsers()`` object; returns the new parser."""
     p = subparsers.add_parser(
@@ -63,6 +73,13 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --metrics attribution: comma-separated methods (surrogate, shap, loo, "
         "similarity, random); default the configured attribution method",
     )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="evaluate only every N-th question of the sample, from the K-th: run K=1..N in "
+        "parallel processes sharing HOME, then once without --shard for the whole report",
+    )
     p.add_argument("--fresh", action="store_true", help="recompute results even if they are cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
@@ -82,6 +99,7 @@ def eval_command(args: argparse.Namespace, settings: Settings) -> int:
             attribution_methods=tuple(args.attribution_methods),
             progress=not args.no_progress,
             fresh=args.fresh,
+            shard=args.shard,
         )
     except ValueError as exc:
         print(f"clinrag eval: {exc}", file=sys.stderr)

@@ -10,13 +10,16 @@ eval folder, keyed by qid and the hash of the configuration that part depends on
 - ``baseline_retrieval`` and ``baseline_answer``: the LangChain recipe's.
 
 So an interrupted run resumes where it stopped, and a run with more metrics reuses what an
-earlier run with fewer computed. Nothing is written to the user's library or audit log.
+earlier run with fewer computed. Several processes may share one cache (``--shard K/N``): each
+appends whole lines, and the stores are built under a lock. Nothing is written to the user's
+library or audit log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -77,8 +80,13 @@ class EvalOptions:
     attribution_methods: tuple[str, ...] = ()  # empty: settings.attribution, else surrogate
     progress: bool = True
     fresh: bool = False  # recompute even what the results cache holds
+    shard: tuple[int, int] | None = None  # (k, n): only sample positions i with i % n == k - 1
 
     def __post_init__(self) -> None:
+        if self.shard is not None:
+            k, n = self.shard
+            if not 1 <= k <= n:
+                raise ValueError(f"--shard {k}/{n}: K must be between 1 and N")
         unknown = [x for x in self.metrics if x not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(
@@ -165,9 +173,13 @@ class ResultsCache:
         row = {"part": part, "config": config, "qid": q.qid, "question": q.question, "data": data}
         self._rows[(part, config, q.qid)] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
+        # One write() on an O_APPEND descriptor: lines from concurrent shards never interleave.
+        line = (json.dumps(row) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -184,12 +196,21 @@ class _Resources:
     _retriever: Any = None
     notes: list[str] = field(default_factory=list)
 
+    def _build_lock(self) -> Any:
+        from filelock import FileLock
+
+        # Shards started together: the first builds a store, the others wait and reuse it.
+        root = eval_root(self.settings, self.dataset)
+        root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(root / "build.lock"))
+
     @property
     def library(self) -> EvalLibrary:
         if self._library is None:
-            self._library = build_library(
-                self.dataset, self.settings, progress=self.options.progress
-            )
+            with self._build_lock():
+                self._library = build_library(
+                    self.dataset, self.settings, progress=self.options.progress
+                )
             if self._library.failed:
                 self.notes.append(
                     f"{len(self._library.failed)} corpus documents failed to ingest, e.g. "
@@ -217,7 +238,8 @@ class _Resources:
 
             folder = eval_root(self.settings, self.dataset) / f"langchain-{recipe_key()}"
             self._baseline = LangChainBaseline(folder)
-            self._baseline.open(self.dataset.corpus, progress=self.options.progress)
+            with self._build_lock():
+                self._baseline.open(self.dataset.corpus, progress=self.options.progress)
         return self._baseline
 
     @property
@@ -306,6 +328,9 @@ def run_evaluation(
     started = time.perf_counter()
     dataset = load_dataset(options.folder)
     questions = sample_questions(dataset.questions, options.limit, options.seed)
+    if options.shard is not None:
+        k, n = options.shard
+        questions = questions[k - 1 :: n]
     methods = resolve_methods(settings, options) if "attribution" in options.metrics else ()
     if methods:
         from audit.attribution import METHODS as KNOWN
@@ -323,6 +348,12 @@ def run_evaluation(
     cache = ResultsCache(cache_path)
     res = _Resources(settings, dataset, options, llm=llm)
     res.notes.extend(data_notes(dataset, questions))
+    if options.shard is not None:
+        res.notes.append(
+            f"Shard {options.shard[0]} of {options.shard[1]}: these figures cover "
+            f"{len(questions)} questions of the sample. Once every shard is done, run the "
+            "same command without --shard to report the whole sample from the cache."
+        )
 
     parts: list[str] = []
     if "retrieval" in options.metrics:
@@ -394,6 +425,7 @@ def run_evaluation(
         },
         "limit": options.limit,
         "seed": options.seed,
+        "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}",
         "metrics": list(options.metrics),
         "clinrag": system_metrics(records, options.metrics, prefix=""),
         "baseline": None,
