@@ -372,6 +372,26 @@ def test_shards_split_the_sample_and_the_whole_run_reuses_them(
     assert whole["clinrag"]["retrieval"] == unsharded["clinrag"]["retrieval"]
 
 
+def test_answer_cache_key_follows_answer_settings_and_template(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assistant.prompts
+    from assistant.evaluation.data import Dataset
+    from assistant.evaluation.runner import config_hashes
+
+    data = Dataset(tmp_path, [], [], "ab" * 32)
+    base = config_hashes(settings, data, ())
+    moved = config_hashes(settings.model_copy(update={"home": tmp_path / "x"}), data, ())
+    assert moved == base  # where the home lies cannot change an answer
+    deeper = config_hashes(settings.model_copy(update={"top_k": settings.top_k + 1}), data, ())
+    assert deeper["answer"] != base["answer"] and deeper["retrieval"] == base["retrieval"]
+
+    real = assistant.prompts.load_template(settings.prompt_template)
+    edited = assistant.prompts.PromptTemplate(real.name, real.system + " Be brief.", real.user, "0")
+    monkeypatch.setattr(assistant.prompts, "load_template", lambda name: edited)
+    assert config_hashes(settings, data, ())["answer"] != base["answer"]
+
+
 @pytest.mark.parametrize("bad", ["0/2", "3/2", "2", "a/b"])
 def test_bad_shard_is_a_usage_error(bad: str) -> None:
     with pytest.raises(SystemExit):

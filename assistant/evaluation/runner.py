@@ -118,7 +118,14 @@ def config_hashes(
         "reranker": settings.reranker_model,
         "depth": [CHUNK_DEPTH, DOC_DEPTH],
     }
-    answer = {**base, "settings": settings.model_dump(mode="json", exclude=_NOT_ANSWER_SETTINGS)}
+    from assistant.prompts import load_template
+
+    answer = {
+        **base,
+        "settings": settings.model_dump(mode="json", exclude=_NOT_ANSWER_SETTINGS),
+        # an edited template under the same name changes every answer
+        "template": load_template(settings.prompt_template).sha256,
+    }
     attribution = {
         "answer": _hash(answer),
         "methods": sorted(methods),
