@@ -177,12 +177,19 @@ def question_evidence(
     """The source sentences that best match the question (embedding plus word overlap)."""
     if not sources:
         return []
-    vectors = embed([question] + [s.text for s in sources])
-    scores = vectors[1:] @ vectors[0]
-    lexical = np.array([lexical_overlap(question, s.text) for s in sources])
+    # A sentence rarely names its subject ("Signs and symptoms may include ..."), so it is
+    # ranked as read under its passage's title, the way the index reads chunks: otherwise a
+    # neighbouring disease's symptom list can outrank the passage the question is about.
+    titled = [f"{hits[s.n - 1].chunk.title}: {s.text}" for s in sources]
+    vectors = embed([question] + [s.text for s in sources] + titled)
+    n = len(sources)
+    scores = vectors[1 : n + 1] @ vectors[0]
+    in_context = vectors[n + 1 :] @ vectors[0]
+    lexical = np.array([lexical_overlap(question, t) for t in titled])
     # Bibliographic lines repeat the question's words without answering it.
     bibliographic = np.array([_is_bibliographic(hits[s.n - 1], s.text) for s in sources])
-    ranking = scores + 0.2 * lexical - bibliographic
+    # Read alone, a sentence says which aspect it answers; under its title, which subject.
+    ranking = 0.5 * (scores + in_context) + 0.2 * lexical - bibliographic
     out = []
     for j in np.argsort(-ranking)[:limit]:
         src = sources[int(j)]

@@ -159,7 +159,10 @@ class Assistant:
                 "model_declined" if declined else f"unsupported ({unsupported:.0%} of sentences)"
             )
             evidence = question_evidence(question, hits, self.embed, sources)
-            strong = bool(evidence) and evidence[0].score >= self.settings.quote_min_evidence
+            # Scores are the sentences' own match to the question; ranking also weighs the title.
+            strong = bool(evidence) and (
+                max(e.score for e in evidence) >= self.settings.quote_min_evidence
+            )
             if strong and self.settings.unsupported_fallback == "quote":
                 # The library holds the answer but the model did not say it verifiably: give
                 # the clinician the guideline's own sentences rather than nothing.

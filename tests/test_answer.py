@@ -59,6 +59,38 @@ def test_same_question_twice_gives_the_same_answer(assistant: Assistant) -> None
     assert first.generation.prompt_hash == second.generation.prompt_hash
 
 
+def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
+    assistant: Assistant,
+) -> None:
+    from assistant.cite import lexical_overlap, question_evidence, source_sentences
+    from assistant.types import Chunk, Hit
+
+    def hit(doc: str, title: str, text: str) -> Hit:
+        chunk = Chunk(f"{doc}:1", doc, text, title, "", 1, 0, len(text), "sha", "x.md", "now")
+        return Hit(chunk=chunk, score=0.03, dense_score=0.8)
+
+    # Made-up passages: the neighbour's sentence matches the question's wording better, but
+    # only the other passage is about the syndrome asked after.
+    hits = [
+        hit("primrose", "Primrose syndrome", "Signs and symptoms of this syndrome include "
+            "seizures, short stature and calcified ear cartilage."),
+        hit("oculoecto", "Oculoectodermal syndrome", "Symptoms include skin lesions on the "
+            "scalp and growths on the surface of the eye."),
+    ]  # fmt: skip
+    question = "What are the symptoms of oculoectodermal syndrome?"
+    sources = source_sentences(hits)
+    vectors = assistant.embed([question] + [s.text for s in sources])
+    wording_only = [
+        float(vectors[i + 1] @ vectors[0]) + 0.2 * lexical_overlap(question, s.text)
+        for i, s in enumerate(sources)
+    ]
+    assert wording_only[0] > wording_only[1]  # the sentences alone point at the neighbour
+    evidence = question_evidence(question, hits, assistant.embed, sources)
+    assert evidence[0].doc_id == "oculoecto"
+    # the score shown is the sentence's own match to the question, not lifted by its title
+    assert evidence[0].score == pytest.approx(float(vectors[2] @ vectors[0]), abs=1e-3)
+
+
 def test_cli_ask_json_contract(library: Settings) -> None:
     env = {**os.environ, "CLINRAG_HOME": str(library.home), "CLINRAG_ATTRIBUTION": "off"}
     out = subprocess.run(
