@@ -74,6 +74,13 @@ class Settings(BaseModel):
     # citations and abstention
     support_threshold: float = Field(0.5, ge=0, le=1)
     abstain_min_relevance: float = Field(0.45, ge=-1, le=1)
+    abstain_rare_term_zipf: float = Field(
+        3.0,
+        ge=0,
+        le=8,
+        description="Abstain when a question word rarer than this in general English (Zipf "
+        "scale; 3 = once per million words) appears in no retrieved passage. 0 turns it off.",
+    )
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
     unsupported_fallback: Literal["quote", "abstain"] = Field(
         "quote", description="When the model's wording fails verification: quote or abstain."

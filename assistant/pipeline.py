@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from assistant import backends
+from assistant import backends, coverage
 from assistant.cite import align, question_evidence, quote_answer, source_sentences
 from assistant.config import Settings
 from assistant.errors import AuditError, InputLimitError
@@ -65,6 +65,8 @@ class Assistant:
     def warm_up(self) -> None:
         self.retriever.warm_up()
         self.llm.warm_up()
+        if self.settings.abstain_rare_term_zipf > 0:
+            coverage.warm_up()
 
     def embed(self, texts: Any) -> Any:
         return self.retriever.index.embedder.embed(list(texts))
@@ -121,7 +123,16 @@ class Assistant:
         sources = source_sentences(hits)
         relevance = max((h.dense_score or 0.0) for h in hits) if hits else 0.0
         nearest = _nearest_documents(hits)
+        reason = None
         if relevance < self.settings.abstain_min_relevance:
+            reason = f"weak_retrieval (best relevance {relevance:.2f})"
+        else:
+            cov = coverage.check(
+                question, hits, self.retriever.lexical.stem, self.settings.abstain_rare_term_zipf
+            )
+            if not cov.covered:
+                reason = f"not_in_library (no retrieved passage mentions {', '.join(cov.missing)})"
+        if reason is not None:
             if on_token:
                 on_token(ABSTAIN_TEXT)
             return Answer(
@@ -135,7 +146,7 @@ class Assistant:
                 sources,
                 None,
                 timings,
-                abstain_reason=f"weak_retrieval (best relevance {relevance:.2f})",
+                abstain_reason=reason,
                 nearest_documents=nearest,
             )
         t = time.perf_counter()
@@ -340,6 +351,9 @@ def answer_payload(
             "support_threshold": settings.support_threshold,
             "abstain_min_relevance": settings.abstain_min_relevance,
             "abstain_max_unsupported": settings.abstain_max_unsupported,
+            "abstain_rare_term_zipf": settings.abstain_rare_term_zipf,
+            "unsupported_fallback": settings.unsupported_fallback,
+            "quote_min_evidence": settings.quote_min_evidence,
         },
         "attribution": answer.attribution,
         "faithfulness": (answer.attribution or {}).get("faithfulness"),

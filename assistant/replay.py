@@ -18,7 +18,13 @@ REPLAYED_SETTINGS = (
     "support_threshold",
     "abstain_min_relevance",
     "abstain_max_unsupported",
+    "abstain_rare_term_zipf",
+    "unsupported_fallback",
+    "quote_min_evidence",
 )
+# Checks added after the first records were written: a record without the setting was
+# answered without the check, so its replay turns the check off.
+ABSENT_MEANS = {"abstain_rare_term_zipf": 0.0}
 
 
 @dataclass
@@ -39,6 +45,12 @@ class ReplayReport:
         }
 
 
+def recorded_settings(settings: Settings, recorded: dict[str, Any]) -> Settings:
+    """``settings`` with the answer-deciding values an answer record carries put back."""
+    kept = {k: v for k, v in recorded.items() if k in REPLAYED_SETTINGS}
+    return settings.model_copy(update=ABSENT_MEANS | kept)
+
+
 def replay(settings: Settings, seq: int, assistant: Any = None) -> ReplayReport:
     from assistant.pipeline import Assistant, answer_payload
 
@@ -57,8 +69,7 @@ def replay(settings: Settings, seq: int, assistant: Any = None) -> ReplayReport:
             f"Record {seq} stores the question hashed or redacted (audit_questions setting), "
             "so it cannot be replayed."
         )
-    recorded = {k: v for k, v in (old.get("settings") or {}).items() if k in REPLAYED_SETTINGS}
-    replay_settings = settings.model_copy(update=recorded)
+    replay_settings = recorded_settings(settings, old.get("settings") or {})
     assistant = assistant or Assistant(replay_settings)
     answer = assistant.ask(
         question,

@@ -26,6 +26,11 @@ relevance = max(hit.dense_score), and the assistant abstains when relevance <
 thresholds, so the default can be chosen; "best" maximises (abstain on unanswerable) -
 (false abstain on answerable).
 
+The second retrieval-stage check, a question word rarer than ``abstain_rare_term_zipf`` in
+general English that no retrieved passage mentions (assistant/coverage.py), is measured from
+the same retrievals at several thresholds; ``--elsewhere`` adds its false abstention on two
+libraries that hold every answer (PubMedQA's 500 questions, data_samples' own list).
+
 Options:
   --questions N    total questions, half of each kind (default 200)
   --seed S         (default 0)
@@ -33,6 +38,7 @@ Options:
                    questions of each kind (topic removal; packaged LLM; about 5-10 s per
                    question on 2 CPU cores; attribution, which does not affect abstention and
                    takes ~90 s per answer there, is off)
+  --elsewhere      also measure false abstention on PubMedQA and data_samples
   --json           one JSON object instead of tables
 """
 
@@ -57,6 +63,9 @@ from benchmarks import common  # noqa: E402  (sets the offline environment befor
 from benchmarks.common import log  # noqa: E402
 
 THRESHOLDS = [round(0.20 + 0.025 * i, 3) for i in range(27)]  # 0.20 .. 0.85
+# Settings.abstain_rare_term_zipf values to compare; 0 turns the rare-term check off.
+ZIPFS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+SAMPLES = _HERE.parent / "data_samples"
 
 
 def _norm(title: str) -> str:
@@ -88,6 +97,31 @@ def relevance(hits: list[Any]) -> float:
     return max((h.dense_score or 0.0) for h in hits) if hits else 0.0
 
 
+def observe(retriever: Any, question: str) -> dict[str, Any]:
+    """What the two retrieval-stage checks see for one question, at every threshold at once.
+
+    ``absent``: the question's words (as ``coverage.specific_terms`` reads them) that no
+    retrieved passage mentions, each with its general-English Zipf frequency; the rare-term
+    check at threshold z abstains when one of them has zipf < z (assistant/coverage.py).
+    """
+    from assistant import coverage
+
+    hits = retriever.retrieve(question)
+    cov = coverage.check(question, hits, retriever.lexical.stem, max_zipf=99.0)
+    return {
+        "relevance": relevance(hits),
+        "absent": [[w, coverage.zipf(w)] for w in cov.missing],
+    }
+
+
+def abstains(obs: dict[str, Any], threshold: float, max_zipf: float) -> bool:
+    return obs["relevance"] < threshold or any(z < max_zipf for _, z in obs["absent"])
+
+
+def share(observed: list[dict[str, Any]], threshold: float, max_zipf: float) -> float:
+    return sum(abstains(o, threshold, max_zipf) for o in observed) / max(len(observed), 1)
+
+
 def run_mode(
     built: common.BuiltCorpus,
     remove: set[str],
@@ -112,27 +146,70 @@ def run_mode(
     remove_seconds = time.perf_counter() - t0
     retriever = Retriever(settings, index=index)
     retriever.warm_up()
-    scores: dict[str, list[float]] = {"unanswerable": [], "answerable": []}
+    observed: dict[str, list[dict[str, Any]]] = {"unanswerable": [], "answerable": []}
     for kind, qs in (("unanswerable", unanswerable), ("answerable", answerable)):
         for q in qs:
-            scores[kind].append(relevance(retriever.retrieve(q["question"])))
+            observed[kind].append(observe(retriever, q["question"]))
     return (
         {
             "removed_docs": removed,
             "remove_seconds": round(remove_seconds, 1),
             "chunks_left": index.store.count(),
-            "relevance": scores,
+            "observed": observed,
         },
         settings,
     )
 
 
-def rates(scores: dict[str, list[float]], threshold: float) -> tuple[float, float]:
-    un, an = scores["unanswerable"], scores["answerable"]
+def rates(
+    observed: dict[str, list[dict[str, Any]]], threshold: float, max_zipf: float = 0.0
+) -> tuple[float, float]:
     return (
-        sum(s < threshold for s in un) / max(len(un), 1),
-        sum(s < threshold for s in an) / max(len(an), 1),
+        share(observed["unanswerable"], threshold, max_zipf),
+        share(observed["answerable"], threshold, max_zipf),
     )
+
+
+def answerable_elsewhere(threshold: float) -> dict[str, Any]:
+    """False abstention of the retrieval-stage checks on libraries that hold every answer.
+
+    PubMedQA: all 500 questions over the full cached index (each question's abstract is in the
+    library). data_samples: the project's own library and question list, whose questions with
+    no expected file are the ones it does not cover.
+    """
+    from assistant.retrieve import Retriever
+
+    out: dict[str, Any] = {}
+    built = common.build_corpus("pubmedqa", None, recipe=False)
+    retriever = Retriever(built.settings)
+    retriever.warm_up()
+    observed = [observe(retriever, q["question"]) for q in common.load_questions("pubmedqa")]
+    out["pubmedqa"] = {
+        "answerable": len(observed),
+        "false_abstain": {str(z): share(observed, threshold, z) for z in ZIPFS},
+        "flagged_words_at_3": sorted({w for o in observed for w, zf in o["absent"] if zf < 3.0}),
+    }
+    with tempfile.TemporaryDirectory(prefix="clinrag-abstention-samples-") as tmp:
+        from ingest.index import ingest
+
+        settings = common.clinrag_settings(Path(tmp))
+        ingest([SAMPLES], settings, progress=False)
+        retriever = Retriever(settings)
+        retriever.warm_up()
+        rows = json.loads((SAMPLES / "example_questions.json").read_text(encoding="utf-8"))
+        obs = {
+            kind: [observe(retriever, r["question"]) for r in rows if bool(r["expected_file"]) is a]
+            for kind, a in (("unanswerable", False), ("answerable", True))
+        }
+    out["data_samples"] = {
+        "unanswerable": len(obs["unanswerable"]),
+        "answerable": len(obs["answerable"]),
+        "by_zipf": {str(z): rates(obs, threshold, z) for z in ZIPFS},
+        "flagged": {
+            kind: [[w for w, zf in o["absent"] if zf < 3.0] for o in obs[kind]] for kind in obs
+        },
+    }
+    return out
 
 
 def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n: int) -> dict:
@@ -169,12 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generate", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="also measure false abstention on PubMedQA (500) and on data_samples",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     built = common.build_corpus("medquad", None, recipe=False)
     unanswerable, answerable, removals = split_questions(args.questions, args.seed)
     threshold = built.settings.abstain_min_relevance
+    max_zipf = built.settings.abstain_rare_term_zipf
     log(f"{len(unanswerable)} unanswerable, {len(answerable)} answerable questions")
     work = Path(tempfile.mkdtemp(prefix="clinrag-abstention-"))
     modes: dict[str, Any] = {}
@@ -196,19 +279,35 @@ def main(argv: list[str] | None = None) -> int:
         "unanswerable": len(unanswerable),
         "answerable": len(answerable),
         "threshold": threshold,
+        "rare_term_zipf": max_zipf,
         "modes": {},
         "machine": common.machine(),
     }
     for mode, m in modes.items():
-        scores = m.pop("relevance")
-        abst, false_abst = rates(scores, threshold)
-        table = [[t, *rates(scores, t)] for t in THRESHOLDS]
+        observed = m.pop("observed")
+        abst, false_abst = rates(observed, threshold, max_zipf)
+        relevance_only = rates(observed, threshold)
+        table = [[t, *rates(observed, t)] for t in THRESHOLDS]
         best = max(table, key=lambda r: (r[1] - r[2], -abs(r[0] - threshold)))
-        un, an = sorted(scores["unanswerable"]), sorted(scores["answerable"])
+        un = sorted(o["relevance"] for o in observed["unanswerable"])
+        an = sorted(o["relevance"] for o in observed["answerable"])
         result["modes"][mode] = {
             **m,
             "abstain_on_unanswerable": abst,
             "false_abstain_on_answerable": false_abst,
+            "relevance_check_only": {
+                "abstain_on_unanswerable": relevance_only[0],
+                "false_abstain_on_answerable": relevance_only[1],
+            },
+            "rare_term_calibration": [
+                {
+                    "zipf": z,
+                    "abstain_on_unanswerable": a,
+                    "false_abstain_on_answerable": f,
+                }
+                for z in ZIPFS
+                for a, f in [rates(observed, threshold, z)]
+            ],
             "relevance_median": {
                 "unanswerable": common.percentile(un, 50),
                 "answerable": common.percentile(an, 50),
@@ -221,13 +320,16 @@ def main(argv: list[str] | None = None) -> int:
         }
     if generated is not None:
         result["generate"] = generated
+    if args.elsewhere:
+        result["elsewhere"] = answerable_elsewhere(threshold)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
 
     print(
         f"MedQuAD abstention, {len(unanswerable)} unanswerable + {len(answerable)} answerable "
-        f"questions (seed {args.seed}), retrieval-stage check, threshold {threshold}"
+        f"questions (seed {args.seed}), retrieval-stage checks: relevance < {threshold}, "
+        f"or a question word rarer than Zipf {max_zipf} in no retrieved passage"
     )
     print(
         common.table(
@@ -236,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 "docs removed",
                 "abstain | unanswerable",
                 "false abstain | answerable",
+                "relevance only: abstain | false",
                 "median rel. unans.",
                 "median rel. ans.",
                 "best threshold",
@@ -246,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     m["removed_docs"],
                     m["abstain_on_unanswerable"],
                     m["false_abstain_on_answerable"],
+                    "{:.3f} | {:.3f}".format(*m["relevance_check_only"].values()),
                     m["relevance_median"]["unanswerable"],
                     m["relevance_median"]["answerable"],
                     m["best_threshold"],
@@ -267,6 +371,30 @@ def main(argv: list[str] | None = None) -> int:
         headers += [f"{mode}: abstain|unans", f"{mode}: false|ans"]
     print(common.table(headers, rows))
     print("* = the configured abstain_min_relevance")
+    print(f"\nrare-term check (relevance threshold {threshold}; zipf 0 = check off)")
+    rows = []
+    for i, z in enumerate(ZIPFS):
+        row = [f"{z:.1f}" + (" *" if abs(z - max_zipf) < 1e-9 else "")]
+        for mode in result["modes"]:
+            c = result["modes"][mode]["rare_term_calibration"][i]
+            row += [c["abstain_on_unanswerable"], c["false_abstain_on_answerable"]]
+        rows.append(row)
+    print(common.table(["zipf", *headers[1:]], rows))
+    if args.elsewhere:
+        e = result["elsewhere"]
+        d = e["data_samples"]
+        print(
+            f"\nfalse abstention elsewhere: PubMedQA ({e['pubmedqa']['answerable']} answerable), "
+            f"data_samples ({d['answerable']} answerable, {d['unanswerable']} not covered)"
+        )
+        print(
+            common.table(
+                ["zipf", "pubmedqa: false|ans", "samples: abstain|unans", "samples: false|ans"],
+                [[z, e["pubmedqa"]["false_abstain"][str(z)], *d["by_zipf"][str(z)]] for z in ZIPFS],
+            )
+        )
+        print("PubMedQA words flagged at zipf 3.0:", ", ".join(e["pubmedqa"]["flagged_words_at_3"]))
+        print("data_samples flagged at zipf 3.0:", json.dumps(d["flagged"]))
     if generated is not None:
         print("\nfull Assistant.ask (topic removal, packaged LLM, record=False)")
         print(

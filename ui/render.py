@@ -18,6 +18,8 @@ ABSTAIN_REASONS = {
     "weak_retrieval": "no passage in the library is close enough to the question",
     "model_declined": "the model found no answer in the retrieved passages",
     "unsupported": "the draft answer was not supported by the retrieved passages",
+    "not_in_library": "the closest passages in the library never mention {detail}, "
+    "so it may not cover this subject",
 }
 
 
@@ -113,8 +115,11 @@ def highlighted_html(text: str, evidence: Sequence[str], attributed: Sequence[st
 def abstain_reason_text(reason: str | None) -> str:
     if not reason:
         return "the answer could not be checked against the library"
-    key = reason.split(" ", 1)[0]
-    return ABSTAIN_REASONS.get(key, reason)
+    key, _, detail = reason.partition(" ")
+    # "not_in_library (no retrieved passage mentions a, b)": the words are the useful part
+    words = detail.strip("()").rpartition(" mentions ")[2]
+    template = ABSTAIN_REASONS.get(key)
+    return template.format(detail=words) if template else reason
 
 
 def source_highlights(answer: Any, n: int) -> tuple[list[str], list[str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,6 +43,23 @@ class VectorStore(Protocol):
     def ids(self) -> set[str]: ...
 
     def count(self) -> int: ...
+
+
+@runtime_checkable
+class LexicalIndex(Protocol):
+    """A keyword index over chunk texts, rebuilt when the library's version changes."""
+
+    size: int
+
+    def load_or_build(
+        self, version: str, items_fn: Callable[[], Sequence[tuple[str, str]]]
+    ) -> None: ...
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]: ...
+
+    def stem(self, words: Sequence[str]) -> list[str]:
+        """The index's own normal form of each word, so callers compare words as it does."""
+        ...
 
 
 Message = dict[str, str]  # {"role": ..., "content": ...}

@@ -63,6 +63,9 @@ class BM25Index:
         tmp.rename(self._folder)
         self._retriever, self.size, self.version = retriever, len(texts), version
 
+    def stem(self, words: Sequence[str]) -> list[str]:
+        return list(self._stem().stemWords(list(words)))
+
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """(id, score) pairs, best first."""
         import bm25s

@@ -1,0 +1,103 @@
+"""Do the retrieved passages mention the question's specific terms? Checked before generation.
+
+A question about a subject the library never covers ("What are the symptoms of
+oculoectodermal syndrome?") still retrieves the nearest passages, on neighbouring subjects,
+with embedding similarity close to that of a covered question, so relevance alone cannot tell
+the two apart (docs/benchmarks.md, Abstention). A rare word in the question that no retrieved
+passage contains can: the answer would rest on passages about something else.
+
+"Rare" is judged against general English (wordfreq's Zipf scale: 3.0 is once per million
+words), not against the library, because a small library lacks many everyday words ("dose")
+that say nothing about whether it covers the subject. Words are compared by their stems, and
+a stem one edit away from a passage's stem counts as present, so plurals and a typo in the
+question ("vacination") do not trigger an abstention.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from assistant.text import STOPWORDS, tokens
+from assistant.types import Hit
+
+# Words as the asker wrote them: lower-case after the first letter and at least four letters.
+# Abbreviations (LDL, PrEP, HbA1c, FIT) are left out because libraries often spell them
+# differently from the asker (A1C, F/TDF), and a wrong abstention costs more than a missed one.
+_WORD = re.compile(r"\b[A-Za-z][a-z]{3,}\b")
+# Below this length one edit turns many stems into other real words.
+MIN_FUZZY_LETTERS = 6
+
+Stemmer = Callable[[Sequence[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    specific: tuple[str, ...]  # question words rarer than the threshold in general English
+    missing: tuple[str, ...]  # of those, the ones no retrieved passage mentions
+
+    @property
+    def covered(self) -> bool:
+        return not self.missing
+
+
+@lru_cache(maxsize=4096)
+def zipf(word: str) -> float:
+    """How common ``word`` is in general English: log10 of uses per billion words (0 = unseen)."""
+    from wordfreq import zipf_frequency
+
+    return float(zipf_frequency(word, "en"))
+
+
+def warm_up() -> None:
+    """Load the English word list now (about half a second) rather than in the first answer."""
+    zipf("clinical")
+
+
+def specific_terms(question: str, max_zipf: float) -> list[str]:
+    """The question's words rarer than ``max_zipf``, in order, without repeats."""
+    seen: list[str] = []
+    for match in _WORD.finditer(question):
+        word = match.group().lower()
+        if word not in STOPWORDS and word not in seen and zipf(word) < max_zipf:
+            seen.append(word)
+    return seen
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by at most one insertion, deletion or substitution."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1 :] == b[i + 1 :]
+    return a[i:] == b[i + 1 :]
+
+
+def check(question: str, hits: Sequence[Hit], stem: Stemmer, max_zipf: float) -> Coverage:
+    """Which of the question's specific terms appear in no retrieved passage (title included)."""
+    if max_zipf <= 0:
+        return Coverage((), ())
+    specific = specific_terms(question, max_zipf)
+    if not specific:
+        return Coverage((), ())
+    passage_words = set()
+    for hit in hits:
+        c = hit.chunk
+        passage_words.update(tokens(" ".join((c.title, c.section, c.text))))
+    present = set(stem(sorted(passage_words)))
+    long_stems = [s for s in present if len(s) >= MIN_FUZZY_LETTERS - 1]
+    missing = []
+    for word, s in zip(specific, stem(specific), strict=True):
+        if s in present:
+            continue
+        if len(s) >= MIN_FUZZY_LETTERS - 1 and any(_one_edit(s, p) for p in long_stems):
+            continue
+        missing.append(word)
+    return Coverage(tuple(specific), tuple(missing))

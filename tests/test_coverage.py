@@ -1,0 +1,139 @@
+"""The rare-term check: a question word rare in English that no retrieved passage mentions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from assistant import coverage
+from assistant.backends.bm25 import BM25Index
+from assistant.config import Settings
+from assistant.types import Chunk, Hit
+from ui.render import abstain_reason_text
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+
+
+def _hit(text: str, title: str = "Guideline", section: str = "") -> Hit:
+    chunk = Chunk(
+        chunk_id="c1",
+        doc_id="d1",
+        text=text,
+        title=title,
+        section=section,
+        page=None,
+        char_start=0,
+        char_end=len(text),
+        doc_sha256="0" * 64,
+        source_path="d1.md",
+        ingested_at="2026-01-01T00:00:00Z",
+    )
+    return Hit(chunk=chunk, score=1.0)
+
+
+@pytest.fixture(scope="module")
+def stem(tmp_path_factory: pytest.TempPathFactory) -> coverage.Stemmer:
+    # the lexical index's own stemmer (PyStemmer), as the pipeline uses it
+    home = tmp_path_factory.mktemp("stem")
+    return BM25Index(Settings(home=home)).stem
+
+
+def test_specific_terms_are_the_words_rare_in_general_english() -> None:
+    q = "What are the symptoms of Oculoectodermal syndrome and how is it treated?"
+    assert coverage.specific_terms(q, 3.0) == ["oculoectodermal"]
+    # common words and abbreviations never count, whatever the threshold
+    assert coverage.specific_terms("LDL, PrEP, HbA1c or FIT?", 8.0) == []
+    assert coverage.specific_terms(q, 0.0) == []
+    # a higher threshold admits more words, in question order, once each
+    assert coverage.specific_terms("Is aspirin or aspirin with warfarin safe?", 3.5) == [
+        "aspirin",
+        "warfarin",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("vaccin", "vaccin", True),
+        ("vacin", "vaccin", True),  # insertion
+        ("vaccin", "vacin", True),  # deletion
+        ("vaccen", "vaccin", True),  # substitution
+        ("vacine", "vaccin", False),  # two edits
+        ("abc", "abcde", False),
+    ],
+)
+def test_one_edit(a: str, b: str, expected: bool) -> None:
+    assert coverage._one_edit(a, b) is expected
+
+
+def test_check_finds_the_missing_subject_and_forgives_inflection_and_typos(
+    stem: coverage.Stemmer,
+) -> None:
+    hits = [
+        _hit("Screen men who ever smoked once for abdominal aortic aneurysms by ultrasonography."),
+        _hit("Annual influenza vaccination for adults.", title="Vaccination"),
+    ]
+    result = coverage.check("Who needs ultrasonography for an aneurysm?", hits, stem, 3.0)
+    assert result.covered and result.specific == ("ultrasonography",)
+    assert coverage.check("Is a vacination needed yearly?", hits, stem, 3.0).covered
+    missing = coverage.check("How is choroideremia inherited after aneurysm?", hits, stem, 3.5)
+    assert missing.missing == ("choroideremia",)
+    assert not missing.covered
+    # the title and section count as part of the passage
+    assert coverage.check(
+        "Does the choroideremia section say?", [_hit("text", section="Choroideremia")], stem, 3.0
+    ).covered
+    assert coverage.check("How is choroideremia inherited?", hits, stem, 0.0).covered  # off
+
+
+def test_ui_names_the_missing_words() -> None:
+    text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
+    assert "acne, vulgaris" in text and "{" not in text
+    assert abstain_reason_text("weak_retrieval (best relevance 0.20)").startswith("no passage")
+    assert abstain_reason_text("something {odd}") == "something {odd}"
+
+
+def test_replay_puts_back_the_recorded_checks(settings: Settings) -> None:
+    from assistant.replay import recorded_settings
+
+    new = recorded_settings(
+        settings, {"abstain_rare_term_zipf": 2.5, "quote_min_evidence": 0.7, "top_k": 3}
+    )
+    assert (new.abstain_rare_term_zipf, new.quote_min_evidence) == (2.5, 0.7)
+    # a record from before the check existed was answered without it
+    assert recorded_settings(settings, {"llm": "transformers"}).abstain_rare_term_zipf == 0.0
+
+
+def _questions(answerable: bool) -> list[str]:
+    rows = json.loads((SAMPLES / "example_questions.json").read_text(encoding="utf-8"))
+    return [r["question"] for r in rows if bool(r["expected_file"]) is answerable]
+
+
+def test_library_questions_pass_and_uncovered_subjects_abstain_before_generation(
+    library: Settings,
+) -> None:
+    """Real retriever, embedder and Chroma; the model is never loaded for these abstentions."""
+    from assistant.pipeline import ABSTAIN_TEXT, Assistant
+    from assistant.retrieve import Retriever
+
+    retriever = Retriever(library)
+    for q in _questions(answerable=True):
+        hits = retriever.retrieve(q)
+        result = coverage.check(q, hits, retriever.lexical.stem, library.abstain_rare_term_zipf)
+        assert result.covered, (q, result.missing)
+
+    assistant = Assistant(library, retriever=retriever)
+    # relevance alone does not decline this one (0.55 here: eye care sits near diabetes care)
+    uncovered = "How often should adults with diabetes have a dilated eye exam for retinopathy?"
+    answer = assistant.ask(uncovered, record=False)
+    assert answer.abstained and answer.answer == ABSTAIN_TEXT
+    assert answer.abstain_reason is not None
+    assert answer.abstain_reason.startswith("not_in_library")
+    assert "retinopathy" in answer.abstain_reason
+    assert answer.generation is None and answer.nearest_documents
+    recorded = assistant.ask(uncovered)
+    payload = assistant.audit.get(recorded.audit_id).payload
+    assert payload["abstain_reason"] == answer.abstain_reason
+    assert payload["settings"]["abstain_rare_term_zipf"] == library.abstain_rare_term_zipf
