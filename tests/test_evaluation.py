@@ -518,3 +518,60 @@ def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
     assert load_dataset(folder).questions == dataset.questions  # stable across loads
     notes = data_notes(dataset, dataset.questions)
     assert any("2 questions repeat an earlier qid" in n for n in notes), notes
+
+
+def test_hold_out_leaves_the_topic_out_and_makes_its_questions_unanswerable(
+    tmp_path: Path,
+) -> None:
+    from assistant.evaluation.data import Dataset, EvalDataError, Question, hold_out
+
+    corpus = [
+        {"doc_id": "a1", "title": "Choroideremia", "text": "What it is."},
+        {"doc_id": "a2", "title": " choroideremia ", "text": "How it is inherited."},
+        {"doc_id": "b1", "title": "Asthma", "text": "Step therapy."},
+        {"doc_id": "c1", "title": "", "text": "Untitled."},
+    ]
+    questions = [
+        Question("q1", "What is choroideremia?", ("a1",)),
+        Question("q2", "How is choroideremia inherited?", ("a2",)),
+        Question("q3", "What is step 3 asthma therapy?", ("b1",)),
+        Question("q4", "Not covered at all?", ()),
+    ]
+    dataset = Dataset(tmp_path, corpus, questions, "f" * 64)
+    # seeded: hold out whichever question the seed picks, here both choroideremia questions
+    # fall together because their passages share a title (case and spaces aside)
+    held, sample = hold_out(dataset, [questions[0], questions[2], questions[3]], 1, seed=3)
+    chosen = "q1" if held.held_out == 2 else "q3"
+    if chosen == "q1":
+        assert [r["doc_id"] for r in held.corpus] == ["b1", "c1"]
+        assert [q.answerable for q in held.questions] == [False, False, True, False]
+        assert [q.answerable for q in sample] == [False, True, False]
+    else:
+        assert [r["doc_id"] for r in held.corpus] == ["a1", "a2", "c1"]
+        assert [q.answerable for q in sample] == [True, False, False]
+    assert held.corpus_sha256 != dataset.corpus_sha256
+    again, _ = hold_out(dataset, [questions[0], questions[2], questions[3]], 1, seed=3)
+    assert again.corpus_sha256 == held.corpus_sha256 and again.held_out == held.held_out
+    with pytest.raises(EvalDataError, match="between 1 and the 2 answerable"):
+        hold_out(dataset, [questions[0], questions[2], questions[3]], 3)
+
+
+def test_eval_unanswerable_holds_out_topics_in_a_store_of_its_own(
+    tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_fixture(tmp_path / "data")
+    plain = run_json([str(folder), "--metrics", "retrieval"], settings, capsys)
+    held = run_json(
+        [str(folder), "--metrics", "retrieval", "--unanswerable", "2"], settings, capsys
+    )
+    assert plain["corpus"]["held_out_documents"] == 0
+    assert held["corpus"]["held_out_documents"] == 2
+    assert held["corpus"]["documents"] == plain["corpus"]["documents"] - 2
+    assert held["questions"]["unanswerable"] == plain["questions"]["unanswerable"] + 2
+    assert held["clinrag"]["retrieval"]["n"] == plain["clinrag"]["retrieval"]["n"] - 2
+    assert held["corpus"]["store"] != plain["corpus"]["store"]
+    assert any("--unanswerable 2" in note for note in held["notes"])
+    from assistant.evaluation.data import EvalDataError
+
+    with pytest.raises(EvalDataError, match="between 1 and the 4 answerable"):
+        eval_command(parse([str(folder), "--unanswerable", "9"]), settings)

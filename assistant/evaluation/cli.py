@@ -80,6 +80,14 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="evaluate only every N-th question of the sample, from the K-th: run K=1..N in "
         "parallel processes sharing HOME, then once without --shard for the whole report",
     )
+    p.add_argument(
+        "--unanswerable",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="leave the topics of N sampled questions out of the library (their gold "
+        "documents and every document with the same title), to measure abstention",
+    )
     p.add_argument("--fresh", action="store_true", help="recompute results even if they are cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
@@ -100,6 +108,7 @@ def eval_command(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.no_progress,
             fresh=args.fresh,
             shard=args.shard,
+            unanswerable=args.unanswerable,
         )
     except ValueError as exc:
         print(f"clinrag eval: {exc}", file=sys.stderr)

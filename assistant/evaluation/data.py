@@ -18,7 +18,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ class Dataset:
     folder: Path
     corpus: list[dict[str, Any]]
     questions: list[Question]
-    corpus_sha256: str
+    corpus_sha256: str  # of corpus.jsonl, or of it and the held-out ids (``hold_out``)
+    held_out: int = 0  # corpus rows left out of the library by ``hold_out``
 
     @property
     def key(self) -> str:
@@ -136,6 +137,57 @@ def sample_questions(
     if limit <= 0:
         raise EvalDataError("--limit must be a positive number of questions.")
     return random.Random(seed).sample(list(questions), limit)
+
+
+def _norm_title(title: Any) -> str:
+    return " ".join(str(title or "").lower().split())
+
+
+def hold_out(
+    dataset: Dataset, sample: Sequence[Question], n: int, seed: int = 0
+) -> tuple[Dataset, list[Question]]:
+    """Make ``n`` answerable questions of ``sample`` unanswerable by leaving their topic out.
+
+    The topic is the questions' gold documents and every corpus document with the same title
+    (MedQuAD has a passage per aspect of a disease; leaving a sibling in would keep the answer
+    in the library). Any question whose gold documents all left becomes unanswerable too; the
+    result has its own corpus hash, so it gets its own store and results cache.
+    """
+    answerable = [q for q in sample if q.answerable]
+    if n <= 0 or n > len(answerable):
+        raise EvalDataError(
+            f"--unanswerable {n}: choose between 1 and the {len(answerable)} answerable "
+            "questions of the sample."
+        )
+    chosen = random.Random(f"hold-out:{seed}").sample(answerable, n)
+    gold = {g for q in chosen for g in q.gold}
+    titles = {
+        _norm_title(row.get("title"))
+        for row in dataset.corpus
+        if str(row["doc_id"]) in gold and _norm_title(row.get("title"))
+    }
+    removed = {
+        str(row["doc_id"])
+        for row in dataset.corpus
+        if str(row["doc_id"]) in gold or _norm_title(row.get("title")) in titles
+    }
+    corpus = [row for row in dataset.corpus if str(row["doc_id"]) not in removed]
+
+    def without_removed(q: Question) -> Question:
+        left = tuple(g for g in q.gold if g not in removed)
+        return q if left == q.gold else replace(q, gold=left)
+
+    digest = hashlib.sha256(
+        json.dumps([dataset.corpus_sha256, sorted(removed)]).encode()
+    ).hexdigest()
+    held = Dataset(
+        dataset.folder,
+        corpus,
+        [without_removed(q) for q in dataset.questions],
+        digest,
+        held_out=len(dataset.corpus) - len(corpus),
+    )
+    return held, [without_removed(q) for q in sample]
 
 
 def markdown_file(row: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from assistant.evaluation.data import (
     Question,
     build_library,
     eval_root,
+    hold_out,
     ingest_key,
     load_dataset,
     sample_questions,
@@ -81,6 +82,7 @@ class EvalOptions:
     progress: bool = True
     fresh: bool = False  # recompute even what the results cache holds
     shard: tuple[int, int] | None = None  # (k, n): only sample positions i with i % n == k - 1
+    unanswerable: int = 0  # sampled questions whose topic is left out of the library
 
     def __post_init__(self) -> None:
         if self.shard is not None:
@@ -335,6 +337,9 @@ def run_evaluation(
     started = time.perf_counter()
     dataset = load_dataset(options.folder)
     questions = sample_questions(dataset.questions, options.limit, options.seed)
+    if options.unanswerable:
+        # before sharding, so every shard holds out the same topics and shares one store
+        dataset, questions = hold_out(dataset, questions, options.unanswerable, options.seed)
     if options.shard is not None:
         k, n = options.shard
         questions = questions[k - 1 :: n]
@@ -355,6 +360,13 @@ def run_evaluation(
     cache = ResultsCache(cache_path)
     res = _Resources(settings, dataset, options, llm=llm)
     res.notes.extend(data_notes(dataset, questions))
+    if options.unanswerable:
+        res.notes.append(
+            f"--unanswerable {options.unanswerable}: the topics of that many sampled questions "
+            f"({dataset.held_out} corpus documents: their gold documents and every document "
+            "with the same title) are left out of this run's library, so those questions "
+            "are unanswerable and the assistant should abstain on them."
+        )
     if options.shard is not None:
         res.notes.append(
             f"Shard {options.shard[0]} of {options.shard[1]}: these figures cover "
@@ -423,7 +435,11 @@ def run_evaluation(
 
     summary: dict[str, Any] = {
         "folder": str(options.folder),
-        "corpus": {"documents": len(dataset.corpus), "sha256": dataset.corpus_sha256},
+        "corpus": {
+            "documents": len(dataset.corpus),
+            "sha256": dataset.corpus_sha256,
+            "held_out_documents": dataset.held_out,
+        },
         "questions": {
             "in_file": len(dataset.questions),
             "evaluated": len(questions),
