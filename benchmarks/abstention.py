@@ -26,8 +26,8 @@ relevance = max(hit.dense_score), and the assistant abstains when relevance <
 thresholds, so the default can be chosen; "best" maximises (abstain on unanswerable) -
 (false abstain on answerable).
 
-The second retrieval-stage check, a question word rarer than ``abstain_rare_term_zipf`` in
-general English that no retrieved passage mentions (assistant/coverage.py), is measured from
+The second retrieval-stage check, question words rarer than ``abstain_rare_term_zipf`` in
+general English of which no retrieved passage mentions any (assistant/coverage.py), is measured from
 the same retrievals at several thresholds; ``--elsewhere`` adds its false abstention on two
 libraries that hold every answer (PubMedQA's 500 questions, data_samples' own list).
 
@@ -100,9 +100,10 @@ def relevance(hits: list[Any]) -> float:
 def observe(retriever: Any, question: str) -> dict[str, Any]:
     """What the two retrieval-stage checks see for one question, at every threshold at once.
 
-    ``absent``: the question's words (as ``coverage.specific_terms`` reads them) that no
-    retrieved passage mentions, each with its general-English Zipf frequency; the rare-term
-    check at threshold z abstains when one of them has zipf < z (assistant/coverage.py).
+    ``words``: the question's words as ``coverage.specific_terms`` reads them, each with its
+    general-English Zipf frequency; ``absent``: those no retrieved passage mentions. The
+    rare-term check at threshold z abstains when the question has words with zipf < z and no
+    retrieved passage mentions any of them (assistant/coverage.py).
     """
     from assistant import coverage
 
@@ -110,12 +111,16 @@ def observe(retriever: Any, question: str) -> dict[str, Any]:
     cov = coverage.check(question, hits, retriever.lexical.stem, max_zipf=99.0)
     return {
         "relevance": relevance(hits),
+        "words": [[w, coverage.zipf(w)] for w in cov.specific],
         "absent": [[w, coverage.zipf(w)] for w in cov.missing],
     }
 
 
 def abstains(obs: dict[str, Any], threshold: float, max_zipf: float) -> bool:
-    return obs["relevance"] < threshold or any(z < max_zipf for _, z in obs["absent"])
+    """The pipeline's decision at these thresholds (``coverage.Coverage.covered``)."""
+    specific = [z for _, z in obs["words"] if z < max_zipf]
+    missing = [z for _, z in obs["absent"] if z < max_zipf]
+    return obs["relevance"] < threshold or (bool(specific) and len(missing) == len(specific))
 
 
 def share(observed: list[dict[str, Any]], threshold: float, max_zipf: float) -> float:
@@ -187,7 +192,9 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
     out["pubmedqa"] = {
         "answerable": len(observed),
         "false_abstain": {str(z): share(observed, threshold, z) for z in ZIPFS},
-        "flagged_words_at_3": sorted({w for o in observed for w, zf in o["absent"] if zf < 3.0}),
+        "flagged_at_3": [
+            [w for w, _ in o["absent"]] for o in observed if abstains(o, threshold, 3.0)
+        ],
     }
     with tempfile.TemporaryDirectory(prefix="clinrag-abstention-samples-") as tmp:
         from ingest.index import ingest
@@ -205,8 +212,9 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
         "unanswerable": len(obs["unanswerable"]),
         "answerable": len(obs["answerable"]),
         "by_zipf": {str(z): rates(obs, threshold, z) for z in ZIPFS},
-        "flagged": {
-            kind: [[w for w, zf in o["absent"] if zf < 3.0] for o in obs[kind]] for kind in obs
+        "flagged_at_3": {
+            kind: [[w for w, _ in o["absent"]] for o in obs[kind] if abstains(o, threshold, 3.0)]
+            for kind in obs
         },
     }
     return out
@@ -329,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"MedQuAD abstention, {len(unanswerable)} unanswerable + {len(answerable)} answerable "
         f"questions (seed {args.seed}), retrieval-stage checks: relevance < {threshold}, "
-        f"or a question word rarer than Zipf {max_zipf} in no retrieved passage"
+        f"or no retrieved passage mentions any question word rarer than Zipf {max_zipf}"
     )
     print(
         common.table(
@@ -393,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                 [[z, e["pubmedqa"]["false_abstain"][str(z)], *d["by_zipf"][str(z)]] for z in ZIPFS],
             )
         )
-        print("PubMedQA words flagged at zipf 3.0:", ", ".join(e["pubmedqa"]["flagged_words_at_3"]))
-        print("data_samples flagged at zipf 3.0:", json.dumps(d["flagged"]))
+        print("PubMedQA abstentions at zipf 3.0, words absent:", e["pubmedqa"]["flagged_at_3"])
+        print("data_samples abstentions at zipf 3.0, words absent:", d["flagged_at_3"])
     if generated is not None:
         print("\nfull Assistant.ask (topic removal, packaged LLM, record=False)")
         print(

@@ -571,6 +571,10 @@ def test_eval_unanswerable_holds_out_topics_in_a_store_of_its_own(
     assert held["clinrag"]["retrieval"]["n"] == plain["clinrag"]["retrieval"]["n"] - 2
     assert held["corpus"]["store"] != plain["corpus"]["store"]
     assert any("--unanswerable 2" in note for note in held["notes"])
+    from assistant.evaluation.report import render_markdown
+
+    assert "2 held out by --unanswerable" in render_markdown(held)
+    assert "held out" not in render_markdown(plain)
     from assistant.evaluation.data import EvalDataError
 
     with pytest.raises(EvalDataError, match="between 1 and the 4 answerable"):

@@ -64,7 +64,13 @@ def render_markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"# clinrag evaluation: {Path(summary['folder']).name}",
         "",
         f"- data: `{summary['folder']}` ({summary['corpus']['documents']} documents, corpus "
-        f"sha256 {summary['corpus']['sha256'][:16]})",
+        f"sha256 {summary['corpus']['sha256'][:16]}"
+        + (
+            f"; {held} held out by --unanswerable"
+            if (held := summary["corpus"].get("held_out_documents"))
+            else ""
+        )
+        + ")",
         f"- questions: {q['evaluated']} of {q['in_file']} (limit {summary['limit']}, seed "
         f"{summary['seed']}); {q['answerable']} answerable, {q['unanswerable']} unanswerable",
         f"- metrics: {', '.join(summary['metrics'])}; settings: "
