@@ -78,8 +78,9 @@ class Settings(BaseModel):
         3.0,
         ge=0,
         le=8,
-        description="Abstain when a question word rarer than this in general English (Zipf "
-        "scale; 3 = once per million words) appears in no retrieved passage. 0 turns it off.",
+        description="Abstain when the question has words rarer than this in general English "
+        "(Zipf scale; 3 = once per million words) and no retrieved passage mentions any of "
+        "them. 0 turns it off.",
     )
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
     unsupported_fallback: Literal["quote", "abstain"] = Field(

@@ -44,9 +44,9 @@ class Coverage:
 
         One missing word of several is often a paraphrase (a question asking whether a
         treatment is "efficacious" over an abstract that says "effective"); all of them
-        missing means the subject itself is absent. Measured on dev questions, requiring all
-        halved the false abstentions on answerable PubMedQA questions of requiring any, for a
-        third fewer catches on MedQuAD questions whose topic was removed (docs/benchmarks.md).
+        missing means the subject itself is absent. On dev questions, requiring all rather than
+        any cut the false abstentions on answerable PubMedQA questions to a third, for a third
+        fewer catches on MedQuAD questions whose topic was removed (docs/benchmarks.md).
         """
         return not self.specific or len(self.missing) < len(self.specific)
 
