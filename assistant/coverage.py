@@ -27,8 +27,8 @@ from assistant.types import Hit
 # Abbreviations (LDL, PrEP, HbA1c, FIT) are left out because libraries often spell them
 # differently from the asker (A1C, F/TDF), and a wrong abstention costs more than a missed one.
 _WORD = re.compile(r"\b[A-Za-z][a-z]{3,}\b")
-# Below this length one edit turns many stems into other real words.
-MIN_FUZZY_LETTERS = 6
+# Shorter stems are only matched exactly: one edit turns many of them into other real words.
+MIN_FUZZY_STEM = 5
 
 Stemmer = Callable[[Sequence[str]], list[str]]
 
@@ -100,12 +100,12 @@ def check(question: str, hits: Sequence[Hit], stem: Stemmer, max_zipf: float) ->
         c = hit.chunk
         passage_words.update(tokens(" ".join((c.title, c.section, c.text))))
     present = set(stem(sorted(passage_words)))
-    long_stems = [s for s in present if len(s) >= MIN_FUZZY_LETTERS - 1]
+    long_stems = [s for s in present if len(s) >= MIN_FUZZY_STEM]
     missing = []
     for word, s in zip(specific, stem(specific), strict=True):
         if s in present:
             continue
-        if len(s) >= MIN_FUZZY_LETTERS - 1 and any(_one_edit(s, p) for p in long_stems):
+        if len(s) >= MIN_FUZZY_STEM and any(_one_edit(s, p) for p in long_stems):
             continue
         missing.append(word)
     return Coverage(tuple(specific), tuple(missing))
