@@ -209,11 +209,20 @@ class Page:
         return self.wait(f"button {label!r}", find, timeout)
 
     def sign_in(self, username: str) -> None:
-        user = self.wait("sign-in form", lambda: self.css('input[aria-label="User name"]'))[0]
-        user.clear()
-        user.send_keys(username)
-        password = self.css('input[aria-label="Password"]')[0]
-        password.send_keys(PASSWORDS[username])
+        def fill() -> bool:
+            # After a sign-out the rerun may still replace the form (seen on a loaded machine:
+            # a stale element), so find, fill and check the fields again until they hold.
+            user = self.css('input[aria-label="User name"]')[0]
+            password = self.css('input[aria-label="Password"]')[0]
+            for field, value in ((user, username), (password, PASSWORDS[username])):
+                field.clear()
+                field.send_keys(value)
+            return bool(
+                user.get_attribute("value") == username
+                and password.get_attribute("value") == PASSWORDS[username]
+            )
+
+        self.wait("sign-in form", fill)
         self.button("Sign in").click()
         self.wait_text(f"Signed in as {username}")
 
