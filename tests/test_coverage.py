@@ -36,8 +36,11 @@ def _hit(text: str, title: str = "Guideline", section: str = "") -> Hit:
 @pytest.fixture(scope="module")
 def stem(tmp_path_factory: pytest.TempPathFactory) -> coverage.Stemmer:
     # the lexical index's own stemmer (PyStemmer), as the pipeline uses it
-    home = tmp_path_factory.mktemp("stem")
-    return BM25Index(Settings(home=home)).stem
+    from assistant.backends.base import LexicalIndex
+
+    index = BM25Index(Settings(home=tmp_path_factory.mktemp("stem")))
+    assert isinstance(index, LexicalIndex)  # the protocol the pipeline relies on
+    return index.stem
 
 
 def test_specific_terms_are_the_words_rare_in_general_english() -> None:
