@@ -68,17 +68,15 @@ ZIPFS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
 SAMPLES = _HERE.parent / "data_samples"
 
 
-def _norm(title: str) -> str:
-    return " ".join(title.lower().split())
-
-
 def split_questions(n: int, seed: int) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
     """(unanswerable, answerable, {mode: corpus doc ids to remove})."""
+    from assistant.evaluation.data import norm_title  # the eval's own topic key
+
     corpus = common.load_corpus("medquad")
-    title_of = {r["doc_id"]: _norm(r["title"]) for r in corpus}
+    title_of = {r["doc_id"]: norm_title(r["title"]) for r in corpus}
     by_title: dict[str, set[str]] = {}
     for r in corpus:
-        by_title.setdefault(_norm(r["title"]), set()).add(r["doc_id"])
+        by_title.setdefault(norm_title(r["title"]), set()).add(r["doc_id"])
     # (a duplicated id maps to several titles; questions on those ids are never drawn)
     pool = [q for q in common.load_questions("medquad") if q["gold_doc_ids"]]
     dup = common.duplicated_doc_ids("medquad")  # ids shared by several passages: no clear gold

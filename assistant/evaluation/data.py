@@ -139,7 +139,8 @@ def sample_questions(
     return random.Random(seed).sample(list(questions), limit)
 
 
-def _norm_title(title: Any) -> str:
+def norm_title(title: Any) -> str:
+    """A title as a topic key: case and spacing aside ("Choroideremia" == " choroideremia")."""
     return " ".join(str(title or "").lower().split())
 
 
@@ -162,14 +163,14 @@ def hold_out(
     chosen = random.Random(f"hold-out:{seed}").sample(answerable, n)
     gold = {g for q in chosen for g in q.gold}
     titles = {
-        _norm_title(row.get("title"))
+        norm_title(row.get("title"))
         for row in dataset.corpus
-        if str(row["doc_id"]) in gold and _norm_title(row.get("title"))
+        if str(row["doc_id"]) in gold and norm_title(row.get("title"))
     }
     removed = {
         str(row["doc_id"])
         for row in dataset.corpus
-        if str(row["doc_id"]) in gold or _norm_title(row.get("title")) in titles
+        if str(row["doc_id"]) in gold or norm_title(row.get("title")) in titles
     }
     corpus = [row for row in dataset.corpus if str(row["doc_id"]) not in removed]
 
