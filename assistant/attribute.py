@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from assistant.backends.base import LogProbScorer
 from assistant.cite import align, question_evidence
-from assistant.config import Settings
 from assistant.generate import build_messages
 from assistant.prompts import PromptTemplate, load_template
-from assistant.text import sentence_spans
-from assistant.types import Answer, Hit, SourceSentence
+from core.backends.base import LogProbScorer
+from core.config import Settings
+from core.text import sentence_spans
+from core.types import Answer, Hit, SourceSentence
 
 
 def answer_targets(text: str) -> list[str]:

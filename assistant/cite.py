@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.text import content_tokens, sentence_spans, split_sentences
-from assistant.types import AnswerSentence, Citation, Evidence, Hit, SourceSentence
+from core.text import content_tokens, sentence_spans, split_sentences
+from core.types import AnswerSentence, Citation, Evidence, Hit, SourceSentence
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from assistant.text import STOPWORDS, tokens
-from assistant.types import Hit
+from core.text import STOPWORDS, tokens
+from core.types import Hit
 
 # Words as the asker wrote them: lower-case after the first letter and at least four letters.
 # Abbreviations (LDL, PrEP, HbA1c, FIT) are left out because libraries often spell them

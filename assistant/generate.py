@@ -8,10 +8,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from assistant.backends.base import LLM, Message
-from assistant.config import Settings
 from assistant.prompts import PromptTemplate, load_template
-from assistant.types import Generation, Hit
+from core.backends.base import LLM, Message
+from core.config import Settings
+from core.types import Generation, Hit
 
 _SOURCE_MARK = re.compile(r"^\s*\[(\d+)\]", re.M)
 _ROLE_MARK = re.compile(r"<\|?(im_start|im_end|system|user|assistant)\|?>", re.I)

@@ -12,13 +12,14 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from assistant import backends, coverage
+from assistant import coverage
 from assistant.cite import align, question_evidence, quote_answer, source_sentences
-from assistant.config import Settings
-from assistant.errors import AuditError, InputLimitError
 from assistant.generate import generate
 from assistant.retrieve import Filters, Retriever
-from assistant.types import Answer, EmbedderInfo, Hit
+from core import backends
+from core.config import Settings
+from core.errors import AuditError, InputLimitError
+from core.types import Answer, EmbedderInfo, Hit
 
 ABSTAIN_TEXT = "The library does not contain guidance on this question."
 UNVERIFIED_TEXT = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.config import Settings
-from assistant.errors import ClinragError
+from core.config import Settings
+from core.errors import ClinragError
 
 # Settings an answer record carries that decide the answer; replay reuses them exactly.
 REPLAYED_SETTINGS = (

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant import backends
-from assistant.config import Settings
-from assistant.errors import IndexEmptyError
-from assistant.types import Hit
-from ingest.index import Index, indexed_text
+from core import backends
+from core.config import Settings
+from core.errors import IndexEmptyError
+from core.library.index import Index, indexed_text
+from core.types import Hit
 
 
 @dataclass(frozen=True)

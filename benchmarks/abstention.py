@@ -70,7 +70,7 @@ SAMPLES = _HERE.parent / "data_samples"
 
 def split_questions(n: int, seed: int) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
     """(unanswerable, answerable, {mode: corpus doc ids to remove})."""
-    from assistant.evaluation.data import norm_title  # the eval's own topic key
+    from evaluation.data import norm_title  # the eval's own topic key
 
     corpus = common.load_corpus("medquad")
     title_of = {r["doc_id"]: norm_title(r["title"]) for r in corpus}
@@ -133,7 +133,7 @@ def run_mode(
     workdir: Path,
 ) -> tuple[dict[str, Any], Any]:
     from assistant.retrieve import Retriever
-    from ingest.index import Index, writer_lock
+    from core.library.index import Index, writer_lock
 
     settings = common.copy_home(built, workdir)
     to_clinrag: dict[str, list[str]] = {}

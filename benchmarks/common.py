@@ -139,7 +139,7 @@ def write_library(rows: Iterable[dict[str, Any]], folder: Path) -> dict[str, str
 
 def clinrag_settings(home: Path, **overrides: Any) -> Any:
     """Default settings with ``home``; CLINRAG_* variables (other than HOME) still apply."""
-    from assistant.config import load_settings
+    from core.config import load_settings
 
     env = {k: v for k, v in os.environ.items() if k.startswith("CLINRAG_") and k != "CLINRAG_HOME"}
     env.setdefault("CLINRAG_CONFIG", str(home / "no-config.toml"))
@@ -148,7 +148,7 @@ def clinrag_settings(home: Path, **overrides: Any) -> Any:
 
 def warm_index(settings: Any) -> Any:
     """An ``Index`` whose embedder is loaded, so model loading is not part of any timing."""
-    from ingest.index import Index
+    from core.library.index import Index
 
     index = Index(settings)
     index.embedder.warm_up()
@@ -181,7 +181,8 @@ def clinrag_ingest(
     paths: Sequence[Path], settings: Any, path_to_doc: dict[str, str] | None = None
 ) -> IngestRun:
     """Time ``ingest.index.ingest`` over ``paths`` into ``settings.home`` (model pre-loaded)."""
-    from ingest.index import indexed_text, ingest
+    from core.library.index import indexed_text
+    from ingest.index import ingest
 
     index = warm_index(settings)
     timer = Timer(index.embedder.embed)
@@ -234,7 +235,7 @@ _TOKENIZER: Any = None
 def count_over_limit(texts: Sequence[str]) -> int:
     """How many texts exceed the embedder's window (MiniLM: 256 tokens; the rest is cut off)."""
     global _TOKENIZER
-    from assistant.backends.sentence_transformers import _load, packaged_embedder_dir
+    from core.backends.sentence_transformers import _load, packaged_embedder_dir
 
     if _TOKENIZER is None:
         from transformers.utils import logging as hf_logging
@@ -256,7 +257,7 @@ def count_over_limit(texts: Sequence[str]) -> int:
 def recipe_embeddings() -> Any:
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from assistant.backends.sentence_transformers import packaged_embedder_dir
+    from core.backends.sentence_transformers import packaged_embedder_dir
 
     return HuggingFaceEmbeddings(model_name=str(packaged_embedder_dir()))
 
@@ -354,7 +355,7 @@ def _corpus_stamp(name: str) -> str:
 def resolved_embedder_dtype(settings: Any) -> str:
     """The precision the embedder will actually run in on this machine ("" for float32, so
     indexes built before the setting existed keep their cache key)."""
-    from assistant.backends.sentence_transformers import resolve_dtype
+    from core.backends.sentence_transformers import resolve_dtype
 
     dtype = resolve_dtype(settings.embedder_dtype, settings.device)
     return dtype if dtype != "float32" else ""

@@ -69,7 +69,7 @@ def run(keep: bool) -> dict[str, Any]:
         }
         started = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "assistant.cli", "ingest", str(work / "lib"), "--json"],
+            [sys.executable, "-m", "ui.cli.main", "ingest", str(work / "lib"), "--json"],
             capture_output=True,
             text=True,
             env=env,

@@ -197,7 +197,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from assistant.pipeline import Assistant
-    from ingest.index import ingest, writer_lock
+    from core.library.index import writer_lock
+    from ingest.index import ingest
 
     work = Path(tempfile.mkdtemp(prefix="clinrag-injection-"))
     settings = common.clinrag_settings(

@@ -58,7 +58,7 @@ INGESTER = r"""
 import sys
 from pathlib import Path
 import ingest.index as index_module
-from assistant.config import load_settings
+from core.config import load_settings
 
 home, folder, group = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 index_module.EMBED_GROUP_CHUNKS = group
@@ -280,7 +280,7 @@ def kill_round(
 
 
 def inspect(settings: Any, folder: Path) -> dict[str, Any]:
-    from ingest.index import Index
+    from core.library.index import Index
 
     index = Index(settings)
     index.warm_up()

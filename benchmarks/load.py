@@ -89,10 +89,10 @@ def settings_for(home: Path, attribution: str) -> Any:
 
 def prepare(home: Path, fresh: bool) -> None:
     """data_samples ingested and the model converted, once per home (not timed)."""
-    from assistant import backends
     from assistant.retrieve import Retriever
+    from core import backends
+    from core.library.manifest import Manifest
     from ingest.index import ingest
-    from ingest.manifest import Manifest
 
     if fresh:
         shutil.rmtree(home, ignore_errors=True)
@@ -119,10 +119,10 @@ def serve(
     wait_for_go: bool = False,
 ) -> dict[str, Any]:
     """Run ``users`` as threads of this process for ``seconds``; return what each ask did."""
-    from assistant import backends
-    from assistant.errors import InputLimitError
     from assistant.pipeline import Assistant
     from assistant.replay import audit_log
+    from core import backends
+    from core.errors import InputLimitError
 
     settings = settings_for(home, attribution)
     audit = audit_log(settings)

@@ -270,8 +270,8 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
     import numpy as np
 
     from assistant.retrieve import Retriever
-    from assistant.types import Chunk, Document
-    from ingest.index import Index, writer_lock
+    from core.library.index import Index, writer_lock
+    from core.types import Chunk, Document
     from ingest.split import chunk_id
 
     built = common.build_corpus("medquad", None, recipe=False)

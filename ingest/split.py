@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from assistant.text import sentence_spans
-from assistant.types import Chunk, Document
+from core.text import sentence_spans
+from core.types import Chunk, Document
 
 BLOCK_SEPARATOR = "\n\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import Settings, load_settings, offline_environment
+from core.config import Settings, load_settings, offline_environment
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"

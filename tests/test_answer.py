@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import Settings
 from assistant.pipeline import Assistant
+from core.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
     assistant: Assistant,
 ) -> None:
     from assistant.cite import lexical_overlap, question_evidence, source_sentences
-    from assistant.types import Chunk, Hit
+    from core.types import Chunk, Hit
 
     def hit(doc: str, title: str, text: str) -> Hit:
         chunk = Chunk(f"{doc}:1", doc, text, title, "", 1, 0, len(text), "sha", "x.md", "now")
@@ -94,7 +94,7 @@ def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
 def test_cli_ask_json_contract(library: Settings) -> None:
     env = {**os.environ, "CLINRAG_HOME": str(library.home), "CLINRAG_ATTRIBUTION": "off"}
     out = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "ask", ANSWERABLE, "--json", "--k", "4"],
+        [sys.executable, "-m", "ui.cli.main", "ask", ANSWERABLE, "--json", "--k", "4"],
         capture_output=True,
         text=True,
         env=env,
@@ -171,7 +171,7 @@ def test_eight_processes_asking_at_once_keep_a_valid_chain(
     questions = [ANSWERABLE, UNANSWERABLE] * 4
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "assistant.cli", "ask", q, "--json", "--user", f"user{i}"],
+            [sys.executable, "-m", "ui.cli.main", "ask", q, "--json", "--user", f"user{i}"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -195,7 +195,7 @@ def test_eight_processes_asking_at_once_keep_a_valid_chain(
 
 
 def test_audit_unwritable_fails_closed(library: Settings, tmp_path: Path) -> None:
-    from assistant.errors import AuditError
+    from core.errors import AuditError
 
     class BrokenLog:
         def check_writable(self) -> None:

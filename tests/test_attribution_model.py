@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assistant import backends
 from assistant.attribute import AnswerScorer, answer_targets
 from assistant.cite import source_sentences
-from assistant.config import Settings
 from assistant.prompts import load_template
-from assistant.types import Chunk, Hit
 from audit.attribution import CachedScorer, faithfulness, make_attributor
+from core import backends
+from core.config import Settings
+from core.types import Chunk, Hit
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> No
 def test_shared_prefix_cache_gives_the_same_logprobs(
     library: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from assistant.backends import transformers_llm
+    from core.backends import transformers_llm
 
     llm = backends.create("llm", "transformers", library)
     hits = [

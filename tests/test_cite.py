@@ -5,8 +5,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from assistant.cite import align, parse_markers
-from assistant.text import split_sentences, tokens
-from assistant.types import Chunk, Hit
+from core.text import split_sentences, tokens
+from core.types import Chunk, Hit
 
 
 def bow_embed(texts: Sequence[str]) -> np.ndarray:

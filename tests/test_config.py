@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import load_settings
-from assistant.errors import ConfigError
+from core.config import load_settings
+from core.errors import ConfigError
 
 
 def test_precedence_defaults_file_env_overrides(tmp_path: Path) -> None:

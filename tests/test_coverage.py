@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from assistant import coverage
-from assistant.backends.bm25 import BM25Index
-from assistant.config import Settings
-from assistant.types import Chunk, Hit
+from core.backends.bm25 import BM25Index
+from core.config import Settings
+from core.types import Chunk, Hit
 from ui.render import abstain_reason_text
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -36,7 +36,7 @@ def _hit(text: str, title: str = "Guideline", section: str = "") -> Hit:
 @pytest.fixture(scope="module")
 def stem(tmp_path_factory: pytest.TempPathFactory) -> coverage.Stemmer:
     # the lexical index's own stemmer (PyStemmer), as the pipeline uses it
-    from assistant.backends.base import LexicalIndex
+    from core.backends.base import LexicalIndex
 
     index = BM25Index(Settings(home=tmp_path_factory.mktemp("stem")))
     assert isinstance(index, LexicalIndex)  # the protocol the pipeline relies on

@@ -25,20 +25,21 @@ from typing import Any
 
 import pytest
 
-from assistant.config import Settings, load_settings
-from assistant.errors import AuditError, StoreLockedError
-from assistant.maintenance import (
+from assistant.pipeline import ABSTAIN_TEXT, Assistant
+from assistant.replay import audit_log
+from assistant.retrieve import Retriever
+from audit.log import AuditLog, AuditWriteError
+from core.config import Settings, load_settings
+from core.errors import AuditError, StoreLockedError
+from core.library.index import Index, writer_lock
+from ingest.index import ingest
+from services.maintenance import (
     MaintenanceError,
     backup,
     maintenance_command,
     rebuild_index,
     restore,
 )
-from assistant.pipeline import ABSTAIN_TEXT, Assistant
-from assistant.replay import audit_log
-from assistant.retrieve import Retriever
-from audit.log import AuditLog, AuditWriteError
-from ingest.index import Index, ingest, writer_lock
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
@@ -82,8 +83,8 @@ while True:
 # Holds the store's writer lock until its stdin closes.
 HOLD_LOCK_CHILD = r"""
 import os, sys
-from assistant.config import load_settings
-from ingest.index import writer_lock
+from core.config import load_settings
+from core.library.index import writer_lock
 
 with writer_lock(load_settings(env={"CLINRAG_HOME": sys.argv[1]})):
     print("locked", os.getpid(), flush=True)

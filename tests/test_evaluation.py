@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from assistant.config import Settings
-from assistant.evaluation import metrics as m
-from assistant.evaluation.cli import add_eval_parser, eval_command
+from core.config import Settings
+from evaluation import metrics as m
+from ui.cli.eval import add_eval_parser, eval_command
 
 # --- retrieval metrics ---------------------------------------------------------------------------
 
@@ -276,7 +276,7 @@ def test_unknown_metric_is_a_usage_error(
 
 
 def test_missing_folder_is_explained(tmp_path: Path, settings: Settings) -> None:
-    from assistant.evaluation.data import EvalDataError
+    from evaluation.data import EvalDataError
 
     with pytest.raises(EvalDataError, match="corpus.jsonl"):
         eval_command(parse([str(tmp_path / "nowhere")]), settings)
@@ -288,8 +288,8 @@ def test_eval_retrieval_end_to_end_then_resume_from_cache(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from assistant.evaluation.data import Dataset, load_dataset
     from assistant.retrieve import Retriever
+    from evaluation.data import Dataset, load_dataset
 
     folder = write_fixture(tmp_path / "data")
     argv = [str(folder), "--limit", "5", "--metrics", "retrieval"]
@@ -376,8 +376,8 @@ def test_answer_cache_key_follows_answer_settings_and_template(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import assistant.prompts
-    from assistant.evaluation.data import Dataset
-    from assistant.evaluation.runner import config_hashes
+    from evaluation.data import Dataset
+    from evaluation.runner import config_hashes
 
     data = Dataset(tmp_path, [], [], "ab" * 32)
     base = config_hashes(settings, data, ())
@@ -399,8 +399,8 @@ def test_bad_shard_is_a_usage_error(bad: str) -> None:
 
 
 def _append_rows(path: str, writer: int, rows: int) -> None:
-    from assistant.evaluation.data import Question
-    from assistant.evaluation.runner import ResultsCache
+    from evaluation.data import Question
+    from evaluation.runner import ResultsCache
 
     cache = ResultsCache(Path(path))
     for i in range(rows):
@@ -411,7 +411,7 @@ def _append_rows(path: str, writer: int, rows: int) -> None:
 def test_results_cache_lines_from_concurrent_processes_never_interleave(tmp_path: Path) -> None:
     import multiprocessing
 
-    from assistant.evaluation.runner import ResultsCache
+    from evaluation.runner import ResultsCache
 
     path = tmp_path / "results.jsonl"
     ctx = multiprocessing.get_context("spawn")
@@ -499,8 +499,8 @@ def test_answer_metrics_with_the_real_model(
 
 def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
     """MedQuAD numbers each source separately, so its qids repeat; every question still counts."""
-    from assistant.evaluation.data import load_dataset
-    from assistant.evaluation.runner import data_notes
+    from evaluation.data import load_dataset
+    from evaluation.runner import data_notes
 
     folder = tmp_path / "dup"
     folder.mkdir()
@@ -523,7 +523,7 @@ def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
 def test_hold_out_leaves_the_topic_out_and_makes_its_questions_unanswerable(
     tmp_path: Path,
 ) -> None:
-    from assistant.evaluation.data import Dataset, EvalDataError, Question, hold_out
+    from evaluation.data import Dataset, EvalDataError, Question, hold_out
 
     corpus = [
         {"doc_id": "a1", "title": "Choroideremia", "text": "What it is."},
@@ -571,11 +571,11 @@ def test_eval_unanswerable_holds_out_topics_in_a_store_of_its_own(
     assert held["clinrag"]["retrieval"]["n"] == plain["clinrag"]["retrieval"]["n"] - 2
     assert held["corpus"]["store"] != plain["corpus"]["store"]
     assert any("--unanswerable 2" in note for note in held["notes"])
-    from assistant.evaluation.report import render_markdown
+    from evaluation.report import render_markdown
 
     assert "2 held out by --unanswerable" in render_markdown(held)
     assert "held out" not in render_markdown(plain)
-    from assistant.evaluation.data import EvalDataError
+    from evaluation.data import EvalDataError
 
     with pytest.raises(EvalDataError, match="between 1 and the 4 answerable"):
         eval_command(parse([str(folder), "--unanswerable", "9"]), settings)

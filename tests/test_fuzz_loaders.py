@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assistant.errors import LoadError
-from assistant.types import Document
+from core.errors import LoadError
+from core.types import Document
 from ingest.loaders import MAX_TITLE_CHARS, REASONS, load_document
 
 LIMITS = {"max_bytes": 2_000_000, "max_pages": 20, "timeout_s": 10.0}

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import Settings
-from assistant.errors import LoadError
+from core.config import Settings
+from core.errors import LoadError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -857,7 +857,7 @@ import json, resource, sys, time
 from pathlib import Path
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from assistant.config import load_settings
+from core.config import load_settings
 import ingest.index as index_module
 from ingest.loaders import load_document
 
@@ -965,8 +965,8 @@ def test_hostile_folder(tmp_path: Path) -> None:
     assert slowest[1] < SLOWEST_PARSE_LIMIT_S, f"slowest parse: {slowest}"
     assert report["peak_rss"] < PEAK_RSS_LIMIT, f"peak RSS {report['peak_rss'] / 2**20:.0f} MB"
 
-    from assistant.config import load_settings
-    from ingest.index import Index
+    from core.config import load_settings
+    from core.library.index import Index
 
     settings = load_settings(env={"CLINRAG_HOME": str(tmp_path / "home")})
     index = Index(settings)

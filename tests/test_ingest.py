@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import Settings, load_settings
-from assistant.errors import EmbedderMismatchError, StoreLockedError
-from ingest.index import Index, ingest, writer_lock
+from core.config import Settings, load_settings
+from core.errors import EmbedderMismatchError, StoreLockedError
+from core.library.index import Index, writer_lock
+from ingest.index import ingest
 from ingest.loaders import load_document
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +179,7 @@ def test_cli_exit_code_and_summary(tmp_path: Path) -> None:
     (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     env = {**os.environ, "CLINRAG_HOME": str(tmp_path / "clihome")}
     out = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "ingest", str(folder), "--json"],
+        [sys.executable, "-m", "ui.cli.main", "ingest", str(folder), "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -188,7 +189,7 @@ def test_cli_exit_code_and_summary(tmp_path: Path) -> None:
     data = json.loads(out.stdout)
     assert data["added"] == 5 and data["failed"] == 1
     listing = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "sources", "--json"],
+        [sys.executable, "-m", "ui.cli.main", "sources", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -238,7 +239,7 @@ def test_incremental_update_prune_remove_and_stable_ids(tmp_path: Path, settings
 
 
 def test_querying_with_a_different_embedder_is_an_error(tmp_path: Path, settings: Settings) -> None:
-    from assistant.backends.sentence_transformers import packaged_embedder_dir
+    from core.backends.sentence_transformers import packaged_embedder_dir
 
     folder = tmp_path / "lib"
     write_good_files(folder)
@@ -262,7 +263,7 @@ def test_second_writer_is_refused(tmp_path: Path, settings: Settings) -> None:
     with writer_lock(settings):
         env = {**os.environ, "CLINRAG_HOME": str(settings.home)}
         out = subprocess.run(
-            [sys.executable, "-m", "assistant.cli", "ingest", str(folder)],
+            [sys.executable, "-m", "ui.cli.main", "ingest", str(folder)],
             capture_output=True,
             text=True,
             env=env,
@@ -289,7 +290,7 @@ def test_kill_9_mid_ingest_leaves_no_duplicates_or_orphans(
         )
         (folder / f"doc{d:02d}.md").write_text(f"# Document {d}\n\n{body}\n")
     env = {**os.environ, "CLINRAG_HOME": str(settings.home)}
-    cmd = [sys.executable, "-m", "assistant.cli", "ingest", str(folder)]
+    cmd = [sys.executable, "-m", "ui.cli.main", "ingest", str(folder)]
     for delay in (4.0, 6.0, 8.0):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -313,7 +314,7 @@ def test_docx_zip_bomb_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bomb.docx"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("word/document.xml", b"<a>" + b"A" * 5_000_000 + b"</a>")
-    from assistant.errors import LoadError
+    from core.errors import LoadError
 
     with pytest.raises(LoadError) as info:
         load_document(path, **LIMITS)

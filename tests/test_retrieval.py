@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import Settings
 from assistant.retrieve import Filters, Retriever
+from core.config import Settings
 from tests.conftest import SAMPLES
 
 
 def test_sample_library_has_every_format(library: Settings) -> None:
-    from ingest.manifest import Manifest
+    from core.library.manifest import Manifest
 
     docs = {d["doc_id"]: d for d in Manifest(library.manifest_path).documents()}
     assert len(docs) == 16
@@ -86,8 +86,8 @@ def test_superseded_guideline_ranks_below_its_replacement(library: Settings) -> 
 def test_embedder_precision_is_recorded_and_vectors_agree(tmp_path: Path) -> None:
     """bf16 (auto, where the CPU computes it natively) and float32 vectors of the same weights
     agree closely enough to share an index; the precision used goes into the embedder info."""
-    from assistant import backends
-    from assistant.backends.sentence_transformers import resolve_dtype
+    from core import backends
+    from core.backends.sentence_transformers import resolve_dtype
 
     texts = ["Stage 1 hypertension is 130 to 139 mmHg systolic.", "Screen adults from age 45."]
     infos, vectors = {}, {}

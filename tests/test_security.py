@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import Settings
 from assistant.retrieve import Filters, Retriever
-from assistant.types import ModelInfo
+from core.config import Settings
+from core.types import ModelInfo
 from ingest.index import ingest
 from tests.conftest import SAMPLES
 
@@ -175,7 +175,7 @@ def test_files_written_are_owner_only(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {**os.environ, "CLINRAG_HOME": str(home)}
     out = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "ingest", str(lib)],
+        [sys.executable, "-m", "ui.cli.main", "ingest", str(lib)],
         capture_output=True,
         text=True,
         env=env,

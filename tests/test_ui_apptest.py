@@ -17,7 +17,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, build_library
 
-from assistant.config import load_settings
+from core.config import load_settings
 from ui.events import audit_log
 from ui.render import md_escape
 
@@ -139,7 +139,7 @@ def test_sign_in_records_login_and_sign_out_ends_the_session(home: Path) -> None
 
 
 def test_disabled_account_is_signed_out_on_next_run(home: Path) -> None:
-    from ui.users import disable_user
+    from services.accounts import disable_user
 
     settings = settings_for(home)
     at = sign_in(start(), "carol")
@@ -177,8 +177,8 @@ def test_each_role_sees_its_pages(home: Path) -> None:
 
 
 def _render_page_as(page: str, username: str) -> None:
+    from services.accounts import get_user
     from ui.session import get_settings
-    from ui.users import get_user
     from ui.views import ask, audit, library
 
     settings = get_settings()
@@ -385,7 +385,7 @@ def test_attribution_is_offered_after_the_answer_and_recorded(
 
 
 def test_admin_library_lists_documents_and_removes_an_upload(home: Path) -> None:
-    from ui.library import ingest_files, save_uploads
+    from services.library import ingest_files, save_uploads
 
     settings = settings_for(home)
     name = "depression-screening-adults.txt"
@@ -501,7 +501,7 @@ def test_single_sign_on_maps_the_provider_identity_to_a_local_role(
     """st.login needs a live identity provider; the claims it would return are injected
     through ``sso_claims``, and everything after that runs for real."""
     import ui.views.signin
-    from ui.users import add_sso_user, get_user
+    from services.accounts import add_sso_user, get_user
 
     monkeypatch.setenv("CLINRAG_SSO_PROVIDER", "default")
     settings = load_settings(env={"CLINRAG_HOME": str(home), "CLINRAG_SSO_PROVIDER": "default"})

@@ -247,7 +247,7 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
 ) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    from assistant.config import load_settings
+    from core.config import load_settings
     from ui.events import audit_log
 
     url, home = server
@@ -398,7 +398,7 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
     from openai_server import serve_chat
     from selenium.webdriver.common.keys import Keys
 
-    from assistant.config import load_settings
+    from core.config import load_settings
     from ingest.index import ingest
     from ui.events import audit_log
 

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from assistant.types import ModelInfo
+from core.types import ModelInfo
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_samples"
@@ -78,9 +78,9 @@ class ExtractiveLLM:
 
 def build_library(home: Path, files: Sequence[str] = SAMPLE_FILES) -> Path:
     """Copy sample files under ``home/sources``, ingest them, create the test accounts."""
-    from assistant.config import load_settings
+    from core.config import load_settings
     from ingest.index import ingest
-    from ui.users import add_user, ensure_admin
+    from services.accounts import add_user, ensure_admin
 
     sources = home / "sources"
     sources.mkdir(parents=True, exist_ok=True)

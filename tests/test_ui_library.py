@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from assistant.config import Settings
-from assistant.types import AnswerSentence, Evidence, SourceSentence
-from ui.library import (
+from core.config import Settings
+from core.types import AnswerSentence, Evidence, SourceSentence
+from services.library import (
     MAX_GUIDELINE_AGE_YEARS,
     currency_warnings,
     safe_upload_name,

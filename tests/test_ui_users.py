@@ -1,4 +1,4 @@
-"""Local accounts (ui.users) and the ``clinrag users`` command (ui.cli_users)."""
+"""Local accounts (services.accounts) and the ``clinrag users`` command (ui.cli.users)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from assistant.config import Settings
-from ui import users
-from ui.cli_users import add_parser, users_command
-from ui.events import audit_log
-from ui.users import (
+from core.config import Settings
+from services import accounts as users
+from services.accounts import (
     MAX_FAILURES,
     UserError,
     add_user,
@@ -25,6 +23,8 @@ from ui.users import (
     list_users,
     users_path,
 )
+from ui.cli.users import add_parser, users_command
+from ui.events import audit_log
 
 
 class Events:
@@ -167,7 +167,7 @@ def test_users_command_add_list_disable_enable(
 
 
 def test_sso_maps_verified_claims_to_local_accounts(settings: Settings) -> None:
-    from ui.users import add_sso_user, sso_sign_in
+    from services.accounts import add_sso_user, sso_sign_in
 
     add_sso_user(settings, "Dana@Hospital.org", "auditor")
     events = Events()
@@ -194,7 +194,7 @@ def test_sso_maps_verified_claims_to_local_accounts(settings: Settings) -> None:
 
 
 def test_sso_claim_is_configurable(settings: Settings) -> None:
-    from ui.users import add_sso_user, sso_sign_in
+    from services.accounts import add_sso_user, sso_sign_in
 
     add_sso_user(settings, "jdoe", "clinician")
     custom = settings.model_copy(update={"sso_claim": "preferred_username"})

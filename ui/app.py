@@ -19,7 +19,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import streamlit as st
 
-from assistant.errors import ClinragError
+from core.errors import ClinragError
 from ui.events import record_event
 from ui.render import md_escape
 from ui.session import allowed_pages, current_user, get_settings, sign_out

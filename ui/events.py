@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from assistant.config import Settings
+from core.config import Settings
 
 # (event, user, role, payload) -> anything; raises when the event cannot be recorded.
 EventSink = Callable[[str, str, str, dict[str, Any]], Any]

@@ -12,8 +12,8 @@ from typing import Any
 
 import streamlit as st
 
-from assistant.config import Settings, apply_offline_environment, ensure_home, load_settings
-from ui.users import User, ensure_admin, get_user
+from core.config import Settings, apply_offline_environment, ensure_home, load_settings
+from services.accounts import User, ensure_admin, get_user
 
 # Environment variables the app reads itself; they are not settings fields.
 ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Each message says what to do next, because it reaches a clinician or an administrator rather
 than a developer. The classes deliberately derive from the standard library only: ``audit.log``
 must import on a machine with nothing but Python installed, so it cannot subclass
-``assistant.errors.ClinragError``; the assistant wraps these in its own ``AuditError``.
+``core.errors.ClinragError``; the assistant wraps these in its own ``AuditError``.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from assistant.errors import LoadError
-from assistant.types import Block, Document
+from core.errors import LoadError
+from core.types import Block, Document
 from ingest.loaders.metadata import SIDECAR_SUFFIX, load_sidecar
 
 SUPPORTED = {

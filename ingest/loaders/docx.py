@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from assistant.errors import LoadError
-from assistant.types import Block
+from core.errors import LoadError
+from core.types import Block
 
 _MAX_UNCOMPRESSED = 200 * 1024 * 1024
 _MAX_RATIO = 200

@@ -18,8 +18,8 @@ import re
 import warnings
 from typing import Any
 
-from assistant.errors import LoadError
-from assistant.types import Block
+from core.errors import LoadError
+from core.types import Block
 from ingest.loaders.metadata import clean
 from ingest.loaders.text import decode
 

@@ -9,7 +9,7 @@ import re
 import stat
 from pathlib import Path
 
-from assistant.errors import LoadError
+from core.errors import LoadError
 
 KNOWN_KEYS = (
     "title",

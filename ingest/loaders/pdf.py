@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
 
-from assistant.errors import LoadError
-from assistant.types import Block
+from core.errors import LoadError
+from core.types import Block
 
 
 @contextmanager

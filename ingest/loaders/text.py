@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from assistant.errors import LoadError
-from assistant.types import Block
+from core.errors import LoadError
+from core.types import Block
 from ingest.loaders.metadata import split_front_matter
 
 # "#"s, space, text; trailing "#"s are stripped in code. The former single regex,

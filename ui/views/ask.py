@@ -12,10 +12,11 @@ from typing import Any
 
 import streamlit as st
 
-from assistant.config import Settings
-from assistant.errors import ClinragError
+from core.config import Settings
+from core.errors import ClinragError
+from services.accounts import User
+from services.library import currency_warnings, documents, source_file
 from ui.events import record_event
-from ui.library import currency_warnings, documents, source_file
 from ui.render import (
     abstain_reason_text,
     attribution_by_source,
@@ -24,7 +25,6 @@ from ui.render import (
     source_highlights,
 )
 from ui.session import assistant_session, require
-from ui.users import User
 
 log = logging.getLogger("clinrag.ui")
 MAX_COMMENT_CHARS = 2000

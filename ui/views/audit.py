@@ -15,11 +15,11 @@ from typing import Any
 
 import streamlit as st
 
-from assistant.config import Settings
+from core.config import Settings
+from services.accounts import User
 from ui.events import audit_log, record_event
 from ui.render import heatmap_rows, md_escape
 from ui.session import require
-from ui.users import User
 
 EVENTS = [
     "all",

@@ -6,9 +6,10 @@ from typing import Any
 
 import streamlit as st
 
-from assistant.config import Settings
-from assistant.errors import ClinragError
-from ui.library import (
+from core.config import Settings
+from core.errors import ClinragError
+from services.accounts import User
+from services.library import (
     currency_warnings,
     documents,
     ingest_files,
@@ -17,7 +18,6 @@ from ui.library import (
 )
 from ui.render import md_escape
 from ui.session import require
-from ui.users import User
 
 UPLOAD_TYPES = ["pdf", "html", "htm", "md", "markdown", "txt", "text", "docx", "json"]
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import streamlit as st
 
-from assistant.config import Settings
+from core.config import Settings
+from services.accounts import authenticate, sso_sign_in
 from ui.events import sink
 from ui.render import md_escape
 from ui.session import sign_in
-from ui.users import authenticate, sso_sign_in
 
 
 def sso_claims() -> dict[str, Any] | None:

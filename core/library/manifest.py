@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from assistant.types import Chunk
+from core.types import Chunk
 
 MIGRATIONS: list[tuple[str, str]] = [
     (

@@ -1,8 +1,8 @@
 """``clinrag eval FOLDER``: the sub-command's arguments and handler.
 
-Wired into ``assistant.cli`` with::
+Wired into ``ui.cli.main`` with::
 
-    from assistant.evaluation.cli import add_eval_parser, eval_command
+    from ui.cli.eval import add_eval_parser, eval_command
     add_eval_parser(sub)                       # sub = parser.add_subparsers(...)
     handler = {..., "eval": eval_command}[args.command]
 """
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings
-from assistant.evaluation.runner import BASELINES, DEFAULT_METRICS, METRICS, EvalOptions
+from core.config import Settings
+from evaluation.runner import BASELINES, DEFAULT_METRICS, METRICS, EvalOptions
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -94,7 +94,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def eval_command(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.evaluation.runner import run_evaluation
+    from evaluation.runner import run_evaluation
 
     try:
         options = EvalOptions(
@@ -126,14 +126,14 @@ def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"clinrag eval: {exc}", file=sys.stderr)
         return 2
     if options.report is not None:
-        from assistant.evaluation.report import write_report
+        from evaluation.report import write_report
 
         files = write_report(summary, records, options.report)
         summary["report"] = [str(f) for f in files]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        from assistant.evaluation.report import render_markdown
+        from evaluation.report import render_markdown
 
         print(render_markdown(summary))
         if options.report is not None:

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from assistant.errors import ConfigError, EmbedderMismatchError
-from assistant.types import Chunk, EmbedderInfo
+from core.errors import ConfigError, EmbedderMismatchError
+from core.types import Chunk, EmbedderInfo
 
 _BATCH = 4000  # below Chroma's max batch size
 

@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings, ensure_home
+from core.config import Settings, ensure_home
 
 # A cited guideline older than this is flagged: guidelines are usually revised within 5 years.
 MAX_GUIDELINE_AGE_YEARS = 5
@@ -27,7 +27,7 @@ def uploads_dir(settings: Settings) -> Path:
 
 def documents(settings: Settings) -> list[dict[str, Any]]:
     """Every complete document in the manifest (doc_id, title, metadata, n_chunks, ...)."""
-    from ingest.manifest import Manifest
+    from core.library.manifest import Manifest
 
     manifest = Manifest(settings.manifest_path)
     try:
@@ -180,7 +180,7 @@ def remove_document(
 
     An uploaded original in ``home/uploads`` is deleted too, so it cannot come back unseen.
     """
-    from ingest.index import Index, writer_lock
+    from core.library.index import Index, writer_lock
     from ui.events import record_event
 
     index = index or Index(settings)

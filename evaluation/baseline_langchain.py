@@ -54,7 +54,7 @@ def _embeddings() -> Any:
             "--baseline langchain needs langchain-huggingface and langchain-chroma "
             "(pip install -e '.[dev]')."
         ) from exc
-    from assistant.backends.sentence_transformers import packaged_embedder_dir
+    from core.backends.sentence_transformers import packaged_embedder_dir
 
     return HuggingFaceEmbeddings(model_name=str(packaged_embedder_dir()))
 

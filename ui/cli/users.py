@@ -2,7 +2,7 @@
 
 Wiring in ``assistant/cli.py``::
 
-    from ui.cli_users import add_parser, users_command
+    from ui.cli.users import add_parser, users_command
     add_parser(sub)                       # sub = the top-level subparsers
     handler = {..., "users": users_command}[args.command]
 
@@ -19,9 +19,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from assistant.config import Settings
-from ui.events import record_event
-from ui.users import (
+from core.config import Settings
+from services.accounts import (
     ROLES,
     UserError,
     add_sso_user,
@@ -32,6 +31,7 @@ from ui.users import (
     list_users,
     set_password,
 )
+from ui.events import record_event
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

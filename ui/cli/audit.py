@@ -8,8 +8,8 @@ import json
 import sys
 from typing import Any
 
-from assistant.config import Settings
 from assistant.replay import audit_log, replay
+from core.config import Settings
 
 
 def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,8 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings, ensure_home
-from assistant.errors import ClinragError
+from core.config import Settings, ensure_home
+from core.errors import ClinragError
 from ui.events import EventSink
 
 ROLES: tuple[str, ...] = ("clinician", "auditor", "admin")

@@ -5,26 +5,26 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 
 REGISTRY: dict[str, dict[str, str]] = {
     "embedder": {
         "sentence_transformers": (
-            "assistant.backends.sentence_transformers:SentenceTransformerEmbedder"
+            "core.backends.sentence_transformers:SentenceTransformerEmbedder"
         ),
     },
     "vector_store": {
-        "chroma": "assistant.backends.chroma:ChromaStore",
+        "chroma": "core.backends.chroma:ChromaStore",
     },
     "llm": {
-        "transformers": "assistant.backends.transformers_llm:TransformersLLM",
-        "openai": "assistant.backends.openai_llm:OpenAILLM",
+        "transformers": "core.backends.transformers_llm:TransformersLLM",
+        "openai": "core.backends.openai_llm:OpenAILLM",
     },
     "lexical": {
-        "bm25s": "assistant.backends.bm25:BM25Index",
+        "bm25s": "core.backends.bm25:BM25Index",
     },
     "reranker": {
-        "cross_encoder": "assistant.backends.sentence_transformers:CrossEncoderReranker",
+        "cross_encoder": "core.backends.sentence_transformers:CrossEncoderReranker",
     },
 }
 

@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings, apply_offline_environment, ensure_home, load_settings
-from assistant.errors import ClinragError
+from core.config import Settings, apply_offline_environment, ensure_home, load_settings
+from core.errors import ClinragError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     rei.add_argument("--json", action="store_true")
 
-    from assistant.evaluation.cli import add_eval_parser
-    from ui.cli_users import add_parser as add_users_parser
+    from ui.cli.eval import add_eval_parser
+    from ui.cli.users import add_parser as add_users_parser
 
     add_eval_parser(sub)
     add_users_parser(sub)
@@ -129,7 +129,8 @@ def _audit_event(settings: Settings, event: str, payload: dict[str, Any]) -> Non
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.index import Index, ingest
+    from core.library.index import Index
+    from ingest.index import ingest
 
     index = Index(settings)
     if args.if_empty and index.manifest.documents():
@@ -169,7 +170,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.manifest import Manifest
+    from core.library.manifest import Manifest
 
     docs = Manifest(settings.manifest_path).documents()
     if args.json:
@@ -188,7 +189,7 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.index import Index, writer_lock
+    from core.library.index import Index, writer_lock
 
     index = Index(settings)
     with writer_lock(settings):
@@ -315,25 +316,25 @@ def print_answer(answer: Any) -> None:
 
 
 def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.maintenance import maintenance_command
+    from services.maintenance import maintenance_command
 
     return maintenance_command(args, settings)
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
-    from ui.cli_users import users_command
+    from ui.cli.users import users_command
 
     return users_command(args, settings)
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.evaluation.cli import eval_command
+    from ui.cli.eval import eval_command
 
     return eval_command(args, settings)
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.audit_commands import run_audit_command
+    from ui.cli.audit import run_audit_command
 
     return run_audit_command(args, settings)
 

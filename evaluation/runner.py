@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings
-from assistant.evaluation import metrics as m
-from assistant.evaluation.data import (
+from core.config import Settings
+from evaluation import metrics as m
+from evaluation.data import (
     Dataset,
     EvalLibrary,
     Question,
@@ -230,8 +230,8 @@ class _Resources:
     @property
     def assistant(self) -> Any:
         if self._assistant is None:
-            from assistant import backends
             from assistant.pipeline import Assistant
+            from core import backends
 
             # The model conversion cache stays in the user's home, shared with `ask`.
             llm = self.llm or backends.create("llm", self.settings.llm, self.settings)
@@ -243,7 +243,7 @@ class _Resources:
     @property
     def baseline(self) -> Any:
         if self._baseline is None:
-            from assistant.evaluation.baseline_langchain import LangChainBaseline, recipe_key
+            from evaluation.baseline_langchain import LangChainBaseline, recipe_key
 
             folder = eval_root(self.settings, self.dataset) / f"langchain-{recipe_key()}"
             self._baseline = LangChainBaseline(folder)
@@ -352,7 +352,7 @@ def run_evaluation(
             raise ValueError(f"unknown attribution methods {bad}; choose from {sorted(KNOWN)}")
     recipe = None
     if options.baseline == "langchain":
-        from assistant.evaluation.baseline_langchain import recipe_key
+        from evaluation.baseline_langchain import recipe_key
 
         recipe = recipe_key()
     hashes = config_hashes(settings, dataset, methods, recipe)

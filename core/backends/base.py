@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.types import Chunk, EmbedderInfo, ModelInfo
+from core.types import Chunk, EmbedderInfo, ModelInfo
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 
 ENV_PREFIX = "CLINRAG_"
 # Environment names that are not settings fields.

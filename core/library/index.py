@@ -1,0 +1,133 @@
+"""The vector index over the manifest: embedder + vector store + manifest, under one writer lock.
+
+Per document: the manifest row goes ``pending`` first, then the old vectors are deleted and
+the new ones upserted, then the manifest commits the chunks and marks it ``complete``. A crash
+anywhere leaves a ``pending`` row that ``recover`` rolls back on the next run, and orphan
+vectors (in the store, not in the manifest) are swept, so there are never duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from core import backends
+from core.config import Settings
+from core.errors import EmbedderMismatchError, StoreLockedError
+from core.library.manifest import Manifest
+from core.types import Chunk
+
+EMBED_GROUP_CHUNKS = 2048  # embed across documents in large batches; write per document
+
+
+def indexed_text(chunk: Chunk) -> str:
+    """What is embedded and BM25-indexed: the chunk with its title and section as context."""
+    return (
+        f"{chunk.title}\n{chunk.section}\n{chunk.text}"
+        if chunk.section
+        else f"{chunk.title}\n{chunk.text}"
+    )
+
+
+@contextmanager
+def writer_lock(settings: Settings) -> Iterator[None]:
+    """Exclusive, non-blocking: Chroma's embedded store is not safe with two writing processes."""
+    from filelock import FileLock, Timeout
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(settings.lock_path), timeout=0)
+    holder = settings.lock_path.with_suffix(".owner")
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        raise StoreLockedError(
+            f"The store in {settings.home} is being written by {who}. Wait for that ingest or "
+            "removal to finish, then run this again (readers keep working meanwhile)."
+        ) from None
+    try:
+        holder.write_text(f"pid {os.getpid()}")
+        yield
+    finally:
+        lock.release()
+
+
+class Index:
+    """The embedder, the vector store and the manifest, wired together. Cheap to construct."""
+
+    def __init__(self, settings: Settings, embedder: Any = None, store: Any = None) -> None:
+        self.settings = settings
+        self.embedder = embedder or backends.create("embedder", settings.embedder, settings)
+        self.store = store or backends.create("vector_store", settings.vector_store, settings)
+        self.manifest = Manifest(settings.manifest_path)
+        self._warm = False
+
+    def warm_up(self) -> None:
+        if self._warm:
+            return
+        info = self.embedder.info
+        recorded = self.manifest.get_meta("embedder_hash")
+        if recorded and recorded != info.weights_hash:
+            raise EmbedderMismatchError(
+                f"This index was built with embedder {self.manifest.get_meta('embedder_model')!r}; "
+                f"the configured one is {info.model!r} with other weights. Set embedder_model "
+                "back, or ingest into a fresh CLINRAG_HOME."
+            )
+        self.store.warm_up(info)
+        self._warm = True
+
+    @property
+    def version(self) -> str:
+        """Changes whenever any document changes: recorded with every answer."""
+        return f"{self.manifest.index_version()}:{self.embedder.info.weights_hash[:12]}"
+
+    # maintenance, under the writer lock
+    def recover(self) -> int:
+        """Roll back half-written documents and sweep orphan vectors. Returns items fixed."""
+        fixed = 0
+        for doc in self.manifest.documents(state="pending"):
+            self.store.delete_doc(doc["doc_id"])
+            self.manifest.forget(doc["doc_id"])
+            fixed += 1
+        known = self.manifest.chunk_ids()
+        orphans = sorted(self.store.ids() - known)
+        if orphans:
+            self.store.delete_ids(orphans)
+            fixed += len(orphans)
+        missing = known - self.store.ids()
+        if missing:
+            # vectors lost (e.g. a store restored from an older backup): re-embed from manifest
+            self._write_vectors(list(self.manifest.chunks_by_id(sorted(missing)).values()))
+            fixed += len(missing)
+        return fixed
+
+    def _write_vectors(self, chunks: Sequence[Chunk]) -> None:
+        for start in range(0, len(chunks), EMBED_GROUP_CHUNKS):
+            part = chunks[start : start + EMBED_GROUP_CHUNKS]
+            self.store.upsert(part, self.embedder.embed([indexed_text(c) for c in part]))
+
+    def rebuild_vectors(self) -> int:
+        """Re-embed every chunk from the manifest into the store (after a store loss)."""
+        chunks = self.manifest.chunks()
+        stale = sorted(self.store.ids())
+        if stale:
+            self.store.delete_ids(stale)
+        self._write_vectors(chunks)
+        return len(chunks)
+
+    def remove(self, doc_id: str) -> bool:
+        if self.manifest.document(doc_id) is None:
+            return False
+        with self.manifest.transaction() as conn:
+            conn.execute("UPDATE documents SET state = 'pending' WHERE doc_id = ?", (doc_id,))
+        self.store.delete_doc(doc_id)
+        self.manifest.forget(doc_id)
+        return True
+
+    def record_embedder(self) -> None:
+        info = self.embedder.info
+        with self.manifest.transaction() as conn:
+            self.manifest.set_meta(conn, "embedder_model", info.model)
+            self.manifest.set_meta(conn, "embedder_hash", info.weights_hash)

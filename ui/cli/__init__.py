@@ -1,0 +1,1 @@
+"""The `clinrag` command line: argument parsing and printing over ``services``."""
