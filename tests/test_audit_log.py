@@ -33,8 +33,9 @@ from audit.log import (
     record_hash,
 )
 from audit.log.export import CSV_COLUMNS, read_jsonl, to_csv, to_fhir, to_jsonl
-from audit.log.migrations import MIGRATIONS, split_statements
+from audit.log.migrations import MIGRATIONS
 from audit.log.redact import question_fields, redact
+from core.migrations import split_statements
 
 REPO = Path(__file__).resolve().parents[1]
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -4,8 +4,16 @@ Standard library only, so any machine with Python can verify a copied log::
 
     from audit.log import AuditLog
     print(AuditLog(db, checkpoint, key).verify())
+
+Modules, one concept each: ``chain`` (record format and hashing), ``checkpoint`` (the signing
+key and the signed head and history files), ``files`` (durable private writes and the append
+lock), ``database`` (opening the SQLite file), ``migrations`` (its schema), ``store`` (the
+:class:`AuditLog`: append, read, back up), ``verify`` (the verifier), ``export`` and ``redact``.
+Opening a database for writing also uses ``core.migrations``, itself standard library only.
 """
 
+from audit.log.chain import GENESIS_HASH, Record, canonical_json, record_hash
+from audit.log.checkpoint import default_checkpoint_path, history_path_for
 from audit.log.errors import (
     AuditKeyError,
     AuditLogError,
@@ -13,16 +21,8 @@ from audit.log.errors import (
     AuditReadError,
     AuditWriteError,
 )
-from audit.log.store import (
-    GENESIS_HASH,
-    AuditLog,
-    Record,
-    VerifyResult,
-    canonical_json,
-    default_checkpoint_path,
-    history_path_for,
-    record_hash,
-)
+from audit.log.store import AuditLog
+from audit.log.verify import VerifyResult
 
 __all__ = [
     "GENESIS_HASH",

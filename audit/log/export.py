@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from audit.log.store import Record, canonical_json, utc_timestamp
+from audit.log.chain import Record, canonical_json, utc_timestamp
 
 CSV_COLUMNS: tuple[str, ...] = (
     "seq",
@@ -101,7 +101,7 @@ def to_csv(records: Iterable[Record], fh: TextIO) -> int:
 
 def _csv_row(record: Record) -> list[Any]:
     p = record.payload
-    model = p.get("model") if isinstance(p.get("model"), dict) else {}
+    model = _object(p.get("model"))
     is_answer = record.event in {"answer", "replay"}
     details = "" if is_answer else canonical_json(p)
     abstained = p.get("abstained")
@@ -237,11 +237,11 @@ def _answer_entities(p: dict[str, Any]) -> list[dict[str, Any]]:
     for key in ("answer", "abstained", "abstain_reason", "index_version", "faithfulness"):
         if p.get(key) is not None:
             details.append(_detail(key, p[key]))
-    model = p.get("model") if isinstance(p.get("model"), dict) else {}
+    model = _object(p.get("model"))
     for key in ("backend", "model_id", "weights_hash"):
         if model.get(key) is not None:
             details.append(_detail(f"model_{key}", model[key]))
-    prompt = p.get("prompt") if isinstance(p.get("prompt"), dict) else {}
+    prompt = _object(p.get("prompt"))
     for key in ("template", "hash"):
         if prompt.get(key) is not None:
             details.append(_detail(f"prompt_{key}", prompt[key]))
@@ -284,7 +284,7 @@ def _answer_entities(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _provenance(record: Record, provenance_id: str, event_id: str) -> dict[str, Any]:
     p = record.payload
-    model = p.get("model") if isinstance(p.get("model"), dict) else {}
+    model = _object(p.get("model"))
     agents: list[dict[str, Any]] = []
     if model.get("model_id"):
         agents.append(
@@ -347,6 +347,11 @@ def _cited_doc_ids(p: dict[str, Any]) -> list[str]:
         if citation.get("doc_id"):
             seen.setdefault(str(citation["doc_id"]), None)
     return list(seen)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (payload fields are optional)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

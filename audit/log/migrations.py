@@ -1,17 +1,15 @@
-"""Named, append-only schema migrations for the audit database (in the manner of simonw/llm).
+"""The audit database's schema, as named, append-only migrations run by ``core.migrations``.
 
-Each migration is applied once, in order, and its name recorded in the ``migrations`` table in
-the same transaction, so a crash can never leave a half-applied schema. Databases in the field
-have already recorded the shipped names as applied: editing or reordering a shipped migration
-would silently leave them on the old schema. Add a new migration at the end instead.
+Databases in the field have already recorded these names as applied: editing, renaming or
+reordering a shipped migration would silently leave them on the old schema. Add a new migration
+at the end instead (see ``core.migrations`` for the rules).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 
-GENESIS_HASH = "0" * 64
+from audit.log.chain import GENESIS_HASH
 
 # (name, sql). Append only.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -72,71 +70,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def split_statements(sql: str) -> list[str]:
-    """Split a script into statements without breaking trigger bodies (which contain ';').
-
-    ``Connection.executescript`` would do this, but it commits any open transaction first,
-    which would split a migration from the row recording it.
-    """
-    statements: list[str] = []
-    buffer = ""
-    for piece in sql.split(";"):
-        buffer += piece + ";"
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \t\r\n;"):
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip(" \t\r\n;"):
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
-    return statements
-
-
-def applied_migrations(conn: sqlite3.Connection) -> list[str]:
-    """Names already applied, oldest first (empty for a new database)."""
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'"
-    ).fetchone()
-    if not exists:
-        return []
-    return [row[0] for row in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
-
-
-def pending_migrations(conn: sqlite3.Connection) -> list[str]:
-    done = set(applied_migrations(conn))
-    return [name for name, _ in MIGRATIONS if name not in done]
-
-
 def apply_migrations(conn: sqlite3.Connection) -> list[str]:
-    """Apply every pending migration; return the names applied now.
+    """Bring the audit database up to date; return the names applied now.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``). An up-to-date database is
     only read, so a read-only copy (a backup on write-protected media) still opens.
     """
-    if not pending_migrations(conn):
-        return []
-    # IMMEDIATE takes the write lock before re-reading, so two processes opening a new
-    # database at once cannot both apply the same migration.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS migrations "
-            "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        done = set(applied_migrations(conn))
-        applied: list[str] = []
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            for statement in split_statements(sql):
-                conn.execute(statement)
-            applied_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-            conn.execute(
-                "INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, applied_at)
-            )
-            applied.append(name)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return applied
+    # Imported here, not at the top: only opening a database for writing needs the runner, so
+    # an auditor who copies just audit/log to another machine can still import it and verify.
+    from core.migrations import apply_migrations as run
+
+    return run(conn, MIGRATIONS)

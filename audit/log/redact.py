@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Literal
 
 QuestionMode = Literal["verbatim", "redacted", "hashed"]
@@ -107,10 +108,15 @@ def redact(text: str) -> str:
     """Replace recognised identifiers with bracketed tags such as ``[DATE]``."""
     for tag, pattern in _PATTERNS:
         if "cue" in pattern.groupindex:
-            text = pattern.sub(lambda m, tag=tag: (m.group("cue") or "") + tag, text)
+            text = pattern.sub(_after_cue(tag), text)
         else:
             text = pattern.sub(tag, text)
     return text
+
+
+def _after_cue(tag: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that keeps the cue word ("patient ") and swaps only the name for ``tag``."""
+    return lambda match: (match.group("cue") or "") + tag
 
 
 def question_hash(question: str) -> str:
