@@ -22,6 +22,7 @@ from typing import Any
 
 from core.config import Settings, ensure_home
 from core.errors import ClinragError
+from core.migrations import Migration, apply_migrations
 from ui.events import EventSink
 
 ROLES: tuple[str, ...] = ("clinician", "auditor", "admin")
@@ -33,18 +34,25 @@ MAX_PASSWORD_CHARS = 1024
 MAX_FAILURES = 5
 LOCKOUT_MINUTES = 15
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('clinician', 'auditor', 'admin')),
-    disabled INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    last_login TEXT,
-    failed_count INTEGER NOT NULL DEFAULT 0,
-    locked_until TEXT
+# Append only (see core.migrations). Stores made before migrations were recorded hold exactly
+# the baseline's table, so the runner adopts them instead of re-creating it.
+_MIGRATIONS: tuple[Migration, ...] = (
+    (
+        "001_users",
+        """
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('clinician', 'auditor', 'admin')),
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            last_login TEXT,
+            failed_count INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT
+        );
+        """,
+    ),
 )
-"""
 
 
 class UserError(ClinragError):
@@ -102,7 +110,7 @@ def _db(settings: Settings) -> Iterator[sqlite3.Connection]:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute(_SCHEMA)
+        apply_migrations(conn, _MIGRATIONS, baseline="001_users")
         yield conn
     finally:
         conn.close()

@@ -15,10 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.migrations import Migration, apply_migrations
 from core.types import Chunk
 
-MIGRATIONS: list[tuple[str, str]] = [
+# Append only (see core.migrations): every manifest in the field has recorded these names.
+MIGRATIONS: tuple[Migration, ...] = (
     (
+        # Also the baseline: a manifest holding these tables but no record of this migration
+        # is adopted as it is rather than rebuilt.
         "001_documents_and_chunks",
         """
         CREATE TABLE documents (
@@ -48,7 +52,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         INSERT INTO meta VALUES ('index_version', '0');
         """,
     ),
-]
+)
 
 
 class Manifest:
@@ -78,7 +82,7 @@ class Manifest:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            _migrate(conn)
+            apply_migrations(conn, MIGRATIONS, baseline="001_documents_and_chunks")
             self._conn = conn
         return self._conn
 
@@ -227,26 +231,6 @@ class Manifest:
             conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
             conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
             self.bump_version(conn)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
-    for name, sql in MIGRATIONS:
-        if name in done:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
-                conn.execute("ROLLBACK")
-                continue
-            for statement in filter(str.strip, sql.split(";")):
-                conn.execute(statement)
-            conn.execute("INSERT INTO migrations VALUES (?, datetime('now'))", (name,))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 def _doc_row(row: sqlite3.Row) -> dict[str, Any]:
