@@ -17,7 +17,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ def _chroma_settings() -> Any:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-def _embeddings() -> Any:
+def embeddings() -> Any:
+    """The recipe's ``HuggingFaceEmbeddings`` on clinrag's packaged embedder folder."""
     try:
         from langchain_huggingface import HuggingFaceEmbeddings
     except ImportError as exc:  # a development extra
@@ -60,8 +61,45 @@ def _embeddings() -> Any:
 
 
 def row_text(row: dict[str, Any]) -> str:
+    """A corpus row as Markdown: its title as the heading, then its text."""
     title = (row.get("title") or "").strip()
     return f"# {title}\n\n{row['text']}" if title else str(row["text"])
+
+
+def split(texts: Iterable[tuple[str, str]]) -> list[Any]:
+    """(doc_id, text) pairs -> the recipe's chunks, LangChain Documents carrying ``doc_id``."""
+    from langchain_core.documents import Document
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    splitter = RecursiveCharacterTextSplitter(chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
+    return splitter.split_documents(
+        [Document(page_content=text, metadata={"doc_id": doc_id}) for doc_id, text in texts]
+    )
+
+
+def build_store(chunks: Sequence[Any], embedder: Any, persist_dir: Path | None) -> Any:
+    """``Chroma.from_documents``: embed and store the chunks (in memory without a folder)."""
+    from langchain_chroma import Chroma
+
+    return Chroma.from_documents(
+        list(chunks),
+        embedder,
+        collection_name=COLLECTION,
+        persist_directory=str(persist_dir) if persist_dir else None,
+        client_settings=_chroma_settings(),
+    )
+
+
+def open_store(persist_dir: Path, embedder: Any) -> Any:
+    """A store ``build_store`` persisted earlier."""
+    from langchain_chroma import Chroma
+
+    return Chroma(
+        collection_name=COLLECTION,
+        embedding_function=embedder,
+        persist_directory=str(persist_dir),
+        client_settings=_chroma_settings(),
+    )
 
 
 class LangChainBaseline:
@@ -78,23 +116,13 @@ class LangChainBaseline:
         return recipe_key()
 
     def open(self, corpus: Sequence[dict[str, Any]], *, progress: bool = True) -> None:
-        from langchain_chroma import Chroma
-
-        embeddings = _embeddings()
+        embedder = embeddings()
         marker = self.folder / "ready.json"
         if marker.is_file():
-            self._store = Chroma(
-                collection_name=COLLECTION,
-                embedding_function=embeddings,
-                persist_directory=str(self.folder / "chroma"),
-                client_settings=_chroma_settings(),
-            )
+            self._store = open_store(self.folder / "chroma", embedder)
             meta = json.loads(marker.read_text(encoding="utf-8"))
             self.chunks, self.built_seconds = meta.get("chunks"), meta.get("seconds")
             return
-        from langchain_core.documents import Document
-        from langchain_text_splitters import RecursiveCharacterTextSplitter
-
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
         if progress:
@@ -104,22 +132,8 @@ class LangChainBaseline:
                 file=sys.stderr,
             )
         t0 = time.perf_counter()
-        splitter = RecursiveCharacterTextSplitter(
-            chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP
-        )
-        docs = splitter.split_documents(
-            [
-                Document(page_content=row_text(r), metadata={"doc_id": str(r["doc_id"])})
-                for r in corpus
-            ]
-        )
-        self._store = Chroma.from_documents(
-            docs,
-            embeddings,
-            collection_name=COLLECTION,
-            persist_directory=str(self.folder / "chroma"),
-            client_settings=_chroma_settings(),
-        )
+        docs = split((str(r["doc_id"]), row_text(r)) for r in corpus)
+        self._store = build_store(docs, embedder, self.folder / "chroma")
         self.built_seconds = time.perf_counter() - t0
         self.chunks = len(docs)
         marker.write_text(

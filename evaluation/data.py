@@ -17,13 +17,16 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.errors import ClinragError
+
+if TYPE_CHECKING:
+    from ingest.index import IngestSummary
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 STORE_FORMAT = 1  # bump when the way the eval library is written or ingested changes
@@ -44,6 +47,11 @@ class Question:
     @property
     def answerable(self) -> bool:
         return bool(self.gold)
+
+    @property
+    def source_qid(self) -> str:
+        """The qid as questions.jsonl writes it (``load_dataset`` numbers repeats ``#k``)."""
+        return self.qid.split("#", 1)[0]
 
 
 @dataclass
@@ -139,6 +147,16 @@ def sample_questions(
     return random.Random(seed).sample(list(questions), limit)
 
 
+def shared_doc_ids(corpus: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """{doc id: rows} for the ids that several corpus rows carry, in corpus order.
+
+    MedQuAD has 4 ids for 23 passages on different diseases: a question whose gold is such an
+    id has no single gold passage.
+    """
+    ids = Counter(str(row["doc_id"]) for row in corpus)
+    return {d: n for d, n in ids.items() if n > 1}
+
+
 def norm_title(title: Any) -> str:
     """A title as a topic key: case and spacing aside ("Choroideremia" == " choroideremia")."""
     return " ".join(str(title or "").lower().split())
@@ -198,6 +216,49 @@ def markdown_file(row: dict[str, Any]) -> str:
     return f"---\ndoc_id: {doc_id}\ntitle: {title}\n---\n\n{row['text'].strip()}\n"
 
 
+def write_library(
+    rows: Iterable[dict[str, Any]],
+    folder: Path,
+    render: Callable[[dict[str, Any]], str] = markdown_file,
+) -> dict[str, str]:
+    """Write each corpus row as ``folder/<safe doc id>.md``; returns {file path: corpus doc id}.
+
+    A file that already holds the same text is left alone, so a rebuild re-ingests nothing
+    that did not change.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path_to_doc: dict[str, str] = {}
+    used: set[str] = set()
+    for row in rows:
+        base = _SAFE_NAME.sub("_", str(row["doc_id"])).strip("._")[:100] or "doc"
+        name, n = base, 1
+        # file systems that ignore case would merge "A.md" and "a.md"
+        while name.lower() in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name.lower())
+        path = folder / f"{name}.md"
+        text = render(row)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        path_to_doc[str(path)] = str(row["doc_id"])
+    return path_to_doc
+
+
+def corpus_doc_map(summary: IngestSummary, path_to_doc: dict[str, str]) -> dict[str, str]:
+    """clinrag doc id -> corpus doc id for every file the library holds after ``summary``."""
+    return {
+        r.doc_id: path_to_doc.get(r.path, r.doc_id)
+        for r in summary.results
+        if r.doc_id and r.status in {"added", "updated", "unchanged"}
+    }
+
+
+def ingest_failures(summary: IngestSummary) -> list[str]:
+    """One line per file that failed to ingest: its path, reason and detail."""
+    return [f"{r.path}: {r.reason} {r.detail or ''}".strip() for r in summary.failed]
+
+
 def ingest_key(settings: Settings) -> str:
     """What decides the chunks and vectors of the eval store."""
     parts = {
@@ -235,31 +296,14 @@ def build_library(
 
     from ingest.index import ingest
 
-    library = root / "library"
-    library.mkdir(parents=True, exist_ok=True)
-    path_to_doc: dict[str, str] = {}
-    used: set[str] = set()
-    for row in dataset.corpus:
-        base = _SAFE_NAME.sub("_", str(row["doc_id"])).strip("._")[:100] or "doc"
-        name, n = base, 1
-        while name.lower() in used:
-            n += 1
-            name = f"{base}_{n}"
-        used.add(name.lower())
-        path = library / f"{name}.md"
-        text = markdown_file(row)
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-        path_to_doc[str(path)] = str(row["doc_id"])
+    path_to_doc = write_library(dataset.corpus, root / "library")
     print(
         f"clinrag eval: ingesting {len(dataset.corpus)} documents into {home} (once) ...",
         file=sys.stderr,
     )
-    summary = ingest([library], eval_settings, progress=progress)
-    doc_map: dict[str, str] = {}
-    for r in summary.results:
-        if r.doc_id and r.status in {"added", "updated", "unchanged"}:
-            doc_map[r.doc_id] = path_to_doc.get(r.path, r.doc_id)
-    failed = [f"{r.path}: {r.reason} {r.detail or ''}".strip() for r in summary.failed]
+    summary = ingest([root / "library"], eval_settings, progress=progress)
+    doc_map = corpus_doc_map(summary, path_to_doc)
     ready.write_text(json.dumps(doc_map), encoding="utf-8")
-    return EvalLibrary(eval_settings, doc_map, root, built_now=True, failed=failed)
+    return EvalLibrary(
+        eval_settings, doc_map, root, built_now=True, failed=ingest_failures(summary)
+    )

@@ -9,6 +9,10 @@ eval folder, keyed by qid and the hash of the configuration that part depends on
 - ``attribution``: per attribution method, the top-k removal drop and the random drop;
 - ``baseline_retrieval`` and ``baseline_answer``: the LangChain recipe's.
 
+Each part is one entry of :data:`PARTS` (when a run wants it, what its result depends on, how
+one question's result is made), and each figure of the summary one entry of
+:data:`FIGURES`, so adding either is adding an entry.
+
 So an interrupted run resumes where it stopped, and a run with more metrics reuses what an
 earlier run with fewer computed. Several processes may share one cache (``--shard K/N``): each
 appends whole lines, and the stores are built under a lock. Nothing is written to the user's
@@ -23,12 +27,12 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.config import Settings
+from core.config import Settings, answer_settings
 from evaluation import metrics as m
 from evaluation.data import (
     Dataset,
@@ -40,34 +44,26 @@ from evaluation.data import (
     ingest_key,
     load_dataset,
     sample_questions,
+    shared_doc_ids,
 )
+
+if TYPE_CHECKING:
+    from assistant.pipeline import Assistant
+    from assistant.retrieve import Retriever
+    from core.types import Answer
+    from evaluation.baseline_langchain import LangChainBaseline
 
 METRICS = ("retrieval", "answer", "citations", "attribution")
 DEFAULT_METRICS = ("retrieval", "answer", "citations")
 BASELINES = ("langchain",)
 CHUNK_DEPTH = 30  # chunks retrieved for the retrieval metrics (both systems)
 DOC_DEPTH = 10  # documents kept from them (recall@10, nDCG@10)
-CACHE_FORMAT = 1
-# Settings that cannot change an answer (paths, limits, audit and identity).
-_NOT_ANSWER_SETTINGS = {
-    "home",
-    "max_file_mb",
-    "max_pages",
-    "parse_timeout_s",
-    "embed_batch_size",
-    "chroma_url",
-    "collection",
-    "llm_api_key",
-    "max_question_chars",
-    "questions_per_minute",
-    "attribution",
-    "attribution_ablations",
-    "attribution_max_sentences",
-    "audit_questions",
-    "audit_checkpoint_every",
-    "user",
-    "role",
-}
+# 2: answers keyed by core.config.answer_settings, retrieval by the fusion weights too
+CACHE_FORMAT = 2
+# Metrics that read clinrag's answers: any of them makes the run ask every question.
+ANSWER_METRICS = frozenset({"answer", "citations", "attribution"})
+
+Record = dict[str, Any]
 
 
 @dataclass
@@ -101,7 +97,22 @@ class EvalOptions:
 
     @property
     def needs_answers(self) -> bool:
-        return bool({"answer", "citations", "attribution"} & set(self.metrics))
+        return bool(ANSWER_METRICS & set(self.metrics))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run evaluates: all that decides which parts run and what their results depend on."""
+
+    settings: Settings
+    dataset: Dataset
+    metrics: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()  # attribution methods, with the attribution metric
+    recipe: str | None = None  # the baseline recipe's key, when one is compared
+
+    @property
+    def needs_answers(self) -> bool:
+        return bool(ANSWER_METRICS & set(self.metrics))
 
 
 def _hash(parts: Any) -> str:
@@ -111,45 +122,9 @@ def _hash(parts: Any) -> str:
 def config_hashes(
     settings: Settings, dataset: Dataset, methods: Sequence[str], recipe: str | None = None
 ) -> dict[str, str]:
-    """One hash per cached part: what that part's result depends on."""
-    base = {"format": CACHE_FORMAT, "corpus": dataset.corpus_sha256, "ingest": ingest_key(settings)}
-    retrieval = {
-        **base,
-        "candidates": settings.candidates,
-        "rrf_k": settings.rrf_k,
-        "reranker": settings.reranker_model,
-        "depth": [CHUNK_DEPTH, DOC_DEPTH],
-    }
-    from assistant.prompts import load_template
-
-    answer = {
-        **base,
-        "settings": settings.model_dump(mode="json", exclude=_NOT_ANSWER_SETTINGS),
-        # an edited template under the same name changes every answer
-        "template": load_template(settings.prompt_template).sha256,
-    }
-    attribution = {
-        "answer": _hash(answer),
-        "methods": sorted(methods),
-        "ablations": settings.attribution_ablations,
-        "max_sentences": settings.attribution_max_sentences,
-    }
-    out = {
-        "retrieval": _hash(retrieval),
-        "answer": _hash(answer),
-        "attribution": _hash(attribution),
-    }
-    if recipe:
-        baseline = {"format": CACHE_FORMAT, "corpus": dataset.corpus_sha256, "recipe": recipe}
-        out["baseline_retrieval"] = _hash({**baseline, "depth": [CHUNK_DEPTH, DOC_DEPTH]})
-        out["baseline_answer"] = _hash(
-            {
-                **baseline,
-                "llm": [settings.llm, settings.llm_model, settings.llm_base_url, settings.device],
-                "decoding": [settings.max_new_tokens, settings.temperature],
-            }
-        )
-    return out
+    """One hash per cached part that this configuration can compute: what its result depends on."""
+    plan = Plan(settings, dataset, methods=tuple(methods), recipe=recipe)
+    return {name: _hash(key) for name, part in PARTS.items() if (key := part.key(plan)) is not None}
 
 
 class ResultsCache:
@@ -195,21 +170,24 @@ class ResultsCache:
 class _Resources:
     """Models and stores, built only when some question needs them (not on a cached rerun)."""
 
-    settings: Settings
-    dataset: Dataset
+    plan: Plan
     options: EvalOptions
     llm: Any = None
     _library: EvalLibrary | None = None
-    _assistant: Any = None
-    _baseline: Any = None
-    _retriever: Any = None
+    _assistant: Assistant | None = None
+    _baseline: LangChainBaseline | None = None
+    _retriever: Retriever | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.plan.settings
 
     def _build_lock(self) -> Any:
         from filelock import FileLock
 
         # Shards started together: the first builds a store, the others wait and reuse it.
-        root = eval_root(self.settings, self.dataset)
+        root = eval_root(self.settings, self.plan.dataset)
         root.mkdir(parents=True, exist_ok=True)
         return FileLock(str(root / "build.lock"))
 
@@ -218,7 +196,7 @@ class _Resources:
         if self._library is None:
             with self._build_lock():
                 self._library = build_library(
-                    self.dataset, self.settings, progress=self.options.progress
+                    self.plan.dataset, self.settings, progress=self.options.progress
                 )
             if self._library.failed:
                 self.notes.append(
@@ -228,7 +206,7 @@ class _Resources:
         return self._library
 
     @property
-    def assistant(self) -> Any:
+    def assistant(self) -> Assistant:
         if self._assistant is None:
             from assistant.pipeline import Assistant
             from core import backends
@@ -241,20 +219,20 @@ class _Resources:
         return self._assistant
 
     @property
-    def baseline(self) -> Any:
+    def baseline(self) -> LangChainBaseline:
         if self._baseline is None:
             from evaluation.baseline_langchain import LangChainBaseline, recipe_key
 
-            folder = eval_root(self.settings, self.dataset) / f"langchain-{recipe_key()}"
+            folder = eval_root(self.settings, self.plan.dataset) / f"langchain-{recipe_key()}"
             self._baseline = LangChainBaseline(folder)
             with self._build_lock():
-                self._baseline.open(self.dataset.corpus, progress=self.options.progress)
+                self._baseline.open(self.plan.dataset.corpus, progress=self.options.progress)
         return self._baseline
 
     @property
-    def retriever(self) -> Any:
+    def retriever(self) -> Retriever:
         """The assistant's retriever when answers are evaluated too, else one of its own."""
-        if self.options.needs_answers:
+        if self.plan.needs_answers:
             return self.assistant.retriever
         if self._retriever is None:
             from assistant.retrieve import Retriever
@@ -263,34 +241,82 @@ class _Resources:
             self._retriever.warm_up()
         return self._retriever
 
-    def baseline_llm(self) -> Any:
-        return self.assistant.llm
+
+@dataclass
+class _Turn:
+    """One question on its way through the parts."""
+
+    question: Question
+    _answer: Answer | None = None
+
+    def answer(self, res: _Resources) -> Answer:
+        """The pipeline's answer, asked once however many parts read it."""
+        if self._answer is None:
+            self._answer = res.assistant.ask(self.question.question, record=False, attribute=False)
+        return self._answer
 
 
-def _progress(items: Sequence[Question], enabled: bool) -> Iterator[Question]:
-    from tqdm import tqdm
-
-    yield from tqdm(items, desc="eval", unit="q", file=sys.stderr, disable=not enabled)
+# --- the parts: what is computed and cached per question ---------------------------------------
 
 
-def _retrieval_record(res: _Resources, q: Question) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Part:
+    """One cached per-question result."""
+
+    wanted: Callable[[Plan], bool]  # whether a run computes it
+    key: Callable[[Plan], Record | None]  # what it depends on; None: the plan cannot make it
+    compute: Callable[[_Resources, _Turn], Record]
+
+
+def _store_key(plan: Plan) -> Record:
+    return {
+        "format": CACHE_FORMAT,
+        "corpus": plan.dataset.corpus_sha256,
+        "ingest": ingest_key(plan.settings),
+    }
+
+
+def _retrieval_key(plan: Plan) -> Record:
+    s = plan.settings
+    return {
+        **_store_key(plan),
+        "candidates": s.candidates,
+        "rrf_k": s.rrf_k,
+        "weights": [s.dense_weight, s.lexical_weight],
+        "reranker": s.reranker_model,
+        "depth": [CHUNK_DEPTH, DOC_DEPTH],
+    }
+
+
+def _retrieval(res: _Resources, turn: _Turn) -> Record:
     lib = res.library
     retriever = res.retriever
     t0 = time.perf_counter()
-    hits = retriever.retrieve(q.question, k=CHUNK_DEPTH)
+    hits = retriever.retrieve(turn.question.question, k=CHUNK_DEPTH)
     seconds = time.perf_counter() - t0
     docs = m.dedupe_docs((lib.corpus_id(h.chunk.doc_id) for h in hits), DOC_DEPTH)
     return {"doc_ids": docs, "seconds": seconds}
 
 
-def _answer_record(res: _Resources, answer: Any) -> dict[str, Any]:
+def _answer_key(plan: Plan) -> Record:
+    from assistant.prompts import load_template
+
+    return {
+        **_store_key(plan),
+        "settings": answer_settings(plan.settings),
+        # an edited template under the same name changes every answer
+        "template": load_template(plan.settings.prompt_template).sha256,
+    }
+
+
+def _answer(res: _Resources, turn: _Turn) -> Record:
+    answer = turn.answer(res)
     lib = res.library
     shown = [] if answer.abstained else answer.sentences
     return {
         "answer": answer.answer,
         "abstained": bool(answer.abstained),
-        # a weak-retrieval abstention may carry the default mode; the flag decides
-        "mode": "abstained" if answer.abstained else answer.mode,
+        "mode": str(answer.mode),
         "abstain_reason": answer.abstain_reason,
         "cited": [lib.corpus_id(c.doc_id) for c in answer.citations],
         "sentences": len(shown),
@@ -300,9 +326,20 @@ def _answer_record(res: _Resources, answer: Any) -> dict[str, Any]:
     }
 
 
-def _attribution_record(res: _Resources, answer: Any, methods: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for method in methods:
+def _attribution_key(plan: Plan) -> Record:
+    return {
+        "answer": _hash(_answer_key(plan)),
+        "methods": sorted(plan.methods),
+        "ablations": plan.settings.attribution_ablations,
+        "max_sentences": plan.settings.attribution_max_sentences,
+    }
+
+
+def _attribution(res: _Resources, turn: _Turn) -> Record:
+    # the answer part may have come from the cache: the live answer is asked again then
+    answer = turn.answer(res)
+    out: Record = {}
+    for method in res.plan.methods:
         if answer.abstained:
             out[method] = None
             continue
@@ -324,6 +361,71 @@ def _attribution_record(res: _Resources, answer: Any, methods: Sequence[str]) ->
     return out
 
 
+def _baseline_key(plan: Plan) -> Record | None:
+    if not plan.recipe:
+        return None
+    return {"format": CACHE_FORMAT, "corpus": plan.dataset.corpus_sha256, "recipe": plan.recipe}
+
+
+def _baseline_retrieval_key(plan: Plan) -> Record | None:
+    base = _baseline_key(plan)
+    return None if base is None else {**base, "depth": [CHUNK_DEPTH, DOC_DEPTH]}
+
+
+def _baseline_retrieval(res: _Resources, turn: _Turn) -> Record:
+    t0 = time.perf_counter()
+    found = res.baseline.search(turn.question.question, CHUNK_DEPTH)
+    return {
+        "doc_ids": m.dedupe_docs((d for d, _ in found), DOC_DEPTH),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _baseline_answer_key(plan: Plan) -> Record | None:
+    base = _baseline_key(plan)
+    if base is None:
+        return None
+    s = plan.settings
+    return {
+        **base,
+        "llm": [s.llm, s.llm_model, s.llm_base_url, s.device],
+        "decoding": [s.max_new_tokens, s.temperature],
+    }
+
+
+def _baseline_answer(res: _Resources, turn: _Turn) -> Record:
+    return res.baseline.answer(
+        res.assistant.llm,
+        turn.question.question,
+        max_new_tokens=res.settings.max_new_tokens,
+        temperature=res.settings.temperature,
+    )
+
+
+# In the order they run: attribution reuses the answer the answer part just asked for.
+PARTS: dict[str, Part] = {
+    "retrieval": Part(lambda p: "retrieval" in p.metrics, _retrieval_key, _retrieval),
+    "answer": Part(lambda p: p.needs_answers, _answer_key, _answer),
+    "attribution": Part(lambda p: bool(p.methods), _attribution_key, _attribution),
+    "baseline_retrieval": Part(
+        lambda p: bool(p.recipe) and "retrieval" in p.metrics,
+        _baseline_retrieval_key,
+        _baseline_retrieval,
+    ),
+    "baseline_answer": Part(
+        lambda p: bool(p.recipe) and "answer" in p.metrics,
+        _baseline_answer_key,
+        _baseline_answer,
+    ),
+}
+
+
+def _progress(items: Sequence[Question], enabled: bool) -> Iterator[Question]:
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc="eval", unit="q", file=sys.stderr, disable=not enabled)
+
+
 def resolve_methods(settings: Settings, options: EvalOptions) -> tuple[str, ...]:
     if options.attribution_methods:
         return tuple(options.attribution_methods)
@@ -332,7 +434,7 @@ def resolve_methods(settings: Settings, options: EvalOptions) -> tuple[str, ...]
 
 def run_evaluation(
     options: EvalOptions, settings: Settings, *, llm: Any = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[Record]]:
     """Evaluate and return (summary, per-question records). ``llm`` may be injected (tests)."""
     started = time.perf_counter()
     dataset = load_dataset(options.folder)
@@ -355,10 +457,11 @@ def run_evaluation(
         from evaluation.baseline_langchain import recipe_key
 
         recipe = recipe_key()
+    plan = Plan(settings, dataset, tuple(options.metrics), methods, recipe)
     hashes = config_hashes(settings, dataset, methods, recipe)
     cache_path = eval_root(settings, dataset) / "results.jsonl"
     cache = ResultsCache(cache_path)
-    res = _Resources(settings, dataset, options, llm=llm)
+    res = _Resources(plan, options, llm=llm)
     res.notes.extend(data_notes(dataset, questions))
     if options.unanswerable:
         res.notes.append(
@@ -374,63 +477,28 @@ def run_evaluation(
             "same command without --shard to report the whole sample from the cache."
         )
 
-    parts: list[str] = []
-    if "retrieval" in options.metrics:
-        parts.append("retrieval")
-    if options.needs_answers:
-        parts.append("answer")
-    if methods:
-        parts.append("attribution")
-    if recipe and "retrieval" in options.metrics:
-        parts.append("baseline_retrieval")
-    if recipe and "answer" in options.metrics:
-        parts.append("baseline_answer")
-
+    parts = [name for name, part in PARTS.items() if part.wanted(plan)]
     reused: Counter[str] = Counter()
     computed: Counter[str] = Counter()
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     for q in _progress(questions, options.progress):
-        rec: dict[str, Any] = {
+        rec: Record = {
             "qid": q.qid,
             "question": q.question,
             "gold": list(q.gold),
             "gold_answer": q.answer,
             "long_answer": q.long_answer,
         }
-        cached = {p: (None if options.fresh else cache.get(p, hashes[p], q)) for p in parts}
-        answer_obj = None
-        for part in parts:
-            data = cached[part]
-            if data is not None:
-                reused[part] += 1
-                rec[part] = data
-                continue
-            if part == "retrieval":
-                data = _retrieval_record(res, q)
-            elif part == "answer":
-                answer_obj = res.assistant.ask(q.question, record=False, attribute=False)
-                data = _answer_record(res, answer_obj)
-            elif part == "attribution":
-                if answer_obj is None:  # the answer came from the cache: regenerate it
-                    answer_obj = res.assistant.ask(q.question, record=False, attribute=False)
-                data = _attribution_record(res, answer_obj, methods)
-            elif part == "baseline_retrieval":
-                t0 = time.perf_counter()
-                found = res.baseline.search(q.question, CHUNK_DEPTH)
-                data = {
-                    "doc_ids": m.dedupe_docs((d for d, _ in found), DOC_DEPTH),
-                    "seconds": time.perf_counter() - t0,
-                }
-            elif part == "baseline_answer":
-                data = res.baseline.answer(
-                    res.baseline_llm(),
-                    q.question,
-                    max_new_tokens=settings.max_new_tokens,
-                    temperature=settings.temperature,
-                )
-            cache.put(part, hashes[part], q, data)
-            computed[part] += 1
-            rec[part] = data
+        turn = _Turn(q)
+        for name in parts:
+            data = None if options.fresh else cache.get(name, hashes[name], q)
+            if data is None:
+                data = PARTS[name].compute(res, turn)
+                cache.put(name, hashes[name], q, data)
+                computed[name] += 1
+            else:
+                reused[name] += 1
+            rec[name] = data
         records.append(rec)
 
     summary: dict[str, Any] = {
@@ -486,8 +554,8 @@ def run_evaluation(
 def data_notes(dataset: Dataset, questions: Sequence[Question]) -> list[str]:
     """Problems in the data that bias the figures, said once in the summary."""
     notes = []
-    ids = Counter(str(row["doc_id"]) for row in dataset.corpus)
-    missing = sorted({g for q in questions for g in q.gold} - set(ids))
+    ids = {str(row["doc_id"]) for row in dataset.corpus}
+    missing = sorted({g for q in questions for g in q.gold} - ids)
     if missing:
         notes.append(
             f"{len(missing)} gold doc ids are not in corpus.jsonl (e.g. {missing[0]}); "
@@ -499,90 +567,187 @@ def data_notes(dataset: Dataset, questions: Sequence[Question]) -> list[str]:
             f"{len(renamed)} questions repeat an earlier qid in questions.jsonl; they are "
             f"kept and numbered in file order (e.g. {renamed[0]})."
         )
-    repeated = [d for d, n in ids.items() if n > 1]
-    if repeated:
+    shared = shared_doc_ids(dataset.corpus)
+    if shared:
         notes.append(
-            f"{len(repeated)} doc ids are shared by several corpus rows "
-            f"({sum(ids[d] for d in repeated)} rows, e.g. {repeated[0]}); any of them counts "
+            f"{len(shared)} doc ids are shared by several corpus rows "
+            f"({sum(shared.values())} rows, e.g. {next(iter(shared))}); any of them counts "
             "as gold."
         )
     return notes
+
+
+# --- the summary: each system's figures from the per-question records --------------------------
+
+
+@dataclass(frozen=True)
+class _System:
+    """Whose figures: clinrag's parts, or the baseline's (named ``baseline_<part>``)."""
+
+    name: str  # its key in a record's "decisions"
+    prefix: str
+    figures: tuple[str, ...]  # its entries of FIGURES, in output order
+    answer_metrics: frozenset[str]  # metrics that have its answers read
+
+    @property
+    def retrieval(self) -> str:
+        return f"{self.prefix}retrieval"
+
+    @property
+    def answer(self) -> str:
+        return f"{self.prefix}answer"
+
+    def answered(self, records: Sequence[Record]) -> list[Record]:
+        return [r for r in records if r.get(self.answer)]
+
+
+# A figure reads one system's records for the chosen metrics: its value goes into the summary
+# under its name unless None; latencies (seconds per stage) go into the shared latency table.
+Latency = dict[str, list[float]]
+Figure = Callable[[Sequence[Record], set[str], _System, Latency], Any]
+
+
+def _retrieval_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = [r for r in records if r.get(system.retrieval)]
+    if "retrieval" not in chosen or not rows:
+        return None
+    latency[f"retrieval@{CHUNK_DEPTH}"] = [r[system.retrieval]["seconds"] for r in rows]
+    return m.retrieval_metrics(
+        [r[system.retrieval]["doc_ids"] for r in rows], [r["gold"] for r in rows]
+    )
+
+
+def _modes_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = system.answered(records)
+    if not rows or not chosen & system.answer_metrics:
+        return None
+    return dict(Counter(r[system.answer]["mode"] for r in rows))
+
+
+def _timings_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = system.answered(records)
+    if rows and chosen & system.answer_metrics:
+        for r in rows:
+            for stage, v in r[system.answer]["timings"].items():
+                latency.setdefault(stage, []).append(float(v))
+    return None  # the stage timings show in the latency table only
 
 
 def _is_decision(label: str | None) -> bool:
     return label is not None and label.strip().lower() in m.DECISIONS
 
 
-def system_metrics(
-    records: Sequence[dict[str, Any]], chosen: Sequence[str], prefix: str
-) -> dict[str, Any]:
-    """The metrics of one system (``prefix`` "" for clinrag, "baseline_" for the recipe)."""
-    out: dict[str, Any] = {}
-    ret_key, ans_key = f"{prefix}retrieval", f"{prefix}answer"
-    latency: dict[str, list[float]] = {}
-    with_ret = [r for r in records if r.get(ret_key)]
-    if "retrieval" in chosen and with_ret:
-        out["retrieval"] = m.retrieval_metrics(
-            [r[ret_key]["doc_ids"] for r in with_ret], [r["gold"] for r in with_ret]
-        )
-        latency[f"retrieval@{CHUNK_DEPTH}"] = [r[ret_key]["seconds"] for r in with_ret]
-    with_ans = [r for r in records if r.get(ans_key)]
-    if with_ans and (
-        "answer" in chosen or (not prefix and {"citations", "attribution"} & set(chosen))
-    ):
-        if not prefix:
-            out["modes"] = dict(Counter(r[ans_key]["mode"] for r in with_ans))
-        for r in with_ans:
-            for stage, v in r[ans_key]["timings"].items():
-                latency.setdefault(stage, []).append(float(v))
-    if "answer" in chosen and with_ans:
-        answer: dict[str, Any] = {}
-        decided = [r for r in with_ans if _is_decision(r["gold_answer"])]
-        if decided:
-            preds = [
-                m.ABSTAINED if r[ans_key]["abstained"] else m.parse_decision(r[ans_key]["answer"])
-                for r in decided
-            ]
-            for r, p in zip(decided, preds, strict=True):
-                r.setdefault("decisions", {})[prefix.rstrip("_") or "clinrag"] = p
-            answer["decision"] = m.decision_metrics(
-                [r["gold_answer"].strip().lower() for r in decided], preds
-            )
-        pairs = [
-            (r[ans_key]["answer"], r["long_answer"])
-            for r in with_ans
-            if r.get("long_answer") and not r[ans_key]["abstained"]
+def _answer_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = system.answered(records)
+    if "answer" not in chosen or not rows:
+        return None
+    out: Record = {}
+    decided = [r for r in rows if _is_decision(r["gold_answer"])]
+    if decided:
+        preds = [
+            m.ABSTAINED
+            if r[system.answer]["abstained"]
+            else m.parse_decision(r[system.answer]["answer"])
+            for r in decided
         ]
-        if pairs:
-            answer["text"] = m.text_metrics([p for p, _ in pairs], [ref for _, ref in pairs])
-        out["answer"] = answer
-    if not prefix and "citations" in chosen and with_ans:
-        out["citations"] = m.citation_metrics(
-            [
-                {
-                    "gold": r["gold"],
-                    "abstained": r[ans_key]["abstained"],
-                    "cited": r[ans_key]["cited"],
-                    "sentences": r[ans_key]["sentences"],
-                    "unsupported": r[ans_key]["unsupported"],
-                }
-                for r in with_ans
-            ]
+        for r, p in zip(decided, preds, strict=True):
+            r.setdefault("decisions", {})[system.name] = p
+        out["decision"] = m.decision_metrics(
+            [r["gold_answer"].strip().lower() for r in decided], preds
         )
-    elif prefix and "answer" in chosen and with_ans:
-        answerable = [r for r in with_ans if r["gold"]]
-        unanswerable = [r for r in with_ans if not r["gold"]]
-        out["abstention"] = {
-            "abstention_rate": _rate([r[ans_key]["abstained"] for r in unanswerable]),
-            "false_abstention_rate": _rate([r[ans_key]["abstained"] for r in answerable]),
-        }
-    if not prefix and "attribution" in chosen:
-        rows = [r["attribution"] for r in records if r.get("attribution") is not None]
-        out["attribution"] = m.attribution_metrics(rows)
-        for row in rows:
-            for method, v in row.items():
-                if v:
-                    latency.setdefault(f"attribution:{method}", []).append(v["seconds"])
+    pairs = [
+        (r[system.answer]["answer"], r["long_answer"])
+        for r in rows
+        if r.get("long_answer") and not r[system.answer]["abstained"]
+    ]
+    if pairs:
+        out["text"] = m.text_metrics([p for p, _ in pairs], [ref for _, ref in pairs])
+    return out
+
+
+def _citations_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = system.answered(records)
+    if "citations" not in chosen or not rows:
+        return None
+    keys = ("abstained", "cited", "sentences", "unsupported")
+    return m.citation_metrics(
+        [{"gold": r["gold"], **{k: r[system.answer][k] for k in keys}} for r in rows]
+    )
+
+
+def _abstention_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    rows = system.answered(records)
+    if "answer" not in chosen or not rows:
+        return None
+    answerable = [r for r in rows if r["gold"]]
+    unanswerable = [r for r in rows if not r["gold"]]
+    return {
+        "abstention_rate": _rate([r[system.answer]["abstained"] for r in unanswerable]),
+        "false_abstention_rate": _rate([r[system.answer]["abstained"] for r in answerable]),
+    }
+
+
+def _attribution_figure(
+    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
+) -> Any:
+    if "attribution" not in chosen:
+        return None
+    rows = [r["attribution"] for r in records if r.get("attribution") is not None]
+    for row in rows:
+        for method, v in row.items():
+            if v:
+                latency.setdefault(f"attribution:{method}", []).append(v["seconds"])
+    return m.attribution_metrics(rows)
+
+
+FIGURES: dict[str, Figure] = {
+    "retrieval": _retrieval_figure,
+    "modes": _modes_figure,
+    "timings": _timings_figure,
+    "answer": _answer_figure,
+    "citations": _citations_figure,
+    "abstention": _abstention_figure,
+    "attribution": _attribution_figure,
+}
+_SYSTEMS = {
+    "": _System(
+        "clinrag",
+        "",
+        ("retrieval", "modes", "timings", "answer", "citations", "attribution"),
+        ANSWER_METRICS,
+    ),
+    # the recipe cites nothing and has no modes; whether it said it did not know is its
+    # abstention
+    "baseline_": _System(
+        "baseline",
+        "baseline_",
+        ("retrieval", "timings", "answer", "abstention"),
+        frozenset({"answer"}),
+    ),
+}
+
+
+def system_metrics(records: Sequence[Record], chosen: Sequence[str], prefix: str) -> dict[str, Any]:
+    """The metrics of one system (``prefix`` "" for clinrag, "baseline_" for the recipe)."""
+    system = _SYSTEMS[prefix]
+    out: dict[str, Any] = {}
+    latency: Latency = {}
+    for name in system.figures:
+        value = FIGURES[name](records, set(chosen), system, latency)
+        if value is not None:
+            out[name] = value
     out["latency"] = {
         stage: {"n": len(xs), "p50": m.percentile(xs, 50), "p95": m.percentile(xs, 95)}
         for stage, xs in latency.items()
