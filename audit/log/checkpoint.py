@@ -24,7 +24,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from audit.log.chain import canonical_json
 from audit.log.errors import AuditKeyError
@@ -69,7 +68,7 @@ class Checkpoint:
     seq: int
     hash: str
     ts: str
-    fields: dict[str, Any]
+    fields: dict[str, object]
 
 
 def checkpoint_from(fields: object, *, allow_zero: bool = False) -> Checkpoint:
@@ -133,7 +132,7 @@ def _create_key(key_path: Path) -> bytes:
 # --------------------------------------------------------------------------- writing
 
 
-def write_head(checkpoint_path: Path, key: bytes, head: dict[str, Any]) -> None:
+def write_head(checkpoint_path: Path, key: bytes, head: dict[str, object]) -> None:
     """Sign ``head`` (adding its ``mac``) and replace the head checkpoint atomically."""
     head["mac"] = checkpoint_mac(key, "head", head)
     atomic_write(checkpoint_path, (canonical_json(head) + "\n").encode("utf-8"))

@@ -320,7 +320,7 @@ class AuditLog:
         such as ``2026-11-28`` works) or datetimes (naive ones are taken as UTC).
         """
         clauses: list[str] = []
-        params: list[Any] = []
+        params: list[str | int] = []
         if since is not None:
             clauses.append("ts >= ?")
             params.append(_bound(since))
@@ -355,7 +355,7 @@ class AuditLog:
             last = rows[-1].seq
 
     # ``builtins.list``: inside this class, after ``def list``, plain ``list`` names that method.
-    def _query(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Record]:
+    def _query(self, sql: str, params: tuple[str | int, ...]) -> builtins.list[Record]:
         with self._lock:
             try:
                 rows = self._connection().execute(sql, params).fetchall()
@@ -454,7 +454,7 @@ class AuditLog:
 _FORKED_CONNECTIONS: list[sqlite3.Connection] = []
 
 
-def _check_name(what: str, value: Any) -> None:
+def _check_name(what: str, value: object) -> None:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
         raise AuditPayloadError(
             f"The audit {what} must be a non-empty string of at most {MAX_NAME_CHARS} "
