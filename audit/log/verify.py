@@ -88,6 +88,8 @@ class _Failure(Exception):
 
 
 class _Verifier:
+    """One verification run; holds the paths so each step can name the file that failed."""
+
     def __init__(
         self,
         db_path: Path,
