@@ -361,15 +361,15 @@ def _attribution(res: _Resources, turn: _Turn) -> Record:
     return out
 
 
-def _baseline_key(plan: Plan) -> Record | None:
+def _baseline_key(plan: Plan, **depends_on: Any) -> Record | None:
     if not plan.recipe:
         return None
-    return {"format": CACHE_FORMAT, "corpus": plan.dataset.corpus_sha256, "recipe": plan.recipe}
+    base = {"format": CACHE_FORMAT, "corpus": plan.dataset.corpus_sha256, "recipe": plan.recipe}
+    return {**base, **depends_on}
 
 
 def _baseline_retrieval_key(plan: Plan) -> Record | None:
-    base = _baseline_key(plan)
-    return None if base is None else {**base, "depth": [CHUNK_DEPTH, DOC_DEPTH]}
+    return _baseline_key(plan, depth=[CHUNK_DEPTH, DOC_DEPTH])
 
 
 def _baseline_retrieval(res: _Resources, turn: _Turn) -> Record:
@@ -382,15 +382,12 @@ def _baseline_retrieval(res: _Resources, turn: _Turn) -> Record:
 
 
 def _baseline_answer_key(plan: Plan) -> Record | None:
-    base = _baseline_key(plan)
-    if base is None:
-        return None
     s = plan.settings
-    return {
-        **base,
-        "llm": [s.llm, s.llm_model, s.llm_base_url, s.device],
-        "decoding": [s.max_new_tokens, s.temperature],
-    }
+    return _baseline_key(
+        plan,
+        llm=[s.llm, s.llm_model, s.llm_base_url, s.device],
+        decoding=[s.max_new_tokens, s.temperature],
+    )
 
 
 def _baseline_answer(res: _Resources, turn: _Turn) -> Record:
@@ -589,126 +586,108 @@ class _System:
     figures: tuple[str, ...]  # its entries of FIGURES, in output order
     answer_metrics: frozenset[str]  # metrics that have its answers read
 
-    @property
-    def retrieval(self) -> str:
-        return f"{self.prefix}retrieval"
+
+@dataclass
+class _Scope:
+    """What a figure reads: one system's part of the records, and the metrics asked for."""
+
+    records: Sequence[Record]
+    chosen: set[str]
+    system: _System
+    latency: dict[str, list[float]] = field(default_factory=dict)  # seconds per stage
+
+    def part(self, name: str) -> list[tuple[Record, Record]]:
+        """(record, the system's ``name`` part) for the records that hold it."""
+        key = f"{self.system.prefix}{name}"
+        return [(r, r[key]) for r in self.records if r.get(key)]
 
     @property
-    def answer(self) -> str:
-        return f"{self.prefix}answer"
-
-    def answered(self, records: Sequence[Record]) -> list[Record]:
-        return [r for r in records if r.get(self.answer)]
+    def answers_read(self) -> bool:
+        return bool(self.chosen & self.system.answer_metrics)
 
 
-# A figure reads one system's records for the chosen metrics: its value goes into the summary
-# under its name unless None; latencies (seconds per stage) go into the shared latency table.
-Latency = dict[str, list[float]]
-Figure = Callable[[Sequence[Record], set[str], _System, Latency], Any]
+# A figure's value goes into the system's summary under its name, unless it is None.
+Figure = Callable[[_Scope], Any]
 
 
-def _retrieval_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = [r for r in records if r.get(system.retrieval)]
-    if "retrieval" not in chosen or not rows:
+def _retrieval_figure(s: _Scope) -> Any:
+    rows = s.part("retrieval")
+    if "retrieval" not in s.chosen or not rows:
         return None
-    latency[f"retrieval@{CHUNK_DEPTH}"] = [r[system.retrieval]["seconds"] for r in rows]
-    return m.retrieval_metrics(
-        [r[system.retrieval]["doc_ids"] for r in rows], [r["gold"] for r in rows]
-    )
+    s.latency[f"retrieval@{CHUNK_DEPTH}"] = [ret["seconds"] for _, ret in rows]
+    return m.retrieval_metrics([ret["doc_ids"] for _, ret in rows], [r["gold"] for r, _ in rows])
 
 
-def _modes_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = system.answered(records)
-    if not rows or not chosen & system.answer_metrics:
+def _modes_figure(s: _Scope) -> Any:
+    rows = s.part("answer")
+    if not rows or not s.answers_read:
         return None
-    return dict(Counter(r[system.answer]["mode"] for r in rows))
+    return dict(Counter(a["mode"] for _, a in rows))
 
 
-def _timings_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = system.answered(records)
-    if rows and chosen & system.answer_metrics:
-        for r in rows:
-            for stage, v in r[system.answer]["timings"].items():
-                latency.setdefault(stage, []).append(float(v))
-    return None  # the stage timings show in the latency table only
+def _timings_figure(s: _Scope) -> Any:
+    if s.answers_read:
+        for _, a in s.part("answer"):
+            for stage, v in a["timings"].items():
+                s.latency.setdefault(stage, []).append(float(v))
+    return None  # stage timings go into the latency table only
 
 
 def _is_decision(label: str | None) -> bool:
     return label is not None and label.strip().lower() in m.DECISIONS
 
 
-def _answer_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = system.answered(records)
-    if "answer" not in chosen or not rows:
+def _answer_figure(s: _Scope) -> Any:
+    rows = s.part("answer")
+    if "answer" not in s.chosen or not rows:
         return None
     out: Record = {}
-    decided = [r for r in rows if _is_decision(r["gold_answer"])]
+    decided = [(r, a) for r, a in rows if _is_decision(r["gold_answer"])]
     if decided:
         preds = [
-            m.ABSTAINED
-            if r[system.answer]["abstained"]
-            else m.parse_decision(r[system.answer]["answer"])
-            for r in decided
+            m.ABSTAINED if a["abstained"] else m.parse_decision(a["answer"]) for _, a in decided
         ]
-        for r, p in zip(decided, preds, strict=True):
-            r.setdefault("decisions", {})[system.name] = p
+        for (r, _), p in zip(decided, preds, strict=True):
+            r.setdefault("decisions", {})[s.system.name] = p
         out["decision"] = m.decision_metrics(
-            [r["gold_answer"].strip().lower() for r in decided], preds
+            [r["gold_answer"].strip().lower() for r, _ in decided], preds
         )
     pairs = [
-        (r[system.answer]["answer"], r["long_answer"])
-        for r in rows
-        if r.get("long_answer") and not r[system.answer]["abstained"]
+        (a["answer"], r["long_answer"])
+        for r, a in rows
+        if r.get("long_answer") and not a["abstained"]
     ]
     if pairs:
         out["text"] = m.text_metrics([p for p, _ in pairs], [ref for _, ref in pairs])
     return out
 
 
-def _citations_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = system.answered(records)
-    if "citations" not in chosen or not rows:
+def _citations_figure(s: _Scope) -> Any:
+    rows = s.part("answer")
+    if "citations" not in s.chosen or not rows:
         return None
     keys = ("abstained", "cited", "sentences", "unsupported")
-    return m.citation_metrics(
-        [{"gold": r["gold"], **{k: r[system.answer][k] for k in keys}} for r in rows]
-    )
+    return m.citation_metrics([{"gold": r["gold"], **{k: a[k] for k in keys}} for r, a in rows])
 
 
-def _abstention_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    rows = system.answered(records)
-    if "answer" not in chosen or not rows:
+def _abstention_figure(s: _Scope) -> Any:
+    rows = s.part("answer")
+    if "answer" not in s.chosen or not rows:
         return None
-    answerable = [r for r in rows if r["gold"]]
-    unanswerable = [r for r in rows if not r["gold"]]
     return {
-        "abstention_rate": _rate([r[system.answer]["abstained"] for r in unanswerable]),
-        "false_abstention_rate": _rate([r[system.answer]["abstained"] for r in answerable]),
+        "abstention_rate": _rate([a["abstained"] for r, a in rows if not r["gold"]]),
+        "false_abstention_rate": _rate([a["abstained"] for r, a in rows if r["gold"]]),
     }
 
 
-def _attribution_figure(
-    records: Sequence[Record], chosen: set[str], system: _System, latency: Latency
-) -> Any:
-    if "attribution" not in chosen:
+def _attribution_figure(s: _Scope) -> Any:
+    if "attribution" not in s.chosen:
         return None
-    rows = [r["attribution"] for r in records if r.get("attribution") is not None]
+    rows = [r["attribution"] for r in s.records if r.get("attribution") is not None]
     for row in rows:
         for method, v in row.items():
             if v:
-                latency.setdefault(f"attribution:{method}", []).append(v["seconds"])
+                s.latency.setdefault(f"attribution:{method}", []).append(v["seconds"])
     return m.attribution_metrics(rows)
 
 
@@ -728,8 +707,7 @@ _SYSTEMS = {
         ("retrieval", "modes", "timings", "answer", "citations", "attribution"),
         ANSWER_METRICS,
     ),
-    # the recipe cites nothing and has no modes; whether it said it did not know is its
-    # abstention
+    # The recipe has no modes and cites nothing; saying it does not know is its abstention.
     "baseline_": _System(
         "baseline",
         "baseline_",
@@ -741,16 +719,15 @@ _SYSTEMS = {
 
 def system_metrics(records: Sequence[Record], chosen: Sequence[str], prefix: str) -> dict[str, Any]:
     """The metrics of one system (``prefix`` "" for clinrag, "baseline_" for the recipe)."""
-    system = _SYSTEMS[prefix]
+    scope = _Scope(records, set(chosen), _SYSTEMS[prefix])
     out: dict[str, Any] = {}
-    latency: Latency = {}
-    for name in system.figures:
-        value = FIGURES[name](records, set(chosen), system, latency)
+    for name in scope.system.figures:
+        value = FIGURES[name](scope)
         if value is not None:
             out[name] = value
     out["latency"] = {
         stage: {"n": len(xs), "p50": m.percentile(xs, 50), "p95": m.percentile(xs, 95)}
-        for stage, xs in latency.items()
+        for stage, xs in scope.latency.items()
     }
     return out
 
