@@ -8,60 +8,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from assistant import coverage
-from assistant.cite import align, question_evidence, quote_answer, source_sentences
+from assistant import coverage, policy
+from assistant.cite import align, question_evidence, source_sentences
 from assistant.generate import generate
 from assistant.retrieve import Filters, Retriever
+from audit.record import Recorder
 from core import backends
 from core.config import Settings
-from core.errors import AuditError, InputLimitError
-from core.types import Answer, EmbedderInfo, Hit
+from core.errors import InputLimitError
+from core.types import Actor, Answer, Hit
 
-ABSTAIN_TEXT = "The library does not contain guidance on this question."
-UNVERIFIED_TEXT = (
-    "The assistant could not write an answer that the library supports. "
-    "The closest guideline passages are listed below; read them directly."
-)
-_MODEL_DECLINES = (
-    "sources do not answer",
-    "do not contain",
-    "does not contain",
-    "not enough information",
-    "cannot answer",
-    "can't answer",
-    "no information",
-)
+if TYPE_CHECKING:
+    from audit.log import AuditLog
+    from core.backends.base import LLM
 
 
 class Assistant:
+    """Answers questions: retrieval, the answer policy, generation, citation checks, record."""
+
     def __init__(
         self,
         settings: Settings,
         retriever: Retriever | None = None,
-        llm: Any = None,
-        audit_log: Any = None,
+        llm: LLM | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.retriever = retriever or Retriever(settings)
-        self.llm = llm or backends.create("llm", settings.llm, settings)
-        self._audit = audit_log
+        self.llm: LLM = llm or backends.create("llm", settings.llm, settings)
+        self.recorder = Recorder(audit_log) if audit_log is not None else Recorder.open(settings)
 
     @property
-    def audit(self) -> Any:
-        if self._audit is None:
-            from audit.log import AuditLog
-
-            self._audit = AuditLog(
-                self.settings.audit_db,
-                self.settings.audit_checkpoint,
-                self.settings.audit_key,
-                checkpoint_every=self.settings.audit_checkpoint_every,
-            )
-        return self._audit
+    def audit(self) -> AuditLog:
+        return self.recorder.log
 
     def warm_up(self) -> None:
         self.retriever.warm_up()
@@ -121,35 +104,20 @@ class Assistant:
         timings: dict[str, float],
         on_token: Callable[[str], None] | None,
     ) -> Answer:
-        sources = source_sentences(hits)
-        relevance = max((h.dense_score or 0.0) for h in hits) if hits else 0.0
-        nearest = _nearest_documents(hits)
-        reason = None
-        if relevance < self.settings.abstain_min_relevance:
-            reason = f"weak_retrieval (best relevance {relevance:.2f})"
-        else:
-            cov = coverage.check(
-                question, hits, self.retriever.lexical.stem, self.settings.abstain_rare_term_zipf
-            )
-            if not cov.covered:
-                reason = f"not_in_library (no retrieved passage mentions {', '.join(cov.missing)})"
+        ctx = policy.Context(
+            question=question,
+            hits=hits,
+            sources=source_sentences(hits),
+            timings=timings,
+            nearest=_nearest_documents(hits),
+        )
+        reason = policy.before_generation(
+            question, hits, self.settings, self.retriever.lexical.stem
+        )
         if reason is not None:
             if on_token:
-                on_token(ABSTAIN_TEXT)
-            return Answer(
-                question,
-                ABSTAIN_TEXT,
-                True,
-                [],
-                [],
-                [],
-                hits,
-                sources,
-                None,
-                timings,
-                abstain_reason=reason,
-                nearest_documents=nearest,
-            )
+                on_token(policy.ABSTAIN_TEXT)
+            return policy.abstained(ctx, reason)
         t = time.perf_counter()
         generation = generate(self.llm, self.settings, question, hits, on_token)
         timings["generation"] = time.perf_counter() - t
@@ -159,71 +127,27 @@ class Assistant:
             hits,
             self.embed,
             threshold=self.settings.support_threshold,
-            sources=sources,
+            sources=ctx.sources,
             question=question,
         )
         timings["citation"] = time.perf_counter() - t
-        n = len(alignment.sentences)
-        unsupported = sum(not s.supported for s in alignment.sentences) / n if n else 1.0
-        declined = any(p in generation.text.lower() for p in _MODEL_DECLINES)
-        if declined or unsupported > self.settings.abstain_max_unsupported:
-            reason = (
-                "model_declined" if declined else f"unsupported ({unsupported:.0%} of sentences)"
-            )
-            evidence = question_evidence(question, hits, self.embed, sources)
-            # Scores are the sentences' own match to the question; ranking also weighs the title.
-            strong = bool(evidence) and (
-                max(e.score for e in evidence) >= self.settings.quote_min_evidence
-            )
-            if strong and self.settings.unsupported_fallback == "quote":
-                # The library holds the answer but the model did not say it verifiably: give
-                # the clinician the guideline's own sentences rather than nothing.
-                quoted = quote_answer(evidence, hits)
-                text = " ".join(f"{s.text} [{s.citations[0]}]" for s in quoted.sentences)
-                return Answer(
-                    question,
-                    text,
-                    False,
-                    quoted.sentences,
-                    quoted.citations,
-                    quoted.evidence,
-                    hits,
-                    sources,
-                    generation,
-                    timings,
-                    mode="quoted",
-                    abstain_reason=None,
-                    nearest_documents=nearest,
-                    unverified=[s for s in alignment.sentences if not s.supported],
-                )
-            text = ABSTAIN_TEXT if declined or not strong else UNVERIFIED_TEXT
-            return Answer(
-                question,
-                text,
-                True,
-                alignment.sentences,
-                [],
-                evidence,
-                hits,
-                sources,
+        reason = policy.after_generation(generation.text, alignment.sentences, self.settings)
+        if reason is None:
+            return policy.generated(
+                ctx,
                 generation,
-                timings,
-                abstain_reason=reason,
-                nearest_documents=nearest,
-                mode="abstained",
+                sentences=alignment.sentences,
+                citations=alignment.citations,
+                evidence=alignment.evidence,
             )
-        return Answer(
-            question,
-            generation.text,
-            False,
-            alignment.sentences,
-            alignment.citations,
-            alignment.evidence,
-            hits,
-            sources,
+        evidence = question_evidence(question, hits, self.embed, ctx.sources)
+        return policy.fallback(
+            ctx,
             generation,
-            timings,
-            nearest_documents=nearest,
+            reason,
+            drafted=alignment.sentences,
+            evidence=evidence,
+            settings=self.settings,
         )
 
     def attribute(self, answer: Answer, method: str | None = None) -> Answer:
@@ -234,54 +158,34 @@ class Assistant:
 
     # audit
     def _check_audit_writable(self) -> None:
-        try:
-            self.audit.check_writable()
-        except Exception as exc:
-            raise AuditError(
-                f"{exc} No answer is given without an audit record; ask your administrator."
-            ) from exc
-
-    def record_attribution(self, answer: Answer, *, user: str, role: str) -> int:
-        """Append attribution computed after the answer was shown, tied to its record."""
-        try:
-            return int(
-                self.audit.append(
-                    "attribution",
-                    user,
-                    role,
-                    {
-                        "answer_seq": answer.audit_id,
-                        "attribution": answer.attribution,
-                        "faithfulness": (answer.attribution or {}).get("faithfulness"),
-                    },
-                ).seq
-            )
-        except Exception as exc:
-            raise AuditError(f"The attribution could not be recorded: {exc}") from exc
+        self.recorder.check_writable()
 
     def _check_rate(self, user: str) -> None:
         # Counted from the audit log itself, so the limit holds across processes and restarts.
         since = datetime.now(UTC) - timedelta(minutes=1)
-        recent = self.audit.list(since=since, user=user, event="answer")
-        if len(recent) >= self.settings.questions_per_minute:
+        recent = self.recorder.recent_answers(user, since)
+        if recent >= self.settings.questions_per_minute:
             raise InputLimitError(
-                f"{user} has asked {len(recent)} questions in the last minute; the limit is "
+                f"{user} has asked {recent} questions in the last minute; the limit is "
                 f"{self.settings.questions_per_minute}. Wait a minute and ask again."
             )
 
-    def record(self, answer: Answer, *, user: str, role: str) -> int:
-        from audit.log.redact import question_fields
-
+    def record(self, answer: Answer, *, user: str, role: str, top_k: int | None = None) -> int:
         index = self.retriever.index
-        payload = answer_payload(answer, self.settings, index.version, index.embedder.info)
-        payload.update(question_fields(answer.question, self.settings.audit_questions))
-        payload["question_mode"] = self.settings.audit_questions
-        try:
-            return int(self.audit.append("answer", user, role, payload).seq)
-        except Exception as exc:
-            raise AuditError(
-                f"The answer was withheld because its audit record could not be written: {exc}"
-            ) from exc
+        return self.recorder.answer(
+            Actor(user, role),
+            answer,
+            settings=self.settings,
+            index_version=index.version,
+            embedder=index.embedder.info,
+            top_k=top_k,
+        )
+
+    def record_attribution(self, answer: Answer, *, user: str, role: str) -> int:
+        """Append attribution computed after the answer was shown, linked to its record."""
+        if answer.audit_id is None:
+            raise ValueError("record the answer before its attribution")
+        return self.recorder.attribution(Actor(user, role), answer.audit_id, answer)
 
 
 def _nearest_documents(hits: list[Hit]) -> list[dict[str, Any]]:
@@ -295,68 +199,3 @@ def _nearest_documents(hits: list[Hit]) -> list[dict[str, Any]]:
                 "relevance": round(h.dense_score or 0.0, 4),
             }
     return list(seen.values())
-
-
-def hit_dict(hit: Hit, n: int) -> dict[str, Any]:
-    c = hit.chunk
-    return {
-        "n": n,
-        "doc_id": c.doc_id,
-        "chunk_id": c.chunk_id,
-        "content_hash": c.content_hash,
-        "doc_sha256": c.doc_sha256,
-        "title": c.title,
-        "section": c.section,
-        "page": c.page,
-        "score": round(hit.score, 6),
-        "dense_score": None if hit.dense_score is None else round(hit.dense_score, 6),
-        "dense_rank": hit.dense_rank,
-        "bm25_score": None if hit.bm25_score is None else round(hit.bm25_score, 6),
-        "bm25_rank": hit.bm25_rank,
-        "rerank_score": None if hit.rerank_score is None else round(hit.rerank_score, 6),
-    }
-
-
-def answer_payload(
-    answer: Answer, settings: Settings, index_version: str, embedder: EmbedderInfo
-) -> dict[str, Any]:
-    """Everything needed to verify and replay an answer (the question is added per policy)."""
-    gen = answer.generation
-    by_chunk = {h.chunk.chunk_id: h for h in answer.hits}
-    return {
-        "answer": answer.answer,
-        "abstained": answer.abstained,
-        "abstain_reason": answer.abstain_reason,
-        "mode": answer.mode,
-        "generated_text": gen.text if gen else None,
-        "sentences": [asdict(s) for s in answer.sentences],
-        "citations": [
-            {k: v for k, v in asdict(c).items() if k not in {"text", "metadata"}}
-            | {"content_hash": by_chunk[c.chunk_id].chunk.content_hash}
-            for c in answer.citations
-        ],
-        "evidence": [asdict(e) for e in answer.evidence],
-        "retrieved": [hit_dict(h, n) for n, h in enumerate(answer.hits, start=1)],
-        "index_version": index_version,
-        "embedder": asdict(embedder),
-        "model": asdict(gen.model) if gen else None,
-        "prompt": {"template": gen.template, "hash": gen.prompt_hash} if gen else None,
-        "decoding": gen.decoding if gen else None,
-        "settings": {
-            "top_k": len(answer.hits),
-            "llm": settings.llm,
-            "llm_model": settings.llm_model,
-            "prompt_template": settings.prompt_template,
-            "max_new_tokens": settings.max_new_tokens,
-            "temperature": settings.temperature,
-            "support_threshold": settings.support_threshold,
-            "abstain_min_relevance": settings.abstain_min_relevance,
-            "abstain_max_unsupported": settings.abstain_max_unsupported,
-            "abstain_rare_term_zipf": settings.abstain_rare_term_zipf,
-            "unsupported_fallback": settings.unsupported_fallback,
-            "quote_min_evidence": settings.quote_min_evidence,
-        },
-        "attribution": answer.attribution,
-        "faithfulness": (answer.attribution or {}).get("faithfulness"),
-        "timings": {k: round(v, 4) for k, v in answer.timings.items()},
-    }

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.config import Settings
+from audit.record import answer_payload
+from core.config import Settings, with_answer_settings
 from core.errors import ClinragError
 
-# Settings an answer record carries that decide the answer; replay reuses them exactly.
-REPLAYED_SETTINGS = (
-    "llm",
-    "llm_model",
-    "prompt_template",
-    "max_new_tokens",
-    "temperature",
-    "support_threshold",
-    "abstain_min_relevance",
-    "abstain_max_unsupported",
-    "abstain_rare_term_zipf",
-    "unsupported_fallback",
-    "quote_min_evidence",
-)
-# Checks added after the first records were written: a record without the setting was
-# answered without the check, so its replay turns the check off.
-ABSENT_MEANS = {"abstain_rare_term_zipf": 0.0}
+if TYPE_CHECKING:
+    from assistant.pipeline import Assistant
 
 
 @dataclass
@@ -45,53 +32,50 @@ class ReplayReport:
         }
 
 
-def recorded_settings(settings: Settings, recorded: dict[str, Any]) -> Settings:
-    """``settings`` with the answer-deciding values an answer record carries put back."""
-    kept = {k: v for k, v in recorded.items() if k in REPLAYED_SETTINGS}
-    return settings.model_copy(update=ABSENT_MEANS | kept)
+def replay_answer(
+    settings: Settings,
+    seq: int,
+    payload: Mapping[str, Any],
+    *,
+    user: str,
+    role: str,
+    assistant: Assistant | None = None,
+) -> ReplayReport:
+    """Ask the recorded question again with the record's answer-deciding settings; compare.
 
+    ``payload`` is the answer record's. The replay itself is not recorded here: the caller
+    (``services.audit.replay``) records it.
+    """
+    from assistant.pipeline import Assistant
 
-def replay(settings: Settings, seq: int, assistant: Any = None) -> ReplayReport:
-    from assistant.pipeline import Assistant, answer_payload
-
-    log = audit_log(settings)
-    record = log.get(seq)
-    if record is None:
-        raise ClinragError(f"No audit record {seq}. List records with: clinrag audit list")
-    if record.event != "answer":
-        raise ClinragError(
-            f"Record {seq} is a '{record.event}' event; only answers can be replayed."
-        )
-    old = record.payload
-    question = old.get("question")
-    if not question or old.get("question_mode", "verbatim") != "verbatim":
+    question = payload.get("question")
+    if not question or payload.get("question_mode", "verbatim") != "verbatim":
         raise ClinragError(
             f"Record {seq} stores the question hashed or redacted (audit_questions setting), "
             "so it cannot be replayed."
         )
-    replay_settings = recorded_settings(settings, old.get("settings") or {})
+    recorded = payload.get("settings") or {}
+    replay_settings = with_answer_settings(settings, recorded)
     assistant = assistant or Assistant(replay_settings)
     answer = assistant.ask(
         question,
-        k=(old.get("settings") or {}).get("top_k"),
+        k=recorded.get("top_k"),
         record=False,
         attribute=False,
-        user=record.user,
-        role=record.role,
+        user=user,
+        role=role,
     )
     index = assistant.retriever.index
     new = answer_payload(answer, replay_settings, index.version, index.embedder.info)
-    diffs = compare(old, new)
-    report = ReplayReport(seq, not diffs, diffs, old.get("answer", ""), answer.answer)
-    log.append("replay", settings.user, settings.role, report.to_dict())
-    return report
+    diffs = compare(payload, new)
+    return ReplayReport(seq, not diffs, diffs, payload.get("answer", ""), answer.answer)
 
 
-def _retrieved(payload: dict[str, Any]) -> list[tuple[str, str]]:
+def _retrieved(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(r["chunk_id"], r.get("content_hash", "")) for r in payload.get("retrieved") or []]
 
 
-def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     diffs: list[str] = []
     if old.get("answer") != new.get("answer"):
         diffs.append("answer text changed")
@@ -119,14 +103,3 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("index_version") != new.get("index_version"):
         diffs.append(f"index version {old.get('index_version')} -> {new.get('index_version')}")
     return diffs
-
-
-def audit_log(settings: Settings) -> Any:
-    from audit.log import AuditLog
-
-    return AuditLog(
-        settings.audit_db,
-        settings.audit_checkpoint,
-        settings.audit_key,
-        checkpoint_every=settings.audit_checkpoint_every,
-    )

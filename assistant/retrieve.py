@@ -12,6 +12,7 @@ from core import backends
 from core.config import Settings
 from core.errors import IndexEmptyError
 from core.library.index import Index, indexed_text
+from core.library.supersedes import superseded_ids
 from core.types import Hit
 
 
@@ -75,12 +76,7 @@ class Retriever:
         version = self.index.manifest.index_version()
         if self._docs_cache is None or self._docs_cache[0] != version:
             docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
-            superseded = {
-                old.strip()
-                for d in docs.values()
-                for old in d["metadata"].get("supersedes", "").split(",")
-                if old.strip()
-            }
+            superseded = superseded_ids(docs.values())
             self._docs_cache = (version, docs, superseded)
         return self._docs_cache[1], self._docs_cache[2]
 

@@ -120,7 +120,7 @@ def serve(
 ) -> dict[str, Any]:
     """Run ``users`` as threads of this process for ``seconds``; return what each ask did."""
     from assistant.pipeline import Assistant
-    from assistant.replay import audit_log
+    from audit.record import open_log as audit_log
     from core import backends
     from core.errors import InputLimitError
 
@@ -218,7 +218,7 @@ def serve(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from assistant.replay import audit_log
+    from audit.record import open_log as audit_log
 
     home = Path(args.home)
     prepare(home, args.fresh)

@@ -139,6 +139,50 @@ class Settings(BaseModel):
         return self.home / "keys" / "audit.key"
 
 
+# The settings that decide an answer, given the library (index version) and the models'
+# weights. One list: every answer record carries their values, replay restores them, and the
+# evaluation cache keys answers by them. Add a setting here when it changes what is answered.
+ANSWER_SETTINGS: tuple[str, ...] = (
+    "top_k",
+    "candidates",
+    "rrf_k",
+    "dense_weight",
+    "lexical_weight",
+    "reranker_model",
+    "llm",
+    "llm_model",
+    "llm_base_url",
+    "max_new_tokens",
+    "temperature",
+    "prompt_template",
+    "support_threshold",
+    "abstain_min_relevance",
+    "abstain_max_unsupported",
+    "abstain_rare_term_zipf",
+    "unsupported_fallback",
+    "quote_min_evidence",
+)
+# Checks added after the first records were written: a record without the setting was
+# answered without the check, so restoring it turns the check off.
+ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {"abstain_rare_term_zipf": 0.0}
+
+
+def answer_settings(settings: Settings, *, top_k: int | None = None) -> dict[str, Any]:
+    """The values of :data:`ANSWER_SETTINGS` (``top_k`` as asked, when the caller chose one)."""
+    values = settings.model_dump(mode="json", include=set(ANSWER_SETTINGS))
+    if top_k is not None:
+        values["top_k"] = top_k
+    return {name: values[name] for name in ANSWER_SETTINGS}
+
+
+def with_answer_settings(settings: Settings, recorded: Mapping[str, Any]) -> Settings:
+    """``settings`` with the answer-deciding values of a record put back (for replay)."""
+    kept = {k: v for k, v in recorded.items() if k in ANSWER_SETTINGS}
+    return Settings.model_validate(
+        settings.model_dump() | ANSWER_SETTINGS_ABSENT_MEANS | kept
+    )
+
+
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
     fields = Settings.model_fields
     values: dict[str, Any] = {}

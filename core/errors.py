@@ -44,3 +44,15 @@ class AuditError(ClinragError):
 
 class InputLimitError(ClinragError):
     """A request exceeds a configured limit (question length, rate, upload size)."""
+
+
+class AccessDeniedError(ClinragError):
+    """The signed-in role may not perform the operation; an administrator can change roles."""
+
+    exit_code = 4
+
+
+class NotFoundError(ClinragError):
+    """The document, record or account named does not exist; the message says how to list them."""
+
+    exit_code = 1

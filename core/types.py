@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -139,6 +140,14 @@ class Evidence:
     score: float
 
 
+class Mode(StrEnum):
+    """How an answer was produced; decided in one place, ``assistant.policy``."""
+
+    GENERATED = "generated"  # the model's sentences, each verified against the sources and cited
+    QUOTED = "quoted"  # the model's wording failed verification: guideline sentences quoted
+    ABSTAINED = "abstained"  # no answer: the library does not support one
+
+
 @dataclass
 class Answer:
     question: str
@@ -152,8 +161,16 @@ class Answer:
     generation: Generation | None
     timings: dict[str, float]
     abstain_reason: str | None = None
-    mode: str = "generated"  # generated | quoted | abstained
+    mode: Mode = Mode.GENERATED
     unverified: list[AnswerSentence] = field(default_factory=list)
     nearest_documents: list[dict[str, Any]] = field(default_factory=list)
     attribution: dict[str, Any] | None = None
     audit_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs an operation: recorded with its audit event, checked against its role."""
+
+    user: str
+    role: str

@@ -1,9 +1,12 @@
 """Local user accounts for the app: SQLite in ``CLINRAG_HOME/users.sqlite``, argon2 hashes.
 
-Roles: ``clinician`` (asks questions), ``auditor`` (reads and exports the audit log) and
-``admin`` (everything, plus the document library). Accounts are disabled, never deleted, so
-the audit log's user names keep meaning something. Sign-ins and failed sign-ins are reported
-to an event sink (the audit log in the app); if it cannot record them, nobody is signed in.
+Roles (``services.access``): ``clinician`` (asks questions), ``auditor`` (reads and exports
+the audit log) and ``admin`` (everything, plus the document library). Accounts are disabled,
+never deleted, so the audit log's user names keep meaning something. Sign-ins and failed
+sign-ins are recorded through a :class:`~audit.record.Recorder`; if it cannot record them,
+nobody is signed in. The account operations an administrator performs (create, disable,
+enable, set a password) check the role and record their event; the command line and the app
+call the same functions.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from audit.record import Recorder
 from core.config import Settings, ensure_home
-from core.errors import ClinragError
+from core.errors import ClinragError, NotFoundError
 from core.migrations import Migration, apply_migrations
-from ui.events import EventSink
+from core.types import Actor
+from services.access import ROLES, Operation, require
 
-ROLES: tuple[str, ...] = ("clinician", "auditor", "admin")
 ADMIN_USERNAME = "admin"
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 MIN_PASSWORD_CHARS = 8
@@ -181,7 +185,7 @@ def add_sso_user(settings: Settings, username: str, role: str) -> User:
 
 
 def sso_sign_in(
-    settings: Settings, claims: dict[str, Any], on_event: EventSink | None = None
+    settings: Settings, claims: dict[str, Any], recorder: Recorder | None = None
 ) -> User | None:
     """Map an identity provider's verified claims to a local account, or None.
 
@@ -193,12 +197,12 @@ def sso_sign_in(
     name = raw.strip().lower()
 
     def failed(reason: str, role: str = "unknown") -> None:
-        if on_event is not None:
-            on_event(
-                "login_failed",
-                _safe_name(raw or "(no claim)"),
-                role,
-                {"reason": reason, "method": "sso", "issuer": issuer},
+        if recorder is not None:
+            recorder.login_failed(
+                Actor(_safe_name(raw or "(no claim)"), role),
+                reason=reason,
+                method="sso",
+                issuer=issuer,
             )
 
     if not name:
@@ -212,8 +216,8 @@ def sso_sign_in(
         if row["disabled"]:
             failed("disabled", row["role"])
             return None
-        if on_event is not None:
-            on_event("login", name, row["role"], {"method": "sso", "issuer": issuer})
+        if recorder is not None:
+            recorder.login(Actor(name, row["role"]), method="sso", issuer=issuer)
         conn.execute("UPDATE users SET last_login = ? WHERE username = ?", (_iso(_now()), name))
         row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
     return _row_user(row)
@@ -265,13 +269,13 @@ def authenticate(
     settings: Settings,
     username: str,
     password: str,
-    on_event: EventSink | None = None,
+    recorder: Recorder | None = None,
 ) -> User | None:
     """Check a sign-in. Returns the user, or None for any failure (never says which).
 
-    Every attempt is reported to ``on_event`` as ``login`` or ``login_failed`` (with a reason
-    for the auditor). If reporting a successful sign-in raises, the exception propagates and
-    the caller must not sign the user in.
+    Every attempt is recorded as ``login`` or ``login_failed`` (with a reason for the
+    auditor). If recording a successful sign-in raises, the exception propagates and the
+    caller must not sign the user in.
     """
     from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -280,8 +284,8 @@ def authenticate(
     now = _now()
 
     def failed(reason: str, role: str = "unknown") -> None:
-        if on_event is not None:
-            on_event("login_failed", _safe_name(username), role, {"reason": reason})
+        if recorder is not None:
+            recorder.login_failed(Actor(_safe_name(username), role), reason=reason)
 
     with _db(settings) as conn:
         row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
@@ -317,8 +321,8 @@ def authenticate(
                 "UPDATE users SET password_hash = ? WHERE username = ?",
                 (hasher.hash(password), name),
             )
-        if on_event is not None:
-            on_event("login", name, role, {})
+        if recorder is not None:
+            recorder.login(Actor(name, role))
         conn.execute(
             "UPDATE users SET last_login = ?, failed_count = 0, locked_until = NULL "
             "WHERE username = ?",
@@ -350,3 +354,78 @@ def ensure_admin(settings: Settings, password: str | None = None) -> str | None:
             return None  # another process created it first
         raise
     return generated
+
+
+# ------------------------------------------------------------------ administrators' operations
+
+
+def create(
+    settings: Settings,
+    actor: Actor,
+    username: str,
+    role: str,
+    *,
+    password: str | None = None,
+    sso_only: bool = False,
+) -> User:
+    """Create an account (with a password, or for single sign-on only) and record it."""
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    if sso_only:
+        user = add_sso_user(settings, username, role)
+    else:
+        if password is None:
+            raise UserError("A password is needed (or create the account for single sign-on).")
+        user = add_user(settings, username, password, role)
+    with Recorder.open(settings) as recorder:
+        recorder.user_add(actor, user.username, new_role=user.role, sso_only=sso_only)
+    return user
+
+
+def set_disabled(settings: Settings, actor: Actor, username: str, *, disabled: bool) -> None:
+    """Disable an account (its sessions end at their next page run) or enable it again."""
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    if not disable_user(settings, username, disabled=disabled):
+        raise _no_such_user(username)
+    name = username.strip().lower()
+    with Recorder.open(settings) as recorder:
+        if disabled:
+            recorder.user_disable(actor, name)
+        else:
+            recorder.user_enable(actor, name)
+
+
+def change_password(settings: Settings, actor: Actor, username: str, password: str) -> None:
+    """Set a new password (which also unlocks the account) and record that it changed."""
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    if get_user(settings, username) is None:
+        raise _no_such_user(username)
+    set_password(settings, username, password)
+    with Recorder.open(settings) as recorder:
+        recorder.user_password(actor, username.strip().lower())
+
+
+def accounts(settings: Settings, actor: Actor) -> list[User]:
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    return list_users(settings)
+
+
+def sign_in(settings: Settings, username: str, password: str) -> User | None:
+    """A password sign-in, recorded (success or failure) in the audit log before it counts."""
+    with Recorder.open(settings) as recorder:
+        return authenticate(settings, username, password, recorder)
+
+
+def sign_in_sso(settings: Settings, claims: dict[str, Any]) -> User | None:
+    """A single sign-on, recorded in the audit log before it counts."""
+    with Recorder.open(settings) as recorder:
+        return sso_sign_in(settings, claims, recorder)
+
+
+def sign_out(settings: Settings, actor: Actor) -> None:
+    """Record that a user signed out (the caller ends the session)."""
+    with Recorder.open(settings) as recorder:
+        recorder.logout(actor)
+
+
+def _no_such_user(username: str) -> NotFoundError:
+    return NotFoundError(f"No user {username!r} (see: clinrag users list).")

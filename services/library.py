@@ -1,6 +1,7 @@
-"""Library helpers for the app: documents, currency warnings, uploads, removal.
+"""The library as users change and read it: list, ingest, upload, remove, currency warnings.
 
-Plain functions over ``ingest`` and the manifest (no Streamlit), so they are tested directly.
+The command line and the Library page call the same functions; each checks the actor's role
+and records its audit event (``audit.record``).
 """
 
 from __future__ import annotations
@@ -8,12 +9,22 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from audit.record import IngestDocument, Recorder
 from core.config import Settings, ensure_home
+from core.errors import NotFoundError
+from core.library import supersedes
+from core.library.index import Index, writer_lock
+from core.library.manifest import Manifest
+from core.types import Actor
+from ingest.index import FileResult as FileResult
+from ingest.index import IngestSummary, ingest
+from ingest.loaders.metadata import SIDECAR_SUFFIX
+from services.access import Operation, require
 
 # A cited guideline older than this is flagged: guidelines are usually revised within 5 years.
 MAX_GUIDELINE_AGE_YEARS = 5
@@ -25,10 +36,11 @@ def uploads_dir(settings: Settings) -> Path:
     return settings.home / UPLOADS_DIR
 
 
-def documents(settings: Settings) -> list[dict[str, Any]]:
+def documents(settings: Settings, actor: Actor) -> list[dict[str, Any]]:
     """Every complete document in the manifest (doc_id, title, metadata, n_chunks, ...)."""
-    from core.library.manifest import Manifest
-
+    require(actor, Operation.READ_LIBRARY)
+    if not settings.manifest_path.is_file():
+        return []
     manifest = Manifest(settings.manifest_path)
     try:
         return manifest.documents()
@@ -51,20 +63,16 @@ def _parse_date(text: str) -> date | None:
     return None
 
 
-def _supersedes(doc: dict[str, Any]) -> set[str]:
-    raw = doc.get("metadata", {}).get("supersedes", "")
-    return {part.strip().lower() for part in raw.split(",") if part.strip()}
-
-
-def superseded_by(doc_id: str, title: str, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def superseded_by(
+    doc_id: str, title: str, docs: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
     """Documents in the library that declare they supersede this one (by doc_id or title)."""
-    names = {doc_id.lower(), (title or "").strip().lower()} - {""}
-    return [d for d in docs if d["doc_id"] != doc_id and _supersedes(d) & names]
+    return supersedes.superseded_by(doc_id, title, docs)
 
 
 def currency_warnings(
     doc_id: str,
-    docs: Sequence[dict[str, Any]],
+    docs: Sequence[Mapping[str, Any]],
     *,
     today: date | None = None,
     max_age_years: int = MAX_GUIDELINE_AGE_YEARS,
@@ -97,7 +105,7 @@ def currency_warnings(
     return out
 
 
-def source_file(settings: Settings, doc_id: str, docs: Sequence[dict[str, Any]]) -> Path | None:
+def source_file(settings: Settings, doc_id: str, docs: Sequence[Mapping[str, Any]]) -> Path | None:
     """The original file of a library document, if it still exists (only manifest paths)."""
     doc = next((d for d in docs if d["doc_id"] == doc_id), None)
     if doc is None:
@@ -117,11 +125,14 @@ def safe_upload_name(name: str) -> str:
     return base[:120]
 
 
-def save_uploads(settings: Settings, files: Sequence[tuple[str, bytes]]) -> list[Path]:
+def save_uploads(
+    settings: Settings, actor: Actor, files: Sequence[tuple[str, bytes]]
+) -> list[Path]:
     """Write uploaded files (name, bytes) into ``home/uploads``, owner-only. Returns the paths.
 
     A file with a name already there replaces it, so uploading a new edition updates it.
     """
+    require(actor, Operation.CHANGE_LIBRARY)
     ensure_home(settings)
     folder = uploads_dir(settings)
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -137,64 +148,76 @@ def save_uploads(settings: Settings, files: Sequence[tuple[str, bytes]]) -> list
     return paths
 
 
-def ingest_files(
+def add(
     settings: Settings,
+    actor: Actor,
     paths: Sequence[Path],
     *,
-    user: str,
-    role: str,
-    index: Any = None,
-    on_file: Callable[[Any], None] | None = None,
-) -> Any:
-    """Ingest files and record an ``ingest`` audit event. Returns the ``IngestSummary``."""
-    from ingest.index import ingest
-    from ingest.loaders import is_candidate
-    from ui.events import record_event
+    source: str,
+    prune: bool = False,
+    progress: bool | None = None,
+    index: Index | None = None,
+    on_file: Callable[[FileResult], None] | None = None,
+) -> IngestSummary:
+    """Ingest files and folders into the library, then record the ``ingest`` event.
 
-    candidates = [p for p in paths if is_candidate(p)]
-    summary = ingest(candidates, settings, index=index, on_file=on_file, progress=False)
-    data = summary.to_dict()
-    record_event(
-        settings,
-        "ingest",
-        user,
-        role,
-        {k: v for k, v in data.items() if k != "files"}
-        | {
-            "paths": [str(p) for p in candidates],
-            "source": "ui_upload",
-            "documents": [
-                {"doc_id": r.doc_id, "status": r.status, "reason": r.reason}
-                for r in summary.results
-                if r.status != "unchanged"
-            ],
-        },
+    ``source`` says where the files came from (``cli``, ``upload``). Metadata sidecars named
+    on their own are skipped: they describe the document beside them, which reads them.
+    """
+    require(actor, Operation.CHANGE_LIBRARY)
+    candidates = [p for p in paths if not Path(p).name.endswith(SIDECAR_SUFFIX)]
+    summary = ingest(
+        candidates, settings, prune=prune, index=index, on_file=on_file, progress=progress
     )
+    data = summary.to_dict()
+    documents: list[IngestDocument] = [
+        {"doc_id": r.doc_id, "status": r.status, "reason": r.reason}
+        for r in summary.results
+        if r.status != "unchanged"
+    ]
+    with Recorder.open(settings) as recorder:
+        recorder.ingest(
+            actor,
+            source=source,
+            paths=[str(p) for p in candidates],
+            counts={k: v for k, v in data.items() if isinstance(v, int)},
+            index_version=summary.index_version,
+            documents=documents,
+        )
     return summary
 
 
-def remove_document(
-    settings: Settings, doc_id: str, *, user: str, role: str, index: Any = None
-) -> bool:
+def is_empty(settings: Settings) -> bool:
+    """Whether the library holds no document (the first start ingests the samples then)."""
+    if not settings.manifest_path.is_file():
+        return True
+    manifest = Manifest(settings.manifest_path)
+    try:
+        return not manifest.documents()
+    finally:
+        manifest.close()
+
+
+def remove(settings: Settings, actor: Actor, doc_id: str, *, index: Index | None = None) -> bool:
     """Remove a document from the index (under the writer lock) and record a ``remove`` event.
 
     An uploaded original in ``home/uploads`` is deleted too, so it cannot come back unseen.
+    Raises :class:`NotFoundError` when the library has no such document.
     """
-    from core.library.index import Index, writer_lock
-    from ui.events import record_event
-
+    require(actor, Operation.CHANGE_LIBRARY)
     index = index or Index(settings)
     doc = index.manifest.document(doc_id)
     with writer_lock(settings):
         index.warm_up()
         removed = bool(index.remove(doc_id))
     if not removed:
-        return False
+        raise NotFoundError(f"No document {doc_id!r} in the library (see: clinrag sources).")
     deleted_file = False
     if doc is not None:
         path = Path(doc["source_path"]).resolve()
         if path.parent == uploads_dir(settings).resolve() and path.is_file():
             path.unlink()
             deleted_file = True
-    record_event(settings, "remove", user, role, {"doc_id": doc_id, "deleted_upload": deleted_file})
+    with Recorder.open(settings) as recorder:
+        recorder.remove(actor, doc_id, deleted_upload=deleted_file)
     return True

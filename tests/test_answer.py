@@ -184,7 +184,7 @@ def test_eight_processes_asking_at_once_keep_a_valid_chain(
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, err
         ids.append(json.loads(out)["audit_id"])
-    from assistant.replay import audit_log
+    from audit.record import open_log as audit_log
 
     log = audit_log(library.model_copy(update={"home": home}))
     result = log.verify()

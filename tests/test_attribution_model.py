@@ -77,7 +77,7 @@ def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> No
     assert faith["top_k_drop"] > faith["random_drop"]
     assert len(attribution["scores"]) == len(attribution["sources"])
     assert np.isfinite(attribution["scores"]).all()
-    from assistant.replay import audit_log
+    from audit.record import open_log as audit_log
 
     record = audit_log(settings).get(answer.audit_id)
     assert record.payload["attribution"]["faithfulness"]["top_k_drop"] == faith["top_k_drop"]

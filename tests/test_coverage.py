@@ -104,7 +104,7 @@ def test_ui_names_the_missing_words() -> None:
 
 
 def test_replay_puts_back_the_recorded_checks(settings: Settings) -> None:
-    from assistant.replay import recorded_settings
+    from core.config import with_answer_settings as recorded_settings
 
     new = recorded_settings(
         settings, {"abstain_rare_term_zipf": 2.5, "quote_min_evidence": 0.7, "top_k": 3}
@@ -123,7 +123,8 @@ def test_library_questions_pass_and_uncovered_subjects_abstain_before_generation
     library: Settings,
 ) -> None:
     """Real retriever, embedder and Chroma; the model is never loaded for these abstentions."""
-    from assistant.pipeline import ABSTAIN_TEXT, Assistant
+    from assistant.pipeline import Assistant
+    from assistant.policy import ABSTAIN_TEXT
     from assistant.retrieve import Retriever
 
     retriever = Retriever(library)

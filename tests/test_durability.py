@@ -25,21 +25,36 @@ from typing import Any
 
 import pytest
 
-from assistant.pipeline import ABSTAIN_TEXT, Assistant
-from assistant.replay import audit_log
+from assistant.pipeline import Assistant
+from assistant.policy import ABSTAIN_TEXT
 from assistant.retrieve import Retriever
 from audit.log import AuditLog, AuditWriteError
+from audit.record import open_log as audit_log
 from core.config import Settings, load_settings
 from core.errors import AuditError, StoreLockedError
 from core.library.index import Index, writer_lock
+from core.types import Actor
 from ingest.index import ingest
-from services.maintenance import (
-    MaintenanceError,
-    backup,
-    maintenance_command,
-    rebuild_index,
-    restore,
-)
+from services.backup import MaintenanceError
+from services.backup import backup as _backup
+from services.backup import restore as _restore
+from services.reindex import rebuild_index as _rebuild_index
+from ui.cli.maintenance import maintenance_command
+
+ADMIN = Actor("admin", "admin")
+
+
+def backup(settings: Settings, dest: Path, **kwargs: Any) -> dict[str, Any]:
+    return _backup(settings, ADMIN, dest, **kwargs)
+
+
+def restore(settings: Settings, src: Path, **kwargs: Any) -> dict[str, Any]:
+    return _restore(settings, ADMIN, src, **kwargs)
+
+
+def rebuild_index(settings: Settings, **kwargs: Any) -> dict[str, Any]:
+    return _rebuild_index(settings, ADMIN, **kwargs)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
@@ -233,10 +248,13 @@ def test_backup_and_restore_into_a_fresh_home(
     assert result["index"]["chunks"] == result["index"]["vectors"] == summary["manifest"]["chunks"]
     restored = audit_log(target)
     check = restored.verify()
-    assert check.ok and check.count == records, check.reason
-    assert restored.head().hash == head.hash  # type: ignore[union-attr]
+    # the restored records, then the restore itself, recorded on the restored chain
+    assert check.ok and check.count == records + 1, check.reason
+    assert restored.get(head.seq).hash == head.hash  # type: ignore[union-attr]
+    after = restored.head()
+    assert after is not None and after.event == "restore" and after.prev_hash == head.hash
     checkpoint = json.loads(target.audit_checkpoint.read_text(encoding="utf-8"))
-    assert (checkpoint["seq"], checkpoint["hash"]) == (head.seq, head.hash)
+    assert (checkpoint["seq"], checkpoint["hash"]) == (after.seq, after.hash)
     assert target.audit_key.read_bytes() == source.audit_key.read_bytes()
     # the rebuilt index answers the fixed queries exactly as the original
     assert _top5(target) == before

@@ -17,8 +17,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, build_library
 
+from audit.record import open_log as audit_log
 from core.config import load_settings
-from ui.events import audit_log
 from ui.render import md_escape
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
@@ -377,7 +377,7 @@ def test_attribution_is_offered_after_the_answer_and_recorded(
     auditor.selectbox(key="audit_record").set_value(answer.seq).run()
     assert not auditor.exception, auditor.exception
     shown = [m.value for m in auditor.markdown]
-    assert any(m.startswith("**Attribution requested later**") for m in shown), shown
+    assert any(m.startswith("**Attribution computed after the answer**") for m in shown), shown
     assert any(m.startswith("**Attribution** (surrogate)") for m in shown), shown
 
 
@@ -385,15 +385,17 @@ def test_attribution_is_offered_after_the_answer_and_recorded(
 
 
 def test_admin_library_lists_documents_and_removes_an_upload(home: Path) -> None:
-    from services.library import ingest_files, save_uploads
+    from core.types import Actor
+    from services import library
 
     settings = settings_for(home)
+    admin = Actor("admin", "admin")
     name = "depression-screening-adults.txt"
-    paths = save_uploads(settings, [(name, (SAMPLES / name).read_bytes())])
+    paths = library.save_uploads(settings, admin, [(name, (SAMPLES / name).read_bytes())])
     assert oct(paths[0].stat().st_mode & 0o777) == "0o600"
-    summary = ingest_files(settings, paths, user="admin", role="admin")
+    summary = library.add(settings, admin, paths, source="upload", progress=False)
     assert summary.count("added") == 1
-    assert records(home, "ingest")[-1].payload["source"] == "ui_upload"
+    assert records(home, "ingest")[-1].payload["source"] == "upload"
     doc_id = summary.results[0].doc_id
 
     at = sign_in(start(), "admin")

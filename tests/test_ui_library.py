@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from core.types import AnswerSentence, Evidence, SourceSentence
+from core.types import Actor, AnswerSentence, Evidence, SourceSentence
 from services.library import (
     MAX_GUIDELINE_AGE_YEARS,
     currency_warnings,
@@ -144,7 +144,8 @@ def test_upload_names_cannot_escape_the_uploads_folder(settings: Settings) -> No
     assert safe_upload_name(".hidden.md") == "hidden.md"
     with pytest.raises(ValueError):
         safe_upload_name("../..")
-    paths = save_uploads(settings, [("../a.md", b"# A"), ("b.md", b"# B")])
+    admin = Actor("admin", "admin")
+    paths = save_uploads(settings, admin, [("../a.md", b"# A"), ("b.md", b"# B")])
     assert [p.name for p in paths] == ["a.md", "b.md"]
     assert all(p.parent == settings.home / "uploads" for p in paths)
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in paths)

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from audit.record import Recorder
+from audit.record import open_log as audit_log
 from core.config import Settings
+from core.errors import AuditError
 from services import accounts as users
 from services.accounts import (
     MAX_FAILURES,
@@ -24,15 +27,22 @@ from services.accounts import (
     users_path,
 )
 from ui.cli.users import add_parser, users_command
-from ui.events import audit_log
 
 
-class Events:
+class _Appended:
+    seq = 1
+
+
+class Events(Recorder):
+    """A recorder whose log keeps the appended events in memory."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, dict[str, Any]]] = []
+        super().__init__(self)  # type: ignore[arg-type]
 
-    def __call__(self, event: str, user: str, role: str, payload: dict[str, Any]) -> None:
+    def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> _Appended:
         self.seen.append((event, user, role, payload))
+        return _Appended()
 
 
 def test_users_file_is_owner_only_and_stores_argon2_hashes(settings: Settings) -> None:
@@ -48,10 +58,10 @@ def test_users_file_is_owner_only_and_stores_argon2_hashes(settings: Settings) -
 def test_authenticate_records_login_and_failures(settings: Settings) -> None:
     add_user(settings, "carol", "a-long-password", "clinician")
     events = Events()
-    user = authenticate(settings, " CAROL ", "a-long-password", on_event=events)
+    user = authenticate(settings, " CAROL ", "a-long-password", events)
     assert user is not None and user.role == "clinician" and user.last_login
-    assert authenticate(settings, "carol", "wrong-password", on_event=events) is None
-    assert authenticate(settings, "mallory", "whatever-pass", on_event=events) is None
+    assert authenticate(settings, "carol", "wrong-password", events) is None
+    assert authenticate(settings, "mallory", "whatever-pass", events) is None
     assert [(e[0], e[1], e[2], e[3].get("reason")) for e in events.seen] == [
         ("login", "carol", "clinician", None),
         ("login_failed", "carol", "clinician", "bad_password"),
@@ -62,11 +72,12 @@ def test_authenticate_records_login_and_failures(settings: Settings) -> None:
 def test_a_failing_audit_sink_blocks_the_sign_in(settings: Settings) -> None:
     add_user(settings, "carol", "a-long-password", "clinician")
 
-    def broken(*_: Any) -> None:
-        raise OSError("disk full")
+    class BrokenLog:
+        def append(self, *_: Any) -> None:
+            raise OSError("disk full")
 
-    with pytest.raises(OSError):
-        authenticate(settings, "carol", "a-long-password", on_event=broken)
+    with pytest.raises(AuditError, match="disk full"):
+        authenticate(settings, "carol", "a-long-password", Recorder(BrokenLog()))  # type: ignore[arg-type]
     assert get_user(settings, "carol").last_login is None  # type: ignore[union-attr]
 
 
@@ -74,8 +85,8 @@ def test_disabled_accounts_cannot_sign_in(settings: Settings) -> None:
     add_user(settings, "carol", "a-long-password", "clinician")
     assert disable_user(settings, "carol")
     events = Events()
-    assert authenticate(settings, "carol", "a-long-password", on_event=events) is None
-    assert events.seen[-1][3] == {"reason": "disabled"}
+    assert authenticate(settings, "carol", "a-long-password", events) is None
+    assert events.seen[-1][3] == {"reason": "disabled", "method": "password"}
     assert disable_user(settings, "carol", disabled=False)
     assert authenticate(settings, "carol", "a-long-password") is not None
     assert not disable_user(settings, "nobody")
@@ -85,10 +96,10 @@ def test_repeated_failures_lock_the_account(settings: Settings) -> None:
     add_user(settings, "carol", "a-long-password", "clinician")
     events = Events()
     for _ in range(MAX_FAILURES):
-        assert authenticate(settings, "carol", "wrong-password", on_event=events) is None
+        assert authenticate(settings, "carol", "wrong-password", events) is None
     # even the right password is refused while locked
-    assert authenticate(settings, "carol", "a-long-password", on_event=events) is None
-    assert events.seen[-1][3] == {"reason": "locked"}
+    assert authenticate(settings, "carol", "a-long-password", events) is None
+    assert events.seen[-1][3] == {"reason": "locked", "method": "password"}
     assert users.set_password(settings, "carol", "another-long-password")  # admin reset unlocks
     assert authenticate(settings, "carol", "another-long-password") is not None
 
@@ -172,20 +183,20 @@ def test_sso_maps_verified_claims_to_local_accounts(settings: Settings) -> None:
     add_sso_user(settings, "Dana@Hospital.org", "auditor")
     events = Events()
     claims = {"email": "dana@hospital.org", "iss": "https://idp.hospital.example"}
-    user = sso_sign_in(settings, claims, on_event=events)
+    user = sso_sign_in(settings, claims, events)
     assert user is not None and user.username == "dana@hospital.org" and user.role == "auditor"
     # an SSO-only account has no password that could ever match
-    assert authenticate(settings, "dana@hospital.org", "", on_event=events) is None
-    assert authenticate(settings, "dana@hospital.org", "!sso-only", on_event=events) is None
+    assert authenticate(settings, "dana@hospital.org", "", events) is None
+    assert authenticate(settings, "dana@hospital.org", "!sso-only", events) is None
     # unknown identities, missing claims and disabled accounts are refused and audited
-    assert sso_sign_in(settings, {"email": "eve@elsewhere.org"}, on_event=events) is None
-    assert sso_sign_in(settings, {"sub": "123"}, on_event=events) is None
+    assert sso_sign_in(settings, {"email": "eve@elsewhere.org"}, events) is None
+    assert sso_sign_in(settings, {"sub": "123"}, events) is None
     disable_user(settings, "dana@hospital.org")
-    assert sso_sign_in(settings, claims, on_event=events) is None
+    assert sso_sign_in(settings, claims, events) is None
     assert [(e[0], e[1], e[3].get("reason"), e[3].get("method")) for e in events.seen] == [
         ("login", "dana@hospital.org", None, "sso"),
-        ("login_failed", "dana@hospital.org", "bad_password", None),
-        ("login_failed", "dana@hospital.org", "bad_password", None),
+        ("login_failed", "dana@hospital.org", "bad_password", "password"),
+        ("login_failed", "dana@hospital.org", "bad_password", "password"),
         ("login_failed", "eve@elsewhere.org", "sso_unknown_user", "sso"),
         ("login_failed", "(no claim)", "sso_missing_claim", "sso"),
         ("login_failed", "dana@hospital.org", "disabled", "sso"),

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     import ui  # noqa: F401  (installed with the project)
@@ -20,16 +21,20 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import streamlit as st
 
 from core.errors import ClinragError
-from ui.events import record_event
+from core.types import Actor
+from services import accounts
 from ui.render import md_escape
 from ui.session import allowed_pages, current_user, get_settings, sign_out
 from ui.views import ask, audit, library, signin
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 VIEWS = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}
 
 
 @functools.cache
-def _icon() -> object:
+def _icon() -> Image.Image:
     """A 32x32 white cross on teal, as pixels (served by the app itself)."""
     import numpy as np
     from PIL import Image
@@ -61,7 +66,7 @@ def main() -> None:
         page = st.radio("Page", pages, key="page")
         if st.button("Sign out", key="signout"):
             try:
-                record_event(settings, "logout", user.username, user.role, {})
+                accounts.sign_out(settings, Actor(user.username, user.role))
             except Exception:  # signing out must always work; the log says why it failed
                 logging.getLogger("clinrag.ui").exception("logout event not recorded")
             sign_out()

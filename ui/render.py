@@ -12,15 +12,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%])")
+from assistant.policy import explain
 
-ABSTAIN_REASONS = {
-    "weak_retrieval": "no passage in the library is close enough to the question",
-    "model_declined": "the model found no answer in the retrieved passages",
-    "unsupported": "the draft answer was not supported by the retrieved passages",
-    "not_in_library": "the closest passages in the library never mention {detail}, "
-    "so it may not cover this subject",
-}
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%])")
 
 
 # GFM turns bare URLs and e-mail addresses into links *after* parsing, so escaping cannot stop
@@ -83,10 +77,10 @@ def highlighted_html(text: str, evidence: Sequence[str], attributed: Sequence[st
     escaped and the block has no blank line, so Markdown never parses inside it.
     """
     marks: dict[int, str] = {}
-    for kind, needles in (("attributed", attributed), ("evidence", evidence)):
+    for mark, needles in (("attributed", attributed), ("evidence", evidence)):
         for start, end in _spans(text, needles):
             for i in range(start, end):
-                marks[i] = kind  # evidence wins where both apply
+                marks[i] = mark  # evidence wins where both apply
     parts: list[str] = []
     current: str | None = None
     for i, ch in enumerate(text):
@@ -113,13 +107,8 @@ def highlighted_html(text: str, evidence: Sequence[str], attributed: Sequence[st
 
 
 def abstain_reason_text(reason: str | None) -> str:
-    if not reason:
-        return "the answer could not be checked against the library"
-    key, _, detail = reason.partition(" ")
-    # "not_in_library (no retrieved passage mentions a, b)": the words are the useful part
-    words = detail.strip("()").rpartition(" mentions ")[2]
-    template = ABSTAIN_REASONS.get(key)
-    return template.format(detail=words) if template else reason
+    """Why an answer was withheld, in a clinician's words (the policy owns the wording)."""
+    return explain(reason)
 
 
 def source_highlights(answer: Any, n: int) -> tuple[list[str], list[str]]:
@@ -203,7 +192,8 @@ def heatmap_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(matrix, list) or not matrix:
         return []
     sentences = payload.get("sentences") or []
-    sources = attribution.get("sources") if isinstance(attribution.get("sources"), list) else []
+    raw_sources = attribution.get("sources")
+    sources: list[Any] = raw_sources if isinstance(raw_sources, list) else []
     rows = []
     for t, row in enumerate(matrix):
         if not isinstance(row, list):

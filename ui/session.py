@@ -13,7 +13,10 @@ from typing import Any
 import streamlit as st
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
+from core.types import Actor
+from services.access import Operation, allowed
 from services.accounts import User, ensure_admin, get_user
+from services.ask import open_assistant
 
 # Environment variables the app reads itself; they are not settings fields.
 ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"
@@ -21,11 +24,12 @@ _UI_ENV = {ADMIN_PASSWORD_ENV}
 # A session that does nothing for this long is signed out.
 IDLE_TIMEOUT_MINUTES = 30
 
-# page -> roles that may open it. Checked on every run of every page, never only in the menu.
-PAGES: dict[str, tuple[str, ...]] = {
-    "Ask": ("clinician", "admin"),
-    "Library": ("admin",),
-    "Audit": ("auditor", "admin"),
+# page -> the operation it is for; the roles come from services.access. Checked on every run of
+# every page, never only in the menu (and the services check again).
+PAGES: dict[str, Operation] = {
+    "Ask": Operation.ASK,
+    "Library": Operation.CHANGE_LIBRARY,
+    "Audit": Operation.READ_AUDIT,
 }
 
 # Test seam: a callable (settings) -> Assistant. None builds the real one.
@@ -62,9 +66,7 @@ def get_settings() -> Settings:
 def _assistant(_key: str, _settings: Settings, _factory: Any) -> Any:
     if _factory is not None:
         return _factory(_settings)
-    from assistant.pipeline import Assistant
-
-    return Assistant(_settings)
+    return open_assistant(_settings)
 
 
 def get_assistant(settings: Settings) -> Any:
@@ -144,12 +146,16 @@ def current_user(settings: Settings) -> User | None:
 
 
 def allowed_pages(user: User) -> list[str]:
-    return [page for page, roles in PAGES.items() if user.role in roles]
+    return [page for page, operation in PAGES.items() if allowed(user.role, operation)]
+
+
+def actor(user: User) -> Actor:
+    return Actor(user.username, user.role)
 
 
 def require(user: User | None, page: str) -> User:
     """Stop the run unless ``user`` may open ``page``. Call first thing on every page."""
-    if user is None or user.role not in PAGES.get(page, ()):
+    if user is None or page not in PAGES or not allowed(user.role, PAGES[page]):
         st.error("You do not have access to this page.")
         st.stop()
     assert user is not None

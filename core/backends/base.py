@@ -44,6 +44,10 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def close(self) -> None:
+        """Release the client and its files (so the store folder may be moved); idempotent."""
+        ...
+
 
 @runtime_checkable
 class LexicalIndex(Protocol):

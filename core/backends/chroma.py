@@ -66,6 +66,12 @@ class ChromaStore:
             )
         self._collection = collection
 
+    def close(self) -> None:
+        client, self._client, self._collection = self._client, None, None
+        close = getattr(client, "close", None)  # only recent chromadb clients have one
+        if close is not None:
+            close()
+
     @property
     def _col(self) -> Any:
         if self._collection is None:

@@ -8,6 +8,7 @@ vectors (in the store, not in the manifest) are swept, so there are never duplic
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,6 +78,17 @@ class Index:
             )
         self.store.warm_up(info)
         self._warm = True
+
+    def close(self) -> None:
+        """Release the store's client and the manifest, so their files may be moved or removed.
+
+        Called in ``finally`` blocks: a client that fails to close must not hide the error
+        that is already on its way out, so that failure is dropped.
+        """
+        with contextlib.suppress(Exception):
+            self.store.close()
+        self.manifest.close()
+        self._warm = False
 
     @property
     def version(self) -> str:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import ClinragError
 from core.migrations import Migration, apply_migrations
 from core.types import Chunk
 
@@ -255,3 +256,41 @@ def _chunk_row(r: sqlite3.Row) -> Chunk:
         ingested_at=r["ingested_at"],
         metadata=json.loads(r["metadata"]),
     )
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """Document, chunk and version counts of a manifest file, opened read-only.
+
+    For copies (backups): nothing is written, so the file keeps the sha256 taken of it.
+    Raises :class:`ClinragError` when the file is not a readable manifest.
+    """
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+
+        def one(sql: str) -> Any:
+            row = conn.execute(sql).fetchone()
+            return row[0] if row else None
+
+        return {
+            "documents": int(one("SELECT COUNT(*) FROM documents WHERE state = 'complete'") or 0),
+            "pending_documents": int(
+                one("SELECT COUNT(*) FROM documents WHERE state = 'pending'") or 0
+            ),
+            "chunks": int(
+                one(
+                    "SELECT COUNT(*) FROM chunks JOIN documents USING (doc_id) "
+                    "WHERE state = 'complete'"
+                )
+                or 0
+            ),
+            "index_version": int(one("SELECT value FROM meta WHERE key = 'index_version'") or 0),
+            "embedder_model": one("SELECT value FROM meta WHERE key = 'embedder_model'"),
+            "embedder_hash": one("SELECT value FROM meta WHERE key = 'embedder_hash'"),
+        }
+    except sqlite3.Error as exc:
+        raise ClinragError(
+            f"The manifest {path} cannot be read ({exc}). It is not a clinrag manifest or it is "
+            "damaged; restore it from an older backup."
+        ) from exc
+    finally:
+        conn.close()

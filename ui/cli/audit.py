@@ -1,40 +1,31 @@
-"""`clinrag audit ...`: verify, list, show, export and replay the audit log."""
+"""`clinrag audit ...`: verify, list, show, export and replay the audit log (over ``services``)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from typing import Any
 
-from assistant.replay import audit_log, replay
 from core.config import Settings
+from core.errors import NotFoundError
+from services import audit
+from services.access import operator
 
 
 def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
-    log = audit_log(settings)
+    actor = operator(settings.user)
     command = args.audit_command
     if command == "verify":
-        result = log.verify()
-        log.append(
-            "verify",
-            settings.user,
-            settings.role,
-            {
-                "ok": result.ok,
-                "count": result.count,
-                "first_bad_seq": result.first_bad_seq,
-                "reason": result.reason,
-            },
-        )
+        result = audit.verify(settings, actor)
         if result.ok:
             print(f"OK: {result.count} records, chain and checkpoints intact.")
             return 0
         print(f"TAMPERED: first bad record {result.first_bad_seq}: {result.reason}")
         return 1
     if command == "list":
-        records = log.list(since=args.since, user=args.user, event=args.event, limit=args.limit)
+        query = audit.Query(since=args.since, user=args.user, event=args.event, limit=args.limit)
+        records = audit.find(settings, actor, query)
         if args.json:
             print(json.dumps([r.to_dict() for r in records], indent=2))
             return 0
@@ -42,41 +33,26 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r.seq:6}  {r.ts}  {r.event:12} {r.user:12} {_summary(r.payload)}")
         return 0
     if command == "show":
-        record = log.get(args.id)
-        if record is None:
-            print(f"No audit record {args.id}.", file=sys.stderr)
-            return 1
+        try:
+            record = audit.get(settings, actor, args.id)
+        except NotFoundError as exc:
+            print(exc, file=sys.stderr)
+            return exc.exit_code
         print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
         return 0
     if command == "export":
-        from audit.log import export
-
-        records = log.list(since=args.since)
-        buffer = io.StringIO()
-        if args.format == "fhir":
-            json.dump(export.to_fhir(records), buffer, indent=2)
-        elif args.format == "csv":
-            export.to_csv(records, buffer)
-        else:
-            export.to_jsonl(records, buffer)
+        destination = str(args.output) if args.output else "stdout"
+        exported = audit.export(
+            settings, actor, args.format, audit.Query(since=args.since), destination=destination
+        )
         if args.output:
-            args.output.write_text(buffer.getvalue(), encoding="utf-8")
+            args.output.write_bytes(exported.data)
             args.output.chmod(0o600)
         else:
-            sys.stdout.write(buffer.getvalue())
-        log.append(
-            "export",
-            settings.user,
-            settings.role,
-            {
-                "format": args.format,
-                "records": len(records),
-                "destination": str(args.output) if args.output else "stdout",
-            },
-        )
+            sys.stdout.write(exported.data.decode("utf-8"))
         return 0
     if command == "replay":
-        report = replay(settings, args.id)
+        report = audit.replay(settings, actor, args.id)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
         elif report.unchanged:

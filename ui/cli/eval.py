@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from core.config import Settings
 from evaluation.runner import BASELINES, DEFAULT_METRICS, METRICS, EvalOptions
@@ -40,7 +39,9 @@ def _shard(value: str) -> tuple[int, int]:
     return k, n
 
 
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_eval_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Add ``eval`` to a ``parser.add_subparsers()`` object; returns the new parser."""
     p = subparsers.add_parser(
         "eval",

@@ -1,4 +1,7 @@
-"""The `clinrag` command. Settings are loaded here, once, and passed down."""
+"""The `clinrag` command. Settings are loaded here, once, and passed down.
+
+Each sub-command parses its arguments, calls one ``services`` function and prints the result.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
-from core.errors import ClinragError
+from core.errors import ClinragError, NotFoundError
+from core.types import Actor, Answer
+from services.access import operator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,43 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _audit_event(settings: Settings, event: str, payload: dict[str, Any]) -> None:
-    from audit.log import AuditLog
-
-    log = AuditLog(
-        settings.audit_db,
-        settings.audit_checkpoint,
-        settings.audit_key,
-        checkpoint_every=settings.audit_checkpoint_every,
-    )
-    log.append(event, settings.user, settings.role, payload)
-
-
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from core.library.index import Index
-    from ingest.index import ingest
+    from services import library
 
-    index = Index(settings)
-    if args.if_empty and index.manifest.documents():
+    if args.if_empty and not library.is_empty(settings):
         print(
             f"Library in {settings.home} already has documents; skipping ingest.", file=sys.stderr
         )
         return 0
-    summary = ingest(args.paths, settings, prune=args.prune, index=index)
-    data = summary.to_dict()
-    _audit_event(
-        settings,
-        "ingest",
-        {k: v for k, v in data.items() if k != "files"}
-        | {
-            "paths": [str(p) for p in args.paths],
-            "documents": [
-                {"doc_id": r.doc_id, "status": r.status, "reason": r.reason}
-                for r in summary.results
-                if r.status != "unchanged"
-            ],
-        },
+    summary = library.add(
+        settings, operator(settings.user), args.paths, source="cli", prune=args.prune
     )
+    data = summary.to_dict()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -170,9 +150,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
-    from core.library.manifest import Manifest
+    from services import library
 
-    docs = Manifest(settings.manifest_path).documents()
+    docs = library.documents(settings, operator(settings.user))
     if args.json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -189,30 +169,25 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from core.library.index import Index, writer_lock
+    from services import library
 
-    index = Index(settings)
-    with writer_lock(settings):
-        index.warm_up()
-        removed = index.remove(args.doc_id)
-    if not removed:
-        print(
-            f"No document {args.doc_id!r} in the library (see: clinrag sources).", file=sys.stderr
-        )
-        return 1
-    _audit_event(settings, "remove", {"doc_id": args.doc_id})
+    try:
+        library.remove(settings, operator(settings.user), args.doc_id)
+    except NotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     print(f"Removed {args.doc_id}.")
     return 0
 
 
-def answer_json(answer: Any) -> dict[str, Any]:
+def answer_json(answer: Answer) -> dict[str, Any]:
     gen = answer.generation
     return {
         "question": answer.question,
         "answer": answer.answer,
         "abstained": answer.abstained,
         "abstain_reason": answer.abstain_reason,
-        "mode": answer.mode,
+        "mode": str(answer.mode),
         "unverified_sentences": [s.text for s in answer.unverified],
         "sentences": [
             {
@@ -237,18 +212,16 @@ def answer_json(answer: Any) -> dict[str, Any]:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.pipeline import Assistant
+    from services import ask
 
-    assistant = Assistant(settings)
+    assistant = ask.open_assistant(settings)
     assistant.warm_up()
     stream = None if args.json else (lambda t: print(t, end="", flush=True))
     if stream:
         print("Generating (unverified until checked against the sources)...", file=sys.stderr)
-    user, role = args.user or settings.user, args.role or settings.role
+    actor = Actor(args.user or settings.user, args.role or settings.role)
     # The answer is recorded (and only then shown); attribution follows as its own record.
-    answer = assistant.ask(
-        args.question, k=args.k, user=user, role=role, on_token=stream, attribute=False
-    )
+    answer = ask.ask(assistant, actor, args.question, k=args.k, on_token=stream)
     if not args.json:
         print("\n")
         print_answer(answer)
@@ -259,18 +232,18 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
                 "ablations)...",
                 file=sys.stderr,
             )
-        assistant.attribute(answer)
-        if answer.attribution is not None:
-            assistant.record_attribution(answer, user=user, role=role)
-            if not args.json:
-                print_attribution(answer)
+        ask.attribute(assistant, actor, answer)
+        if answer.attribution is not None and not args.json:
+            print_attribution(answer)
     if args.json:
         print(json.dumps(answer_json(answer), indent=2))
     return 0
 
 
-def print_attribution(answer: Any) -> None:
+def print_attribution(answer: Answer) -> None:
     att = answer.attribution
+    if att is None:
+        return
     faith = att["faithfulness"]
     order = sorted(range(len(att["scores"])), key=lambda i: -att["scores"][i])[:3]
     print("ATTRIBUTION (source sentences that drove the answer):")
@@ -284,7 +257,7 @@ def print_attribution(answer: Any) -> None:
     )
 
 
-def print_answer(answer: Any) -> None:
+def print_answer(answer: Answer) -> None:
     if answer.abstained:
         print(f"ANSWER: {answer.answer}  [{answer.abstain_reason}]")
     else:
@@ -316,7 +289,7 @@ def print_answer(answer: Any) -> None:
 
 
 def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
-    from services.maintenance import maintenance_command
+    from ui.cli.maintenance import maintenance_command
 
     return maintenance_command(args, settings)
 

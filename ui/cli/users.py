@@ -1,13 +1,6 @@
 """``clinrag users add|list|disable|enable|passwd``: manage the app's local accounts.
 
-Wiring in ``assistant/cli.py``::
-
-    from ui.cli.users import add_parser, users_command
-    add_parser(sub)                       # sub = the top-level subparsers
-    handler = {..., "users": users_command}[args.command]
-
-Every change is recorded in the audit log as ``user_add``, ``user_disable``, ``user_enable``
-or ``user_password`` (by ``settings.user`` / ``settings.role``).
+Argument parsing and printing only; ``services.accounts`` checks, changes and records.
 """
 
 from __future__ import annotations
@@ -17,24 +10,17 @@ import getpass
 import json
 import sys
 from dataclasses import asdict
-from typing import Any
 
 from core.config import Settings
-from services.accounts import (
-    ROLES,
-    UserError,
-    add_sso_user,
-    add_user,
-    check_password,
-    disable_user,
-    get_user,
-    list_users,
-    set_password,
-)
-from ui.events import record_event
+from core.errors import NotFoundError
+from services import accounts
+from services.access import ROLES, operator
+from services.accounts import UserError, check_password
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Register ``users`` and its sub-commands on the CLI's top-level subparsers."""
     users = subparsers.add_parser("users", help="manage the app's sign-in accounts")
     usub = users.add_subparsers(dest="users_command", required=True)
@@ -74,14 +60,19 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
-def _record(settings: Settings, event: str, payload: dict[str, Any]) -> None:
-    record_event(settings, event, settings.user, settings.role, payload)
-
-
 def users_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return _run(args, settings)
+    except NotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    actor = operator(settings.user)
     command = args.users_command
     if command == "list":
-        users = list_users(settings)
+        users = accounts.accounts(settings, actor)
         if getattr(args, "json", False):
             print(json.dumps([asdict(u) for u in users], indent=2))
             return 0
@@ -92,30 +83,22 @@ def users_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{u.username:32} {u.role:10} {state:9} last sign-in: {u.last_login or '-'}")
         return 0
     if command == "add":
-        if args.sso:
-            user = add_sso_user(settings, args.username, args.role)
-        else:
-            user = add_user(settings, args.username, _read_password(args.password_stdin), args.role)
-        _record(
-            settings,
-            "user_add",
-            {"username": user.username, "new_role": user.role, "sso_only": bool(args.sso)},
+        password = None if args.sso else _read_password(args.password_stdin)
+        user = accounts.create(
+            settings, actor, args.username, args.role, password=password, sso_only=args.sso
         )
         print(f"Added {user.username} ({user.role}).")
         return 0
     if command in {"disable", "enable"}:
-        if not disable_user(settings, args.username, disabled=command == "disable"):
-            print(f"No user {args.username!r} (see: clinrag users list).", file=sys.stderr)
-            return 1
-        _record(settings, f"user_{command}", {"username": args.username.strip().lower()})
+        accounts.set_disabled(settings, actor, args.username, disabled=command == "disable")
         print(f"{command.capitalize()}d {args.username}.")
         return 0
     if command == "passwd":
-        if get_user(settings, args.username) is None:
-            print(f"No user {args.username!r} (see: clinrag users list).", file=sys.stderr)
-            return 1
-        set_password(settings, args.username, _read_password(args.password_stdin))
-        _record(settings, "user_password", {"username": args.username.strip().lower()})
+        if accounts.get_user(settings, args.username) is None:
+            raise NotFoundError(f"No user {args.username!r} (see: clinrag users list).")
+        accounts.change_password(
+            settings, actor, args.username, _read_password(args.password_stdin)
+        )
         print(f"Password changed for {args.username}.")
         return 0
     raise UserError(f"Unknown users command {command!r}.")

@@ -6,7 +6,6 @@ Answers stay in the session's history (newest last); a new question never replac
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,10 @@ import streamlit as st
 
 from core.config import Settings
 from core.errors import ClinragError
+from core.types import Answer, Chunk, Mode
+from services import ask as asking
 from services.accounts import User
 from services.library import currency_warnings, documents, source_file
-from ui.events import record_event
 from ui.render import (
     abstain_reason_text,
     attribution_by_source,
@@ -24,16 +24,16 @@ from ui.render import (
     md_escape,
     source_highlights,
 )
-from ui.session import assistant_session, require
+from ui.session import actor, assistant_session, require
 
 log = logging.getLogger("clinrag.ui")
-MAX_COMMENT_CHARS = 2000
+MAX_COMMENT_CHARS = asking.MAX_COMMENT_CHARS
 
 
 def render(settings: Settings, user: User | None) -> None:
     user = require(user, "Ask")
     st.header("Ask")
-    docs = documents(settings)
+    docs = documents(settings, actor(user))
     if not docs:
         st.info("The library is empty. An administrator adds guidelines on the Library page.")
     history: list[dict[str, Any]] = st.session_state.setdefault("history", [])
@@ -63,13 +63,8 @@ def _ask(settings: Settings, user: User, question: str) -> dict[str, Any]:
                 tokens.append(token)
                 placeholder.markdown(md_escape("".join(tokens)) + " ▌")
 
-            entry["answer"] = assistant.ask(
-                question,
-                user=user.username,
-                role=user.role,
-                on_token=on_token,
-                attribute=False,  # minutes on a CPU: offered afterwards, on request
-            )
+            # attribution takes minutes on a CPU: offered afterwards, on request
+            entry["answer"] = asking.ask(assistant, actor(user), question, on_token=on_token)
     except ClinragError as exc:
         entry["error"] = str(exc)
     except Exception as exc:  # shown, not raised: the history must survive
@@ -95,7 +90,7 @@ def _render_entry(
         _render_feedback(settings, user, entry, i)
 
 
-def _render_answer(settings: Settings, answer: Any, i: int, docs: list[dict[str, Any]]) -> None:
+def _render_answer(settings: Settings, answer: Answer, i: int, docs: list[dict[str, Any]]) -> None:
     if answer.abstained:
         st.warning(
             "**No answer.** The assistant abstained: "
@@ -109,7 +104,7 @@ def _render_answer(settings: Settings, answer: Any, i: int, docs: list[dict[str,
                     st.text(s.text)
         numbers = sorted({e.n for e in answer.evidence})
     else:
-        if getattr(answer, "mode", "generated") == "quoted":
+        if answer.mode == Mode.QUOTED:
             st.info(
                 "The model's own wording could not be verified against the sources, so the "
                 "guideline sentences that best answer the question are quoted instead."
@@ -126,7 +121,7 @@ def _render_answer(settings: Settings, answer: Any, i: int, docs: list[dict[str,
                     f"{md_escape(s.text)} {chips}"
                 )
         numbers = [c.n for c in answer.citations]
-        unverified = getattr(answer, "unverified", None) or []
+        unverified = answer.unverified
         if unverified:
             with st.expander("The model's unverified wording (withheld)"):
                 for s in unverified:
@@ -206,35 +201,18 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
             assistant_session(settings) as assistant,
             st.spinner("Measuring attribution (this can take minutes on a CPU)..."),
         ):
-            assistant.attribute(answer)
-        if not answer.attribution:
+            recorded = asking.attribute(assistant, actor(user), answer)
+        if recorded is None:
             entry["attribution_unavailable"] = True
-        else:
-            record_event(
-                settings,
-                "attribution",
-                user.username,
-                user.role,
-                {
-                    "answer_id": int(answer.audit_id),
-                    "attribution": answer.attribution,
-                    "sentences": [asdict(s) for s in answer.sentences],
-                    "citations": [
-                        {"n": c.n, "doc_id": c.doc_id, "chunk_id": c.chunk_id}
-                        for c in answer.citations
-                    ],
-                },
-            )
-    except Exception as exc:
+    except Exception as exc:  # the attribution is dropped: not shown unless it is recorded
         log.exception("attribution failed")
-        answer.attribution = None  # not shown unless it is in the audit log
         st.error(md_escape(f"Attribution failed: {exc}"))
         return
     st.rerun()
 
 
 def _source_panel(
-    settings: Settings, answer: Any, chunk: Any, n: int, i: int, docs: list[dict[str, Any]]
+    settings: Settings, answer: Answer, chunk: Chunk, n: int, i: int, docs: list[dict[str, Any]]
 ) -> None:
     meta = chunk.metadata or {}
     where = ", ".join(x for x in (chunk.section, f"p. {chunk.page}" if chunk.page else "") if x)
@@ -295,16 +273,12 @@ def _render_feedback(settings: Settings, user: User, entry: dict[str, Any], i: i
     if not (helpful or unhelpful):
         return
     try:
-        record_event(
+        asking.feedback(
             settings,
-            "feedback",
-            user.username,
-            user.role,
-            {
-                "answer_id": int(answer.audit_id),
-                "helpful": bool(helpful),
-                "comment": (comment or "")[:MAX_COMMENT_CHARS],
-            },
+            actor(user),
+            int(answer.audit_id),
+            helpful=bool(helpful),
+            comment=comment or "",
         )
     except Exception as exc:
         st.error(md_escape(f"The feedback could not be recorded: {exc}"))

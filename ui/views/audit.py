@@ -1,44 +1,29 @@
 """Audit (auditors, admins): find records, read one in full, verify the chain, export, replay.
 
-Verifying and exporting are themselves audit events; an export is recorded before its data
-is handed out.
+Rendering only: ``services.audit`` finds, verifies, exports and replays, and records each of
+those (an export before its data is handed out).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-from dataclasses import asdict, is_dataclass
 from datetime import date, timedelta
 from typing import Any
 
 import streamlit as st
 
 from core.config import Settings
+from core.errors import ClinragError
+from services import audit
 from services.accounts import User
-from ui.events import audit_log, record_event
+from services.audit import Record
 from ui.render import heatmap_rows, md_escape
-from ui.session import require
+from ui.session import actor, require
 
-EVENTS = [
-    "all",
-    "answer",
-    "feedback",
-    "login",
-    "login_failed",
-    "logout",
-    "export",
-    "verify",
-    "replay",
-    "attribution",
-    "ingest",
-    "remove",
-]
+EVENTS = ["all", *audit.EVENTS]
 EXPORT_FORMATS = {
-    "FHIR (Bundle, JSON)": ("fhir", "json", "application/fhir+json"),
-    "CSV": ("csv", "csv", "text/csv"),
-    "JSONL": ("jsonl", "jsonl", "application/jsonl"),
+    "FHIR (Bundle, JSON)": (audit.ExportFormat.FHIR, "json", "application/fhir+json"),
+    "CSV": (audit.ExportFormat.CSV, "csv", "text/csv"),
+    "JSONL": (audit.ExportFormat.JSONL, "jsonl", "application/jsonl"),
 }
 DEFAULT_DAYS = 30
 MAX_RECORDS = 1000
@@ -47,42 +32,23 @@ MAX_RECORDS = 1000
 def render(settings: Settings, user: User | None) -> None:
     user = require(user, "Audit")
     st.header("Audit")
-    log = audit_log(settings)
-    try:
-        _verify(settings, user, log)
-        st.divider()
-        records, filters = _filtered(log)
-        _table(records)
-        _detail(settings, user, log, records)
-        st.divider()
-        _export(settings, user, records, filters)
-    finally:
-        log.close()
+    _verify(settings, user)
+    st.divider()
+    query = _query()
+    records = audit.find(settings, actor(user), query)
+    _table(records)
+    _detail(settings, user, records)
+    st.divider()
+    _export(settings, user, records, query)
 
 
-def _verify(settings: Settings, user: User, log: Any) -> None:
+def _verify(settings: Settings, user: User) -> None:
     cols = st.columns([1, 3])
     if cols[0].button("Verify the chain", key="verify", icon=":material/verified:"):
-        result = log.verify()
-        st.session_state["verify_result"] = (
-            result.to_dict()
-            if hasattr(result, "to_dict")
-            else {
-                "ok": result.ok,
-                "count": result.count,
-                "first_bad_seq": result.first_bad_seq,
-                "reason": result.reason,
-            }
-        )
         try:
-            record_event(
-                settings,
-                "verify",
-                user.username,
-                user.role,
-                {k: st.session_state["verify_result"][k] for k in ("ok", "count", "first_bad_seq")},
-            )
-        except Exception as exc:
+            verified = audit.verify(settings, actor(user))
+            st.session_state["verify_result"] = verified.to_dict()
+        except ClinragError as exc:
             st.error(md_escape(f"The verification could not be recorded: {exc}"))
     result = st.session_state.get("verify_result")
     if result:
@@ -98,30 +64,25 @@ def _verify(settings: Settings, user: User, log: Any) -> None:
             )
 
 
-def _filtered(log: Any) -> tuple[list[Any], dict[str, Any]]:
+def _query() -> audit.Query:
     cols = st.columns(5)
     today = date.today()
     start = cols[0].date_input("From", today - timedelta(days=DEFAULT_DAYS), key="audit_from")
     end = cols[1].date_input("To", today, key="audit_to")
     who = cols[2].text_input("User", key="audit_user").strip().lower()
     event = cols[3].selectbox("Event", EVENTS, index=0, key="audit_event")
-    abstained = cols[4].selectbox(
+    answers = cols[4].selectbox(
         "Answers", ["all", "answered", "abstained"], index=0, key="audit_abstained"
     )
-    filters = {
-        "since": start.isoformat() if start else None,
-        "until": (end + timedelta(days=1)).isoformat() if end else None,
-        "user": who or None,
-        "event": None if event == "all" else event,
-    }
-    records = log.list(**filters, limit=MAX_RECORDS, newest_first=True)
-    if abstained != "all":
-        want = abstained == "abstained"
-        records = [
-            r for r in records if r.event == "answer" and bool(r.payload.get("abstained")) == want
-        ]
-    filters["abstained"] = abstained
-    return records, filters
+    return audit.Query(
+        since=start.isoformat() if isinstance(start, date) else None,
+        until=(end + timedelta(days=1)).isoformat() if isinstance(end, date) else None,
+        user=who or None,
+        event=None if event == "all" else event,
+        answers=str(answers),
+        limit=MAX_RECORDS,
+        newest_first=True,
+    )
 
 
 def _question(payload: dict[str, Any]) -> str:
@@ -132,7 +93,7 @@ def _question(payload: dict[str, Any]) -> str:
     return ""
 
 
-def _table(records: list[Any]) -> None:
+def _table(records: list[Record]) -> None:
     st.caption(
         f"{len(records)} records (newest first"
         + (f", at most {MAX_RECORDS}" if len(records) >= MAX_RECORDS else "")
@@ -157,7 +118,7 @@ def _table(records: list[Any]) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", key="audit_table")
 
 
-def _detail(settings: Settings, user: User, log: Any, records: list[Any]) -> None:
+def _detail(settings: Settings, user: User, records: list[Record]) -> None:
     if not records:
         return
     by_seq = {r.seq: r for r in records}
@@ -176,7 +137,7 @@ def _detail(settings: Settings, user: User, log: Any, records: list[Any]) -> Non
         if record.event in {"answer", "replay"}:
             _answer_detail(record.payload)
             if record.event == "answer":
-                _later_attribution(log, record.seq)
+                _later_attribution(settings, user, record.seq)
             _replay(settings, user, record.seq)
         else:
             st.json(record.payload)
@@ -231,20 +192,20 @@ def _answer_detail(p: dict[str, Any]) -> None:
         st.caption("Timings (s): " + ", ".join(f"{k} {v}" for k, v in p["timings"].items()))
 
 
-def _later_attribution(log: Any, seq: int) -> None:
-    """Attribution computed after the answer (on a clinician's request): its own records."""
-    for rec in log.list(event="attribution"):
-        if rec.payload.get("answer_id") != seq:
-            continue
-        st.markdown(
-            "**Attribution requested later** "
-            + md_escape(f"(record {rec.seq}, {rec.ts}, {rec.user})")
-        )
-        faithfulness = (rec.payload.get("attribution") or {}).get("faithfulness")
-        if faithfulness is not None:
-            st.markdown("**Faithfulness**")
-            st.json(faithfulness)
-        _heatmap(rec.payload)
+def _later_attribution(settings: Settings, user: User, seq: int) -> None:
+    """Attribution computed after the answer: its own record, linked by ``answer_id``."""
+    rec = audit.attribution_of(settings, actor(user), seq)
+    if rec is None:
+        return
+    st.markdown(
+        "**Attribution computed after the answer** "
+        + md_escape(f"(record {rec.seq}, {rec.ts}, {rec.user})")
+    )
+    faithfulness = (rec.payload.get("attribution") or {}).get("faithfulness")
+    if faithfulness is not None:
+        st.markdown("**Faithfulness**")
+        st.json(faithfulness)
+    _heatmap(rec.payload)
 
 
 def _heatmap(p: dict[str, Any]) -> None:
@@ -269,26 +230,13 @@ def _heatmap(p: dict[str, Any]) -> None:
         st.altair_chart(chart, width="stretch")
 
 
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return value
-
-
 def _replay(settings: Settings, user: User, seq: int) -> None:
-    try:
-        from assistant.replay import replay
-    except ImportError:
-        st.caption("Replay unavailable in this installation.")
-        return
     if st.button("Replay this answer", key=f"replay-{seq}", icon=":material/replay:"):
         try:
             with st.spinner("Re-running the recorded question with the recorded settings..."):
-                # the replay event is recorded under the auditor who asked for it
-                as_user = settings.model_copy(update={"user": user.username, "role": user.role})
-                st.session_state[f"replay-result-{seq}"] = _jsonable(replay(as_user, seq))
+                # the replay is recorded under the auditor who asked for it
+                report = audit.replay(settings, actor(user), seq)
+                st.session_state[f"replay-result-{seq}"] = report.to_dict()
         except Exception as exc:
             st.error(md_escape(f"Replay failed: {exc}"))
     result = st.session_state.get(f"replay-result-{seq}")
@@ -297,52 +245,23 @@ def _replay(settings: Settings, user: User, seq: int) -> None:
         st.json(result)
 
 
-def _export_bytes(fmt: str, records: list[Any]) -> bytes:
-    from audit.log.export import to_csv, to_fhir, to_jsonl
-
-    if fmt == "fhir":
-        return json.dumps(to_fhir(records), indent=2, ensure_ascii=False).encode("utf-8")
-    buf = io.StringIO(newline="")
-    if fmt == "csv":
-        to_csv(records, buf)
-    else:
-        to_jsonl(records, buf)
-    return buf.getvalue().encode("utf-8")
-
-
-def _export(settings: Settings, user: User, records: list[Any], filters: dict[str, Any]) -> None:
+def _export(settings: Settings, user: User, records: list[Record], query: audit.Query) -> None:
     st.subheader("Export")
     cols = st.columns([2, 1])
     label = cols[0].radio("Format", list(EXPORT_FORMATS), horizontal=True, key="export_format")
-    fmt, ext, mime = EXPORT_FORMATS[label]
+    fmt, ext, mime = EXPORT_FORMATS[str(label)]
     if cols[1].button(f"Export {len(records)} records", key="export", disabled=not records):
-        ordered = sorted(records, key=lambda r: r.seq)
-        data = _export_bytes(fmt, ordered)
-        digest = hashlib.sha256(data).hexdigest()
         try:
-            seq = record_event(
-                settings,
-                "export",
-                user.username,
-                user.role,
-                {
-                    "format": fmt,
-                    "count": len(ordered),
-                    "first_seq": ordered[0].seq,
-                    "last_seq": ordered[-1].seq,
-                    "filters": {k: v for k, v in filters.items() if v is not None},
-                    "sha256": digest,
-                },
-            )
-        except Exception as exc:
+            exported = audit.export(settings, actor(user), fmt, query, destination="download")
+        except ClinragError as exc:
             st.error(md_escape(f"The export could not be recorded, so it is not offered: {exc}"))
             return
         st.session_state["export_data"] = {
-            "data": data,
-            "name": f"clinrag-audit-{ordered[0].seq}-{ordered[-1].seq}.{ext}",
+            "data": exported.data,
+            "name": f"clinrag-audit-{exported.first_seq}-{exported.last_seq}.{ext}",
             "mime": mime,
-            "seq": seq,
-            "count": len(ordered),
+            "seq": exported.record_seq,
+            "count": exported.count,
         }
     ready = st.session_state.get("export_data")
     if ready:

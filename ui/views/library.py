@@ -7,17 +7,12 @@ from typing import Any
 import streamlit as st
 
 from core.config import Settings
-from core.errors import ClinragError
+from core.errors import ClinragError, NotFoundError
+from services import library
 from services.accounts import User
-from services.library import (
-    currency_warnings,
-    documents,
-    ingest_files,
-    remove_document,
-    save_uploads,
-)
+from services.library import FileResult, currency_warnings
 from ui.render import md_escape
-from ui.session import require
+from ui.session import actor, require
 
 UPLOAD_TYPES = ["pdf", "html", "htm", "md", "markdown", "txt", "text", "docx", "json"]
 
@@ -28,7 +23,7 @@ def render(settings: Settings, user: User | None) -> None:
     flash = st.session_state.pop("library_flash", None)
     if flash:
         st.success(md_escape(flash))
-    docs = documents(settings)
+    docs = library.documents(settings, actor(user))
     _table(docs)
     st.divider()
     _upload(settings, user)
@@ -86,15 +81,15 @@ def _upload(settings: Settings, user: User) -> None:
 
 def _ingest(settings: Settings, user: User, files: list[Any]) -> None:
     try:
-        paths = save_uploads(settings, [(f.name, f.getvalue()) for f in files])
+        paths = library.save_uploads(settings, actor(user), [(f.name, f.getvalue()) for f in files])
     except (OSError, ValueError) as exc:
         st.error(md_escape(f"The files could not be saved: {exc}"))
         return
     progress = st.progress(0.0, text="Reading and indexing...")
-    done: list[Any] = []
+    done: list[FileResult] = []
     total = max(sum(1 for p in paths if not p.name.endswith(".meta.json")), 1)
 
-    def on_file(result: Any) -> None:
+    def on_file(result: FileResult) -> None:
         done.append(result)
         name = result.path.rsplit("/", 1)[-1]
         progress.progress(
@@ -103,8 +98,8 @@ def _ingest(settings: Settings, user: User, files: list[Any]) -> None:
 
     try:
         with st.spinner("Indexing..."):
-            summary = ingest_files(
-                settings, paths, user=user.username, role=user.role, on_file=on_file
+            summary = library.add(
+                settings, actor(user), paths, source="upload", on_file=on_file, progress=False
             )
     except ClinragError as exc:
         st.error(md_escape(str(exc)))
@@ -155,12 +150,12 @@ def _remove(settings: Settings, user: User, docs: list[dict[str, Any]]) -> None:
     if not st.button("Remove", disabled=not (doc_id and confirm), key="remove_button"):
         return
     try:
-        removed = remove_document(settings, str(doc_id), user=user.username, role=user.role)
+        library.remove(settings, actor(user), str(doc_id))
+    except NotFoundError:
+        st.warning(md_escape(f"{doc_id} was not in the library any more."))
+        return
     except ClinragError as exc:
         st.error(md_escape(str(exc)))
         return
-    if removed:
-        st.session_state["library_flash"] = f"Removed {doc_id}."
-        st.rerun()
-    else:
-        st.warning(md_escape(f"{doc_id} was not in the library any more."))
+    st.session_state["library_flash"] = f"Removed {doc_id}."
+    st.rerun()

@@ -12,8 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import Settings
-from services.accounts import authenticate, sso_sign_in
-from ui.events import sink
+from services import accounts
 from ui.render import md_escape
 from ui.session import sign_in
 
@@ -43,7 +42,7 @@ def render(settings: Settings) -> None:
     if not submitted:
         return
     try:
-        user = authenticate(settings, username, password, on_event=sink(settings))
+        user = accounts.sign_in(settings, username, password)
     except Exception as exc:  # the audit log cannot record the sign-in
         st.error(md_escape(f"Sign-in is unavailable because it cannot be recorded: {exc}"))
         return
@@ -67,7 +66,7 @@ def _single_sign_on(settings: Settings) -> bool:
         _refused(settings, claims)
         return True
     try:
-        user = sso_sign_in(settings, claims, on_event=sink(settings))
+        user = accounts.sign_in_sso(settings, claims)
     except Exception as exc:  # the audit log cannot record the sign-in
         st.error(md_escape(f"Sign-in is unavailable because it cannot be recorded: {exc}"))
         return True

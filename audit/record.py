@@ -1,0 +1,609 @@
+"""Every audit event clinrag writes: its name, its payload schema, and the one function that
+writes it.
+
+Nothing outside this module appends to the audit log (a test scans the tree for it), so an
+event's payload has one shape whoever triggers it: the CLI, the app, evaluation or replay.
+Each :class:`Event` is written by exactly one :class:`Recorder` method, whose payload is the
+:class:`~typing.TypedDict` named in :data:`PAYLOADS`.
+
+The link between an answer and what is recorded about it later (attribution, feedback) is
+``answer_id``, the answer record's sequence number, in every event that points at an answer;
+:meth:`Recorder.attribution_of` is the one reader of that link. Records written before the
+link was unified used ``answer_seq`` for attributions from the CLI; the reader accepts both,
+since audit rows are never rewritten.
+
+Recording happens before anything is handed out: an answer is shown, and an export's data is
+offered, only after its record is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from audit.log.redact import question_fields
+from core.config import Settings, answer_settings
+from core.errors import AuditError
+from core.types import Actor, Answer, EmbedderInfo, Hit
+
+if TYPE_CHECKING:
+    from audit.log import AuditLog, Record, VerifyResult
+
+
+class Event(StrEnum):
+    ANSWER = "answer"
+    ATTRIBUTION = "attribution"
+    FEEDBACK = "feedback"
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"
+    LOGOUT = "logout"
+    VERIFY = "verify"
+    EXPORT = "export"
+    REPLAY = "replay"
+    INGEST = "ingest"
+    REMOVE = "remove"
+    BACKUP = "backup"
+    RESTORE = "restore"
+    REINDEX = "reindex"
+    USER_ADD = "user_add"
+    USER_DISABLE = "user_disable"
+    USER_ENABLE = "user_enable"
+    USER_PASSWORD = "user_password"
+
+
+# The key that points from a later event at the answer record it is about.
+ANSWER_LINK = "answer_id"
+_LEGACY_ANSWER_LINKS = ("answer_seq",)
+
+
+# ------------------------------------------------------------------------ payload schemas
+
+
+class RetrievedPayload(TypedDict):
+    n: int
+    doc_id: str
+    chunk_id: str
+    content_hash: str
+    doc_sha256: str
+    title: str
+    section: str
+    page: int | None
+    score: float
+    dense_score: float | None
+    dense_rank: int | None
+    bm25_score: float | None
+    bm25_rank: int | None
+    rerank_score: float | None
+
+
+class AnswerPayload(TypedDict, total=False):
+    answer: str
+    abstained: bool
+    abstain_reason: str | None
+    mode: str
+    generated_text: str | None
+    sentences: list[dict[str, Any]]
+    unverified_sentences: list[dict[str, Any]]
+    citations: list[dict[str, Any]]
+    evidence: list[dict[str, Any]]
+    retrieved: list[RetrievedPayload]
+    index_version: str
+    embedder: dict[str, Any]
+    model: dict[str, Any] | None
+    prompt: dict[str, str] | None
+    decoding: dict[str, Any] | None
+    settings: dict[str, Any]
+    attribution: dict[str, Any] | None
+    faithfulness: dict[str, Any] | None
+    timings: dict[str, float]
+    # The question, as the ``audit_questions`` policy allows (verbatim, redacted or hashed).
+    question: str
+    question_hash: str
+    question_mode: str
+
+
+class AttributionPayload(TypedDict):
+    answer_id: int
+    attribution: dict[str, Any]
+    faithfulness: dict[str, Any] | None
+    sentences: list[dict[str, Any]]
+    citations: list[dict[str, Any]]
+
+
+class FeedbackPayload(TypedDict):
+    answer_id: int
+    helpful: bool
+    comment: str
+
+
+class LoginPayload(TypedDict, total=False):
+    method: str
+    issuer: str
+
+
+class LoginFailedPayload(TypedDict, total=False):
+    reason: str
+    method: str
+    issuer: str
+
+
+class LogoutPayload(TypedDict):
+    pass
+
+
+class VerifyPayload(TypedDict):
+    ok: bool
+    count: int
+    first_bad_seq: int | None
+    reason: str
+
+
+class ExportPayload(TypedDict):
+    format: str
+    count: int
+    first_seq: int | None
+    last_seq: int | None
+    filters: dict[str, Any]
+    destination: str
+    sha256: str
+
+
+class ReplayPayload(TypedDict):
+    answer_id: int
+    unchanged: bool
+    differences: list[str]
+    original_answer: str
+    replayed_answer: str
+
+
+class IngestDocument(TypedDict):
+    doc_id: str | None
+    status: str
+    reason: str | None
+
+
+class IngestPayload(TypedDict):
+    source: str
+    paths: list[str]
+    added: int
+    updated: int
+    unchanged: int
+    failed: int
+    removed: int
+    chunks: int
+    index_version: int
+    documents: list[IngestDocument]
+
+
+class RemovePayload(TypedDict):
+    doc_id: str
+    deleted_upload: bool
+
+
+class BackupPayload(TypedDict):
+    dest: str
+    records: int
+    head_seq: int
+    verified: bool
+    keys_included: bool
+
+
+class RestorePayload(TypedDict):
+    backup_dir: str
+    backup_created: str | None
+    records_restored: int
+    documents: int
+    chunks: int
+
+
+class ReindexPayload(TypedDict):
+    documents: int
+    chunks: int
+    vectors: int
+    pending_rolled_back: int
+    index_version: str
+    old_store_moved_to: str | None
+
+
+class UserAddPayload(TypedDict):
+    username: str
+    new_role: str
+    sso_only: bool
+
+
+class UserPayload(TypedDict):
+    username: str
+
+
+PAYLOADS: dict[Event, type[Any]] = {
+    Event.ANSWER: AnswerPayload,
+    Event.ATTRIBUTION: AttributionPayload,
+    Event.FEEDBACK: FeedbackPayload,
+    Event.LOGIN: LoginPayload,
+    Event.LOGIN_FAILED: LoginFailedPayload,
+    Event.LOGOUT: LogoutPayload,
+    Event.VERIFY: VerifyPayload,
+    Event.EXPORT: ExportPayload,
+    Event.REPLAY: ReplayPayload,
+    Event.INGEST: IngestPayload,
+    Event.REMOVE: RemovePayload,
+    Event.BACKUP: BackupPayload,
+    Event.RESTORE: RestorePayload,
+    Event.REINDEX: ReindexPayload,
+    Event.USER_ADD: UserAddPayload,
+    Event.USER_DISABLE: UserPayload,
+    Event.USER_ENABLE: UserPayload,
+    Event.USER_PASSWORD: UserPayload,
+}
+
+
+# ------------------------------------------------------------------------ answer -> record
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def hit_payload(hit: Hit, n: int) -> RetrievedPayload:
+    c = hit.chunk
+    return {
+        "n": n,
+        "doc_id": c.doc_id,
+        "chunk_id": c.chunk_id,
+        "content_hash": c.content_hash,
+        "doc_sha256": c.doc_sha256,
+        "title": c.title,
+        "section": c.section,
+        "page": c.page,
+        "score": round(hit.score, 6),
+        "dense_score": _round(hit.dense_score),
+        "dense_rank": hit.dense_rank,
+        "bm25_score": _round(hit.bm25_score),
+        "bm25_rank": hit.bm25_rank,
+        "rerank_score": _round(hit.rerank_score),
+    }
+
+
+def answer_payload(
+    answer: Answer,
+    settings: Settings,
+    index_version: str,
+    embedder: EmbedderInfo,
+    *,
+    top_k: int | None = None,
+) -> AnswerPayload:
+    """Everything needed to verify and replay an answer, without the question.
+
+    Replay compares a fresh payload with the recorded one, so both come from here.
+    """
+    gen = answer.generation
+    by_chunk = {h.chunk.chunk_id: h for h in answer.hits}
+    decisive = answer_settings(settings, top_k=top_k if top_k is not None else len(answer.hits))
+    return {
+        "answer": answer.answer,
+        "abstained": answer.abstained,
+        "abstain_reason": answer.abstain_reason,
+        "mode": str(answer.mode),
+        "generated_text": gen.text if gen else None,
+        "sentences": [asdict(s) for s in answer.sentences],
+        "unverified_sentences": [asdict(s) for s in answer.unverified],
+        "citations": [
+            {k: v for k, v in asdict(c).items() if k not in {"text", "metadata"}}
+            | {"content_hash": by_chunk[c.chunk_id].chunk.content_hash}
+            for c in answer.citations
+        ],
+        "evidence": [asdict(e) for e in answer.evidence],
+        "retrieved": [hit_payload(h, n) for n, h in enumerate(answer.hits, start=1)],
+        "index_version": index_version,
+        "embedder": asdict(embedder),
+        "model": asdict(gen.model) if gen else None,
+        "prompt": {"template": gen.template, "hash": gen.prompt_hash} if gen else None,
+        "decoding": gen.decoding if gen else None,
+        "settings": decisive,
+        "attribution": answer.attribution,
+        "faithfulness": (answer.attribution or {}).get("faithfulness"),
+        "timings": {k: round(v, 4) for k, v in answer.timings.items()},
+    }
+
+
+def answer_link(payload: Mapping[str, Any]) -> int | None:
+    """The answer record a later event points at, whichever key its writer used."""
+    for key in (ANSWER_LINK, *_LEGACY_ANSWER_LINKS):
+        value = payload.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+# ------------------------------------------------------------------------ the writer
+
+
+def open_log(settings: Settings) -> AuditLog:
+    """The settings' audit log (cheap: nothing is opened until used). For reading; writing
+    goes through :class:`Recorder`."""
+    from audit.log import AuditLog
+
+    return AuditLog(
+        settings.audit_db,
+        settings.audit_checkpoint,
+        settings.audit_key,
+        checkpoint_every=settings.audit_checkpoint_every,
+    )
+
+
+class Recorder:
+    """Writes clinrag's audit events to one :class:`~audit.log.AuditLog`; one method per event.
+
+    Every method returns the new record's sequence number and raises
+    :class:`~core.errors.AuditError` (with what to do next) when it cannot be committed.
+    """
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    @classmethod
+    def open(cls, settings: Settings) -> Recorder:
+        """A recorder on the settings' audit log (cheap: nothing is opened until used)."""
+        return cls(open_log(settings))
+
+    def close(self) -> None:
+        self.log.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _append(self, event: Event, actor: Actor, payload: Mapping[str, Any], what: str) -> int:
+        # Fail closed on any error, not only the log's own: whatever stops the record from
+        # being committed must stop what it records from being handed out.
+        try:
+            record = self.log.append(
+                str(event), actor.user or "unknown", actor.role or "unknown", dict(payload)
+            )
+        except Exception as exc:
+            raise AuditError(f"{what} could not be recorded in the audit log: {exc}") from exc
+        return int(record.seq)
+
+    def check_writable(self) -> None:
+        try:
+            self.log.check_writable()
+        except Exception as exc:
+            raise AuditError(
+                f"{exc} No answer is given without an audit record; ask your administrator."
+            ) from exc
+
+    # answers and what follows them
+    def answer(
+        self,
+        actor: Actor,
+        answer: Answer,
+        *,
+        settings: Settings,
+        index_version: str,
+        embedder: EmbedderInfo,
+        top_k: int | None = None,
+    ) -> int:
+        payload = answer_payload(answer, settings, index_version, embedder, top_k=top_k)
+        fields = question_fields(answer.question, settings.audit_questions)
+        payload.update(fields)  # type: ignore[typeddict-item]
+        payload["question_mode"] = settings.audit_questions
+        try:
+            return self._append(Event.ANSWER, actor, payload, "The answer")
+        except AuditError as exc:
+            raise AuditError(
+                f"The answer was withheld because its audit record could not be written: {exc}"
+            ) from exc
+
+    def attribution(self, actor: Actor, answer_id: int, answer: Answer) -> int:
+        if answer.attribution is None:
+            raise ValueError("the answer carries no attribution to record")
+        payload: AttributionPayload = {
+            "answer_id": int(answer_id),
+            "attribution": answer.attribution,
+            "faithfulness": answer.attribution.get("faithfulness"),
+            "sentences": [asdict(s) for s in answer.sentences],
+            "citations": [
+                {"n": c.n, "doc_id": c.doc_id, "chunk_id": c.chunk_id} for c in answer.citations
+            ],
+        }
+        return self._append(Event.ATTRIBUTION, actor, payload, "The attribution")
+
+    def feedback(self, actor: Actor, answer_id: int, *, helpful: bool, comment: str) -> int:
+        payload: FeedbackPayload = {
+            "answer_id": int(answer_id),
+            "helpful": bool(helpful),
+            "comment": comment,
+        }
+        return self._append(Event.FEEDBACK, actor, payload, "The feedback")
+
+    def replay(
+        self,
+        actor: Actor,
+        answer_id: int,
+        *,
+        unchanged: bool,
+        differences: Sequence[str],
+        original_answer: str,
+        replayed_answer: str,
+    ) -> int:
+        payload: ReplayPayload = {
+            "answer_id": int(answer_id),
+            "unchanged": unchanged,
+            "differences": list(differences),
+            "original_answer": original_answer,
+            "replayed_answer": replayed_answer,
+        }
+        return self._append(Event.REPLAY, actor, payload, "The replay")
+
+    # sign-in
+    def login(self, actor: Actor, *, method: str = "password", issuer: str = "") -> int:
+        payload: LoginPayload = {"method": method}
+        if issuer:
+            payload["issuer"] = issuer
+        return self._append(Event.LOGIN, actor, payload, "The sign-in")
+
+    def login_failed(
+        self, actor: Actor, *, reason: str, method: str = "password", issuer: str = ""
+    ) -> int:
+        payload: LoginFailedPayload = {"reason": reason, "method": method}
+        if issuer:
+            payload["issuer"] = issuer
+        return self._append(Event.LOGIN_FAILED, actor, payload, "The failed sign-in")
+
+    def logout(self, actor: Actor) -> int:
+        payload: LogoutPayload = {}
+        return self._append(Event.LOGOUT, actor, payload, "The sign-out")
+
+    # the audit log itself
+    def verify(self, actor: Actor, result: VerifyResult) -> int:
+        payload: VerifyPayload = {
+            "ok": result.ok,
+            "count": result.count,
+            "first_bad_seq": result.first_bad_seq,
+            "reason": result.reason,
+        }
+        return self._append(Event.VERIFY, actor, payload, "The verification")
+
+    def export(
+        self,
+        actor: Actor,
+        *,
+        fmt: str,
+        seqs: Sequence[int],
+        filters: Mapping[str, Any],
+        destination: str,
+        sha256: str,
+    ) -> int:
+        payload: ExportPayload = {
+            "format": fmt,
+            "count": len(seqs),
+            "first_seq": min(seqs) if seqs else None,
+            "last_seq": max(seqs) if seqs else None,
+            "filters": {k: v for k, v in filters.items() if v is not None},
+            "destination": destination,
+            "sha256": sha256,
+        }
+        return self._append(Event.EXPORT, actor, payload, "The export")
+
+    # the library
+    def ingest(
+        self,
+        actor: Actor,
+        *,
+        source: str,
+        paths: Iterable[str],
+        counts: Mapping[str, int],
+        index_version: int,
+        documents: Sequence[IngestDocument],
+    ) -> int:
+        payload: IngestPayload = {
+            "source": source,
+            "paths": list(paths),
+            "added": int(counts.get("added", 0)),
+            "updated": int(counts.get("updated", 0)),
+            "unchanged": int(counts.get("unchanged", 0)),
+            "failed": int(counts.get("failed", 0)),
+            "removed": int(counts.get("removed", 0)),
+            "chunks": int(counts.get("chunks", 0)),
+            "index_version": int(index_version),
+            "documents": list(documents),
+        }
+        return self._append(Event.INGEST, actor, payload, "The ingest")
+
+    def remove(self, actor: Actor, doc_id: str, *, deleted_upload: bool) -> int:
+        payload: RemovePayload = {"doc_id": doc_id, "deleted_upload": deleted_upload}
+        return self._append(Event.REMOVE, actor, payload, "The removal")
+
+    # maintenance
+    def backup(
+        self,
+        actor: Actor,
+        *,
+        dest: str,
+        records: int,
+        head_seq: int,
+        verified: bool,
+        keys_included: bool,
+    ) -> int:
+        payload: BackupPayload = {
+            "dest": dest,
+            "records": records,
+            "head_seq": head_seq,
+            "verified": verified,
+            "keys_included": keys_included,
+        }
+        return self._append(Event.BACKUP, actor, payload, "The backup")
+
+    def restore(
+        self,
+        actor: Actor,
+        *,
+        backup_dir: str,
+        backup_created: str | None,
+        records_restored: int,
+        documents: int,
+        chunks: int,
+    ) -> int:
+        payload: RestorePayload = {
+            "backup_dir": backup_dir,
+            "backup_created": backup_created,
+            "records_restored": records_restored,
+            "documents": documents,
+            "chunks": chunks,
+        }
+        return self._append(Event.RESTORE, actor, payload, "The restore")
+
+    def reindex(
+        self,
+        actor: Actor,
+        *,
+        documents: int,
+        chunks: int,
+        vectors: int,
+        pending_rolled_back: int,
+        index_version: str,
+        old_store_moved_to: str | None,
+    ) -> int:
+        payload: ReindexPayload = {
+            "documents": documents,
+            "chunks": chunks,
+            "vectors": vectors,
+            "pending_rolled_back": pending_rolled_back,
+            "index_version": index_version,
+            "old_store_moved_to": old_store_moved_to,
+        }
+        return self._append(Event.REINDEX, actor, payload, "The reindex")
+
+    # accounts
+    def user_add(self, actor: Actor, username: str, *, new_role: str, sso_only: bool) -> int:
+        payload: UserAddPayload = {"username": username, "new_role": new_role, "sso_only": sso_only}
+        return self._append(Event.USER_ADD, actor, payload, "The new account")
+
+    def user_disable(self, actor: Actor, username: str) -> int:
+        payload: UserPayload = {"username": username}
+        return self._append(Event.USER_DISABLE, actor, payload, "Disabling the account")
+
+    def user_enable(self, actor: Actor, username: str) -> int:
+        payload: UserPayload = {"username": username}
+        return self._append(Event.USER_ENABLE, actor, payload, "Enabling the account")
+
+    def user_password(self, actor: Actor, username: str) -> int:
+        payload: UserPayload = {"username": username}
+        return self._append(Event.USER_PASSWORD, actor, payload, "The password change")
+
+    # readers of links between records
+    def attribution_of(self, answer_id: int) -> Record | None:
+        """The newest attribution record of the answer record ``answer_id``, if any."""
+        found = None
+        for record in self.log.list(event=str(Event.ATTRIBUTION)):
+            if answer_link(record.payload) == answer_id:
+                found = record
+        return found
+
+    def recent_answers(self, user: str, since: Any) -> int:
+        """How many answers ``user`` was given since ``since`` (for the rate limit)."""
+        return len(self.log.list(since=since, user=user, event=str(Event.ANSWER)))

@@ -1,0 +1,75 @@
+"""Asking: the question, its answer and what is recorded about it afterwards.
+
+The CLI and the Ask page both come here, so an answer, its attribution and its feedback are
+recorded the same way and linked the same way (``answer_id``, see ``audit.record``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from audit.record import Recorder
+from core.config import Settings
+from core.types import Actor, Answer
+from services.access import Operation, require
+
+if TYPE_CHECKING:
+    from assistant.pipeline import Assistant
+
+MAX_COMMENT_CHARS = 2000
+
+
+def open_assistant(settings: Settings) -> Assistant:
+    """An assistant on the settings' library and models (cheap: ``warm_up`` loads them)."""
+    from assistant.pipeline import Assistant
+
+    return Assistant(settings)
+
+
+def ask(
+    assistant: Assistant,
+    actor: Actor,
+    question: str,
+    *,
+    k: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer ``question`` as ``actor`` (whose role decides the visible documents) and record
+    it; the answer is returned only once its record is committed. Attribution follows with
+    :func:`attribute`, so nobody waits for it to see the answer."""
+    require(actor, Operation.ASK)
+    return assistant.ask(
+        question, k=k, user=actor.user, role=actor.role, on_token=on_token, attribute=False
+    )
+
+
+def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
+    """Compute the causal attribution of a recorded answer and record it, linked to it.
+
+    Returns the attribution's record, or None when nothing was attributed (an abstention, or
+    a model that cannot score). On failure the answer keeps no attribution: what is shown
+    must be what is recorded.
+    """
+    require(actor, Operation.ASK)
+    if answer.abstained or answer.audit_id is None:
+        return None
+    try:
+        assistant.attribute(answer)
+        if answer.attribution is None:
+            return None
+        return assistant.recorder.attribution(actor, answer.audit_id, answer)
+    except BaseException:
+        answer.attribution = None
+        raise
+
+
+def feedback(
+    settings: Settings, actor: Actor, answer_id: int, *, helpful: bool, comment: str = ""
+) -> int:
+    """Record a clinician's verdict on an answer (the comment is cut to a sane length)."""
+    require(actor, Operation.ASK)
+    with Recorder.open(settings) as recorder:
+        return recorder.feedback(
+            actor, answer_id, helpful=helpful, comment=(comment or "")[:MAX_COMMENT_CHARS]
+        )
