@@ -165,6 +165,36 @@ class Context:
     nearest: list[dict[str, Any]]
 
 
+def _answer(
+    ctx: Context,
+    mode: Mode,
+    text: str,
+    *,
+    generation: Generation | None,
+    sentences: Sequence[AnswerSentence] = (),
+    citations: Sequence[Citation] = (),
+    evidence: Sequence[Evidence] = (),
+    reason: Reason | None = None,
+    unverified: Sequence[AnswerSentence] = (),
+) -> Answer:
+    return Answer(
+        question=ctx.question,
+        answer=text,
+        abstained=mode is Mode.ABSTAINED,
+        mode=mode,
+        abstain_reason=None if reason is None else str(reason),
+        sentences=list(sentences),
+        citations=list(citations),
+        evidence=list(evidence),
+        hits=ctx.hits,
+        source_sentences=ctx.sources,
+        generation=generation,
+        timings=ctx.timings,
+        nearest_documents=ctx.nearest,
+        unverified=list(unverified),
+    )
+
+
 def abstained(
     ctx: Context,
     reason: Reason,
@@ -174,20 +204,15 @@ def abstained(
     evidence: Sequence[Evidence] = (),
     text: str = ABSTAIN_TEXT,
 ) -> Answer:
-    return Answer(
-        question=ctx.question,
-        answer=text,
-        abstained=True,
-        mode=Mode.ABSTAINED,
-        abstain_reason=str(reason),
-        sentences=list(sentences),
-        citations=[],
-        evidence=list(evidence),
-        hits=ctx.hits,
-        source_sentences=ctx.sources,
+    """No answer: the reason says why; a withheld draft and the closest evidence are kept."""
+    return _answer(
+        ctx,
+        Mode.ABSTAINED,
+        text,
         generation=generation,
-        timings=ctx.timings,
-        nearest_documents=ctx.nearest,
+        sentences=sentences,
+        evidence=evidence,
+        reason=reason,
     )
 
 
@@ -199,19 +224,15 @@ def generated(
     citations: Sequence[Citation],
     evidence: Sequence[Evidence],
 ) -> Answer:
-    return Answer(
-        question=ctx.question,
-        answer=generation.text,
-        abstained=False,
-        mode=Mode.GENERATED,
-        sentences=list(sentences),
-        citations=list(citations),
-        evidence=list(evidence),
-        hits=ctx.hits,
-        source_sentences=ctx.sources,
+    """The model's own wording, verified against the sources."""
+    return _answer(
+        ctx,
+        Mode.GENERATED,
+        generation.text,
         generation=generation,
-        timings=ctx.timings,
-        nearest_documents=ctx.nearest,
+        sentences=sentences,
+        citations=citations,
+        evidence=evidence,
     )
 
 
@@ -224,20 +245,16 @@ def quoted(
     evidence: Sequence[Evidence],
     unverified: Sequence[AnswerSentence],
 ) -> Answer:
-    return Answer(
-        question=ctx.question,
-        answer=" ".join(f"{s.text} [{s.citations[0]}]" for s in sentences),
-        abstained=False,
-        mode=Mode.QUOTED,
-        sentences=list(sentences),
-        citations=list(citations),
-        evidence=list(evidence),
-        hits=ctx.hits,
-        source_sentences=ctx.sources,
+    """Guideline sentences quoted with their citations, in place of unverifiable wording."""
+    return _answer(
+        ctx,
+        Mode.QUOTED,
+        " ".join(f"{s.text} [{s.citations[0]}]" for s in sentences),
         generation=generation,
-        timings=ctx.timings,
-        nearest_documents=ctx.nearest,
-        unverified=list(unverified),
+        sentences=sentences,
+        citations=citations,
+        evidence=evidence,
+        unverified=unverified,
     )
 
 
