@@ -37,7 +37,8 @@ class MemoryLog:
 
     def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> Record:
         self.appended.append((event, user, role, payload))
-        return Record(len(self.appended), "2026-12-02T00:00:00Z", event, user, role, payload, "", "")
+        seq = len(self.appended)
+        return Record(seq, "2026-12-02T00:00:00Z", event, user, role, payload, "", "")
 
     def list(self, event: str | None = None, **_: Any) -> list[Record]:
         return [
