@@ -1,6 +1,6 @@
 """Abstention: does clinrag decline questions its library cannot answer, and only those?
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/abstention.py
+    .venv/bin/python -m benchmarks.abstention
 
 Data: MedQuAD (../shared/eval/medquad), 200 questions drawn with a fixed seed (0). The first
 100 drawn are made unanswerable by removing documents from the index; the next 100 drawn
@@ -17,7 +17,7 @@ run on the same 200 questions:
 
 Removal uses the real ``Index.remove`` on a private copy of the cached full MedQuAD index
 (built by benchmarks/common.py, shared with retrieval.py), so the library is the full 8,254
-passages minus the removed ones.
+passages minus the removed ones (``--limit-docs N``: the first N passages, for quick tries).
 
 Retrieval-stage abstention is exactly the pipeline's first check (assistant/pipeline.py,
 ``Assistant._answer``): with hits = ``Retriever.retrieve(question)`` at the default top_k,
@@ -33,6 +33,8 @@ libraries that hold every answer (PubMedQA's 500 questions, data_samples' own li
 
 Options:
   --questions N    total questions, half of each kind (default 200)
+  --limit-docs N   index only the first N MedQuAD passages and draw questions on them (quick
+                   tries; the figures are not comparable)
   --seed S         (default 0)
   --generate N     also run the full Assistant.ask(record=False, attribute=False) on N
                    questions of each kind (topic removal; packaged LLM; about 5-10 s per
@@ -48,54 +50,55 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is on sys.path (Python puts a script's folder first): import via the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
-from benchmarks.common import log  # noqa: E402
+from benchmarks import common
+from benchmarks.common import log
+from core.config import Settings, apply_offline_environment
+from core.types import Hit
+from evaluation.data import Question, norm_title, shared_doc_ids
+from evaluation.metrics import percentile
 
 THRESHOLDS = [round(0.20 + 0.025 * i, 3) for i in range(27)]  # 0.20 .. 0.85
 # Settings.abstain_rare_term_zipf values to compare; 0 turns the rare-term check off.
 ZIPFS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
-SAMPLES = _HERE.parent / "data_samples"
+SAMPLES = common.REPO / "data_samples"
+
+Observation = dict[str, Any]  # what the retrieval-stage checks saw for one question (observe)
 
 
-def split_questions(n: int, seed: int) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
+def split_questions(
+    n: int, seed: int, limit_docs: int | None = None
+) -> tuple[list[Question], list[Question], dict[str, set[str]]]:
     """(unanswerable, answerable, {mode: corpus doc ids to remove})."""
-    from evaluation.data import norm_title  # the eval's own topic key
-
-    corpus = common.load_corpus("medquad")
-    title_of = {r["doc_id"]: norm_title(r["title"]) for r in corpus}
+    data = common.dataset("medquad")
+    corpus = data.corpus[:limit_docs] if limit_docs else data.corpus
+    title_of = {str(r["doc_id"]): norm_title(r["title"]) for r in corpus}
     by_title: dict[str, set[str]] = {}
     for r in corpus:
-        by_title.setdefault(norm_title(r["title"]), set()).add(r["doc_id"])
+        by_title.setdefault(norm_title(r["title"]), set()).add(str(r["doc_id"]))
     # (a duplicated id maps to several titles; questions on those ids are never drawn)
-    pool = [q for q in common.load_questions("medquad") if q["gold_doc_ids"]]
-    dup = common.duplicated_doc_ids("medquad")  # ids shared by several passages: no clear gold
-    pool = [q for q in pool if all(g in title_of and g not in dup for g in q["gold_doc_ids"])]
+    pool = [q for q in data.questions if q.gold]
+    shared = shared_doc_ids(data.corpus)  # ids of several passages: no clear gold
+    pool = [q for q in pool if all(g in title_of and g not in shared for g in q.gold)]
     random.Random(seed).shuffle(pool)
     half = n // 2
     unanswerable = pool[:half]
-    gold = {g for q in unanswerable for g in q["gold_doc_ids"]}
+    gold = {g for q in unanswerable for g in q.gold}
     topic = {d for g in gold for d in by_title[title_of[g]]}
-    answerable = [q for q in pool[half:] if not set(q["gold_doc_ids"]) & topic][: n - half]
+    answerable = [q for q in pool[half:] if not set(q.gold) & topic][: n - half]
     return unanswerable, answerable, {"topic": topic, "gold": gold}
 
 
-def relevance(hits: list[Any]) -> float:
+def relevance(hits: list[Hit]) -> float:
     """The pipeline's retrieval-stage relevance (Assistant._answer)."""
     return max((h.dense_score or 0.0) for h in hits) if hits else 0.0
 
 
-def observe(retriever: Any, question: str) -> dict[str, Any]:
+def observe(retriever: Any, question: str) -> Observation:
     """What the two retrieval-stage checks see for one question, at every threshold at once.
 
     ``words``: the question's words as ``coverage.specific_terms`` reads them, each with its
@@ -114,24 +117,24 @@ def observe(retriever: Any, question: str) -> dict[str, Any]:
     }
 
 
-def abstains(obs: dict[str, Any], threshold: float, max_zipf: float) -> bool:
+def abstains(obs: Observation, threshold: float, max_zipf: float) -> bool:
     """The pipeline's decision at these thresholds (``coverage.Coverage.covered``)."""
     specific = [z for _, z in obs["words"] if z < max_zipf]
     missing = [z for _, z in obs["absent"] if z < max_zipf]
     return obs["relevance"] < threshold or (bool(specific) and len(missing) == len(specific))
 
 
-def share(observed: list[dict[str, Any]], threshold: float, max_zipf: float) -> float:
+def share(observed: list[Observation], threshold: float, max_zipf: float) -> float:
     return sum(abstains(o, threshold, max_zipf) for o in observed) / max(len(observed), 1)
 
 
 def run_mode(
     built: common.BuiltCorpus,
     remove: set[str],
-    unanswerable: list[dict],
-    answerable: list[dict],
+    unanswerable: list[Question],
+    answerable: list[Question],
     workdir: Path,
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], Settings]:
     from assistant.retrieve import Retriever
     from core.library.index import Index, writer_lock
 
@@ -149,10 +152,10 @@ def run_mode(
     remove_seconds = time.perf_counter() - t0
     retriever = Retriever(settings, index=index)
     retriever.warm_up()
-    observed: dict[str, list[dict[str, Any]]] = {"unanswerable": [], "answerable": []}
+    observed: dict[str, list[Observation]] = {"unanswerable": [], "answerable": []}
     for kind, qs in (("unanswerable", unanswerable), ("answerable", answerable)):
         for q in qs:
-            observed[kind].append(observe(retriever, q["question"]))
+            observed[kind].append(observe(retriever, q.question))
     return (
         {
             "removed_docs": removed,
@@ -165,7 +168,7 @@ def run_mode(
 
 
 def rates(
-    observed: dict[str, list[dict[str, Any]]], threshold: float, max_zipf: float = 0.0
+    observed: dict[str, list[Observation]], threshold: float, max_zipf: float = 0.0
 ) -> tuple[float, float]:
     return (
         share(observed["unanswerable"], threshold, max_zipf),
@@ -186,7 +189,7 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
     built = common.build_corpus("pubmedqa", None, recipe=False)
     retriever = Retriever(built.settings)
     retriever.warm_up()
-    observed = [observe(retriever, q["question"]) for q in common.load_questions("pubmedqa")]
+    observed = [observe(retriever, q.question) for q in common.dataset("pubmedqa").questions]
     out["pubmedqa"] = {
         "answerable": len(observed),
         "false_abstain": {str(z): share(observed, threshold, z) for z in ZIPFS},
@@ -218,7 +221,9 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
     return out
 
 
-def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n: int) -> dict:
+def generate(
+    settings: Settings, unanswerable: list[Question], answerable: list[Question], n: int
+) -> dict[str, Any]:
     from assistant.pipeline import Assistant
 
     assistant = Assistant(settings)
@@ -227,12 +232,13 @@ def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n:
     out: dict[str, Any] = {}
     for kind, qs in (("unanswerable", unanswerable[:n]), ("answerable", answerable[:n])):
         reasons: dict[str, int] = {}
-        abstained, seconds = 0, []
+        abstained = 0
+        seconds: list[float] = []
         for q in qs:
             t = time.perf_counter()
             # attribution explains an answer; it does not decide abstention, and on 2 CPU cores
             # it costs ~90 s per answer, so it is left out here
-            answer = assistant.ask(q["question"], record=False, attribute=False)
+            answer = assistant.ask(q.question, record=False, attribute=False)
             seconds.append(time.perf_counter() - t)
             abstained += answer.abstained
             key = (answer.abstain_reason or "answered").split(" (")[0]
@@ -242,14 +248,16 @@ def generate(settings: Any, unanswerable: list[dict], answerable: list[dict], n:
             "questions": len(qs),
             "abstained": abstained / max(len(qs), 1),
             "reasons": reasons,
-            "seconds_p50": common.percentile(seconds, 50),
+            "seconds_p50": percentile(seconds, 50),
         }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    apply_offline_environment()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--limit-docs", type=int, default=None, metavar="N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generate", type=int, default=0, metavar="N")
     parser.add_argument(
@@ -260,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    built = common.build_corpus("medquad", None, recipe=False)
-    unanswerable, answerable, removals = split_questions(args.questions, args.seed)
+    built = common.build_corpus("medquad", args.limit_docs, recipe=False)
+    unanswerable, answerable, removals = split_questions(args.questions, args.seed, args.limit_docs)
     threshold = built.settings.abstain_min_relevance
     max_zipf = built.settings.abstain_rare_term_zipf
     log(f"{len(unanswerable)} unanswerable, {len(answerable)} answerable questions")
@@ -315,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 for a, f in [rates(observed, threshold, z)]
             ],
             "relevance_median": {
-                "unanswerable": common.percentile(un, 50),
-                "answerable": common.percentile(an, 50),
+                "unanswerable": percentile(un, 50),
+                "answerable": percentile(an, 50),
             },
             "calibration": [
                 {"threshold": t, "abstain_on_unanswerable": a, "false_abstain_on_answerable": f}

@@ -1,6 +1,6 @@
 """Attribution benchmark: which method finds the source sentences the answer depends on?
 
-    .venv/bin/python benchmarks/attribution.py --limit 50 [--k 3] [--json]
+    .venv/bin/python -m benchmarks.attribution --limit 50 [--k 3] [--json]
 
 For a fixed seeded sample of PubMedQA questions (over its full corpus, through clinrag's real
 retrieval and the packaged model), generate an answer, then attribute it with the ablation
@@ -17,22 +17,20 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is on sys.path (Python puts a script's folder first): import via the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402
+from benchmarks import common
+from core.config import apply_offline_environment
+from evaluation.data import sample_questions
 
 METHODS = ("surrogate", "shap", "loo", "similarity", "random")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    apply_offline_environment()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--k", type=int, default=3, help="retrieved chunks per question")
     parser.add_argument("--ablations", type=int, default=32)
@@ -46,6 +44,7 @@ def main() -> int:
     from assistant.pipeline import Assistant
     from assistant.prompts import load_template
     from audit.attribution import CachedScorer, make_attributor, removal_drop
+    from core.backends.base import LogProbScorer
 
     built = common.build_corpus("pubmedqa", recipe=False)
     settings = built.settings.model_copy(
@@ -53,27 +52,30 @@ def main() -> int:
     )
     assistant = Assistant(settings)
     assistant.warm_up()
+    scorer_llm = assistant.llm
+    if not isinstance(scorer_llm, LogProbScorer):
+        raise SystemExit(f"{settings.llm}: attribution needs a model that scores log-probabilities")
     template = load_template(settings.prompt_template)
-    questions = common.sample(common.load_questions("pubmedqa"), args.limit, seed=0)
+    questions = sample_questions(common.dataset("pubmedqa").questions, args.limit, seed=0)
 
     drops: dict[str, dict[int, list[float]]] = {m: {1: [], 3: []} for m in METHODS}
     seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     evaluations: dict[str, list[int]] = {m: [] for m in METHODS}
     gen_seconds: list[float] = []
     for i, q in enumerate(questions, start=1):
-        hits = assistant.retriever.retrieve(q["question"], k=args.k)
-        generation = generate(assistant.llm, settings, q["question"], hits)
+        hits = assistant.retriever.retrieve(q.question, k=args.k)
+        generation = generate(assistant.llm, settings, q.question, hits)
         targets = answer_targets(generation.text)
         sources = source_sentences(hits)[: settings.attribution_max_sentences]
         if not targets or len(sources) < 4:
             continue
         gen_seconds.append(generation.seconds)
-        base = AnswerScorer(assistant.llm, template, q["question"], hits, sources, targets)
+        base = AnswerScorer(scorer_llm, template, q.question, hits, sources, targets)
         vectors = assistant.embed(list(targets) + [s.text for s in sources])
         similarity = vectors[: len(targets)] @ vectors[len(targets) :].T
         shared = CachedScorer(base)  # for the drop measurements, shared by every method
         for method in METHODS:
-            kwargs: dict = {}
+            kwargs: dict[str, Any] = {}
             if method == "surrogate":
                 kwargs["n_ablations"] = args.ablations
             elif method == "shap":
@@ -94,9 +96,11 @@ def main() -> int:
             f"gen {generation.seconds:.1f}s surrogate {seconds['surrogate'][-1]:.1f}s"
         )
 
+    if not gen_seconds:
+        raise SystemExit("No sampled question gave an answer with 4 or more source sentences.")
     gen_total = sum(gen_seconds)
     rows = []
-    summary: dict = {
+    summary: dict[str, Any] = {
         "questions": len(gen_seconds),
         "k": args.k,
         "machine": common.machine(),
@@ -125,17 +129,13 @@ def main() -> int:
         )
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"PubMedQA attribution, {len(gen_seconds)} questions, k={args.k} chunks, "
-            f"mean generation {summary['generation_seconds_mean']} s"
-        )
-        print(
-            common.table(
-                ["method", "top-1 drop", "top-3 drop", "evals", "seconds", "time / generation"],
-                rows,
-            )
-        )
+        return 0
+    print(
+        f"PubMedQA attribution, {len(gen_seconds)} questions, k={args.k} chunks, "
+        f"mean generation {summary['generation_seconds_mean']} s"
+    )
+    headers = ["method", "top-1 drop", "top-3 drop", "evals", "seconds", "time / generation"]
+    print(common.table(headers, rows))
     return 0
 
 

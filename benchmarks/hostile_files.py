@@ -1,6 +1,6 @@
 """Hostile-file ingestion: 300 corrupted or malicious files through the real CLI.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/hostile_files.py
+    .venv/bin/python -m benchmarks.hostile_files
 
 The files are the ones ``tests/test_hostile_files.py`` generates (truncated and broken PDFs,
 zip bombs, billion-laughs DOCX, 100,000-deep HTML, 5 MB single lines, bad encodings, NUL
@@ -30,11 +30,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from core.config import offline_environment
+
 REPO = Path(__file__).resolve().parents[1]
-# This folder holds ingest.py, which would shadow clinrag's ``ingest`` package while the folder
-# is on sys.path (Python puts a script's folder first): import via the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def _generator() -> ModuleType:
@@ -61,9 +59,7 @@ def run(keep: bool) -> dict[str, Any]:
         )
         env = {
             **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "ANONYMIZED_TELEMETRY": "False",
+            **offline_environment(),
             "CLINRAG_HOME": str(work / "home"),
             **{f"CLINRAG_{k.upper()}": str(v) for k, v in gen.HOSTILE_SETTINGS.items()},
         }
@@ -103,7 +99,7 @@ def run(keep: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()

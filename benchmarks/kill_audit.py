@@ -1,6 +1,6 @@
 """kill -9 during audit appends: no acknowledged record may be lost, the log must verify.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/kill_audit.py
+    .venv/bin/python -m benchmarks.kill_audit
 
 Each round starts fresh writer processes on one audit log (``audit.log.AuditLog``, the real
 SQLite database, checkpoint and history files). A writer appends ``answer`` records in a loop
@@ -37,14 +37,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# benchmarks/ingest.py would shadow clinrag's ``ingest`` package while this folder is first on
-# sys.path (Python puts a script's folder there): import via the repository root instead.
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from audit.log import AuditLog  # noqa: E402
-from benchmarks.common import log, percentile, table  # noqa: E402
+from audit.log import AuditLog
+from benchmarks.common import REPO, log, table
+from core.config import apply_offline_environment
+from evaluation.metrics import percentile
 
 WRITER = r"""
 import os, sys, time
@@ -172,7 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    apply_offline_environment()
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--kills", type=int, default=200)
     p.add_argument("--writers", type=int, default=1, help="concurrent writer processes")
     p.add_argument("--max-delay", type=float, default=0.25, help="seconds; kill moment range")

@@ -1,6 +1,6 @@
 """kill -9 during ingest: no duplicates, no orphans, and the same top-5 as a clean ingest.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/kill_ingest.py
+    .venv/bin/python -m benchmarks.kill_ingest
 
 About 60 guideline-like Markdown documents are generated into a temporary folder. Each round
 first changes the folder (a random quarter of the documents switch to their other revision,
@@ -45,14 +45,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is first on sys.path (Python puts a script's folder there): import via the root.
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
-from benchmarks.common import log, table  # noqa: E402
+from benchmarks import common
+from benchmarks.common import REPO, log, table
+from core.config import apply_offline_environment
 
 INGESTER = r"""
 import sys
@@ -410,7 +405,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    apply_offline_environment()
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--kills", type=int, default=100)
     p.add_argument("--docs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """Concurrent users for a bounded time: no errors, no lost audit records, answer latency.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/load.py
+    .venv/bin/python -m benchmarks.load
 
 ``--users`` (default 20) clinicians ask questions from ``data_samples/example_questions.json``
 back to back for ``--seconds`` (default 120; questions in flight then finish) against one
@@ -42,14 +42,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is first on sys.path (Python puts a script's folder there): import via the root.
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
-from benchmarks.common import log, percentile, table  # noqa: E402
+from benchmarks import common
+from benchmarks.common import REPO, log, table
+from core.config import apply_offline_environment
+from evaluation.metrics import percentile
 
 DEFAULT_HOME = common.CACHE_DIR / "load" / "home"
 SAMPLES = REPO / "data_samples"
@@ -136,7 +132,8 @@ def serve(
         finally:
             append_seconds.append(time.perf_counter() - t)
 
-    audit.append = timed_append  # instance attribute: the assistants' appends go through it
+    # An instance attribute: the assistants' appends go through it.
+    audit.append = timed_append  # type: ignore[method-assign]
     llm = backends.create("llm", settings.llm, settings)
     llm.warm_up()
     model = SerialLLM(llm, threading.Lock())
@@ -296,7 +293,8 @@ def run_processes(args: argparse.Namespace, home: Path, users: list[str]) -> lis
     for group in groups:
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "benchmarks.load",
             "--worker",
             ",".join(group),
             "--home",
@@ -331,7 +329,8 @@ def run_processes(args: argparse.Namespace, home: Path, users: list[str]) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    apply_offline_environment()
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--users", type=int, default=20)
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--processes", type=int, default=1)

@@ -1,6 +1,6 @@
 """Retrieval quality and query latency: clinrag's hybrid Retriever vs. the LangChain recipe.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/retrieval.py
+    .venv/bin/python -m benchmarks.retrieval
 
 Datasets (from ../shared/eval): MedQuAD, a fixed sample of 1,000 questions (seed 0) over its
 full corpus of 8,254 passages, and PubMedQA, all 500 questions over its 500 abstracts. Each
@@ -49,31 +49,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is on sys.path (Python puts a script's folder first): import via the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
-from benchmarks.common import log  # noqa: E402
+from benchmarks import common
+from benchmarks.common import log
+from core.config import apply_offline_environment
+from core.types import Hit
+from evaluation import metrics as m
+from evaluation.data import Question, sample_questions, shared_doc_ids
+from evaluation.runner import DOC_DEPTH
 
 RECIPE_K = 40  # the same depth as clinrag's per-retriever candidates
 
 
 def _questions(
     name: str, n: int | None, seed: int, indexed: set[str]
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[Question], int]:
     """The seeded sample, and how many questions were left out for an ambiguous gold id."""
-    rows = common.load_questions(name)
-    rows = [q for q in rows if q["gold_doc_ids"] and set(q["gold_doc_ids"]) <= indexed]
-    dup = common.duplicated_doc_ids(name)
-    clean = [q for q in rows if not set(q["gold_doc_ids"]) & dup]
-    return common.sample(clean, n, seed), len(rows) - len(clean)
+    data = common.dataset(name)
+    rows = [q for q in data.questions if q.gold and set(q.gold) <= indexed]
+    shared = shared_doc_ids(data.corpus)
+    clean = [q for q in rows if not shared.keys() & set(q.gold)]
+    return sample_questions(clean, n, seed), len(rows) - len(clean)
+
+
+def _ranking(doc_ids: Iterable[str]) -> list[str]:
+    """The documents of ranked chunks, first chunk of each, top ``DOC_DEPTH``."""
+    return m.dedupe_docs(doc_ids, DOC_DEPTH)
+
+
+def _quality(rankings: Sequence[list[str]], questions: Sequence[Question]) -> dict[str, Any]:
+    """recall@5 and MRR within the ranking (MRR@10), None without rankings."""
+    if not rankings:
+        return {"recall@5": None, "mrr@10": None}
+    scores = m.retrieval_metrics(rankings, [q.gold for q in questions], ks=(5,))
+    return {"recall@5": scores["recall@5"], "mrr@10": scores["mrr"]}
 
 
 STAGES = {
@@ -123,9 +135,9 @@ def evaluate(
     log(f"[{name}] {len(questions)} questions over {len(built.doc_map)} documents")
 
     systems = ["clinrag hybrid", "dense only", "bm25 only"]
-    per: dict[str, list[tuple[float, float]]] = {}
+    rankings: dict[str, list[list[str]]] = {}
     to_corpus = built.doc_map
-    store = common.recipe_open(built.recipe_dir) if recipe and built.recipe_dir else None
+    store = built.recipe_store() if recipe else None
     t0 = time.perf_counter()
     if quality:
         # the full fused list, ranking unchanged, display cosines skipped (see the docstring)
@@ -133,20 +145,23 @@ def evaluate(
         retriever.warm_up()
         retriever._fill_dense_scores = lambda vector, hits: None  # type: ignore[method-assign]
         depth = 2 * built.settings.candidates
-        per = {s: [] for s in systems}
+        rankings = {s: [] for s in systems}
         for q in questions:
-            hits = retriever.retrieve(q["question"], k=depth)
-            dense = sorted((h for h in hits if h.dense_rank), key=lambda h: h.dense_rank)
-            lexical = sorted((h for h in hits if h.bm25_rank), key=lambda h: h.bm25_rank)
+            hits = retriever.retrieve(q.question, k=depth)
+            dense = _by_rank(hits, "dense_rank")
+            lexical = _by_rank(hits, "bm25_rank")
             for system, ranked in zip(systems, (hits, dense, lexical), strict=True):
-                docs = common.doc_ranking(to_corpus.get(h.chunk.doc_id, "?") for h in ranked)
-                per[system].append(common.rank_metrics(docs, q["gold_doc_ids"]))
+                rankings[system].append(
+                    _ranking(to_corpus.get(h.chunk.doc_id, "?") for h in ranked)
+                )
         if store is not None:
-            per["langchain"] = []
-            for q in questions:
-                found = store.similarity_search(q["question"], k=RECIPE_K)
-                docs = common.doc_ranking(d.metadata.get("doc_id", "?") for d in found)
-                per["langchain"].append(common.rank_metrics(docs, q["gold_doc_ids"]))
+            rankings["langchain"] = [
+                _ranking(
+                    d.metadata.get("doc_id", "?")
+                    for d in store.similarity_search(q.question, k=RECIPE_K)
+                )
+                for q in questions
+            ]
     quality_seconds = time.perf_counter() - t0
 
     # latency: the real retrieve() at the default top_k vs. the recipe's similarity_search at
@@ -162,11 +177,11 @@ def evaluate(
         store.similarity_search("warm up question", k=built.settings.top_k)
     for q in timed:
         t = time.perf_counter()
-        real.retrieve(q["question"])
+        real.retrieve(q.question)
         lat["clinrag hybrid"].append(time.perf_counter() - t)
         if store is not None:
             t = time.perf_counter()
-            store.similarity_search(q["question"], k=built.settings.top_k)
+            store.similarity_search(q.question, k=built.settings.top_k)
             lat["langchain"].append(time.perf_counter() - t)
     stages = breakdown(timers, len(timed))
 
@@ -184,19 +199,20 @@ def evaluate(
         "quality_pass_seconds": round(quality_seconds, 1),
     }
     for system in [*systems, "langchain"] if quality else list(lat):
-        if system not in per and system not in lat:
+        if system not in rankings and system not in lat:
             continue
-        values = per.get(system, [])
-        n = max(len(values), 1)
-        entry: dict[str, Any] = {
-            "recall@5": sum(r for r, _ in values) / n if values else None,
-            "mrr@10": sum(rr for _, rr in values) / n if values else None,
-        }
+        entry = _quality(rankings.get(system, []), questions)
         if system in lat:
-            entry["latency_p50_ms"] = 1000 * common.percentile(lat[system], 50)
-            entry["latency_p95_ms"] = 1000 * common.percentile(lat[system], 95)
+            entry["latency_p50_ms"] = common.percentile_ms(lat[system], 50)
+            entry["latency_p95_ms"] = common.percentile_ms(lat[system], 95)
         result["systems"][system] = entry
     return result
+
+
+def _by_rank(hits: Sequence[Hit], rank: str) -> list[Hit]:
+    """The hits one retriever found (``rank``: "dense_rank" or "bm25_rank"), in its order."""
+    found = [(r, h) for h in hits if (r := getattr(h, rank))]
+    return [h for _, h in sorted(found, key=lambda pair: pair[0])]
 
 
 # --- fusion weights, tuned on a dev sample ------------------------------------------------
@@ -218,17 +234,19 @@ def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
     built = common.build_corpus(name, None, recipe=False)
     indexed = set(built.doc_map.values())
     test, _ = _questions(name, n_test, seed, indexed)
-    test_ids = {q["qid"] for q in test}
+    # by the qid as written: a question that repeats a test question's qid stays out too, so
+    # the dev sample is the one the shipped weights were chosen on
+    test_ids = {q.source_qid for q in test}
     pool, _ = _questions(name, None, seed, indexed)
-    dev = common.sample([q for q in pool if q["qid"] not in test_ids], n_dev, seed + 1)
+    dev = sample_questions([q for q in pool if q.source_qid not in test_ids], n_dev, seed + 1)
     log(f"[sweep] {len(dev)} dev questions, disjoint from the {len(test)} test questions")
     retriever = Retriever(built.settings)
     retriever.warm_up()
     retriever._fill_dense_scores = lambda vector, hits: None  # type: ignore[method-assign]
     rrf_k = built.settings.rrf_k
-    scores: dict[float, list[tuple[float, float]]] = {w: [] for w in SWEEP_WEIGHTS}
+    rankings: dict[float, list[list[str]]] = {w: [] for w in SWEEP_WEIGHTS}
     for q in dev:
-        hits = retriever.retrieve(q["question"], k=2 * built.settings.candidates)
+        hits = retriever.retrieve(q.question, k=2 * built.settings.candidates)
         for w in SWEEP_WEIGHTS:
             fused = sorted(
                 hits,
@@ -240,15 +258,8 @@ def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
                     h.chunk.chunk_id,
                 ),
             )
-            docs = common.doc_ranking(built.doc_map.get(h.chunk.doc_id, "?") for h in fused)
-            scores[w].append(common.rank_metrics(docs, q["gold_doc_ids"]))
-    table = {
-        str(w): {
-            "recall@5": sum(r for r, _ in v) / len(v),
-            "mrr@10": sum(rr for _, rr in v) / len(v),
-        }
-        for w, v in scores.items()
-    }
+            rankings[w].append(_ranking(built.doc_map.get(h.chunk.doc_id, "?") for h in fused))
+    table = {str(w): _quality(v, dev) for w, v in rankings.items()}
     return {"mode": "sweep", "corpus": name, "dev_questions": len(dev), "lexical_weight": table}
 
 
@@ -355,13 +366,13 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
     retriever.warm_up()  # loads the embedder and (first time) builds the BM25 index
     warm_seconds = time.perf_counter() - t0
     total = retriever.index.store.count()
-    questions = common.sample(common.load_questions("medquad"), latency_n, seed)
+    questions = sample_questions(common.dataset("medquad").questions, latency_n, seed)
     retriever.retrieve("warm up question")
     timers = instrument(retriever)
     times = []
     for q in questions:
         t = time.perf_counter()
-        retriever.retrieve(q["question"])
+        retriever.retrieve(q.question)
         times.append(time.perf_counter() - t)
     stages = breakdown(timers, len(times))
     return {
@@ -370,8 +381,8 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
         **pad_info,
         "warm_up_seconds": round(warm_seconds, 1),
         "questions": len(times),
-        "latency_p50_ms": 1000 * common.percentile(times, 50),
-        "latency_p95_ms": 1000 * common.percentile(times, 95),
+        "latency_p50_ms": common.percentile_ms(times, 50),
+        "latency_p95_ms": common.percentile_ms(times, 95),
         "stage_ms": stages,
         "note": (
             "padding chunks are perturbed copies of real MedQuAD chunks with perturbed copies "
@@ -381,7 +392,8 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    apply_offline_environment()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--corpus", choices=["medquad", "pubmedqa", "all"], default="all")
     parser.add_argument("--questions", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

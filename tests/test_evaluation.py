@@ -386,6 +386,12 @@ def test_answer_cache_key_follows_answer_settings_and_template(
     deeper = config_hashes(settings.model_copy(update={"top_k": settings.top_k + 1}), data, ())
     assert deeper["answer"] != base["answer"] and deeper["retrieval"] == base["retrieval"]
 
+    # settings that cannot change an answer leave its key alone; the fusion weights decide both
+    limits = config_hashes(settings.model_copy(update={"max_file_mb": 1}), data, ())
+    assert limits == base
+    weighted = config_hashes(settings.model_copy(update={"lexical_weight": 0.9}), data, ())
+    assert weighted["retrieval"] != base["retrieval"] and weighted["answer"] != base["answer"]
+
     real = assistant.prompts.load_template(settings.prompt_template)
     edited = assistant.prompts.PromptTemplate(real.name, real.system + " Be brief.", real.user, "0")
     monkeypatch.setattr(assistant.prompts, "load_template", lambda name: edited)
@@ -497,6 +503,24 @@ def test_answer_metrics_with_the_real_model(
     assert again["clinrag"]["citations"] == cit
 
 
+def test_write_library_names_files_safely_and_maps_them_back(tmp_path: Path) -> None:
+    from evaluation.data import markdown_file, shared_doc_ids, write_library
+
+    rows = [{"doc_id": d, "title": t, "text": x} for d, t, x in CORPUS]
+    rows.append({"doc_id": "CDC:flu", "title": "Influenza again", "text": "A second row."})
+    paths = write_library(rows, tmp_path / "lib")
+    names = sorted(Path(p).name for p in paths)
+    # "CDC:flu" twice and "cdc-flu" give three files; case never tells two files apart
+    assert len(names) == len({n.lower() for n in names}) == len(rows)
+    assert sorted(paths.values()) == sorted(str(r["doc_id"]) for r in rows)
+    first = next(p for p, d in paths.items() if d == "HTN-1")
+    assert Path(first).read_text(encoding="utf-8") == markdown_file(rows[0])
+    # another rendering of the same rows, as the benchmarks write them
+    plain = write_library(rows, tmp_path / "plain", render=lambda r: r["text"])
+    assert Path(next(iter(plain))).read_text(encoding="utf-8") == rows[0]["text"]
+    assert shared_doc_ids(rows) == {"CDC:flu": 2}
+
+
 def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
     """MedQuAD numbers each source separately, so its qids repeat; every question still counts."""
     from evaluation.data import load_dataset
@@ -514,6 +538,7 @@ def test_repeated_qids_are_kept_and_numbered(tmp_path: Path) -> None:
     )
     dataset = load_dataset(folder)
     assert [q.qid for q in dataset.questions] == ["0001", "0001#2", "0002", "0001#3"]
+    assert [q.source_qid for q in dataset.questions] == ["0001", "0001", "0002", "0001"]
     assert [q.gold for q in dataset.questions] == [("a",), ("b",), ("c",), ("a",)]
     assert load_dataset(folder).questions == dataset.questions  # stable across loads
     notes = data_notes(dataset, dataset.questions)

@@ -1,6 +1,6 @@
 """Ingestion throughput: clinrag's ``ingest()`` vs. the LangChain recipe, same texts, same run.
 
-    HF_HUB_OFFLINE=1 ANONYMIZED_TELEMETRY=False .venv/bin/python benchmarks/ingest.py
+    .venv/bin/python -m benchmarks.ingest_speed
 
 Corpora (from ../shared/eval):
   guidelines  the real guideline Markdown files (../shared/eval/guidelines/markdown), ingested
@@ -39,18 +39,15 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-# This folder holds ingest.py, which would shadow clinrag's own ``ingest`` package while the
-# folder is on sys.path (Python puts a script's folder first): import via the repository root.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from benchmarks import common  # noqa: E402  (sets the offline environment before model imports)
-from benchmarks.common import log  # noqa: E402
+from benchmarks import common
+from benchmarks.common import log
+from core.config import apply_offline_environment
+from evaluation import baseline_langchain
+from evaluation.data import write_library
 
 DEFAULT_LIMIT = {"guidelines": 20, "pubmedqa": None}
 
@@ -60,9 +57,9 @@ def _inputs(name: str, limit: int | None, work: Path) -> tuple[list[Path], dict[
     if name == "guidelines":
         files = common.guideline_files(limit)
         return files, {str(p): p.stem for p in files}
-    rows = common.load_corpus(name)
+    rows = common.dataset(name).corpus
     rows = rows[:limit] if limit else rows
-    path_to_doc = common.write_library(rows, work / "library")
+    path_to_doc = write_library(rows, work / "library", render=common.library_text)
     return [work / "library"], path_to_doc
 
 
@@ -121,7 +118,8 @@ def bench(name: str, limit: int | None, repeat: int, embeddings: Any) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    apply_offline_environment()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--corpus", choices=["guidelines", "pubmedqa", "all"], default="all")
     parser.add_argument("--limit", type=int, default=None, help="documents per corpus; 0 = all")
     parser.add_argument("--repeat", type=int, default=1)
@@ -129,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     corpora = ["guidelines", "pubmedqa"] if args.corpus == "all" else [args.corpus]
-    embeddings = common.recipe_embeddings()
+    embeddings = baseline_langchain.embeddings()
     results = []
     for name in corpora:
         limit = DEFAULT_LIMIT[name] if args.limit is None else (args.limit or None)
         results.append(bench(name, limit, max(args.repeat, 1), embeddings))
-    out = {"results": results, "machine": common.machine()}
+    out: dict[str, Any] = {"results": results, "machine": common.machine()}
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
