@@ -20,11 +20,9 @@ ANSWERABLE = "What blood pressure defines stage 1 hypertension?"
 UNANSWERABLE = "How should moderate acne vulgaris be treated in adolescents?"
 
 
-@pytest.fixture(scope="module")
-def assistant(library: Settings) -> Assistant:
-    a = Assistant(library.model_copy(update={"attribution": "off"}))
-    a.warm_up()
-    return a
+@pytest.fixture
+def assistant(warm_assistant: Assistant) -> Assistant:
+    return warm_assistant
 
 
 def test_answerable_question_cites_the_right_document(assistant: Assistant) -> None:
@@ -91,17 +89,24 @@ def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
     assert evidence[0].score == pytest.approx(float(vectors[2] @ vectors[0]), abs=1e-3)
 
 
-def test_cli_ask_json_contract(library: Settings) -> None:
-    env = {**os.environ, "CLINRAG_HOME": str(library.home), "CLINRAG_ATTRIBUTION": "off"}
-    out = subprocess.run(
-        [sys.executable, "-m", "ui.cli.main", "ask", ANSWERABLE, "--json", "--k", "4"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+@pytest.mark.usefixtures("packaged_llm")
+def test_cli_ask_json_contract(
+    library: Settings, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # In process, so the loaded models are reused; the eight-process test below runs the same
+    # command in fresh interpreters and parses their output too.
+    from ui.cli.main import main
+
+    monkeypatch.setenv("CLINRAG_HOME", str(library.home))
+    monkeypatch.setenv("CLINRAG_ATTRIBUTION", "off")
+    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
+    try:
+        code = main(["ask", ANSWERABLE, "--json", "--k", "4"])
+    finally:
+        os.umask(umask)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
     for key in (
         "question",
         "answer",
@@ -132,11 +137,14 @@ def test_cli_ask_json_contract(library: Settings) -> None:
 
 
 def test_replay_unchanged_then_changed_after_document_edit(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, models_cache: Path
 ) -> None:
-    from assistant.replay import replay
     from ingest.index import ingest
-    from tests.conftest import SAMPLES
+    from services.access import operator
+    from services.audit import replay
+    from tests.conftest import SAMPLES, share_models
+
+    share_models(settings.home, models_cache)
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -146,22 +154,29 @@ def test_replay_unchanged_then_changed_after_document_edit(
     ingest([lib], settings, progress=False)
     assistant = Assistant(settings)
     answer = assistant.ask(ANSWERABLE)
-    assert replay(settings, answer.audit_id).unchanged
+    assert answer.audit_id is not None
+    admin = operator(settings.user)
+    assert replay(settings, admin, answer.audit_id).unchanged
 
     doc = lib / "hypertension-diagnosis-and-treatment.md"
     doc.write_text(doc.read_text().replace("130 to 139", "135 to 139"))
     ingest([lib], settings, progress=False)
-    report = replay(settings, answer.audit_id)
+    report = replay(settings, admin, answer.audit_id)
     assert not report.unchanged
     assert any("sources changed" in d for d in report.differences)
     assert assistant.audit.verify().ok
 
 
+@pytest.mark.usefixtures("packaged_llm")
 def test_eight_processes_asking_at_once_keep_a_valid_chain(
-    library: Settings, tmp_path: Path
+    library: Settings, tmp_path: Path, models_cache: Path
 ) -> None:
+    from tests.conftest import share_models
+
     home = tmp_path / "shared-home"
-    shutil.copytree(library.home, home, ignore=shutil.ignore_patterns("audit*", "keys"))
+    # packaged_llm has converted the model into the cache: the eight only read it
+    ignore = shutil.ignore_patterns("audit*", "keys", "models")
+    share_models(shutil.copytree(library.home, home, ignore=ignore), models_cache)
     env = {
         **os.environ,
         "CLINRAG_HOME": str(home),

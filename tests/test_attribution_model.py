@@ -9,7 +9,7 @@ from assistant.attribute import AnswerScorer, answer_targets
 from assistant.cite import source_sentences
 from assistant.prompts import load_template
 from audit.attribution import CachedScorer, faithfulness, make_attributor
-from core import backends
+from core.backends.base import LLM
 from core.config import Settings
 from core.types import Chunk, Hit
 
@@ -33,8 +33,8 @@ def _hit(n: int, text: str) -> Hit:
     return Hit(chunk=chunk, score=0.03, dense_score=0.7)
 
 
-def test_the_sentence_holding_the_answer_ranks_first(library: Settings) -> None:
-    llm = backends.create("llm", "transformers", library)
+def test_the_sentence_holding_the_answer_ranks_first(library: Settings, packaged_llm: LLM) -> None:
+    llm = packaged_llm
     hits = [
         _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
         _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
@@ -84,11 +84,11 @@ def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> No
 
 
 def test_shared_prefix_cache_gives_the_same_logprobs(
-    library: Settings, monkeypatch: pytest.MonkeyPatch
+    library: Settings, packaged_llm: LLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.backends import transformers_llm
 
-    llm = backends.create("llm", "transformers", library)
+    llm = packaged_llm
     hits = [
         _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
         _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),

@@ -156,6 +156,8 @@ def test_zero_egress_for_ingest_ask_and_attribution(
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     from assistant.pipeline import Assistant
 
+    # A fresh home, not linked to the session's model cache: a first run also converts the
+    # packaged model, and that must not reach the network either.
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "htn.md").write_text((SAMPLES / "hypertension-diagnosis-and-treatment.md").read_text())

@@ -39,7 +39,7 @@ CHROME_FLAGS = (
     "--window-size=1400,1100",
 )
 START_TIMEOUT_S = 90
-ANSWER_TIMEOUT_S = 420  # first question converts and loads the packaged model
+ANSWER_TIMEOUT_S = 420  # the first question loads the packaged model on a loaded machine
 
 
 def _chromium() -> str | None:
@@ -124,9 +124,18 @@ def serve_app(tmp_path: Path, home: Path, extra_env: dict[str, str] | None = Non
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A pre-ingested home with accounts, and the app serving it on a free local port."""
-    home = build_library(tmp_path / "home")
+def server(
+    browser: Any, tmp_path: Path, models_cache: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, Path]]:
+    """A pre-ingested home with accounts, and the app serving it on a free local port.
+
+    The home reads the session's converted model, so the first question loads it rather than
+    converting it again. Asked for only once ``browser`` exists: without Chromium the test is
+    skipped before the model is prepared."""
+    from tests.conftest import share_models
+
+    request.getfixturevalue("packaged_llm")  # the conversion is done before the app starts
+    home = build_library(share_models(tmp_path / "home", models_cache))
     with serve_app(tmp_path, home) as url:
         yield url, home
 
