@@ -1,4 +1,6 @@
-# The two set-up commands. Both create .venv on a fresh machine and work offline afterwards.
+# Every target creates .venv on a fresh machine and works offline afterwards.
+# make run: the app. make test: what CI runs (lint, then every test). make test-fast: the
+# edit loop (no lint, no tests that load the real model).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -8,7 +10,7 @@ export ANONYMIZED_TELEMETRY := False
 export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint samples clean
+.PHONY: run test test-fast lint samples clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,9 +28,18 @@ run: $(STAMP)
 	$(VENV)/bin/streamlit run ui/app.py --server.port 8501 --server.headless true \
 		--browser.gatherUsageStats false
 
-test: $(STAMP)
+# mypy and lint-imports read their settings from pyproject.toml.
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow"
 
 samples: $(STAMP)
 	$(PY) scripts/make_samples.py
