@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from assistant.cite import align, question_evidence
+from assistant.cite import Embed, align, question_evidence
 from assistant.generate import build_messages
 from assistant.prompts import PromptTemplate, load_template
-from core.backends.base import LogProbScorer
+from core.backends.base import LLM, LogProbScorer
 from core.config import Settings
 from core.text import sentence_spans
 from core.types import Answer, Hit, SourceSentence
@@ -65,7 +65,7 @@ class AnswerScorer:
 
 
 def attribute_answer(
-    answer: Answer, llm: Any, settings: Settings, embed: Any, method: str | None = None
+    answer: Answer, llm: LLM, settings: Settings, embed: Embed, method: str | None = None
 ) -> Answer:
     """Add causal attribution and faithfulness to ``answer`` and re-align its citations."""
     from audit.attribution import CachedScorer, faithfulness, make_attributor

@@ -128,8 +128,8 @@ def align(
         aligned_n = [sources[j].n for j in best]
         # keep a model citation only when that source actually supports the sentence
         kept = [n for n in marked if any(score[j] >= threshold for j in by_n.get(n, []))]
-        citations = list(dict.fromkeys(kept + aligned_n[:1] if supported else kept))
-        sentences.append(AnswerSentence(text, citations, supported, round(support, 4), best))
+        numbers = list(dict.fromkeys(kept + aligned_n[:1] if supported else kept))
+        sentences.append(AnswerSentence(text, numbers, supported, round(support, 4), best))
 
     cited = sorted({n for s in sentences for n in s.citations})
     citations = [_citation(hits[n - 1], n) for n in cited]

@@ -5,8 +5,6 @@ The only module that imports langchain_core; import it only where LangChain is w
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
@@ -19,17 +17,15 @@ class ClinragRetriever(BaseRetriever):
     """Drop-in retriever: ``ClinragRetriever(retriever=Retriever(settings), k=5).invoke(q)``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    retriever: Any
+    retriever: Retriever
     k: int = 5
-    filters: Any = None
+    filters: Filters | None = None
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[LCDocument]:
-        r: Retriever = self.retriever
-        f: Filters | None = self.filters
         out = []
-        for hit in r.retrieve(query, k=self.k, filters=f):
+        for hit in self.retriever.retrieve(query, k=self.k, filters=self.filters):
             c = hit.chunk
             meta = {
                 "doc_id": c.doc_id,

@@ -6,7 +6,7 @@ Every stage's score and rank is kept on the Hit so the audit record shows why a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import backends
 from core.config import Settings
@@ -14,6 +14,11 @@ from core.errors import IndexEmptyError
 from core.library.index import Index, indexed_text
 from core.library.supersedes import superseded_ids
 from core.types import Hit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from core.backends.base import LexicalIndex, Reranker
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,9 @@ class Retriever:
     def __init__(self, settings: Settings, index: Index | None = None) -> None:
         self.settings = settings
         self.index = index or Index(settings)
-        self.lexical = backends.create("lexical", "bm25s", settings)
+        self.lexical: LexicalIndex = backends.create("lexical", "bm25s", settings)
         self._docs_cache: tuple[int, dict[str, dict[str, Any]], set[str]] | None = None
-        self.reranker = (
+        self.reranker: Reranker | None = (
             backends.create("reranker", "cross_encoder", settings)
             if settings.reranker_model
             else None
@@ -146,7 +151,7 @@ class Retriever:
         self._fill_dense_scores(vector, top)
         return top
 
-    def _fill_dense_scores(self, vector: Any, hits: list[Hit]) -> None:
+    def _fill_dense_scores(self, vector: np.ndarray, hits: list[Hit]) -> None:
         """BM25-only hits get their cosine too: abstention compares relevance on one scale."""
         missing = [h for h in hits if h.dense_score is None]
         if not missing:

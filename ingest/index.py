@@ -168,11 +168,11 @@ def ingest(
                 group_chunks = 0
         flush()
         if prune:
-            for doc in index.manifest.documents(state=None):
-                if not Path(doc["source_path"]).exists():
-                    index.remove(doc["doc_id"])
+            for row in index.manifest.documents(state=None):
+                if not Path(row["source_path"]).exists():
+                    index.remove(row["doc_id"])
                     emit(
-                        FileResult(path=doc["source_path"], status="removed", doc_id=doc["doc_id"])
+                        FileResult(path=row["source_path"], status="removed", doc_id=row["doc_id"])
                     )
         bar.close()
         summary.index_version = index.manifest.index_version()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.backends.base import LLM, Embedder, LexicalIndex, Reranker, VectorStore
+    from core.config import Settings
 
 REGISTRY: dict[str, dict[str, str]] = {
     "embedder": {
@@ -29,7 +33,20 @@ REGISTRY: dict[str, dict[str, str]] = {
 }
 
 
-def create(kind: str, name: str, settings: Any) -> Any:
+# One overload per kind, so a caller gets the protocol its kind promises, not Any.
+@overload
+def create(kind: Literal["embedder"], name: str, settings: Settings) -> Embedder: ...
+@overload
+def create(kind: Literal["vector_store"], name: str, settings: Settings) -> VectorStore: ...
+@overload
+def create(kind: Literal["llm"], name: str, settings: Settings) -> LLM: ...
+@overload
+def create(kind: Literal["lexical"], name: str, settings: Settings) -> LexicalIndex: ...
+@overload
+def create(kind: Literal["reranker"], name: str, settings: Settings) -> Reranker: ...
+
+
+def create(kind: str, name: str, settings: Settings) -> Any:
     """Construct backend ``name`` of ``kind`` with the settings. Cheap: nothing is loaded yet."""
     try:
         target = REGISTRY[kind][name]

@@ -66,6 +66,15 @@ class LexicalIndex(Protocol):
         ...
 
 
+@runtime_checkable
+class Reranker(Protocol):
+    """Optional second stage of retrieval: scores (query, passage) pairs, higher is closer."""
+
+    def warm_up(self) -> None: ...
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray: ...
+
+
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
 

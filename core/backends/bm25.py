@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 
 class BM25Index:
     """A BM25 index over texts, saved under ``folder`` and reused while ``version`` holds."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._folder: Path = settings.cache_dir / "bm25" / settings.collection
         self._retriever: Any = None
         self._stemmer: Any = None
@@ -29,7 +32,9 @@ class BM25Index:
             self._stemmer = Stemmer.Stemmer("english")
         return self._stemmer
 
-    def load_or_build(self, version: str, items_fn: Any) -> None:
+    def load_or_build(
+        self, version: str, items_fn: Callable[[], Sequence[tuple[str, str]]]
+    ) -> None:
         """Load the saved index for ``version`` or build it from ``items_fn()``: (id, text)."""
         import bm25s
 
@@ -43,7 +48,7 @@ class BM25Index:
                 self._retriever = bm25s.BM25.load(str(self._folder / "index"))
             self.version = version
             return
-        items: Sequence[tuple[str, str]] = items_fn()
+        items = items_fn()
         texts = [t for _, t in items]
         retriever = bm25s.BM25()
         if texts:

@@ -6,7 +6,7 @@ The only module that imports chromadb. Vectors are computed by our embedder, nev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -14,11 +14,14 @@ import numpy as np
 from core.errors import ConfigError, EmbedderMismatchError
 from core.types import Chunk, EmbedderInfo
 
+if TYPE_CHECKING:
+    from core.config import Settings
+
 _BATCH = 4000  # below Chroma's max batch size
 
 
 class ChromaStore:
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._path = settings.store_dir
         self._url: str | None = settings.chroma_url
         self._name: str = settings.collection

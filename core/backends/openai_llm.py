@@ -6,15 +6,18 @@ The only module that imports openai. Meant for a model server inside the hospita
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.backends.base import Message
 from core.errors import ConfigError, ModelUnavailableError
 from core.types import ModelInfo
 
+if TYPE_CHECKING:
+    from core.config import Settings
+
 
 class OpenAILLM:
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._base_url: str | None = settings.llm_base_url
         self._model: str = settings.llm_model
         self._api_key: str = settings.llm_api_key or "not-needed"

