@@ -178,9 +178,7 @@ def answer_settings(settings: Settings, *, top_k: int | None = None) -> dict[str
 def with_answer_settings(settings: Settings, recorded: Mapping[str, Any]) -> Settings:
     """``settings`` with the answer-deciding values of a record put back (for replay)."""
     kept = {k: v for k, v in recorded.items() if k in ANSWER_SETTINGS}
-    return Settings.model_validate(
-        settings.model_dump() | ANSWER_SETTINGS_ABSENT_MEANS | kept
-    )
+    return Settings.model_validate(settings.model_dump() | ANSWER_SETTINGS_ABSENT_MEANS | kept)
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from assistant.policy import explain
+from core.types import Answer
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%])")
 
@@ -111,7 +112,7 @@ def abstain_reason_text(reason: str | None) -> str:
     return explain(reason)
 
 
-def source_highlights(answer: Any, n: int) -> tuple[list[str], list[str]]:
+def source_highlights(answer: Answer, n: int) -> tuple[list[str], list[str]]:
     """(evidence sentences, attributed sentences) of source ``n`` for highlighting."""
     sources = list(answer.source_sentences or [])
     by_index = {s.index: s for s in sources}
@@ -148,7 +149,7 @@ def _source_indices(attribution: dict[str, Any], n_scores: int) -> list[int] | N
     return None
 
 
-def attribution_scores(answer: Any) -> dict[int, float]:
+def attribution_scores(answer: Answer) -> dict[int, float]:
     """Source-sentence index -> attribution score, when the answer carries usable scores.
 
     ``assistant.attribute`` stores ``scores[i]`` for ``sources[i]`` (a prefix of the
@@ -166,7 +167,7 @@ def attribution_scores(answer: Any) -> dict[int, float]:
     return {i: float(s) for i, s in zip(indices, scores, strict=True) if s is not None}
 
 
-def attribution_by_source(answer: Any) -> list[dict[str, Any]]:
+def attribution_by_source(answer: Answer) -> list[dict[str, Any]]:
     """Total attribution per numbered source, for a bar chart (empty when there is none)."""
     scores = attribution_scores(answer)
     if not scores:

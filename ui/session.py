@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -17,6 +17,9 @@ from core.types import Actor
 from services.access import Operation, allowed
 from services.accounts import User, ensure_admin, get_user
 from services.ask import open_assistant
+
+if TYPE_CHECKING:
+    from assistant.pipeline import Assistant
 
 # Environment variables the app reads itself; they are not settings fields.
 ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"
@@ -63,16 +66,22 @@ def get_settings() -> Settings:
 
 
 @st.cache_resource(show_spinner=False)
-def _assistant(_key: str, _settings: Settings, _factory: Any) -> Any:
+def _assistant(_key: str, _settings: Settings, _factory: Any) -> Assistant:
     if _factory is not None:
         return _factory(_settings)
     return open_assistant(_settings)
 
 
-def get_assistant(settings: Settings) -> Any:
+def get_assistant(settings: Settings) -> Assistant:
     """One Assistant per settings, shared by every session (construction is cheap)."""
     key = settings.model_dump_json() + f"|{id(assistant_factory)}"
     return _assistant(key, settings, assistant_factory)
+
+
+@st.cache_resource(show_spinner=False)
+def _warmed() -> set[int]:
+    """The cached assistants whose models are loaded (one set per server)."""
+    return set()
 
 
 @st.cache_resource(show_spinner=False)
@@ -81,7 +90,7 @@ def _lock(_key: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def assistant_session(settings: Settings) -> Iterator[Any]:
+def assistant_session(settings: Settings) -> Iterator[Assistant]:
     """The shared, warmed-up Assistant, used by one session at a time.
 
     One question at a time suits an on-premise CPU model; the others wait their turn.
@@ -92,10 +101,11 @@ def assistant_session(settings: Settings) -> Iterator[Any]:
             lock.acquire()
     try:
         assistant = get_assistant(settings)
-        if not getattr(assistant, "_ui_warm", False):
+        warmed = _warmed()
+        if id(assistant) not in warmed:
             with st.spinner("Loading the models (only after a restart)..."):
                 assistant.warm_up()
-            assistant._ui_warm = True
+            warmed.add(id(assistant))
         yield assistant
     finally:
         lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .base import Attributor
@@ -13,7 +14,8 @@ from .surrogate import AblationSurrogate
 
 __all__ = ["METHODS", "make_attributor"]
 
-METHODS: dict[str, type] = {
+# Each class's constructor takes its own keyword settings and builds an Attributor.
+METHODS: dict[str, Callable[..., Attributor]] = {
     "surrogate": AblationSurrogate,
     "shap": ShapAttributor,
     "loo": LeaveOneOut,
