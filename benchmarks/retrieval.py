@@ -32,8 +32,9 @@ on 2 CPU cores for clinrag + recipe); later runs take a few minutes.
 Options:
   --corpus medquad|pubmedqa|all   (default all)
   --questions N                   MedQuAD sample size (default 1000; PubMedQA always all)
-  --limit-docs N                  index only the first N corpus documents (quick tries; only
-                                  questions whose gold document is indexed are asked)
+  --limit-docs N                  index only the first N corpus documents (quick tries, also
+                                  with --sweep and --scale; only questions whose gold document
+                                  is indexed are asked)
   --latency-n N                   questions timed for latency (default 200)
   --no-recipe                     skip the LangChain recipe
   --latency-only                  skip recall/MRR, only time the queries
@@ -220,7 +221,9 @@ def _by_rank(hits: Sequence[Hit], rank: str) -> list[Hit]:
 SWEEP_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
-def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
+def sweep(
+    name: str, n_test: int, n_dev: int, seed: int, limit_docs: int | None = None
+) -> dict[str, Any]:
     """recall@5 / MRR of weighted RRF (dense weight 1, lexical weight w) on dev questions.
 
     Dev questions are drawn (seed + 1) from those *not* in the seeded test sample that
@@ -231,7 +234,7 @@ def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
     """
     from assistant.retrieve import Retriever
 
-    built = common.build_corpus(name, None, recipe=False)
+    built = common.build_corpus(name, limit_docs, recipe=False)
     indexed = set(built.doc_map.values())
     test, _ = _questions(name, n_test, seed, indexed)
     # by the qid as written: a question that repeats a test question's qid stays out too, so
@@ -266,7 +269,7 @@ def sweep(name: str, n_test: int, n_dev: int, seed: int) -> dict[str, Any]:
 # --- latency at scale ----------------------------------------------------------------------------
 
 
-def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
+def scale(target: int, latency_n: int, seed: int, limit_docs: int | None = None) -> dict[str, Any]:
     """clinrag query latency with ``target`` chunks in the library.
 
     The real MedQuAD index (every chunk embedded by MiniLM) is copied and padded with synthetic
@@ -281,11 +284,12 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
     import numpy as np
 
     from assistant.retrieve import Retriever
+    from core.backends.chroma import ChromaStore
     from core.library.index import Index, writer_lock
     from core.types import Chunk, Document
     from ingest.split import chunk_id
 
-    built = common.build_corpus("medquad", None, recipe=False)
+    built = common.build_corpus("medquad", limit_docs, recipe=False)
     folder = common.CACHE_DIR / f"scale-{target}-{built.folder.name}"
     stamp = folder / "done.json"
     pad_info: dict[str, Any]
@@ -301,6 +305,8 @@ def scale(target: int, latency_n: int, seed: int) -> dict[str, Any]:
         log(f"[scale] padding {len(real):,} real chunks with {need:,} synthetic ones ...")
         rng = np.random.default_rng(seed)
         t0 = time.perf_counter()
+        if not isinstance(index.store, ChromaStore):
+            raise SystemExit("--scale copies vectors out of Chroma: set vector_store = chroma")
         with writer_lock(settings):
             col = index.store._col  # the vectors of the real chunks, to perturb
             got = col.get(ids=[c.chunk_id for c in real], include=["embeddings"])
@@ -409,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.sweep:
-        result = sweep("medquad", args.questions, args.questions, args.seed)
+        result = sweep("medquad", args.questions, args.questions, args.seed, args.limit_docs)
         if args.json:
             print(json.dumps(result, indent=1))
             return 0
@@ -419,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.scale:
-        result = scale(args.scale, args.latency_n, args.seed)
+        result = scale(args.scale, args.latency_n, args.seed, args.limit_docs)
         result["machine"] = common.machine()
         if args.json:
             print(json.dumps(result, indent=1))
