@@ -74,19 +74,19 @@ def main() -> int:
         vectors = assistant.embed(list(targets) + [s.text for s in sources])
         similarity = vectors[: len(targets)] @ vectors[len(targets) :].T
         shared = CachedScorer(base)  # for the drop measurements, shared by every method
+        # each method's own budget or input: ablations for the sampling ones, the retrieval
+        # similarity, a seed per question for random scores
+        options: dict[str, dict[str, Any]] = {
+            "surrogate": {"n_ablations": args.ablations},
+            "shap": {"n_samples": args.ablations},
+            "similarity": {"similarity": similarity},
+            "random": {"seed": i},
+        }
         for method in METHODS:
-            kwargs: dict[str, Any] = {}
-            if method == "surrogate":
-                kwargs["n_ablations"] = args.ablations
-            elif method == "shap":
-                kwargs["n_samples"] = args.ablations
-            elif method == "similarity":
-                kwargs["similarity"] = similarity
-            elif method == "random":
-                kwargs["seed"] = i
             scorer = CachedScorer(base)  # a fresh cache: each method pays its own evaluations
             start = time.perf_counter()
-            result = make_attributor(method, **kwargs).attribute(scorer, len(sources), len(targets))
+            attributor = make_attributor(method, **options.get(method, {}))
+            result = attributor.attribute(scorer, len(sources), len(targets))
             seconds[method].append(time.perf_counter() - start)
             evaluations[method].append(result.n_evaluations)
             for k in (1, 3):
