@@ -9,14 +9,14 @@ eval folder, keyed by qid and the hash of the configuration that part depends on
 - ``attribution``: per attribution method, the top-k removal drop and the random drop;
 - ``baseline_retrieval`` and ``baseline_answer``: the LangChain recipe's.
 
-Each part is one entry of :data:`PARTS` (when a run wants it, what its result depends on, how
-one question's result is made), and each figure of the summary one entry of
-:data:`FIGURES`, so adding either is adding an entry.
-
 So an interrupted run resumes where it stopped, and a run with more metrics reuses what an
 earlier run with fewer computed. Several processes may share one cache (``--shard K/N``): each
 appends whole lines, and the stores are built under a lock. Nothing is written to the user's
 library or audit log.
+
+Each part is one entry of :data:`PARTS` (when a run wants it, what its result depends on, how
+one question's result is made), and each figure of the summary one entry of :data:`FIGURES`:
+adding either is adding an entry.
 """
 
 from __future__ import annotations
