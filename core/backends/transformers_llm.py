@@ -77,7 +77,7 @@ _load_lock = threading.Lock()
 @cache
 def _load(
     source: str, gguf_name: str | None, cache_root: str, device: str
-) -> tuple[Any, Any, dict]:
+) -> tuple[Any, Any, dict[str, Any]]:
     """Load (model, tokenizer, identity) once per process for these parameters."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -109,7 +109,7 @@ def _load(
     return model, tokenizer, {**identity, **timings}
 
 
-def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict) -> None:
+def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict[str, str]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)

@@ -26,6 +26,11 @@ from core.errors import LoadError
 from core.types import Block, Document
 from ingest.loaders.metadata import SIDECAR_SUFFIX, load_sidecar
 
+# What a format loader returns: title, blocks, metadata, and (HTML only) warnings.
+Loaded = (
+    tuple[str | None, list[Block], dict[str, str]]
+    | tuple[str | None, list[Block], dict[str, str], list[str]]
+)
 SUPPORTED = {
     ".pdf": "pdf",
     ".html": "html",
@@ -318,7 +323,7 @@ def load_document(
             f"rename it to {path.stem}{_EXT_FOR[actual]}",
         )
     warnings: list[str] = []
-    loaders: dict[str, Callable[[], tuple]] = {
+    loaders: dict[str, Callable[[], Loaded]] = {
         "pdf": lambda: load_pdf(data, max_pages),
         "html": lambda: load_html(data),
         "markdown": lambda: load_markdown(data),

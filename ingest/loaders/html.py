@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import LoadError
 from core.types import Block
 from ingest.loaders.metadata import clean
 from ingest.loaders.text import decode
+
+if TYPE_CHECKING:
+    from bs4 import BeautifulSoup, Tag
 
 _BLOCK_TAGS = frozenset(
     {
@@ -61,7 +64,7 @@ MAX_ELEMENTS = 200_000
 _TAG_OPEN = re.compile(r"<[A-Za-z]")
 
 
-def _invisible(style: str, el: Any) -> bool:
+def _invisible(style: str, el: Tag) -> bool:
     """White text (with no background of its own) or a font too small to read."""
     for size, unit in _FONT_SIZE.findall(style):
         if float(size) < _TINY[unit.lower() or None]:
@@ -75,7 +78,7 @@ def _invisible(style: str, el: Any) -> bool:
     return el.name == "font" and str(el.get("size", "")).strip() in {"0", "-3", "-4"}
 
 
-def _soup(text: str):  # -> BeautifulSoup
+def _soup(text: str) -> BeautifulSoup:
     import bs4
     from bs4 import BeautifulSoup, FeatureNotFound
 
@@ -158,7 +161,12 @@ def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], lis
             if node.name in _BLOCK_TAGS:
                 order.append(node)
                 parts[id(node)] = []
-        elif type(node) in (NavigableString, CData) and near is not None:
+        # exact types: comments, doctypes and processing instructions subclass NavigableString
+        elif (
+            isinstance(node, NavigableString)
+            and type(node) in (NavigableString, CData)
+            and near is not None
+        ):
             piece = node.strip()
             if piece:
                 parts[id(near)].append(piece)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from core.errors import LoadError
@@ -138,7 +139,7 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:
     return clean(meta, "front matter"), text[match.end() :], match.end()
 
 
-def clean(raw: dict, where: str = "metadata") -> dict[str, str]:
+def clean(raw: Mapping[str, object], where: str = "metadata") -> dict[str, str]:
     """Keep known keys as strings; unknown keys are dropped so they never reach the index."""
     out: dict[str, str] = {}
     for key in KNOWN_KEYS:
