@@ -54,13 +54,16 @@ def settings(_home: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The session's model cache, empty until something loads the packaged model through it.
 
     Link a home to it with :func:`share_models`; request ``packaged_llm`` as well when other
     processes will read it, so that they find the conversion done rather than race to do it.
+    Removed at the end: pytest keeps the last runs' temporary folders, at 0.5 GB each.
     """
-    return tmp_path_factory.mktemp("models")
+    cache = tmp_path_factory.mktemp("models")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
