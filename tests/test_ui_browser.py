@@ -257,7 +257,7 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     from selenium.webdriver.common.keys import Keys
 
     from core.config import load_settings
-    from ui.events import audit_log
+    from audit.record import open_log as audit_log
 
     url, home = server
     page = Page(browser, tmp_path / "screenshots")
@@ -409,7 +409,7 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
 
     from core.config import load_settings
     from ingest.index import ingest
-    from ui.events import audit_log
+    from audit.record import open_log as audit_log
 
     with _canary() as (canary, hits):
         payloads = [p.format(c=canary) for p in PAYLOADS]
