@@ -16,7 +16,7 @@ run on the same 200 questions:
          defensible, so read this row as an upper bound on the difficulty.
 
 Removal uses the real ``Index.remove`` on a private copy of the cached full MedQuAD index
-(built by the benchmarks' shared store builder, shared with retrieval.py), so the library is the full 8,254
+(the benchmarks' shared store, also used by retrieval.py), so the library is the full 8,254
 passages minus the removed ones (``--limit-docs N``: the first N passages, for quick tries).
 
 Retrieval-stage abstention is exactly the pipeline's first check (assistant/pipeline.py,
