@@ -256,8 +256,8 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
 ) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    from core.config import load_settings
     from audit.record import open_log as audit_log
+    from core.config import load_settings
 
     url, home = server
     page = Page(browser, tmp_path / "screenshots")
@@ -407,9 +407,9 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
     from openai_server import serve_chat
     from selenium.webdriver.common.keys import Keys
 
+    from audit.record import open_log as audit_log
     from core.config import load_settings
     from ingest.index import ingest
-    from audit.record import open_log as audit_log
 
     with _canary() as (canary, hits):
         payloads = [p.format(c=canary) for p in PAYLOADS]
