@@ -18,15 +18,24 @@ offered, only after its record is committed.
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from audit.log.redact import question_fields
+from audit.log.redact import (
+    protect_text,
+    protect_words,
+    question_fields,
+    redact,
+    site_key,
+)
 from core.config import Settings, answer_settings
 from core.errors import AuditError
-from core.types import Actor, Answer, EmbedderInfo, Hit
+from core.types import Actor, Answer, EmbedderInfo, Hit, Mode
 
 if TYPE_CHECKING:
     from audit.log import AuditLog, Record, VerifyResult
@@ -99,9 +108,19 @@ class AnswerPayload(TypedDict, total=False):
     faithfulness: dict[str, Any] | None
     timings: dict[str, float]
     # The question, as the ``audit_questions`` policy allows (verbatim, redacted or hashed).
+    # The same policy applies to the fields derived from it: abstain_reason (the words it
+    # repeats from the question), and the model's text (generated_text, the sentences it
+    # wrote, and answer when the model wrote it). question_hash is an HMAC with the site key
+    # when question_hash_alg says so; older records hold a plain sha256.
     question: str
     question_hash: str
+    question_hash_alg: str
     question_mode: str
+    # The operating-system account of the process that wrote the record: for `clinrag ask`
+    # the person who ran it (its --user and --role are only what they said), for the app
+    # the service account.
+    os_user: str
+    os_uid: int | None
 
 
 class AttributionPayload(TypedDict):
@@ -115,7 +134,10 @@ class AttributionPayload(TypedDict):
 class FeedbackPayload(TypedDict):
     answer_id: int
     helpful: bool
+    # As the answer's question mode allows: verbatim, redacted, or (hashed) dropped, with
+    # only its length kept in comment_chars.
     comment: str
+    comment_chars: NotRequired[int]
 
 
 class LoginPayload(TypedDict, total=False):
@@ -330,10 +352,6 @@ def open_log(settings: Settings) -> AuditLog:
         settings.audit_checkpoint,
         settings.audit_key,
         checkpoint_every=settings.audit_checkpoint_every,
-        anchor=settings.audit_anchor,
-        stream=settings.audit_stream,
-        # A key file the administrator named was put there by them, before the first record.
-        key_provisioned=settings.audit_key_file is not None,
     )
 
 
@@ -392,9 +410,20 @@ class Recorder:
         top_k: int | None = None,
     ) -> int:
         payload = answer_payload(answer, settings, index_version, embedder, top_k=top_k)
-        fields = question_fields(answer.question, settings.audit_questions)
+        mode = settings.audit_questions
+        try:
+            # Every answer record carries the keyed question hash, whatever the mode: without
+            # the key the record cannot be written, and the answer is not shown.
+            key = site_key(settings.question_key)
+            fields = question_fields(answer.question, mode, key)
+        except (OSError, ValueError) as exc:
+            raise AuditError(
+                f"The answer was withheld because its audit record could not be written: {exc}"
+            ) from exc
         payload.update(fields)  # type: ignore[typeddict-item]
-        payload["question_mode"] = settings.audit_questions
+        payload["question_mode"] = mode
+        _protect_question_derived(payload, answer, mode, key)
+        payload["os_user"], payload["os_uid"] = _os_account()
         try:
             return self._append(Event.ANSWER, actor, payload, "The answer")
         except AuditError as exc:
@@ -417,12 +446,33 @@ class Recorder:
         return self._append(Event.ATTRIBUTION, actor, payload, "The attribution")
 
     def feedback(self, actor: Actor, answer_id: int, *, helpful: bool, comment: str) -> int:
+        """A clinician's verdict on an answer; the comment is kept as that answer's question
+        is (a comment about a patient names them as readily as the question did)."""
         payload: FeedbackPayload = {
             "answer_id": int(answer_id),
             "helpful": bool(helpful),
             "comment": comment,
         }
+        mode = self._question_mode_of(answer_id)
+        if mode == "redacted":
+            payload["comment"] = redact(comment)
+        elif mode != "verbatim" and comment:
+            # hashed, or an answer whose policy cannot be read: nothing of the text is kept
+            payload["comment"] = ""
+            payload["comment_chars"] = len(comment)
         return self._append(Event.FEEDBACK, actor, payload, "The feedback")
+
+    def _question_mode_of(self, answer_id: int) -> str:
+        """The ``question_mode`` the answer ``answer_id`` was recorded under; ``hashed`` (the
+        strictest) when there is no such answer or it cannot be read."""
+        try:
+            record = self.log.get(int(answer_id))
+        except Exception:  # unreadable: keep as little as possible, never fail the feedback
+            return "hashed"
+        if record is None or record.event != Event.ANSWER:
+            return "hashed"
+        # records written before the modes existed stored the question verbatim
+        return str(record.payload.get("question_mode", "verbatim"))
 
     def replay(
         self,
@@ -611,3 +661,54 @@ class Recorder:
     def recent_answers(self, user: str, since: Any) -> int:
         """How many answers ``user`` was given since ``since`` (for the rate limit)."""
         return len(self.log.list(since=since, user=user, event=str(Event.ANSWER)))
+
+
+# ------------------------------------------------------------------ what an answer record
+# may say about its question (Recorder.answer)
+
+
+def _protect_question_derived(
+    payload: AnswerPayload, answer: Answer, mode: str, key: bytes
+) -> None:
+    """Apply the question mode to the answer record's fields derived from the question.
+
+    The model's text echoes the question (a patient's name, an identifier), so it is kept as
+    the question is: redacted, or replaced by its keyed hash, with the structure around it
+    (how many sentences, their citations and support scores) left as it was. The guideline's
+    own sentences (quoted answers, evidence) are library text and stay. The abstention reason
+    keeps its code and wording and loses only the question's words. The Answer itself, which
+    the clinician sees, is not changed.
+    """
+    if mode == "verbatim":
+        return
+    question = answer.question
+
+    def text(value: str) -> str:
+        return protect_text(value, question, mode, key)
+
+    if payload.get("abstain_reason"):
+        payload["abstain_reason"] = protect_words(str(payload["abstain_reason"]), question, mode)
+    if payload.get("generated_text") is not None:
+        payload["generated_text"] = text(str(payload["generated_text"]))
+    if answer.mode == Mode.GENERATED:
+        payload["answer"] = text(payload["answer"])
+    # quoted answers' sentences are the guideline's; every other answer's are the model's
+    if answer.mode != Mode.QUOTED:
+        payload["sentences"] = [s | {"text": text(s["text"])} for s in payload["sentences"]]
+    payload["unverified_sentences"] = [
+        s | {"text": text(s["text"])} for s in payload["unverified_sentences"]
+    ]
+
+
+def _os_account() -> tuple[str, int | None]:
+    """The account this process runs as, from the uid rather than $USER (which anyone can
+    set); on Windows, where there is no uid, the login name."""
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return getpass.getuser(), None
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name, uid
+    except KeyError:  # a uid with no passwd entry (some containers)
+        return f"uid {uid}", uid

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigError
 
 ENV_PREFIX = "CLINRAG_"
-# The sinks audit.log.sinks accepts (core cannot import audit; the log parses them again).
-_AUDIT_SINK_RE = re.compile(
-    r"^(?:syslog(?::(?:auth|authpriv|daemon|user|local[0-7]))?|file:~?/.+)$"
-)
 # Environment names that are not settings fields.
 _ENV_NOT_FIELDS = {"CLINRAG_CONFIG", "CLINRAG_ADMIN_PASSWORD"}
 
@@ -99,44 +94,6 @@ class Settings(BaseModel):
     attribution_max_sentences: int = Field(40, gt=0)
     audit_questions: Literal["verbatim", "redacted", "hashed"] = "verbatim"
     audit_checkpoint_every: int = Field(100, gt=0)
-    audit_key_file: Path | None = Field(
-        None,
-        description="The audit signing key; empty = HOME/keys/audit.key. Put it outside the "
-        "home, readable but not writable by the service, so it cannot be deleted with the log.",
-    )
-    audit_anchor: tuple[str, ...] = Field(
-        (),
-        description="Witness every signed audit head here: 'syslog[:FACILITY]' and/or "
-        "'file:/absolute/path' (a list, or comma-separated). Use a sink the service cannot "
-        "rewrite: another mount, another owner, or chattr +a.",
-    )
-    audit_stream: tuple[str, ...] = Field(
-        (),
-        description="Copy every audit record (a FHIR AuditEvent, one JSON line) to the SIEM: "
-        "'syslog[:FACILITY]' and/or 'file:/absolute/path'. Failures are reported, not fatal.",
-    )
-
-    @field_validator("audit_anchor", "audit_stream", mode="before")
-    @classmethod
-    def _audit_sinks(cls, value: Any) -> Any:
-        # TOML gives a list or a string, the environment a comma-separated string.
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list | tuple):
-            for spec in value:
-                if not isinstance(spec, str) or not _AUDIT_SINK_RE.match(spec.strip()):
-                    raise ValueError(
-                        f"{spec!r} is not 'syslog', 'syslog:FACILITY' (auth, authpriv, daemon, "
-                        "user, local0-local7) or 'file:/absolute/path'"
-                    )
-            return tuple(spec.strip() for spec in value)
-        return value
-
-    @field_validator("audit_key_file", mode="after")
-    @classmethod
-    def _expand_key_file(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
     user: str = Field("local", description="Recorded as the asker in the audit log.")
     role: str = "clinician"
 
@@ -146,7 +103,17 @@ class Settings(BaseModel):
         description="Offer single sign-on through Streamlit's st.login with this provider "
         "(configured under [auth] in .streamlit/secrets.toml; 'default' for the unnamed one).",
     )
-    sso_claim: str = Field("email", description="The identity-token claim that names the user.")
+    sso_claim: str = Field(
+        "email",
+        description="The identity-token claim that names the user. With 'email' the token "
+        "must also say email_verified = true.",
+    )
+    sso_issuer: str | None = Field(
+        None,
+        description="When set, only identity tokens whose 'iss' is exactly this are accepted "
+        "(others are refused and audited). A tenant's issuer names the tenant, so this also "
+        "pins it (e.g. https://login.microsoftonline.com/TENANT-ID/v2.0).",
+    )
 
     # derived locations
     @property
@@ -179,10 +146,15 @@ class Settings(BaseModel):
 
     @property
     def audit_key(self) -> Path:
-        """The audit signing key (``audit_key_file`` when set): backup and restore use it too."""
-        if self.audit_key_file is not None:
-            return self.audit_key_file
         return self.home / "keys" / "audit.key"
+
+    @property
+    def question_key(self) -> Path:
+        """The site key of the audit records' question hashes, beside the default audit key.
+
+        Always under the home, even when the audit key is provisioned elsewhere: it is
+        created on first use, which a read-only secrets mount would refuse."""
+        return self.home / "keys" / "question.key"
 
 
 # The settings that decide an answer, given the library (index version) and the models'

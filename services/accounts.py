@@ -7,6 +7,11 @@ sign-ins are recorded through a :class:`~audit.record.Recorder`; if it cannot re
 nobody is signed in. The account operations an administrator performs (create, disable,
 enable, set a password) check the role and record their event; the command line and the app
 call the same functions.
+
+Wrong passwords are counted in one write transaction per attempt, so parallel attempts
+(Streamlit runs each session in a thread) lock the account like sequential ones. Single
+sign-on enters only accounts created for it. The generated first ``admin`` password must be
+changed at the first sign-in (``must_change_password``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -56,6 +61,12 @@ _MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    # Set for a password nobody chose (the generated first admin password, printed on the
+    # server console): the sign-in page asks for a new one before any page.
+    (
+        "002_must_change_password",
+        "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;",
+    ),
 )
 
 
@@ -70,6 +81,7 @@ class User:
     disabled: bool
     created_at: str
     last_login: str | None = None
+    must_change_password: bool = False
 
     @property
     def active(self) -> bool:
@@ -127,6 +139,7 @@ def _row_user(row: sqlite3.Row) -> User:
         disabled=bool(row["disabled"]),
         created_at=row["created_at"],
         last_login=row["last_login"],
+        must_change_password=bool(row["must_change_password"]),
     )
 
 
@@ -153,19 +166,29 @@ def check_role(role: str) -> str:
     return role
 
 
-def add_user(settings: Settings, username: str, password: str, role: str) -> User:
-    """Create an account. Raises :class:`UserError` if the name is taken or input is invalid."""
+def add_user(
+    settings: Settings, username: str, password: str, role: str, *, must_change: bool = False
+) -> User:
+    """Create an account. Raises :class:`UserError` if the name is taken or input is invalid.
+
+    ``must_change``: the user must choose a new password at their first sign-in.
+    """
     name = check_username(username)
     check_password(password)
-    return _insert_user(settings, name, _hasher().hash(password), check_role(role))
+    return _insert_user(
+        settings, name, _hasher().hash(password), check_role(role), must_change=must_change
+    )
 
 
-def _insert_user(settings: Settings, name: str, password_hash: str, role: str) -> User:
+def _insert_user(
+    settings: Settings, name: str, password_hash: str, role: str, *, must_change: bool = False
+) -> User:
     with _db(settings) as conn:
         try:
             conn.execute(
-                "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                (name, password_hash, role, _iso(_now())),
+                "INSERT INTO users (username, password_hash, role, created_at, "
+                "must_change_password) VALUES (?, ?, ?, ?, ?)",
+                (name, password_hash, role, _iso(_now()), int(must_change)),
             )
         except sqlite3.IntegrityError:
             raise UserError(
@@ -184,6 +207,11 @@ def add_sso_user(settings: Settings, username: str, role: str) -> User:
     return _insert_user(settings, check_username(username), SSO_ONLY, check_role(role))
 
 
+def _verified(value: Any) -> bool:
+    # JSON true; some providers send the string "true". Nothing else counts (1, "yes").
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
 def sso_sign_in(
     settings: Settings, claims: dict[str, Any], recorder: Recorder | None = None
 ) -> User | None:
@@ -191,6 +219,13 @@ def sso_sign_in(
 
     The provider proves who someone is; clinrag's own account store still decides whether
     they may use it and with which role, so an administrator controls access in one place.
+
+    Refused, and audited with the reason: a token from another issuer than ``sso_issuer``
+    (when set: a multi-tenant provider signs tokens for every tenant, and a tenant's issuer
+    names it); an ``email`` claim the provider has not verified (``email_verified`` is not
+    true: many providers let a user type any address); and any account not created for single
+    sign-on. Without that last check a claim equal to a password account's name (``admin``,
+    or a clinician's e-mail) would enter that account without its password ("nOAuth").
     """
     issuer = str(claims.get("iss", ""))
     raw = str(claims.get(settings.sso_claim) or "")
@@ -208,10 +243,19 @@ def sso_sign_in(
     if not name:
         failed("sso_missing_claim")
         return None
+    if settings.sso_issuer is not None and issuer != settings.sso_issuer:
+        failed("sso_wrong_issuer")
+        return None
+    if settings.sso_claim == "email" and not _verified(claims.get("email_verified")):
+        failed("sso_email_unverified")
+        return None
     with _db(settings) as conn:
         row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
         if row is None:
             failed("sso_unknown_user")
+            return None
+        if row["password_hash"] != SSO_ONLY:
+            failed("sso_not_sso_account", row["role"])
             return None
         if row["disabled"]:
             failed("disabled", row["role"])
@@ -249,12 +293,14 @@ def disable_user(settings: Settings, username: str, disabled: bool = True) -> bo
 
 
 def set_password(settings: Settings, username: str, password: str) -> bool:
+    """Set a password chosen by a person (the user, or an administrator with ``clinrag users
+    passwd``): it unlocks the account and clears ``must_change_password``."""
     check_password(password)
     digest = _hasher().hash(password)
     with _db(settings) as conn:
         cur = conn.execute(
-            "UPDATE users SET password_hash = ?, failed_count = 0, locked_until = NULL "
-            "WHERE username = ?",
+            "UPDATE users SET password_hash = ?, failed_count = 0, locked_until = NULL, "
+            "must_change_password = 0 WHERE username = ?",
             (digest, (username or "").strip().lower()),
         )
     return cur.rowcount > 0
@@ -263,6 +309,19 @@ def set_password(settings: Settings, username: str, password: str) -> bool:
 def _safe_name(username: str) -> str:
     name = "".join(ch for ch in (username or "").strip() if ch.isprintable())[:64]
     return name or "(empty)"
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT: the write lock is taken before the first read, so what is
+    read cannot change before the write (ROLLBACK on any exception)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def authenticate(
@@ -276,57 +335,96 @@ def authenticate(
     Every attempt is recorded as ``login`` or ``login_failed`` (with a reason for the
     auditor). If recording a successful sign-in raises, the exception propagates and the
     caller must not sign the user in.
+
+    The password is checked (argon2, slow) outside any lock; what it leads to is decided in
+    one write transaction that re-reads the account. A wrong password is counted there by
+    ``failed_count + 1`` in SQL, and an attempt that finds the account locked by then is
+    refused even with the right password. So parallel attempts count like sequential ones:
+    of a burst, only those decided before the MAX_FAILURES-th wrong one can get in.
     """
     from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
     hasher = _hasher()
     name = (username or "").strip().lower()
-    now = _now()
 
     def failed(reason: str, role: str = "unknown") -> None:
         if recorder is not None:
             recorder.login_failed(Actor(_safe_name(username), role), reason=reason)
 
+    def matches(password_hash: str) -> bool:
+        try:
+            return bool(hasher.verify(password_hash, password or ""))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
     with _db(settings) as conn:
         row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+        if row is None or _locked(row):
+            # verified against anyway, so a wrong name or a locked account takes as long
+            matches(_dummy_hash())
+            failed("unknown_user" if row is None else "locked", row["role"] if row else "unknown")
+            return None
+        checked_hash = row["password_hash"]
+        right = matches(checked_hash)
+        new_hash = (
+            hasher.hash(password) if right and hasher.check_needs_rehash(checked_hash) else None
+        )
+        outcome = _decide(conn, name, checked_hash, right, new_hash, recorder, matches)
+        if isinstance(outcome, str):
+            failed(outcome, row["role"])
+            return None
+        return outcome
+
+
+def _locked(row: sqlite3.Row) -> bool:
+    return bool(row["locked_until"]) and str(row["locked_until"]) > _iso(_now())
+
+
+def _decide(
+    conn: sqlite3.Connection,
+    name: str,
+    checked_hash: str,
+    right: bool,
+    new_hash: str | None,
+    recorder: Recorder | None,
+    matches: Callable[[str], bool],
+) -> User | str:
+    """The outcome of one checked attempt, decided under the write lock: the user signed in,
+    or the reason it failed (recorded by the caller, after the count is committed)."""
+    with _write_transaction(conn):
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
         if row is None:
-            with contextlib.suppress(VerificationError, InvalidHashError):
-                hasher.verify(_dummy_hash(), password or "")
-            failed("unknown_user")
-            return None
-        role = row["role"]
-        if row["locked_until"] and row["locked_until"] > _iso(now):
-            with contextlib.suppress(VerificationError, InvalidHashError):
-                hasher.verify(_dummy_hash(), password or "")
-            failed("locked", role)
-            return None
-        try:
-            hasher.verify(row["password_hash"], password or "")
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            count = int(row["failed_count"]) + 1
-            locked = (
-                _iso(now + timedelta(minutes=LOCKOUT_MINUTES)) if count >= MAX_FAILURES else None
-            )
+            return "unknown_user"
+        if _locked(row):
+            return "locked"
+        if row["password_hash"] != checked_hash:  # changed meanwhile: check against the new one
+            right, new_hash = matches(row["password_hash"]), None
+        if not right:
+            # fetchall: a RETURNING statement must run to its end before the COMMIT
+            [(count,)] = conn.execute(
+                "UPDATE users SET failed_count = failed_count + 1 WHERE username = ? "
+                "RETURNING failed_count",
+                (name,),
+            ).fetchall()
+            if count < MAX_FAILURES:
+                return "bad_password"
+            locked = _iso(_now() + timedelta(minutes=LOCKOUT_MINUTES))
             conn.execute(
-                "UPDATE users SET failed_count = ?, locked_until = ? WHERE username = ?",
-                (0 if locked else count, locked, name),
+                "UPDATE users SET failed_count = 0, locked_until = ? WHERE username = ?",
+                (locked, name),
             )
-            failed("bad_password" if not locked else "bad_password_locked", role)
-            return None
+            return "bad_password_locked"
         if row["disabled"]:
-            failed("disabled", role)
-            return None
-        if hasher.check_needs_rehash(row["password_hash"]):
-            conn.execute(
-                "UPDATE users SET password_hash = ? WHERE username = ?",
-                (hasher.hash(password), name),
-            )
+            return "disabled"
+        if new_hash is not None:
+            conn.execute("UPDATE users SET password_hash = ? WHERE username = ?", (new_hash, name))
+        # recorded inside the transaction: if the record cannot be written, nothing changes
         if recorder is not None:
-            recorder.login(Actor(name, role))
+            recorder.login(Actor(name, row["role"]))
         conn.execute(
             "UPDATE users SET last_login = ?, failed_count = 0, locked_until = NULL "
             "WHERE username = ?",
-            (_iso(now), name),
+            (_iso(_now()), name),
         )
         row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
     return _row_user(row)
@@ -342,13 +440,25 @@ def ensure_admin(settings: Settings, password: str | None = None) -> str | None:
     Uses ``password`` when given (the app passes ``$CLINRAG_ADMIN_PASSWORD``), otherwise a
     generated one, which is returned so the caller can print it once. Returns None when
     nothing was generated (accounts existed, or the password was supplied).
+
+    A generated password has been printed on the server console, where others may read it,
+    so the account must choose a new one at its first sign-in (``must_change_password``). A
+    supplied password was chosen by the operator and may be kept: deployments and scripts set
+    it from their secret store and sign in with it (rotate it there, or with ``clinrag users
+    passwd admin``).
     """
     with _db(settings) as conn:
         if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
             return None
     generated = None if password else generate_password()
     try:
-        add_user(settings, ADMIN_USERNAME, password or str(generated), "admin")
+        add_user(
+            settings,
+            ADMIN_USERNAME,
+            password or str(generated),
+            "admin",
+            must_change=generated is not None,
+        )
     except UserError:
         if get_user(settings, ADMIN_USERNAME) is not None:
             return None  # another process created it first
@@ -402,6 +512,36 @@ def change_password(settings: Settings, actor: Actor, username: str, password: s
     set_password(settings, username, password)
     with Recorder.open(settings) as recorder:
         recorder.user_password(actor, username.strip().lower())
+
+
+def change_own_password(settings: Settings, actor: Actor, password: str) -> User:
+    """The signed-in user sets their own password (the app's forced first change); recorded
+    as their own ``user_password`` event. Any signed-in role may; it must differ from the
+    current password."""
+    user = get_user(settings, actor.user)
+    if user is None or user.disabled:
+        raise _no_such_user(actor.user)
+    check_password(password)
+    with _db(settings) as conn:
+        row = conn.execute(
+            "SELECT password_hash FROM users WHERE username = ?", (user.username,)
+        ).fetchone()
+    if row is None or row["password_hash"] == SSO_ONLY:
+        raise UserError("This account signs in through single sign-on and has no password.")
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        same = bool(_hasher().verify(row["password_hash"], password))
+    except (VerificationError, InvalidHashError):
+        same = False
+    if same:
+        raise UserError("Choose a different password from the current one.")
+    set_password(settings, user.username, password)
+    with Recorder.open(settings) as recorder:
+        recorder.user_password(Actor(user.username, user.role), user.username)
+    changed = get_user(settings, user.username)
+    assert changed is not None
+    return changed
 
 
 def accounts(settings: Settings, actor: Actor) -> list[User]:

@@ -146,3 +146,23 @@ def test_library_questions_pass_and_uncovered_subjects_abstain_before_generation
     payload = assistant.audit.get(recorded.audit_id).payload
     assert payload["abstain_reason"] == answer.abstain_reason
     assert payload["settings"]["abstain_rare_term_zipf"] == library.abstain_rare_term_zipf
+
+
+def test_a_hashed_record_keeps_the_missing_words_that_the_screen_shows(
+    library: Settings,
+) -> None:
+    """With audit_questions = hashed the reason's words are the question's: off the record
+    (and so off every export), still on the clinician's screen."""
+    from assistant.pipeline import Assistant
+    from assistant.retrieve import Retriever
+
+    hashed = library.model_copy(update={"audit_questions": "hashed"})
+    assistant = Assistant(hashed, retriever=Retriever(hashed))
+    uncovered = "How often should adults with diabetes have a dilated eye exam for retinopathy?"
+    answer = assistant.ask(uncovered)
+    assert answer.abstain_reason is not None and "retinopathy" in answer.abstain_reason
+    assert "retinopathy" in abstain_reason_text(answer.abstain_reason)
+    payload = assistant.audit.get(answer.audit_id).payload
+    assert payload["abstain_reason"].startswith("not_in_library (no retrieved passage mentions ")
+    assert "[hashed]" in payload["abstain_reason"]
+    assert "retinopathy" not in json.dumps(payload).lower()

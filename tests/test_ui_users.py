@@ -182,14 +182,21 @@ def test_sso_maps_verified_claims_to_local_accounts(settings: Settings) -> None:
 
     add_sso_user(settings, "Dana@Hospital.org", "auditor")
     events = Events()
-    claims = {"email": "dana@hospital.org", "iss": "https://idp.hospital.example"}
+    claims = {
+        "email": "dana@hospital.org",
+        "email_verified": True,
+        "iss": "https://idp.hospital.example",
+    }
     user = sso_sign_in(settings, claims, events)
     assert user is not None and user.username == "dana@hospital.org" and user.role == "auditor"
     # an SSO-only account has no password that could ever match
     assert authenticate(settings, "dana@hospital.org", "", events) is None
     assert authenticate(settings, "dana@hospital.org", "!sso-only", events) is None
     # unknown identities, missing claims and disabled accounts are refused and audited
-    assert sso_sign_in(settings, {"email": "eve@elsewhere.org"}, events) is None
+    assert (
+        sso_sign_in(settings, {"email": "eve@elsewhere.org", "email_verified": True}, events)
+        is None
+    )
     assert sso_sign_in(settings, {"sub": "123"}, events) is None
     disable_user(settings, "dana@hospital.org")
     assert sso_sign_in(settings, claims, events) is None

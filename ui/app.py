@@ -1,7 +1,8 @@
 """clinrag's web app: ``streamlit run ui/app.py``.
 
-Sign-in first; then the pages the user's role allows (checked again inside every page):
-Ask (clinicians, admins), Library (admins), Audit (auditors, admins).
+Sign-in first (and a new password, for an account whose password was generated); then the
+pages the user's role allows (checked again inside every page): Ask (clinicians, admins),
+Library (admins), Audit (auditors, admins).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
     user = current_user(settings)
     if user is None:
         signin.render(settings)
+        return
+    if user.must_change_password:  # re-read every run: no page until it is changed
+        signin.change_password(settings, user)
         return
     pages = allowed_pages(user)
     with st.sidebar:

@@ -53,7 +53,8 @@ def _load_settings(env_items: tuple[tuple[str, str], ...]) -> Settings:
         # printed once, on the server console, when the first account is created
         print(
             f"clinrag: created user 'admin' in {settings.home} with password: {generated}\n"
-            "clinrag: sign in and change it with `clinrag users passwd admin`.",
+            "clinrag: the first sign-in with it asks for a new password "
+            "(or set one now with `clinrag users passwd admin`).",
             file=sys.stderr,
             flush=True,
         )
@@ -164,8 +165,16 @@ def actor(user: User) -> Actor:
 
 
 def require(user: User | None, page: str) -> User:
-    """Stop the run unless ``user`` may open ``page``. Call first thing on every page."""
-    if user is None or page not in PAGES or not allowed(user.role, PAGES[page]):
+    """Stop the run unless ``user`` may open ``page``. Call first thing on every page.
+
+    A user who must still choose a password may open none (the sign-in page asks for it).
+    """
+    if (
+        user is None
+        or user.must_change_password
+        or page not in PAGES
+        or not allowed(user.role, PAGES[page])
+    ):
         st.error("You do not have access to this page.")
         st.stop()
     assert user is not None

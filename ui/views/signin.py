@@ -3,18 +3,24 @@
 Every attempt is an audit event; no event, no session. With single sign-on the identity
 provider proves who someone is (Streamlit's ``st.login``), and the local account store still
 decides whether they may use clinrag and with which role.
+
+An account whose password was generated (the first ``admin``) is shown only
+:func:`change_password` after signing in, until it has chosen its own.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import streamlit as st
 
 from core.config import Settings
+from core.types import Actor
 from services import accounts
+from services.accounts import User, UserError
 from ui.render import md_escape
-from ui.session import sign_in
+from ui.session import sign_in, sign_out
 
 
 def sso_claims() -> dict[str, Any] | None:
@@ -82,12 +88,49 @@ def _single_sign_on(settings: Settings) -> bool:
 
 def _refused(settings: Settings, claims: dict[str, Any]) -> None:
     who = str(claims.get(settings.sso_claim) or "your account")
+    # the reason is in the audit log; the page does not tell a stranger which check failed
     st.error(
         md_escape(
-            f"{who} is not allowed to use clinrag (no active clinrag account). "
-            "Ask an administrator to add it: clinrag users add NAME --role ROLE --sso"
+            f"{who} is not allowed to use clinrag (no active single sign-on account for it, "
+            "or the identity provider's token was not accepted). Ask an administrator to "
+            "add it: clinrag users add NAME --role ROLE --sso"
         )
     )
     if st.button("Sign out of single sign-on", key="sso_out"):
         st.session_state.pop("sso_refused", None)
         st.logout()
+
+
+def change_password(settings: Settings, user: User) -> None:
+    """The only page for a signed-in user who must choose a password (``app.main`` shows it
+    in place of every page, and ``ui.session.require`` refuses them every page anyway)."""
+    st.title("Choose a new password")
+    st.info(
+        "The password you signed in with was generated and shown on the server console. "
+        "Choose your own before you continue."
+    )
+    with st.form("new_password_form"):
+        first = st.text_input("New password", type="password", key="new_password")
+        again = st.text_input("New password again", type="password", key="new_password_again")
+        submitted = st.form_submit_button("Set password", type="primary", key="set_password")
+    if st.button("Sign out", key="must_change_signout"):
+        try:
+            accounts.sign_out(settings, Actor(user.username, user.role))
+        except Exception:  # signing out must always work; the log says why it failed
+            logging.getLogger("clinrag.ui").exception("logout event not recorded")
+        sign_out()
+        st.rerun()
+    if not submitted:
+        return
+    if first != again:
+        st.error("The two passwords do not match.")
+        return
+    try:
+        accounts.change_own_password(settings, Actor(user.username, user.role), first)
+    except UserError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    except Exception as exc:  # the audit log cannot record the change: nothing was kept
+        st.error(md_escape(f"The password could not be changed: {exc}"))
+        return
+    st.rerun()
