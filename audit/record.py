@@ -352,6 +352,10 @@ def open_log(settings: Settings) -> AuditLog:
         settings.audit_checkpoint,
         settings.audit_key,
         checkpoint_every=settings.audit_checkpoint_every,
+        anchor=settings.audit_anchor,
+        stream=settings.audit_stream,
+        # A key file the administrator named was put there by them, before the first record.
+        key_provisioned=settings.audit_key_file is not None,
     )
 
 

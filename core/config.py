@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError
 
 ENV_PREFIX = "CLINRAG_"
+# The sinks audit.log.sinks accepts (core cannot import audit; the log parses them again).
+_AUDIT_SINK_RE = re.compile(
+    r"^(?:syslog(?::(?:auth|authpriv|daemon|user|local[0-7]))?|file:~?/.+)$"
+)
 # Environment names that are not settings fields.
 _ENV_NOT_FIELDS = {"CLINRAG_CONFIG", "CLINRAG_ADMIN_PASSWORD"}
 
@@ -94,6 +99,44 @@ class Settings(BaseModel):
     attribution_max_sentences: int = Field(40, gt=0)
     audit_questions: Literal["verbatim", "redacted", "hashed"] = "verbatim"
     audit_checkpoint_every: int = Field(100, gt=0)
+    audit_key_file: Path | None = Field(
+        None,
+        description="The audit signing key; empty = HOME/keys/audit.key. Put it outside the "
+        "home, readable but not writable by the service, so it cannot be deleted with the log.",
+    )
+    audit_anchor: tuple[str, ...] = Field(
+        (),
+        description="Witness every signed audit head here: 'syslog[:FACILITY]' and/or "
+        "'file:/absolute/path' (a list, or comma-separated). Use a sink the service cannot "
+        "rewrite: another mount, another owner, or chattr +a.",
+    )
+    audit_stream: tuple[str, ...] = Field(
+        (),
+        description="Copy every audit record (a FHIR AuditEvent, one JSON line) to the SIEM: "
+        "'syslog[:FACILITY]' and/or 'file:/absolute/path'. Failures are reported, not fatal.",
+    )
+
+    @field_validator("audit_anchor", "audit_stream", mode="before")
+    @classmethod
+    def _audit_sinks(cls, value: Any) -> Any:
+        # TOML gives a list or a string, the environment a comma-separated string.
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for spec in value:
+                if not isinstance(spec, str) or not _AUDIT_SINK_RE.match(spec.strip()):
+                    raise ValueError(
+                        f"{spec!r} is not 'syslog', 'syslog:FACILITY' (auth, authpriv, daemon, "
+                        "user, local0-local7) or 'file:/absolute/path'"
+                    )
+            return tuple(spec.strip() for spec in value)
+        return value
+
+    @field_validator("audit_key_file", mode="after")
+    @classmethod
+    def _expand_key_file(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
     user: str = Field("local", description="Recorded as the asker in the audit log.")
     role: str = "clinician"
 
@@ -146,6 +189,9 @@ class Settings(BaseModel):
 
     @property
     def audit_key(self) -> Path:
+        """The audit signing key (``audit_key_file`` when set): backup and restore use it too."""
+        if self.audit_key_file is not None:
+            return self.audit_key_file
         return self.home / "keys" / "audit.key"
 
     @property

@@ -111,12 +111,19 @@ def attribution_of(settings: Settings, actor: Actor, answer_id: int) -> Record |
         return recorder.attribution_of(answer_id)
 
 
-def verify(settings: Settings, actor: Actor) -> VerifyResult:
-    """Check the chain and checkpoints, then record that it was checked and the outcome."""
+def verify(settings: Settings, actor: Actor, anchors: tuple[str, ...] = ()) -> VerifyResult:
+    """Check the chain and checkpoints, then record that it was checked and the outcome.
+
+    The heads witnessed in the configured file anchors (``audit_anchor``) and in ``anchors``
+    (copies the auditor trusts, e.g. exported from the SIEM) must all agree with the log. A
+    failed check of a log with no records is not recorded: that record would be the first of
+    a new log, written over the evidence of the deleted one.
+    """
     require(actor, Operation.READ_AUDIT)
     with Recorder.open(settings) as recorder:
-        result = recorder.log.verify()
-        recorder.verify(actor, result)
+        result = recorder.log.verify(anchors)
+        if result.ok or result.count > 0:
+            recorder.verify(actor, result)
     return result
 
 

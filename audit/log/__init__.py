@@ -8,7 +8,9 @@ Standard library only, so any machine with Python can verify a copied log::
 Modules, one concept each: ``chain`` (record format and hashing), ``checkpoint`` (the signing
 key and the signed head and history files), ``files`` (durable private writes and the append
 lock), ``database`` (opening the SQLite file), ``migrations`` (its schema), ``store`` (the
-:class:`AuditLog`: append, read, back up), ``verify`` (the verifier), ``export`` and ``redact``.
+:class:`AuditLog`: append, read, back up), ``verify`` (the verifier), ``anchor`` (every signed
+head witnessed outside the box), ``stream`` (every record copied to a SIEM), ``sinks`` (the
+syslog and file destinations both write to), ``export`` and ``redact``.
 Opening a database for writing also uses ``core.migrations``, itself standard library only.
 """
 

@@ -21,11 +21,11 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.log.chain import canonical_json
+from audit.log.chain import GENESIS_HASH, canonical_json
 from audit.log.errors import AuditKeyError
 from audit.log.files import (
     atomic_write,
@@ -71,10 +71,27 @@ class Checkpoint:
     fields: dict[str, object]
 
 
+def genesis_head(ts: str) -> dict[str, object]:
+    """The head of a log that has no records yet, signed when its key is created.
+
+    It marks the log as started: from then on a missing database, or an empty one, is
+    evidence of deletion rather than a fresh install (see ``verify``).
+    """
+    return {"seq": 0, "hash": GENESIS_HASH, "ts": ts, "history": 0}
+
+
+def is_genesis(fields: Mapping[str, object]) -> bool:
+    return fields.get("seq") == 0 and fields.get("hash") == GENESIS_HASH and "pending" not in fields
+
+
 def checkpoint_from(fields: object, *, allow_zero: bool = False) -> Checkpoint:
-    """Parse one checkpoint object; ``ValueError``/``TypeError``/``KeyError`` when malformed."""
+    """Parse one checkpoint object; ``ValueError``/``TypeError``/``KeyError`` when malformed.
+
+    Seq 0 is allowed for a genesis head, and with ``allow_zero`` (a pending head).
+    """
     if not isinstance(fields, dict):
         raise TypeError("checkpoint is not an object")
+    allow_zero = allow_zero or is_genesis(fields)
     seq, digest, ts = fields["seq"], fields["hash"], fields["ts"]
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < (0 if allow_zero else 1):
         raise ValueError("bad seq")
@@ -99,7 +116,11 @@ def load_key(key_path: Path, *, create: bool) -> bytes | None:
     if data is None:
         if not create:
             return None
-        data = _create_key(key_path)
+        data = create_key(key_path)
+    return checked_key(key_path, data)
+
+
+def checked_key(key_path: Path, data: bytes) -> bytes:
     if len(data) < MIN_KEY_BYTES:
         raise AuditKeyError(
             f"The audit signing key at {key_path} is damaged ({len(data)} bytes). "
@@ -108,16 +129,25 @@ def load_key(key_path: Path, *, create: bool) -> bytes | None:
     return data
 
 
-def _create_key(key_path: Path) -> bytes:
+def create_key(key_path: Path, before_link: Callable[[bytes], None] | None = None) -> bytes:
+    """Create the key (the winner's when several processes race); return what is in place.
+
+    ``before_link`` runs with the new key before it appears under its name: the log signs its
+    genesis head there, so no crash can leave a key without a head (which verify would have to
+    read as a deleted log).
+    """
     ensure_private_dir(key_path.parent)
     tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        key = secrets.token_bytes(KEY_BYTES)
         try:
-            write_all(fd, secrets.token_bytes(KEY_BYTES))
+            write_all(fd, key)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_link is not None:
+            before_link(key)
         # link() fails if the name exists, so when several processes start on an empty
         # home exactly one key wins and nobody ever reads a half-written one.
         with contextlib.suppress(FileExistsError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
@@ -86,11 +87,13 @@ def read_jsonl(fh: TextIO) -> Iterator[Record]:
 def to_csv(records: Iterable[Record], fh: TextIO) -> int:
     """Write a header and one flat row per record; return the number of rows.
 
-    Free-text cells that a spreadsheet would run as a formula get a leading apostrophe: a
-    question typed as ``=HYPERLINK(...)`` must not execute on the reviewer's machine. Use JSONL
-    when the exact text matters.
+    Every text cell is quoted, and a formula start (``= + - @``, tab, CR) at the start of a
+    cell or after any delimiter a spreadsheet might split on (``,`` ``;`` tab, a line break)
+    gets an apostrophe: a question typed as ``=HYPERLINK(...)``, or ``x;=HYPERLINK(...)``
+    opened where ``;`` is the list separator, must not execute on the reviewer's machine. Use
+    JSONL when the exact text matters.
     """
-    writer = csv.writer(fh)
+    writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(CSV_COLUMNS)
     n = 0
     for record in records:
@@ -123,10 +126,20 @@ def _csv_row(record: Record) -> list[Any]:
     ]
 
 
+# A cell start a spreadsheet may see: the cell's own start, or the text after a delimiter
+# (a locale whose list separator is ";" splits an unquoting import there). Spaces are skipped:
+# some imports trim them.
+_FORMULA_AFTER = re.compile(r"(^|[,;\t\r\n])([ ]*)(?=[=+\-@])")
+
+
 def _csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return "" if value is None else value
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    if value[:1] in ("\t", "\r"):
+        value = "'" + value
+    return _FORMULA_AFTER.sub(r"\1\2'", value)
 
 
 # --------------------------------------------------------------------------- FHIR
@@ -154,6 +167,12 @@ def to_fhir(records: Iterable[Record], timestamp: str | None = None) -> dict[str
         "timestamp": timestamp or utc_timestamp(),
         "entry": entries,
     }
+
+
+def audit_event(record: Record) -> dict[str, Any]:
+    """One record's FHIR ``AuditEvent`` on its own (what ``audit_stream`` sends per record)."""
+    event: dict[str, Any] = _prune(_audit_event(record, _resource_id(record, "AuditEvent")))
+    return event
 
 
 def _resource_id(record: Record, kind: str) -> str:

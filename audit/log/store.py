@@ -19,17 +19,22 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from audit.log.anchor import check_anchor_writable, entry_line, has_entries, key_id, write_anchor
 from audit.log.chain import GENESIS_HASH, Record, canonical_json, record_hash, utc_timestamp
 from audit.log.checkpoint import (
     append_history,
+    checked_key,
+    create_key,
     default_checkpoint_path,
+    genesis_head,
     history_count,
     history_path_for,
+    is_genesis,
     load_key,
     restore_checkpoint_files,
     write_head,
@@ -43,6 +48,8 @@ from audit.log.errors import (
     AuditWriteError,
 )
 from audit.log.files import atomic_write, ensure_private_dir, exclusive_lock, read_optional
+from audit.log.sinks import Sink, file_sinks, parse_sinks
+from audit.log.stream import stream_record
 from audit.log.verify import VerifyResult, verify_log
 
 # Refuse to start an answer when less than this is free: SQLite needs room for the WAL frame,
@@ -60,6 +67,13 @@ class AuditLog:
     Construction is cheap and touches nothing; the database, the signing key and the
     checkpoint files are created on first use. Safe to share between threads (one lock) and
     between processes (SQLite's write lock serialises appends and their checkpoint writes).
+
+    ``anchor`` and ``stream`` name sinks (``"syslog"``, ``"file:/path"``, see ``sinks``): every
+    signed head is witnessed by the anchor (a failure fails the append), every committed record
+    is copied to the stream (a failure is only reported). ``key_provisioned``: the key was put
+    in place by an administrator (``audit_key_file``), so finding it before the first record is
+    expected; otherwise clinrag creates the key with the log, and a key without a log means the
+    log was deleted.
     """
 
     def __init__(
@@ -68,9 +82,16 @@ class AuditLog:
         checkpoint_path: Path,
         key_path: Path,
         checkpoint_every: int = 100,
+        *,
+        anchor: str | Iterable[str | Sink] | None = None,
+        stream: str | Iterable[str | Sink] | None = None,
+        key_provisioned: bool = False,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
+        self.anchor = parse_sinks(anchor)
+        self.stream = parse_sinks(stream)
+        self.key_provisioned = bool(key_provisioned)
         self.db_path = Path(db_path)
         self.checkpoint_path = Path(checkpoint_path)
         self.history_path = history_path_for(self.checkpoint_path)
@@ -157,20 +178,29 @@ class AuditLog:
         """
         with self._lock:
             try:
-                self._signing_key(create=True)
+                # The key is not created here: a key without a log is evidence of a deleted
+                # log (see _key_for_append), so only the first append may create it.
+                probed = [self.checkpoint_path.parent]
+                if self._signing_key(create=False) is None:
+                    probed.append(self.key_path.parent)
                 conn = self._connection(write=True)
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
-                for folder in {self.db_path.parent, self.checkpoint_path.parent}:
+                try:
+                    if conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
+                        self._refuse_restart(conn)
+                finally:
+                    conn.execute("ROLLBACK")
+                check_anchor_writable(self.anchor)
+                for folder in {self.db_path.parent, *probed}:
                     ensure_private_dir(folder)
                     if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
                         raise OSError(errno.ENOSPC, "less than 1 MiB free", str(folder))
-                probe = self.checkpoint_path.with_name(
-                    f".{self.checkpoint_path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
-                )
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-                probe.unlink()
-            except AuditKeyError:
+                for folder in probed:
+                    probe = folder / f".{self.checkpoint_path.name}.{os.getpid()}.probe"
+                    probe = probe.with_name(f"{probe.name}.{secrets.token_hex(4)}")
+                    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+                    probe.unlink()
+            except (AuditKeyError, AuditWriteError):
                 raise
             except (sqlite3.Error, OSError) as exc:
                 raise self._write_error(exc) from exc
@@ -205,33 +235,42 @@ class AuditLog:
 
         with self._lock:
             try:
-                key = self._signing_key(create=True)
-                assert key is not None
                 conn = self._connection(write=True)
-                return self._append_locked(
-                    conn, key, event, user, role, stored_payload, payload_text
+                record, anchor_error = self._append_locked(
+                    conn, event, user, role, stored_payload, payload_text
                 )
-            except (AuditKeyError, AuditPayloadError):
+            except (AuditKeyError, AuditPayloadError, AuditWriteError):
                 raise
             except (sqlite3.Error, OSError) as exc:
                 raise self._write_error(exc) from exc
+        # Outside the lock and after the commit: the stream is a copy, it must neither delay
+        # other appends nor, failing, undo this one (stream_record reports and never raises).
+        stream_record(self.stream, record)
+        if anchor_error is not None:
+            reason = anchor_error.strerror or str(anchor_error)
+            raise AuditWriteError(
+                f"Audit record {record.seq} was committed, but its head could not be written to "
+                f"the anchor ({reason}). Answers are withheld until the anchor can be written "
+                "again: check the anchor file's mount, space and permissions."
+            ) from anchor_error
+        return record
 
     def _append_locked(
         self,
         conn: sqlite3.Connection,
-        key: bytes,
         event: str,
         user: str,
         role: str,
         payload: dict[str, Any],
         payload_text: str,
-    ) -> Record:
+    ) -> tuple[Record, OSError | None]:
         # Two-phase head checkpoint. Before COMMIT the head names the last committed record
         # and, as "pending", the one being written; after COMMIT (and its history line) the
         # head names the new record alone, and only then is the append acknowledged. A crash
         # at any point leaves a state verify accepts (a pending record either committed or
         # not), while deleting an acknowledged record still fails verification.
         with exclusive_lock(self.lock_path, create=True):
+            key = self._key_for_append(conn)
             conn.execute("BEGIN IMMEDIATE")
             old_head: bytes | None = None
             head_touched = False
@@ -239,6 +278,8 @@ class AuditLog:
                 row = conn.execute(
                     "SELECT seq, hash, ts FROM records ORDER BY seq DESC LIMIT 1"
                 ).fetchone()
+                if row is None:
+                    self._refuse_restart(conn)
                 seq = int(row[0]) + 1 if row else 1
                 prev_hash = str(row[1]) if row else GENESIS_HASH
                 ts = utc_timestamp()
@@ -284,7 +325,112 @@ class AuditLog:
                 key,
                 {"seq": seq, "hash": digest, "ts": ts, "history": history_entries},
             )
-        return Record(seq, ts, event, user, role, payload, prev_hash, digest)
+            # Witnessed under the lock, so the anchor lists heads in commit order.
+            anchor_error: OSError | None = None
+            if self.anchor:
+                first = digest if seq == 1 else self._first_hash(conn)
+                line = entry_line(
+                    log=first,
+                    seq=seq,
+                    digest=digest,
+                    ts=ts,
+                    history=history_entries,
+                    key_fingerprint=key_id(key),
+                )
+                try:
+                    write_anchor(self.anchor, line)
+                except OSError as exc:
+                    anchor_error = exc
+        return Record(seq, ts, event, user, role, payload, prev_hash, digest), anchor_error
+
+    def _first_hash(self, conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT hash FROM records WHERE seq = 1").fetchone()
+        return str(row[0]) if row else GENESIS_HASH
+
+    def _key_for_append(self, conn: sqlite3.Connection) -> bytes:
+        """The signing key; created (with the genesis head) only for a log that never existed.
+
+        Called under the append lock, so processes starting together on an empty home create
+        one key and one genesis head, and the losers find both.
+        """
+        key = self._signing_key(create=False)
+        if key is not None:
+            return key
+        evidence = self._evidence(conn)
+        if evidence is not None:
+            if conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
+                raise self._deleted_error(f"its key is gone too, and {evidence}")
+            raise AuditKeyError(
+                f"The audit signing key {self.key_path} is missing, but {evidence}. Restore "
+                "the key from backup (clinrag restore --key); a new key would make every "
+                "checkpoint fail verification."
+            )
+
+        signed_with: list[bytes] = []
+
+        def sign_genesis(new_key: bytes) -> None:
+            write_head(self.checkpoint_path, new_key, genesis_head(utc_timestamp()))
+            signed_with.append(new_key)
+
+        key = checked_key(self.key_path, create_key(self.key_path, sign_genesis))
+        if signed_with != [key]:
+            # A writer outside this lock linked its key first: sign with the one in place.
+            sign_genesis(key)
+        self._key = key
+        return key
+
+    def _refuse_restart(self, conn: sqlite3.Connection) -> None:
+        """Raise rather than start a new chain over the traces of a deleted one.
+
+        Record 1 of a new log would make the deletion invisible to every later verify; the
+        administrator restores the log, or moves its traces aside on purpose.
+        """
+        evidence = self._evidence(conn)
+        if (
+            evidence is None
+            and not self.key_provisioned
+            and self.key_path.exists()
+            and not self.checkpoint_path.exists()
+        ):
+            # clinrag creates its key together with a genesis head, so a key alone is what is
+            # left when the log and its checkpoint files were removed.
+            evidence = f"its signing key {self.key_path} exists without a checkpoint"
+        if evidence is not None:
+            raise self._deleted_error(evidence)
+
+    def _deleted_error(self, evidence: str) -> AuditWriteError:
+        return AuditWriteError(
+            f"The audit log at {self.db_path} has no records, but {evidence}: the log was "
+            "deleted. Answers are withheld. Restore it (clinrag restore), or, if it was "
+            "removed on purpose, move the key, the checkpoint files and the anchor aside "
+            "(keep them as evidence) to start a new log."
+        )
+
+    def _evidence(self, conn: sqlite3.Connection) -> str | None:
+        """What shows that a log with records existed here, or None.
+
+        A genesis head, or a pending head at 0 (the first append was interrupted before its
+        commit), shows only that a log was started.
+        """
+        if conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None:
+            return "the database holds records"
+        head = read_optional(self.checkpoint_path)
+        if head is not None:
+            try:
+                fields = json.loads(head)
+                started = not isinstance(fields, dict) or not (
+                    is_genesis(fields) or (fields.get("seq") == 0 and "pending" in fields)
+                )
+            except ValueError:
+                started = True
+            if started:
+                return f"its checkpoint {self.checkpoint_path} names records"
+        history = read_optional(self.history_path)
+        if history and history.strip():
+            return f"its signed history {self.history_path} lists checkpoints"
+        if has_entries(file_sinks(self.anchor)):
+            return "the anchor witnessed records of it"
+        return None
 
     # ------------------------------------------------------------------ reading
 
@@ -376,12 +522,18 @@ class AuditLog:
 
     # ------------------------------------------------------------------ verification
 
-    def verify(self) -> VerifyResult:
+    def verify(self, anchor_files: Sequence[Path | str] = ()) -> VerifyResult:
         """Recompute every hash and link, and check them against the signed checkpoints.
 
-        Never raises for a damaged log: problems come back as ``ok=False`` with the first
-        untrustworthy seq and a specific reason. Reads only; creates no file.
+        Also against the witnessed heads in ``anchor_files`` and in this log's file anchors
+        (a copy of the anchor the auditor trusts, e.g. from the SIEM, is the stronger check:
+        whoever edits the log may also edit the settings that name the anchor). Never raises
+        for a damaged log: problems come back as ``ok=False`` with the first untrustworthy seq
+        and a specific reason. Reads only; creates no file.
         """
+        files: dict[Path, None] = {}
+        for path in [*file_sinks(self.anchor), *map(Path, anchor_files)]:
+            files.setdefault(path.expanduser().absolute(), None)
         with self._lock:
             return verify_log(
                 self.db_path,
@@ -389,6 +541,7 @@ class AuditLog:
                 self.key_path,
                 self.lock_path,
                 lambda: self._signing_key(create=False),
+                anchor_files=list(files),
             )
 
     # ------------------------------------------------------------------ backup

@@ -5,30 +5,36 @@ file, not even the signing key), and it never raises for a damaged log. Every pr
 as a :class:`VerifyResult` naming the first record that can no longer be trusted and why, in
 words an administrator can act on.
 
-What this cannot catch: an attacker holding the key, or one who rolls the database, the
-checkpoint and the history back together to an older genuine copy. Ship the history file to
-write-once or remote storage when that matters.
+What the checkpoints alone cannot catch: an attacker holding the key (it is readable by the
+service), or one who rolls the database, the checkpoint and the history back together to an
+older genuine copy, or swaps in another home's log and key. Verifying against the anchor (the
+heads witnessed outside the box, see ``anchor``) catches those too, up to the last head it
+witnessed.
 """
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.log.anchor import AnchorEntry, AnchorReadError, key_id, read_anchors
 from audit.log.chain import GENESIS_HASH, canonical_json, record_hash
 from audit.log.checkpoint import (
     Checkpoint,
     checkpoint_from,
     checkpoint_mac,
     history_path_for,
+    is_genesis,
     pending_from,
 )
 from audit.log.database import open_read_only, writers_paused
+from audit.log.errors import AuditKeyError
 from audit.log.files import read_optional
 
 
@@ -58,16 +64,20 @@ def verify_log(
     key_path: Path,
     lock_path: Path,
     signing_key: Callable[[], bytes | None],
+    anchor_files: Sequence[Path] = (),
 ) -> VerifyResult:
     """Verify the log in ``db_path`` against its checkpoint files; never raises for damage.
 
     ``signing_key`` returns the key, or None when it does not exist; it is called only when
     there are checkpoints to check. ``lock_path`` is the appenders' lock, held briefly so the
-    records and checkpoints are read as one snapshot.
+    records and checkpoints are read as one snapshot. ``anchor_files`` hold witnessed heads
+    (see ``anchor``); every one must agree with the log.
     """
-    verifier = _Verifier(db_path, checkpoint_path, key_path, lock_path, signing_key)
+    verifier = _Verifier(db_path, checkpoint_path, key_path, lock_path, signing_key, anchor_files)
     try:
         return verifier.run()
+    except (AuditKeyError, AnchorReadError) as exc:
+        return VerifyResult(False, 0, None, str(exc))
     except (sqlite3.Error, OSError) as exc:
         return VerifyResult(
             False,
@@ -97,6 +107,7 @@ class _Verifier:
         key_path: Path,
         lock_path: Path,
         signing_key: Callable[[], bytes | None],
+        anchor_files: Sequence[Path] = (),
     ) -> None:
         self.db_path = db_path
         self.checkpoint_path = checkpoint_path
@@ -104,6 +115,7 @@ class _Verifier:
         self.key_path = key_path
         self.lock_path = lock_path
         self.signing_key = signing_key
+        self.anchor_files = list(anchor_files)
 
     def run(self) -> VerifyResult:
         if not self.db_path.exists():
@@ -115,6 +127,12 @@ class _Verifier:
                     f"audit database {self.db_path} is missing but its checkpoint exists "
                     "(log deleted); restore it from backup",
                 )
+            try:
+                self._no_trace_of_records(
+                    read_optional(self.history_path), read_anchors(self.anchor_files)
+                )
+            except _Failure as failure:
+                return VerifyResult(False, 0, failure.first_bad_seq, failure.reason)
             return VerifyResult(True, 0, None, "empty log (no records yet)")
 
         reader = open_read_only(self.db_path)
@@ -133,8 +151,11 @@ class _Verifier:
                 )
                 head_bytes = read_optional(self.checkpoint_path)
                 history_bytes = read_optional(self.history_path)
+                anchors = read_anchors(self.anchor_files)
             try:
-                checked = self._verify_snapshot(reader, bool(has_table), head_bytes, history_bytes)
+                checked = self._verify_snapshot(
+                    reader, bool(has_table), head_bytes, history_bytes, anchors
+                )
             except _Failure as failure:
                 return VerifyResult(False, total, failure.first_bad_seq, failure.reason)
             return VerifyResult(True, total, None, checked)
@@ -149,9 +170,20 @@ class _Verifier:
         has_table: bool,
         head_bytes: bytes | None,
         history_bytes: bytes | None,
+        anchors: list[AnchorEntry],
     ) -> str:
-        key = self.signing_key() if (head_bytes or history_bytes) else None
-        if (head_bytes or history_bytes) and key is None:
+        key = self.signing_key() if (head_bytes or history_bytes or anchors) else None
+        if (head_bytes or history_bytes or anchors) and key is None:
+            if not history_bytes and not anchors and _genesis_only(head_bytes):
+                if self._has_records(reader, has_table):
+                    raise _Failure(
+                        None,
+                        f"signing key {self.key_path} is missing, so the records cannot be "
+                        "checked; restore the key from backup",
+                    )
+                # The first append was killed between signing the genesis head and putting
+                # its new key in place (see AuditLog._key_for_append): nothing was written.
+                return "empty log (no records yet; its creation was interrupted)"
             raise _Failure(
                 None,
                 f"signing key {self.key_path} is missing, so the checkpoints cannot be checked; "
@@ -160,8 +192,9 @@ class _Verifier:
         head = self._parse_head(key, head_bytes) if head_bytes is not None else None
         history = self._parse_history(key, history_bytes) if history_bytes else []
         by_seq = {cp.seq: cp for cp in history}
+        wanted = {entry.seq for entry in anchors} | {1}
 
-        last, last_hash, last_good_cp = self._scan(reader, has_table, by_seq)
+        last, last_hash, last_good_cp, found = self._scan(reader, has_table, by_seq, wanted)
 
         if head is None:
             if last > 0:
@@ -176,6 +209,7 @@ class _Verifier:
                     f"the log is empty but the signed history says {history[-1].seq} records "
                     "existed (all records deleted)",
                 )
+            self._no_trace_of_records(history_bytes, anchors)
             return "empty log (no records yet)"
         signed = head
         expected_history = head.fields.get("history")
@@ -223,20 +257,141 @@ class _Verifier:
                 f"the head checkpoint says {expected_history} (history file truncated or "
                 "replaced); restore it from backup",
             )
+        if self.anchor_files:
+            assert key is not None or not anchors
+            note += self._check_anchor(anchors, found, last, key, history)
         return (
             f"{last} records verified: chain intact, head checkpoint at {signed.seq} and "
             f"{len(history)} signed history checkpoints match{note}"
         )
 
+    def _no_trace_of_records(self, history_bytes: bytes | None, anchors: list[AnchorEntry]) -> None:
+        """Fail when anything but the records says the log had records: they were deleted.
+
+        Called when there are no records and no checkpoint (or no database at all).
+        """
+        if history_bytes and history_bytes.strip():
+            raise _Failure(
+                1,
+                f"the log has no records, but its signed history {self.history_path} lists "
+                "checkpoints (log deleted); restore it from backup",
+            )
+        if anchors:
+            newest = max(anchors, key=lambda entry: entry.seq)
+            raise _Failure(
+                1,
+                f"the log has no records, but the anchor witnessed record {newest.seq} at "
+                f"{newest.at} ({newest.where}): the log was deleted; restore it from backup",
+            )
+        if self.key_path.exists():
+            raise _Failure(
+                1,
+                f"the log has no records and no checkpoint, but its signing key "
+                f"{self.key_path} exists: the log and its checkpoint were deleted (clinrag "
+                "creates the key together with the log's first checkpoint); restore them from "
+                "backup. A key put in place by hand for a log not yet started also reads so "
+                "until the first record is written.",
+            )
+
+    def _check_anchor(
+        self,
+        anchors: list[AnchorEntry],
+        found: dict[int, str],
+        last: int,
+        key: bytes | None,
+        history: list[Checkpoint],
+    ) -> str:
+        """Hold the log against every witnessed head; return a note for the summary."""
+        files = ", ".join(str(path) for path in self.anchor_files)
+        if not anchors:
+            if last == 0:
+                return f"; the anchor ({files}) has witnessed no head yet"
+            raise _Failure(
+                None,
+                f"the anchor ({files}) has witnessed no head, but the log has {last} records: "
+                "the anchor file is missing or was emptied, or was configured after the last "
+                "record (the next record is witnessed)",
+            )
+        assert key is not None
+        fingerprint = key_id(key)
+        first_hash = found.get(1)
+        for entry in anchors:
+            if first_hash is not None and entry.log != first_hash:
+                raise _Failure(
+                    1,
+                    f"the anchor witnessed a different log ({entry.where}: its record 1 has "
+                    f"hash {entry.log[:16]}..., this log's {first_hash[:16]}...): another "
+                    "home's log was swapped in, or the log was rebuilt from record 1",
+                )
+        for entry in anchors:
+            if not hmac.compare_digest(entry.key_id, fingerprint):
+                raise _Failure(
+                    None,
+                    f"the signing key is not the one the anchor witnessed ({entry.where}: key "
+                    f"id {entry.key_id[:12]}..., this key {fingerprint[:12]}...): the key was "
+                    "replaced and the checkpoints re-signed, or another home's log and key "
+                    "were swapped in",
+                )
+        newest = max(anchors, key=lambda entry: entry.seq)
+        if newest.seq > last:
+            raise _Failure(
+                last + 1,
+                f"the anchor witnessed record {newest.seq} at {newest.at} ({newest.where}) but "
+                f"the log ends at {last}: records deleted or truncated, or the log rolled back "
+                "to an earlier copy",
+            )
+        good = 0
+        for entry in sorted(anchors, key=lambda entry: entry.seq):
+            if hmac.compare_digest(found.get(entry.seq, ""), entry.hash):
+                good = entry.seq
+                continue
+            what = (
+                f"record {entry.seq}: hash"
+                if good + 1 == entry.seq
+                else f"records {good + 1}-{entry.seq}: record {entry.seq}'s hash"
+            )
+            raise _Failure(
+                good + 1,
+                f"{what} differs from the head the anchor witnessed at {entry.at} "
+                f"({entry.where}): rewritten and re-signed with the key, or rolled back and "
+                "extended again",
+            )
+        seqs = [cp.seq for cp in history]
+        for entry in anchors:
+            count = bisect.bisect_right(seqs, entry.seq)
+            if count != entry.history:
+                raise _Failure(
+                    None,
+                    f"the signed history {self.history_path} has {count} checkpoint(s) up to "
+                    f"record {entry.seq}, but the anchor witnessed {entry.history} "
+                    f"({entry.where}): the history was edited and the head re-signed",
+                )
+        pending = (
+            f", records {newest.seq + 1}-{last} not yet witnessed" if newest.seq < last else ""
+        )
+        return f"; the anchor's {len(anchors)} witnessed heads agree (latest {newest.seq}{pending})"
+
+    @staticmethod
+    def _has_records(reader: sqlite3.Connection, has_table: bool) -> bool:
+        if not has_table:
+            return False
+        return reader.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
+
     def _scan(
-        self, reader: sqlite3.Connection, has_table: bool, by_seq: dict[int, Checkpoint]
-    ) -> tuple[int, str, int]:
-        """Walk the chain; return (last seq, last hash, last seq vouched for by history)."""
+        self,
+        reader: sqlite3.Connection,
+        has_table: bool,
+        by_seq: dict[int, Checkpoint],
+        wanted: set[int],
+    ) -> tuple[int, str, int, dict[int, str]]:
+        """Walk the chain; return (last seq, last hash, last seq vouched for by history, and
+        the hashes of the ``wanted`` records)."""
         expected = 1
         prev_hash = GENESIS_HASH
         last_good_cp = 0
+        found: dict[int, str] = {}
         if not has_table:
-            return 0, prev_hash, last_good_cp
+            return 0, prev_hash, last_good_cp, found
         # Text columns come back as bytes so an edit that leaves invalid UTF-8 is reported as
         # tampering rather than crashing the decoder.
         rows = reader.execute(
@@ -306,9 +461,11 @@ class _Verifier:
                         "(log rewritten with recomputed hashes)",
                     )
                 last_good_cp = seq
+            if seq in wanted:
+                found[seq] = stored_hash
             prev_hash = stored_hash
             expected += 1
-        return expected - 1, prev_hash, last_good_cp
+        return expected - 1, prev_hash, last_good_cp, found
 
     def _parse_head(self, key: bytes | None, data: bytes) -> Checkpoint:
         try:
@@ -372,3 +529,14 @@ class _Verifier:
                 )
             entries.append(checkpoint)
         return entries
+
+
+def _genesis_only(head_bytes: bytes | None) -> bool:
+    """True when the head file is a genesis head (read without the key: it is missing)."""
+    if head_bytes is None:
+        return False
+    try:
+        fields = json.loads(head_bytes)
+    except ValueError:
+        return False
+    return isinstance(fields, dict) and is_genesis(fields)

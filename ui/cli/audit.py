@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from core.config import Settings
-from core.errors import NotFoundError
+from core.errors import ClinragError, NotFoundError
 from services import audit
 from services.access import operator
 
@@ -17,11 +19,20 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
     actor = operator(settings.user)
     command = args.audit_command
     if command == "verify":
-        result = audit.verify(settings, actor)
+        anchors = tuple(str(path) for path in args.anchor or ())
+        result = audit.verify(settings, actor, anchors)
         if result.ok:
-            print(f"OK: {result.count} records, chain and checkpoints intact.")
+            anchored = " and anchor" if anchors or settings.audit_anchor else ""
+            print(f"OK: {result.count} records, chain, checkpoints{anchored} intact.")
+            print(f"  {result.reason}")
+            if any(spec.startswith("syslog") for spec in settings.audit_anchor) and not anchors:
+                print(
+                    "  Heads are also witnessed in syslog, which verify cannot read: check "
+                    "against the SIEM's copy with --anchor FILE."
+                )
             return 0
-        print(f"TAMPERED: first bad record {result.first_bad_seq}: {result.reason}")
+        first = "-" if result.first_bad_seq is None else result.first_bad_seq
+        print(f"TAMPERED: first bad record {first}: {result.reason}")
         return 1
     if command == "list":
         query = audit.Query(since=args.since, user=args.user, event=args.event, limit=args.limit)
@@ -42,12 +53,14 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "export":
         destination = str(args.output) if args.output else "stdout"
+        if args.output:
+            # Refused before the export is recorded; _write_new refuses again at the open.
+            _refuse_existing(args.output)
         exported = audit.export(
             settings, actor, args.format, audit.Query(since=args.since), destination=destination
         )
         if args.output:
-            args.output.write_bytes(exported.data)
-            args.output.chmod(0o600)
+            _write_new(args.output, exported.data)
         else:
             sys.stdout.write(exported.data.decode("utf-8"))
         return 0
@@ -63,6 +76,40 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"  - {d}")
         return 0 if report.unchanged else 3
     raise AssertionError(command)
+
+
+class ExportTargetError(ClinragError):
+    """The export's output path exists (or is a link): exports never overwrite."""
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.is_symlink() or path.exists():
+        raise ExportTargetError(
+            f"{path} already exists (or is a link); exports never overwrite a file or follow "
+            "a link. Choose a new file name."
+        )
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` and write ``data``, never through a link and never over a file.
+
+    O_EXCL makes the open fail on any existing name, a dangling link included, so a link
+    planted at the path between the check and the open cannot redirect the audit data (onto
+    a file the attacker reads, or over the log itself). O_NOFOLLOW says the same for systems
+    whose O_EXCL does not cover links.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise ExportTargetError(
+            f"{path} appeared while exporting (a file or a link); nothing was written to it. "
+            "The export is recorded; export again to a new file name."
+        ) from exc
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _summary(payload: dict[str, Any]) -> str:

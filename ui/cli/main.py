@@ -58,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="verify, list, show, export or replay audit records")
     asub = aud.add_subparsers(dest="audit_command", required=True)
-    asub.add_parser("verify", help="check the hash chain and checkpoints")
+    ver = asub.add_parser("verify", help="check the hash chain, checkpoints and anchor")
+    ver.add_argument(
+        "--anchor",
+        type=Path,
+        action="append",
+        help="a file of witnessed heads to check against (repeatable; syslog exports work)",
+    )
     lst = asub.add_parser("list")
     lst.add_argument("--since", help="ISO date or time, e.g. 2026-11-01")
     lst.add_argument("--user")
