@@ -21,6 +21,10 @@ class ReplayReport:
     differences: list[str] = field(default_factory=list)
     original_answer: str = ""
     replayed_answer: str = ""
+    # the documents the replayed answer drew on, each with its restricted_roles ("" = every
+    # role): the replay runs as the original asker, so the caller decides what its reader
+    # may be shown (services.audit.replay)
+    documents: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,7 +72,10 @@ def replay_answer(
     index = assistant.retriever.index
     new = answer_payload(answer, replay_settings, index.version, index.embedder.info)
     diffs = compare(payload, new)
-    return ReplayReport(seq, not diffs, diffs, payload.get("answer", ""), answer.answer)
+    documents = {r["doc_id"]: r["restricted_roles"] for r in new["retrieved"]}
+    return ReplayReport(
+        seq, not diffs, diffs, payload.get("answer", ""), answer.answer, documents=documents
+    )
 
 
 def _retrieved(payload: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from core import backends
 from core.config import Settings
 from core.errors import IndexEmptyError
 from core.library.index import Index, indexed_text
+from core.library.restrictions import may_see
 from core.library.supersedes import superseded_ids
 from core.types import Hit
 
@@ -45,8 +46,11 @@ class Filters:
             return False
         if self.published_before and (not date or date > self.published_before):
             return False
-        restricted = [r.strip() for r in meta.get("restricted_roles", "").split(",") if r.strip()]
-        return not restricted or bool(set(restricted) & set(self.roles))
+        return self.visible(doc)
+
+    def visible(self, doc: dict[str, Any]) -> bool:
+        """Whether the asker's roles may see the document at all (whatever the other filters)."""
+        return may_see(doc["metadata"], self.roles)
 
     @property
     def active(self) -> bool:
@@ -63,7 +67,9 @@ class Retriever:
         self.settings = settings
         self.index = index or Index(settings)
         self.lexical: LexicalIndex = backends.create("lexical", "bm25s", settings)
-        self._docs_cache: tuple[int, dict[str, dict[str, Any]], set[str]] | None = None
+        self._docs_cache: tuple[int, dict[str, dict[str, Any]]] | None = None
+        # superseded ids per (index version, asker roles)
+        self._superseded: dict[tuple[int, tuple[str, ...]], set[str]] = {}
         self.reranker: Reranker | None = (
             backends.create("reranker", "cross_encoder", settings)
             if settings.reranker_model
@@ -76,14 +82,29 @@ class Retriever:
         if self.reranker is not None:
             self.reranker.warm_up()
 
-    def _documents(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """Document metadata and the superseded ids, reloaded only when the index changes."""
+    def _documents(self, filters: Filters) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Document metadata, reloaded only when the index changes, and the ids superseded
+        for this asker.
+
+        Only documents the asker may see can supersede: a restricted document's
+        ``supersedes`` must not demote public guidance for people who cannot read the newer
+        one (nor tell them, by the demotion, that it exists). The other filters do not
+        count: a newer guideline outside the chosen dates still makes the older one outdated.
+        """
         version = self.index.manifest.index_version()
-        if self._docs_cache is None or self._docs_cache[0] != version:
-            docs = {d["doc_id"]: d for d in self.index.manifest.documents()}
-            superseded = superseded_ids(docs.values())
-            self._docs_cache = (version, docs, superseded)
-        return self._docs_cache[1], self._docs_cache[2]
+        cached = self._docs_cache
+        if cached is None or cached[0] != version:
+            cached = (version, {d["doc_id"]: d for d in self.index.manifest.documents()})
+            self._docs_cache, self._superseded = cached, {}
+        docs = cached[1]
+        # keyed by version too: a thread still on the old documents cannot file its result
+        # under the new ones
+        key = (version, tuple(sorted(set(filters.roles))))
+        superseded = self._superseded.get(key)
+        if superseded is None:
+            superseded = superseded_ids(d for d in docs.values() if filters.visible(d))
+            self._superseded[key] = superseded
+        return docs, superseded
 
     def _refresh_lexical(self) -> None:
         manifest = self.index.manifest
@@ -103,7 +124,7 @@ class Retriever:
             raise IndexEmptyError(
                 "The library is empty. Ingest documents first: clinrag ingest PATH"
             )
-        docs, superseded = self._documents()
+        docs, superseded = self._documents(filters)
         allowed = {doc_id for doc_id, d in docs.items() if filters.allows(d)}
         if not allowed:
             return []

@@ -85,6 +85,9 @@ class RetrievedPayload(TypedDict):
     bm25_score: float | None
     bm25_rank: int | None
     rerank_score: float | None
+    # who could see the document when it was used ("" = every role): the audit trail's views
+    # withhold the record from readers who may not, even once the document is gone
+    restricted_roles: str
 
 
 class AnswerPayload(TypedDict, total=False):
@@ -285,6 +288,7 @@ def hit_payload(hit: Hit, n: int) -> RetrievedPayload:
         "bm25_score": _round(hit.bm25_score),
         "bm25_rank": hit.bm25_rank,
         "rerank_score": _round(hit.rerank_score),
+        "restricted_roles": str(c.metadata.get("restricted_roles") or ""),
     }
 
 

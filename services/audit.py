@@ -2,6 +2,11 @@
 
 Verifying, exporting and replaying are themselves recorded. An export is recorded before its
 data is handed out (the record carries the data's sha256), so no export leaves unrecorded.
+
+Records are stored complete, but read through the reader's role: an answer drawn from a
+document the reader may not see (``restricted_roles``), and the attribution and replay
+records about it, come back with the documents' content withheld (:func:`withheld_view`).
+Verification reads the stored rows, so the chain stays verifiable by anyone.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +25,16 @@ from audit.log import Record as Record
 from audit.log import VerifyResult as VerifyResult
 from audit.record import Event, Recorder, answer_link, open_log
 from core.config import Settings
-from core.errors import ClinragError, NotFoundError
+from core.errors import AccessDeniedError, ClinragError, NotFoundError
+from core.library.restrictions import restricted_roles
 from core.types import Actor
 from services.access import Operation, require
+from services.library import manifest_documents
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
     from assistant.replay import ReplayReport
+    from audit.log import AuditLog
 
 
 class ExportFormat(StrEnum):
@@ -75,6 +84,7 @@ class Export:
 
 
 def find(settings: Settings, actor: Actor, query: Query) -> list[Record]:
+    """The matching records, as ``actor``'s role may read them (:func:`withheld_view`)."""
     require(actor, Operation.READ_AUDIT)
     with open_log(settings) as log:
         records = log.list(
@@ -85,30 +95,224 @@ def find(settings: Settings, actor: Actor, query: Query) -> list[Record]:
             limit=query.limit,
             newest_first=query.newest_first,
         )
-    if query.answers != "all":
-        want = query.answers == "abstained"
-        records = [
-            r
-            for r in records
-            if r.event == Event.ANSWER and bool(r.payload.get("abstained")) == want
-        ]
-    return records
+        if query.answers != "all":
+            want = query.answers == "abstained"
+            records = [
+                r
+                for r in records
+                if r.event == Event.ANSWER and bool(r.payload.get("abstained")) == want
+            ]
+        return _views(settings, actor, records, log)
 
 
 def get(settings: Settings, actor: Actor, seq: int) -> Record:
+    """Record ``seq``, as ``actor``'s role may read it (:func:`withheld_view`)."""
     require(actor, Operation.READ_AUDIT)
     with open_log(settings) as log:
         record = log.get(seq)
-    if record is None:
-        raise NotFoundError(f"No audit record {seq}. List records with: clinrag audit list")
-    return record
+        if record is None:
+            raise NotFoundError(f"No audit record {seq}. List records with: clinrag audit list")
+        return _views(settings, actor, [record], log)[0]
 
 
 def attribution_of(settings: Settings, actor: Actor, answer_id: int) -> Record | None:
-    """The attribution recorded for the answer record ``answer_id`` (from any caller)."""
+    """The attribution recorded for the answer record ``answer_id`` (from any caller), as
+    ``actor``'s role may read it."""
     require(actor, Operation.READ_AUDIT)
     with Recorder.open(settings) as recorder:
-        return recorder.attribution_of(answer_id)
+        record = recorder.attribution_of(answer_id)
+        if record is None:
+            return None
+        return _views(settings, actor, [record], recorder.log)[0]
+
+
+# ------------------------------------------------------------------ restricted content
+
+# Who may see restricted content in the audit trail: whoever's role may see the documents
+# the record draws on, by the rule retrieval applies (core.library.restrictions). Everyone
+# who may read the audit log sees that the record exists, who asked, when, the question,
+# scores, hashes, ids and versions; the documents' words and titles, and the answer built
+# from them, only a reader who could have been given that answer.
+WITHHELD = "[withheld]"
+# A document gone from the library whose restriction the record does not carry (records
+# written before answers recorded it) is treated as restricted to administrators.
+UNKNOWN_RESTRICTION = frozenset({"admin"})
+_LINKED_EVENTS = frozenset({Event.ATTRIBUTION, Event.REPLAY})
+# What a withheld view keeps of each payload as it is; every other field (including any
+# added later) is withheld unless a rule below keeps part of it.
+_KEEP: dict[str, frozenset[str]] = {
+    Event.ANSWER: frozenset(
+        {
+            "abstained",
+            "abstain_reason",
+            "mode",
+            "index_version",
+            "embedder",
+            "model",
+            "prompt",
+            "decoding",
+            "settings",
+            "faithfulness",
+            "timings",
+            "question",
+            "question_hash",
+            "question_hash_alg",
+            "question_mode",
+            "os_user",
+            "os_uid",
+        }
+    ),
+    Event.ATTRIBUTION: frozenset({"answer_id", "answer_seq", "faithfulness"}),
+    Event.REPLAY: frozenset({"answer_id", "unchanged", "differences"}),
+}
+_ATTRIBUTION_KEEP = frozenset(
+    {"method", "n_ablations", "scores", "per_sentence", "per_target", "faithfulness"}
+    | {"n_evaluations", "seconds"}
+)
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _record_documents(payload: Mapping[str, Any]) -> dict[str, frozenset[str] | None]:
+    """The documents an answer payload draws on, with the restriction it recorded (None for
+    records written before restrictions were recorded)."""
+    out: dict[str, frozenset[str] | None] = {}
+    for key in ("retrieved", "citations", "evidence"):
+        for entry in _dicts(payload.get(key)):
+            doc_id = entry.get("doc_id")
+            if not isinstance(doc_id, str):
+                continue
+            if "restricted_roles" in entry:
+                out[doc_id] = restricted_roles(entry)
+            else:
+                out.setdefault(doc_id, None)
+    return out
+
+
+def hidden_documents(
+    payload: Mapping[str, Any], role: str, documents: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str]:
+    """The documents of an answer payload that ``role`` may not see, each with why.
+
+    Both the restriction recorded with the answer and the library's current one must let the
+    role see a document: a document restricted since stays hidden from then on, and a
+    document since removed keeps the restriction it was used under.
+    """
+    hidden: dict[str, str] = {}
+    for doc_id, recorded in _record_documents(payload).items():
+        doc = documents.get(doc_id)
+        rules = [recorded] if recorded is not None else []
+        if doc is not None:
+            rules.append(restricted_roles(doc.get("metadata") or {}))
+        elif recorded is None:
+            rules.append(UNKNOWN_RESTRICTION)
+        denied = sorted({r for rule in rules if rule and role not in rule for r in rule})
+        if denied:
+            why = f"restricted to {', '.join(denied)}"
+            if doc is None and recorded is None:
+                why += " (removed from the library; its restriction was not recorded)"
+            hidden[doc_id] = why
+    return hidden
+
+
+def withheld_view(
+    record: Record,
+    role: str,
+    documents: Mapping[str, Mapping[str, Any]],
+    answer: Record | None = None,
+) -> Record:
+    """``record`` as a reader with ``role`` may see it: unchanged unless it draws on a
+    document that role may not see, else a copy with that content replaced by a marker.
+
+    ``documents`` is the library (doc_id -> manifest row); ``answer`` the answer record an
+    attribution or replay record points at (its documents decide). The copy keeps seq, time,
+    user, role and hashes, so it still names its place in the chain, and says in
+    ``payload["withheld"]`` what was withheld and why; its hash no longer matches its
+    payload, which is why verification reads the stored rows.
+    """
+    if record.event == Event.ANSWER:
+        source: Mapping[str, Any] | None = record.payload
+    elif record.event in _LINKED_EVENTS:
+        source = answer.payload if answer is not None else None
+    else:
+        return record
+    if source is None:  # an attribution or replay whose answer record cannot be found
+        hidden = {"?": f"its answer record {answer_link(record.payload)} was not found"}
+    else:
+        hidden = hidden_documents(source, role, documents)
+    if not hidden:
+        return record
+    reasons = "; ".join(f"{doc_id}: {why}" for doc_id, why in sorted(hidden.items()))
+    marker = f"{WITHHELD} role {role} may not see the documents it draws on ({reasons})"
+    payload = _withhold(str(record.event), record.payload, set(hidden), marker)
+    payload["withheld"] = {"role": role, "documents": hidden, "marker": marker}
+    return replace(record, payload=payload)
+
+
+def _masked(
+    entries: Any, marker: str, fields: frozenset[str], hidden: set[str] | None = None
+) -> Any:
+    """A list of payload entries with ``fields`` replaced by ``marker`` (and, in entries of a
+    ``hidden`` document, the title and section too)."""
+    if not isinstance(entries, list):
+        return marker
+    out: list[Any] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            out.append(marker)
+            continue
+        drop = fields | (_DOCUMENT_NAMES if hidden and entry.get("doc_id") in hidden else set())
+        out.append({k: marker if k in drop else v for k, v in entry.items()})
+    return out
+
+
+_TEXT = frozenset({"text"})
+_DOCUMENT_NAMES = frozenset({"title", "section"})
+
+
+def _withhold(
+    event: str, payload: Mapping[str, Any], hidden: set[str], marker: str
+) -> dict[str, Any]:
+    keep = _KEEP.get(event, frozenset())
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in keep or value is None:
+            out[key] = value
+        elif key in ("sentences", "unverified_sentences"):
+            out[key] = _masked(value, marker, _TEXT)
+        elif key in ("citations", "retrieved", "evidence"):
+            # the words of every passage; the titles and sections of the hidden documents
+            out[key] = _masked(value, marker, _TEXT, hidden)
+        elif key == "attribution" and isinstance(value, dict):
+            out[key] = {k: v if k in _ATTRIBUTION_KEEP else marker for k, v in value.items()} | (
+                {"sources": _masked(value["sources"], marker, _TEXT)} if "sources" in value else {}
+            )
+        else:
+            out[key] = marker
+    return out
+
+
+def _views(settings: Settings, actor: Actor, records: list[Record], log: AuditLog) -> list[Record]:
+    """``records`` as ``actor``'s role may read them (looking up linked answers in ``log``)."""
+    if not any(r.event == Event.ANSWER or r.event in _LINKED_EVENTS for r in records):
+        return records
+    documents = {d["doc_id"]: d for d in manifest_documents(settings)}
+    answers = {r.seq: r for r in records if r.event == Event.ANSWER}
+    out = []
+    for record in records:
+        answer = None
+        if record.event in _LINKED_EVENTS:
+            link = answer_link(record.payload)
+            if link is not None:
+                if link not in answers:
+                    found = log.get(link)
+                    if found is not None and found.event == Event.ANSWER:
+                        answers[link] = found
+                answer = answers.get(link)
+        out.append(withheld_view(record, actor.role, documents, answer))
+    return out
 
 
 def verify(settings: Settings, actor: Actor, anchors: tuple[str, ...] = ()) -> VerifyResult:
@@ -180,18 +384,47 @@ def export(
 def replay(
     settings: Settings, actor: Actor, seq: int, *, assistant: Assistant | None = None
 ) -> ReplayReport:
-    """Re-run a recorded answer with its recorded settings, say what changed, record that."""
+    """Re-run a recorded answer with its recorded settings, say what changed, record that.
+
+    The replay runs as the original asker (their role decides what is retrieved, as it did),
+    so only a reader whose role may see every document the record draws on may replay it.
+    The replayed answer may draw on restricted documents the record did not: its text is then
+    withheld from the report and the replay record, since readers of the replay record are
+    checked against the original answer's documents only.
+    """
     from assistant.replay import replay_answer
 
     require(actor, Operation.READ_AUDIT)
-    record = get(settings, actor, seq)
+    with open_log(settings) as log:
+        record = log.get(seq)
+    if record is None:
+        raise NotFoundError(f"No audit record {seq}. List records with: clinrag audit list")
     if record.event != Event.ANSWER:
         raise ClinragError(
             f"Record {seq} is a '{record.event}' event; only answers can be replayed."
         )
+    documents = {d["doc_id"]: d for d in manifest_documents(settings)}
+    hidden = hidden_documents(record.payload, actor.role, documents)
+    if hidden:
+        reasons = "; ".join(f"{doc_id}: {why}" for doc_id, why in sorted(hidden.items()))
+        raise AccessDeniedError(
+            f"{actor.user} ({actor.role}) may not replay record {seq}: it draws on documents "
+            f"that role may not see ({reasons}), and the replay would show them."
+        )
     report = replay_answer(
         settings, seq, record.payload, user=record.user, role=record.role, assistant=assistant
     )
+    original = _record_documents(record.payload)
+    new_restricted = sorted(
+        doc_id
+        for doc_id, roles in report.documents.items()
+        if doc_id not in original and restricted_roles({"restricted_roles": roles})
+    )
+    if new_restricted:
+        report.replayed_answer = (
+            f"{WITHHELD} the replay drew on restricted documents the recorded answer did not "
+            f"({', '.join(new_restricted)}); compare the sources listed in the differences"
+        )
     with Recorder.open(settings) as recorder:
         recorder.replay(
             actor,

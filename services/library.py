@@ -7,8 +7,10 @@ and records its audit event (``audit.record``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -16,15 +18,16 @@ from typing import Any
 
 from audit.record import IngestDocument, Recorder
 from core.config import Settings, ensure_home
-from core.errors import NotFoundError
+from core.errors import ClinragError, LoadError, NotFoundError
 from core.library import supersedes
 from core.library.index import Index, writer_lock
 from core.library.manifest import Manifest
+from core.library.restrictions import may_see
 from core.types import Actor
 from ingest.index import FileResult as FileResult
 from ingest.index import IngestSummary, ingest
-from ingest.loaders.metadata import SIDECAR_SUFFIX
-from services.access import Operation, require
+from ingest.loaders.metadata import SIDECAR_SUFFIX, load_sidecar
+from services.access import Operation, allowed, require
 
 # A cited guideline older than this is flagged: guidelines are usually revised within 5 years.
 MAX_GUIDELINE_AGE_YEARS = 5
@@ -37,8 +40,30 @@ def uploads_dir(settings: Settings) -> Path:
 
 
 def documents(settings: Settings, actor: Actor) -> list[dict[str, Any]]:
-    """Every complete document in the manifest (doc_id, title, metadata, n_chunks, ...)."""
+    """The complete documents in the manifest (doc_id, title, metadata, n_chunks, ...) that
+    ``actor`` may know of: all of them for the roles that change the library (they manage the
+    restricted ones too), those their role may see for everyone else.
+
+    What an asker's answers, supersession and currency warnings rest on is narrower: see
+    :func:`visible_documents`.
+    """
     require(actor, Operation.READ_LIBRARY)
+    docs = manifest_documents(settings)
+    if allowed(actor.role, Operation.CHANGE_LIBRARY):
+        return docs
+    return [d for d in docs if may_see(d["metadata"], (actor.role,))]
+
+
+def visible_documents(settings: Settings, actor: Actor) -> list[dict[str, Any]]:
+    """The complete documents ``actor``'s role may see, as retrieval decides it for their
+    questions (an administrator is no exception). The Ask page computes its warnings from
+    these, so a restricted document never names itself to someone who may not read it."""
+    require(actor, Operation.READ_LIBRARY)
+    return [d for d in manifest_documents(settings) if may_see(d["metadata"], (actor.role,))]
+
+
+def manifest_documents(settings: Settings) -> list[dict[str, Any]]:
+    """Every complete document, unchecked: for services that filter by role themselves."""
     if not settings.manifest_path.is_file():
         return []
     manifest = Manifest(settings.manifest_path)
@@ -63,11 +88,27 @@ def _parse_date(text: str) -> date | None:
     return None
 
 
+def _visible(
+    docs: Sequence[Mapping[str, Any]], roles: Sequence[str] | None
+) -> Sequence[Mapping[str, Any]]:
+    if roles is None:
+        return docs
+    return [d for d in docs if may_see(d.get("metadata") or {}, roles)]
+
+
 def superseded_by(
-    doc_id: str, title: str, docs: Sequence[Mapping[str, Any]]
+    doc_id: str,
+    title: str,
+    docs: Sequence[Mapping[str, Any]],
+    *,
+    roles: Sequence[str] | None = None,
 ) -> list[Mapping[str, Any]]:
-    """Documents in the library that declare they supersede this one (by doc_id or title)."""
-    return supersedes.superseded_by(doc_id, title, docs)
+    """Documents in the library that declare they supersede this one (by doc_id or title).
+
+    With ``roles``, only documents those roles may see count: retrieval demotes by the same
+    rule, and a restricted document must not name itself to people who may not read it.
+    """
+    return supersedes.superseded_by(doc_id, title, _visible(docs, roles))
 
 
 def currency_warnings(
@@ -78,9 +119,16 @@ def currency_warnings(
     max_age_years: int = MAX_GUIDELINE_AGE_YEARS,
     title: str = "",
     metadata: dict[str, str] | None = None,
+    roles: Sequence[str] | None = None,
 ) -> list[str]:
-    """Plain-text warnings for a cited document: superseded, or older than ``max_age_years``."""
+    """Plain-text warnings for a cited document: superseded, or older than ``max_age_years``.
+
+    ``docs`` are the documents the reader may see (:func:`visible_documents`); ``roles``, when
+    given, drops any other as well, so a caller passing the whole library still cannot name
+    a restricted successor to someone who may not read it.
+    """
     today = today or date.today()
+    docs = _visible(docs, roles)
     doc = next((d for d in docs if d["doc_id"] == doc_id), None)
     meta = metadata if metadata is not None else (doc or {}).get("metadata", {})
     title = title or (doc or {}).get("title", "")
@@ -105,15 +153,143 @@ def currency_warnings(
     return out
 
 
-def source_file(settings: Settings, doc_id: str, docs: Sequence[Mapping[str, Any]]) -> Path | None:
-    """The original file of a library document, if it still exists (only manifest paths)."""
-    doc = next((d for d in docs if d["doc_id"] == doc_id), None)
-    if doc is None:
-        return None
+class OriginalUnavailableError(ClinragError):
+    """The original file of a document cannot be handed out; the message says why."""
+
+
+def original_name(settings: Settings, actor: Actor, doc_id: str) -> str:
+    """The file name to offer for a document's original, once :func:`original_bytes` would
+    serve it (the same checks; the hash is remembered while the file is untouched).
+
+    Raises :class:`NotFoundError` or :class:`OriginalUnavailableError` with the reason.
+    """
+    doc, path = _original(settings, actor, doc_id)
+    before = _original_key(doc, path)
+    if before is None or before not in _VERIFIED:
+        _verified_bytes(settings, doc, path)
+        # remembered only if nothing touched the file while it was read
+        if before is not None and _original_key(doc, path) == before:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED.add(before)
+    return path.name
+
+
+def original_bytes(settings: Settings, actor: Actor, doc_id: str) -> bytes:
+    """The bytes of a document's original file, exactly as ingested, for ``actor`` to download.
+
+    The path in the manifest is only where the bytes were: by the time someone clicks, the
+    file may have been edited or replaced by a link to anything the service can read. So the
+    file is opened without following links, must be a regular file, and its hash (with its
+    metadata sidecar, as ingest hashed it) must equal the manifest's; anything else is
+    refused. Only documents ``actor``'s role may see are served, and a document they may not
+    see is reported missing rather than restricted.
+    """
+    doc, path = _original(settings, actor, doc_id)
+    return _verified_bytes(settings, doc, path)
+
+
+# (path, device, inode, size, mtime, ctime of the file and its sidecar, expected sha256) of
+# originals that hashed right: the Ask page checks each cited original on every rerun, and
+# any change to the file (a write, a rename over it, a new link) changes its ctime.
+_VERIFIED: set[tuple[Any, ...]] = set()
+_VERIFIED_MAX = 1024
+
+
+def _original(settings: Settings, actor: Actor, doc_id: str) -> tuple[dict[str, Any], Path]:
+    require(actor, Operation.READ_LIBRARY)
+    doc = None
+    if settings.manifest_path.is_file():
+        manifest = Manifest(settings.manifest_path)
+        try:
+            doc = manifest.document(doc_id)
+        finally:
+            manifest.close()
+    if doc is None or doc.get("state") != "complete" or not may_see(doc["metadata"], (actor.role,)):
+        raise NotFoundError(f"No document {doc_id!r} in the library.")
     path = Path(doc["source_path"])
     if not path.is_absolute():
         path = Path.cwd() / path
-    return path if path.is_file() else None
+    return doc, path
+
+
+def _original_key(doc: Mapping[str, Any], path: Path) -> tuple[Any, ...] | None:
+    parts: list[Any] = [str(path), doc["sha256"]]
+    for p in (path, path.with_name(path.name + SIDECAR_SUFFIX)):
+        try:
+            info = os.lstat(p)
+        except FileNotFoundError:
+            if p is path:
+                return None
+            parts.append(None)
+            continue
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        parts.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return tuple(parts)
+
+
+def _verified_bytes(settings: Settings, doc: Mapping[str, Any], path: Path) -> bytes:
+    title = doc.get("title") or doc["doc_id"]
+    data = _read_no_follow(path, int(settings.max_file_mb * 1_000_000), title)
+    try:
+        _, sidecar = load_sidecar(path)
+    except LoadError as exc:
+        raise OriginalUnavailableError(
+            f"The original file of {title!r} is not offered: its metadata file cannot be "
+            f"read safely ({exc})."
+        ) from exc
+    if hashlib.sha256(data + sidecar).hexdigest() != doc["sha256"]:
+        raise OriginalUnavailableError(
+            f"The original file of {title!r} has changed since it was ingested, so it is not "
+            "offered: it may no longer be what the answer cites. An administrator can ingest "
+            "it again."
+        )
+    return data
+
+
+def _read_no_follow(path: Path, max_bytes: int, title: str) -> bytes:
+    """The file's bytes, refusing a link, a pipe, a device or a folder, and anything too big.
+
+    O_NOFOLLOW refuses a link in the last component; the hash check refuses anything else
+    that is not the ingested file, wherever a path leads. O_NONBLOCK keeps a FIFO from
+    blocking the open.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    unavailable = f"The original file of {title!r} is not offered"
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise OriginalUnavailableError(f"{unavailable}: it is no longer there.") from exc
+    except OSError as exc:
+        if os.path.islink(path):
+            raise OriginalUnavailableError(
+                f"{unavailable}: it has been replaced by a link, which is not followed."
+            ) from exc
+        raise OriginalUnavailableError(f"{unavailable}: {exc.strerror}.") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OriginalUnavailableError(f"{unavailable}: it is not a regular file.")
+        if info.st_size > max_bytes:
+            raise OriginalUnavailableError(f"{unavailable}: it is larger than max_file_mb.")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise OriginalUnavailableError(f"{unavailable}: it is larger than max_file_mb.")
+        return data
+    finally:
+        os.close(fd)
+
+
+# Uploads keep their (cleaned) names, which is how a document and its NAME.meta.json sidecar
+# find each other. A name too long is refused, never cut: cutting at 120 characters turned
+# "X.md.meta.json" into "X.md.meta.j", unpaired it, and a restricted document went in public.
+# 200 leaves room for the ".NAME.PID.part" temporary file within 255 bytes (cleaned names are
+# ASCII, a byte a character).
+MAX_UPLOAD_NAME = 200
 
 
 def safe_upload_name(name: str) -> str:

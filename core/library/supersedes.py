@@ -3,6 +3,9 @@
 A document lists what it replaces in ``supersedes``, comma-separated, by doc id or by title,
 in any case. Retrieval demotes the replaced documents and the app warns about them; both
 read the field here, so they never disagree about what is superseded.
+
+Callers pass only the documents the reader may see (``core.library.restrictions``): a
+restricted document supersedes nothing for someone who may not read it.
 """
 
 from __future__ import annotations

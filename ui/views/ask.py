@@ -6,17 +6,17 @@ Answers stay in the session's history (newest last); a new question never replac
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
 from core.config import Settings
 from core.errors import ClinragError
-from core.types import Answer, Chunk, Mode
+from core.types import Actor, Answer, Chunk, Mode
 from services import ask as asking
+from services import library
 from services.accounts import User
-from services.library import currency_warnings, documents, source_file
 from ui.render import (
     abstain_reason_text,
     attribution_by_source,
@@ -33,7 +33,8 @@ MAX_COMMENT_CHARS = asking.MAX_COMMENT_CHARS
 def render(settings: Settings, user: User | None) -> None:
     user = require(user, "Ask")
     st.header("Ask")
-    docs = documents(settings, actor(user))
+    # What this asker may see, as retrieval decides it: warnings name only these documents.
+    docs = library.visible_documents(settings, actor(user))
     if not docs:
         st.info("The library is empty. An administrator adds guidelines on the Library page.")
     history: list[dict[str, Any]] = st.session_state.setdefault("history", [])
@@ -85,12 +86,14 @@ def _render_entry(
             st.error(md_escape(entry["error"]))
             return
         answer = entry["answer"]
-        _render_answer(settings, answer, i, docs)
+        _render_answer(settings, actor(user), answer, i, docs)
         _render_attribution(settings, user, entry, i)
         _render_feedback(settings, user, entry, i)
 
 
-def _render_answer(settings: Settings, answer: Answer, i: int, docs: list[dict[str, Any]]) -> None:
+def _render_answer(
+    settings: Settings, who: Actor, answer: Answer, i: int, docs: list[dict[str, Any]]
+) -> None:
     if answer.abstained:
         st.warning(
             "**No answer.** The assistant abstained: "
@@ -132,8 +135,8 @@ def _render_answer(settings: Settings, answer: Answer, i: int, docs: list[dict[s
     for n in numbers:
         if 0 < n <= len(hits):
             chunk = hits[n - 1].chunk
-            for w in currency_warnings(
-                chunk.doc_id, docs, title=chunk.title, metadata=chunk.metadata
+            for w in library.currency_warnings(
+                chunk.doc_id, docs, title=chunk.title, metadata=chunk.metadata, roles=[who.role]
             ):
                 warnings.append(f"[{n}] {chunk.title}: {w}")
     for w in warnings:
@@ -143,7 +146,7 @@ def _render_answer(settings: Settings, answer: Answer, i: int, docs: list[dict[s
         st.markdown("**Sources**" if not answer.abstained else "**Closest passages**")
         for n in numbers:
             if 0 < n <= len(hits):
-                _source_panel(settings, answer, hits[n - 1].chunk, n, i, docs)
+                _source_panel(settings, who, answer, hits[n - 1].chunk, n, i, docs)
 
     if answer.evidence:
         st.markdown("**Key evidence** (the guideline's own words)")
@@ -212,7 +215,13 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
 
 
 def _source_panel(
-    settings: Settings, answer: Answer, chunk: Chunk, n: int, i: int, docs: list[dict[str, Any]]
+    settings: Settings,
+    who: Actor,
+    answer: Answer,
+    chunk: Chunk,
+    n: int,
+    i: int,
+    docs: list[dict[str, Any]],
 ) -> None:
     meta = chunk.metadata or {}
     where = ", ".join(x for x in (chunk.section, f"p. {chunk.page}" if chunk.page else "") if x)
@@ -227,7 +236,9 @@ def _source_panel(
             ("Document", chunk.doc_id),
         ]
         st.caption(" · ".join(md_escape(f"{k}: {v}") for k, v in facts if v))
-        for w in currency_warnings(chunk.doc_id, docs, title=chunk.title, metadata=meta):
+        for w in library.currency_warnings(
+            chunk.doc_id, docs, title=chunk.title, metadata=meta, roles=[who.role]
+        ):
             st.warning(md_escape(w))
         evidence, attributed = source_highlights(answer, n)
         st.markdown(highlighted_html(chunk.text, evidence, attributed), unsafe_allow_html=True)
@@ -236,12 +247,17 @@ def _source_panel(
             legend += " Underlined: the sentences attribution credits most."
         st.caption(legend)
         cols = st.columns(2)
-        path = source_file(settings, chunk.doc_id, docs)
-        if path is not None:
+        # services.library checks the file is the one ingested (and the asker may see it),
+        # now to say why it is not offered, and again at the click that reads it
+        try:
+            name = library.original_name(settings, who, chunk.doc_id)
+        except ClinragError as exc:
+            cols[0].caption(md_escape(str(exc)))
+        else:
             cols[0].download_button(
                 "Original file",
-                data=_reader(path),
-                file_name=path.name,
+                data=_original(settings, who, chunk.doc_id),
+                file_name=name,
                 key=f"dl-{i}-{n}",
                 icon=":material/download:",
                 on_click="ignore",
@@ -251,9 +267,9 @@ def _source_panel(
             cols[1].link_button("Published version", url, icon=":material/open_in_new:")
 
 
-def _reader(path: Path) -> Any:
+def _original(settings: Settings, who: Actor, doc_id: str) -> Callable[[], bytes]:
     def read() -> bytes:
-        return path.read_bytes()
+        return library.original_bytes(settings, who, doc_id)
 
     return read
 

@@ -134,11 +134,25 @@ def _detail(settings: Settings, user: User, records: list[Record]) -> None:
     with st.container(border=True):
         st.subheader(f"Record {record.seq}: {record.event}")
         st.caption(md_escape(f"{record.ts} · {record.user} ({record.role})"))
+        withheld = record.payload.get("withheld")
+        if withheld:
+            # services.audit withheld what this role may not see; the stored record is whole
+            st.warning(
+                md_escape(
+                    "Content withheld: this record draws on documents your role "
+                    f"({withheld.get('role')}) may not see: "
+                    + "; ".join(f"{d} ({why})" for d, why in withheld["documents"].items())
+                    + ". Scores, ids, versions and hashes are shown; the chain verifies on "
+                    "the stored record."
+                ),
+                icon=":material/lock:",
+            )
         if record.event in {"answer", "replay"}:
             _answer_detail(record.payload)
             if record.event == "answer":
                 _later_attribution(settings, user, record.seq)
-            _replay(settings, user, record.seq)
+            if not withheld:  # replaying would show what is withheld (and is refused)
+                _replay(settings, user, record.seq)
         else:
             st.json(record.payload)
         with st.expander("Hash chain"):
