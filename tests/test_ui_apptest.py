@@ -516,7 +516,12 @@ def test_single_sign_on_maps_the_provider_identity_to_a_local_role(
     assert [b.label for b in at.button] == ["Sign in with single sign-on", "Sign in"]
     assert at.text_input(key="signin_username")  # local accounts still work beside it
 
-    claims = {"email": "mallory@elsewhere.org", "iss": "https://idp.example"}
+    # a verified e-mail: an unverified one is refused before the account is looked up
+    claims = {
+        "email": "mallory@elsewhere.org",
+        "email_verified": True,
+        "iss": "https://idp.example",
+    }
     at.run()
     assert "not allowed to use clinrag" in at.error[0].value
     assert not at.sidebar.radio
@@ -524,7 +529,7 @@ def test_single_sign_on_maps_the_provider_identity_to_a_local_role(
     refused = [r for r in records(home, "login_failed") if r.user == "mallory@elsewhere.org"]
     assert len(refused) == 1 and refused[0].payload["reason"] == "sso_unknown_user"
 
-    claims = {"email": "sam@hospital.org", "iss": "https://idp.example"}
+    claims = {"email": "sam@hospital.org", "email_verified": True, "iss": "https://idp.example"}
     at = start()
     assert pages(at) == ["Audit"]
     login = records(home, "login")[-1]
