@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,8 @@ from core.errors import LoadError
 from core.library.index import EMBED_GROUP_CHUNKS, Index, indexed_text, writer_lock
 from core.library.manifest import Manifest
 from core.types import Document
-from ingest.loaders import is_candidate, load_document
+from ingest.loaders import deadline_available, is_candidate, load_document
+from ingest.loaders.isolated import IsolatedLoader
 from ingest.split import split_document
 
 
@@ -96,6 +98,28 @@ def _assign_doc_id(doc: Document, manifest: Manifest, taken: dict[str, str]) -> 
     taken[doc.doc_id] = doc.source_path
 
 
+@contextmanager
+def _file_loader(
+    isolate: bool | None, max_bytes: int, max_pages: int, timeout_s: float | None
+) -> Iterator[Callable[[Path], Document]]:
+    """``load_document`` with the run's limits: in this process where the parse timeout works
+    (the command line's main thread), else in a child process (the app's script threads),
+    so that a parse is bounded the same way wherever ingest runs."""
+    if isolate is None:
+        isolate = not deadline_available()
+    if not isolate:
+        # looked up at each call: the hostile-files benchmark wraps it to time each parse
+        yield lambda path: load_document(
+            path, max_bytes=max_bytes, max_pages=max_pages, timeout_s=timeout_s
+        )
+        return
+    with IsolatedLoader() as child:
+        child.start()  # before the writer lock: a failure here is the run's, not a file's
+        yield lambda path: child.load(
+            path, max_bytes=max_bytes, max_pages=max_pages, timeout_s=timeout_s
+        )
+
+
 def ingest(
     paths: Sequence[Path],
     settings: Settings,
@@ -104,11 +128,22 @@ def ingest(
     progress: bool | None = None,
     index: Index | None = None,
     on_file: Callable[[FileResult], None] | None = None,
+    isolate: bool | None = None,
 ) -> IngestSummary:
-    """Ingest files and folders. One bad file is reported, never fatal."""
+    """Ingest files and folders. One bad file is reported, never fatal.
+
+    ``isolate`` parses each file in a child process (``ingest.loaders.isolated``); by default
+    only where the parse timeout cannot interrupt a parse in this thread.
+    """
     index = index or Index(settings)
     summary = IngestSummary()
-    with writer_lock(settings):
+    loader = _file_loader(
+        isolate,
+        max_bytes=int(settings.max_file_mb * 1024 * 1024),
+        max_pages=settings.max_pages,
+        timeout_s=settings.parse_timeout_s,
+    )
+    with loader as load, writer_lock(settings):
         index.warm_up()
         index.recover()
         index.record_embedder()
@@ -136,12 +171,7 @@ def ingest(
             try:
                 if not path.exists() and not path.is_symlink():
                     raise LoadError("not_found", "no such file or folder")
-                doc = load_document(
-                    path,
-                    max_bytes=int(settings.max_file_mb * 1024 * 1024),
-                    max_pages=settings.max_pages,
-                    timeout_s=settings.parse_timeout_s,
-                )
+                doc = load(path)
             except LoadError as exc:
                 result.reason, result.detail = exc.reason, exc.detail
                 emit(result)

@@ -293,12 +293,24 @@ MAX_UPLOAD_NAME = 200
 
 
 def safe_upload_name(name: str) -> str:
-    """A file name that cannot leave the uploads folder or hide itself."""
+    """A file name that cannot leave the uploads folder or hide itself.
+
+    Raises ValueError, naming the file, for a name that is empty once cleaned or longer than
+    ``MAX_UPLOAD_NAME`` characters.
+    """
     base = Path(name.replace("\\", "/")).name
     base = _SAFE_NAME.sub("_", base).strip(" .")
     if not base:
         raise ValueError(f"Cannot store an upload named {name!r}.")
-    return base[:120]
+    if len(base) > MAX_UPLOAD_NAME:
+        short = MAX_UPLOAD_NAME - len(SIDECAR_SUFFIX)
+        raise ValueError(
+            f"The file name {name!r} is {len(base)} characters long; uploaded names may have "
+            f"at most {MAX_UPLOAD_NAME}. Nothing was uploaded. Rename the file and upload it "
+            f"again; a document with a {SIDECAR_SUFFIX} file needs a name of at most {short} "
+            f"characters, so that the metadata file (the same name plus {SIDECAR_SUFFIX}) fits."
+        )
+    return base
 
 
 def save_uploads(
@@ -307,14 +319,26 @@ def save_uploads(
     """Write uploaded files (name, bytes) into ``home/uploads``, owner-only. Returns the paths.
 
     A file with a name already there replaces it, so uploading a new edition updates it.
+    Every name is checked before anything is written: if one is refused (ValueError), none
+    is stored, so a document never lands without the metadata file uploaded with it.
     """
     require(actor, Operation.CHANGE_LIBRARY)
+    names = [safe_upload_name(name) for name, _ in files]
+    first: dict[str, str] = {}
+    for (original, _), stored in zip(files, names, strict=True):
+        other = first.setdefault(stored, original)
+        if other != original:
+            # one would silently replace the other (and perhaps the other's metadata file)
+            raise ValueError(
+                f"The files {other!r} and {original!r} would both be stored as {stored!r}. "
+                "Nothing was uploaded. Rename one of them and upload again."
+            )
     ensure_home(settings)
     folder = uploads_dir(settings)
     folder.mkdir(mode=0o700, exist_ok=True)
     paths: list[Path] = []
-    for name, data in files:
-        path = folder / safe_upload_name(name)
+    for (_, data), stored in zip(files, names, strict=True):
+        path = folder / stored
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
@@ -337,14 +361,43 @@ def add(
 ) -> IngestSummary:
     """Ingest files and folders into the library, then record the ``ingest`` event.
 
-    ``source`` says where the files came from (``cli``, ``upload``). Metadata sidecars named
-    on their own are skipped: they describe the document beside them, which reads them.
+    ``source`` says where the files came from (``cli``, ``upload``). A metadata sidecar is
+    not ingested itself: the document beside it, which reads it, is. A sidecar given without
+    its document (new metadata for a document already in the library) therefore re-ingests
+    that document, and one with no document beside it is reported as failed: skipping it
+    silently would leave the document's old metadata, perhaps no restriction, in force.
+
+    The parse limits and timeout are the command line's wherever this runs: called from a
+    thread (the app's), ``ingest`` parses each file in a child process, where the timeout
+    can interrupt it.
     """
     require(actor, Operation.CHANGE_LIBRARY)
-    candidates = [p for p in paths if not Path(p).name.endswith(SIDECAR_SUFFIX)]
+    candidates = [Path(p) for p in paths if not Path(p).name.endswith(SIDECAR_SUFFIX)]
+    orphans: list[FileResult] = []
+    named = {p.resolve() for p in candidates}
+    for side in (Path(p) for p in paths if Path(p).name.endswith(SIDECAR_SUFFIX)):
+        document = side.with_name(side.name[: -len(SIDECAR_SUFFIX)])
+        if document.resolve() in named:
+            continue
+        if document.is_symlink() or document.is_file():  # ingest refuses a link, by name
+            candidates.append(document)
+            named.add(document.resolve())
+        else:
+            orphans.append(
+                FileResult(
+                    path=str(side),
+                    status="failed",
+                    reason="bad_metadata",
+                    detail=(
+                        f"describes {document.name}, which is not beside it; upload the "
+                        "document with it (same name without .meta.json)"
+                    ),
+                )
+            )
     summary = ingest(
         candidates, settings, prune=prune, index=index, on_file=on_file, progress=progress
     )
+    summary.results.extend(orphans)
     data = summary.to_dict()
     documents: list[IngestDocument] = [
         {"doc_id": r.doc_id, "status": r.status, "reason": r.reason}

@@ -351,3 +351,41 @@ def test_front_matter_text(fuzz_dir: Path, front: str, body: str, closing: str) 
 )
 def test_sidecar(fuzz_dir: Path, sidecar: bytes) -> None:
     check(fuzz_dir, "md", seed("md"), sidecar=sidecar)
+
+
+_LINE = st.text(_MD_ALPHABET, max_size=40).map(lambda s: s.replace("\n", " ").replace("\r", " "))
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    kind=st.sampled_from(["md", "txt"]),
+    lead=st.sampled_from(["", "\n", "\n\n", " \n", "\r\n"]),
+    before=st.lists(_LINE, max_size=4),
+    after=st.lists(_LINE, max_size=4),
+    roles=st.sampled_from(["nurse", "[nurse]", "'nurse'", "\n  - nurse"]),
+    newline=st.sampled_from(["\n", "\r\n", "\r", "\r\r\n"]),
+    body=st.text(_MD_ALPHABET, max_size=200),
+)
+def test_a_declared_restriction_is_never_dropped(
+    fuzz_dir: Path,
+    kind: str,
+    lead: str,
+    before: list[str],
+    after: list[str],
+    roles: str,
+    newline: str,
+    body: str,
+) -> None:
+    """Whatever surrounds ``restricted_roles`` in front matter (other lines, valid or not, a
+    blank line above, any line ends, a .txt file), the file is refused or restricted: never
+    public."""
+    lines = [*before, f"restricted_roles: {roles}", *after]
+    text = lead + "\n".join(["---", *lines, "---", "Guideline body text.", body])
+    path = fuzz_dir / f"restricted{EXT[kind]}"
+    path.write_bytes(text.replace("\n", newline).encode("utf-8", "surrogatepass"))
+    try:
+        doc = load_document(path, **LIMITS)
+    except LoadError as exc:
+        assert exc.reason in REASONS, exc.reason
+        return
+    assert "nurse" in doc.metadata.get("restricted_roles", "").split(","), (text, doc.metadata)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import inspect
 import io
 import json
 import os
@@ -268,6 +267,36 @@ def lying_size_docx(base: bytes) -> bytes:
     return _patch_zip_headers(data, patch)
 
 
+def docx_main_part_as(base: bytes, name: str, xml: bytes) -> bytes:
+    """The base DOCX with its main document moved to ``name`` (any extension), declared by a
+    content-type Override and the package relationship, as python-docx finds it. The original
+    word/document.xml stays, harmless, beside it."""
+    with zipfile.ZipFile(io.BytesIO(base)) as src:
+        types = src.read("[Content_Types].xml").decode()
+        rels = src.read("_rels/.rels").decode()
+    main = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+    types = types.replace(
+        "</Types>", f'<Override PartName="/{name}" ContentType="{main}"/></Types>'
+    )
+    rels = rels.replace('Target="word/document.xml"', f'Target="{name}"')
+    return rezip(
+        base, {"[Content_Types].xml": types.encode(), "_rels/.rels": rels.encode()}, add={name: xml}
+    )
+
+
+def dense_paragraphs(tags: int, seed: int = 11) -> str:
+    """Short paragraphs of random words, ``tags`` tags in all (six a paragraph): markup that
+    costs lxml and python-docx far more than its bytes, yet compresses too little to be a
+    zip bomb. 1 million tags is ~9 MB of XML, ~3 MB zipped."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def word() -> str:
+        return "".join(rng.choice(letters) for _ in range(rng.randint(2, 9)))
+
+    return "".join(_para(f"{word()} {word()} {word()}") for _ in range(tags // 6 + 1))
+
+
 def big_zip(members: dict[str, int], stored: dict[str, bytes] | None = None) -> bytes:
     """A DOCX-shaped zip whose members are ``size`` spaces each, streamed (never in memory)."""
     out = io.BytesIO()
@@ -356,7 +385,8 @@ def build_hostile_files(folder: Path, outside: Path) -> list[Hostile]:
 
     # -- PDF: truncated at many offsets -------------------------------------------------
     size = len(pdf_base)
-    offsets = sorted({3, 8, 15, 40} | {size * k // 45 for k in range(1, 45)})
+    # 37 cuts (44 before the metadata and DOCX-part cases took their places among the 300)
+    offsets = sorted({3, 8, 15, 40} | {size * k // 38 for k in range(1, 38)})
     for offset in offsets:
         either(f"pdf_trunc_{offset:05d}.pdf", pdf_base[:offset], PDF_BROKEN | {"empty_file"})
 
@@ -541,6 +571,23 @@ def build_hostile_files(folder: Path, outside: Path) -> list[Hostile]:
         rejected(
             f"docx_xml_{label}.docx", rezip(docx_base, {"word/document.xml": xml}), *DOCX_BROKEN
         )
+    # XML parts are found by content type, not name: a main document stored as .bin or .XML
+    # used to skip the DTD check and the size limit
+    rejected(
+        "docx_dtd_renamed_part.docx",
+        docx_main_part_as(docx_base, "word/main.bin", BILLION_LAUGHS.encode()),
+        "unsafe_xml",
+    )
+    rejected(
+        "docx_dtd_upper_ext.docx",
+        docx_main_part_as(docx_base, "word/main.XML", XXE.encode()),
+        "unsafe_xml",
+    )
+    rejected(
+        "docx_dense_markup.docx",
+        docx_with_body(docx_base, dense_paragraphs(1_050_000)),
+        "too_complex",
+    )
     put(
         "docx_wrong_root.docx",
         rezip(docx_base, {"word/document.xml": b'<?xml version="1.0"?><foo>text</foo>'}),
@@ -674,6 +721,16 @@ def build_hostile_files(folder: Path, outside: Path) -> list[Hostile]:
         f'<meta name="title" content="{"T" * 10_000}"><p>Body.</p>',
         "bad_metadata",
     )
+    put(
+        "html_meta_hidden.html",
+        '<meta name="restricted_roles" content="a" hidden><p>Meta host.</p>',
+        INGESTED,
+    )
+    rejected(
+        "html_meta_misspelt.html",
+        '<meta name="restricted-role" content="a"><p>Meta host.</p>',
+        "bad_metadata",
+    )
     put("html_stray_end_tags.html", "</p></div></li>" * 10_000 + "<p>Real text.</p>", INGESTED)
     put("html_bad_charrefs.html", "&#xFFFFFFFF;&#0;&#55296;" * 1000 + "<p>Text.</p>", INGESTED)
     rejected("html_is_pdf.html", make_text_pdf(1), "wrong_extension")
@@ -750,12 +807,22 @@ def build_hostile_files(folder: Path, outside: Path) -> list[Hostile]:
         INGESTED,
     )
     rejected("fm_title_huge.md", "---\ntitle: " + "T" * 100_000 + "\n---\nText.\n", "bad_metadata")
-    put("fm_binaryish.md", "---\n\x01\x02: \x03\ntitle: ok\n---\nText.\n", INGESTED)
+    # Metadata fails closed (test_metadata_strict.py): an unknown key, a line that is not
+    # "key: value" or nested YAML refuses the file; these four used to be ingested with the
+    # line dropped, which is how a misspelt restricted_roles made a document public.
+    rejected("fm_binaryish.md", "---\n\x01\x02: \x03\ntitle: ok\n---\nText.\n", "bad_metadata")
     rejected("fm_only.md", "---\ntitle: Only metadata\n---\n", "no_text")
-    put("fm_100k_lines.md", "---\n" + "key: value\n" * 100_000 + "---\nText.\n", INGESTED)
-    put("fm_no_colon.md", "---\njust words\n---\nText.\n", INGESTED)
+    rejected(
+        "fm_100k_lines.md", "---\n" + "key: value\n" * 100_000 + "---\nText.\n", "bad_metadata"
+    )
+    put("fm_100k_known.md", "---\n" + "title: T\n" * 100_000 + "---\nText.\n", INGESTED)
+    rejected("fm_no_colon.md", "---\njust words\n---\nText.\n", "bad_metadata")
     put("fm_inline_list.md", "---\nrestricted_roles: [a, 'b']\n---\nText.\n", INGESTED)
-    put("fm_nested_yaml.md", "---\ntitle:\n  en: Nested\n---\nText.\n", INGESTED)
+    rejected("fm_nested_yaml.md", "---\ntitle:\n  en: Nested\n---\nText.\n", "bad_metadata")
+    rejected("fm_misspelt_key.md", "---\nrestricted-roles: a\n---\nText.\n", "bad_metadata")
+    put("fm_leading_blank.md", "\n\n---\nrestricted_roles: a\n---\nText.\n", INGESTED)
+    put("fm_in_text_file.txt", "---\nrestricted_roles: a\n---\nTitle\n\nText.\n", INGESTED)
+    rejected("fm_txt_misspelt.txt", "---\nrestricted_role: a\n---\nText.\n", "bad_metadata")
 
     # -- sidecar .meta.json -------------------------------------------------------------
     def with_sidecar(name: str, sidecar: bytes | None, expect: str, *reasons: str) -> Path:
@@ -776,8 +843,24 @@ def build_hostile_files(folder: Path, outside: Path) -> list[Hostile]:
     )
     with_sidecar("side_big_int.md", b'{"version": ' + b"9" * 5000 + b"}", REJECTED, "bad_metadata")
     with_sidecar("side_bom.md", b'\xef\xbb\xbf{"title": "With BOM"}', INGESTED)
-    with_sidecar("side_unknown_keys.md", b'{"evil": "x", "__proto__": {}}', INGESTED)
-    with_sidecar("side_types.md", b'{"title": 5, "restricted_roles": ["a", 1, null]}', INGESTED)
+    # unknown keys and a null among the roles used to be dropped (and null read as "None")
+    with_sidecar(
+        "side_unknown_keys.md", b'{"evil": "x", "__proto__": {}}', REJECTED, "bad_metadata"
+    )
+    with_sidecar(
+        "side_types.md",
+        b'{"title": 5, "restricted_roles": ["a", 1, null]}',
+        REJECTED,
+        "bad_metadata",
+    )
+    with_sidecar("side_types_ok.md", b'{"title": 5, "restricted_roles": ["a", 1]}', INGESTED)
+    with_sidecar("side_misspelt.md", b'{"restricted-roles": "a"}', REJECTED, "bad_metadata")
+    with_sidecar(
+        "side_duplicate.md",
+        b'{"restricted_roles": "a", "restricted_roles": ""}',
+        REJECTED,
+        "bad_metadata",
+    )
     secret = outside / "secret.json"
     secret.write_text('{"title": "read through a link"}')
     with_sidecar("side_symlink.md", None, REJECTED, "bad_metadata")
@@ -1048,7 +1131,9 @@ def test_parse_timeout_on_a_pathological_input(tmp_path: Path) -> None:
 def test_no_timeout_outside_the_main_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Documented: signals only reach the main thread, so a worker thread parses unbounded."""
+    """Documented: signals only reach the main thread, so ``load_document`` called in a worker
+    thread parses unbounded. ``ingest`` (the app's uploads) parses in a child process there:
+    see test_app_ingest_times_out_off_the_main_thread."""
     from ingest.loaders import load_document
     from ingest.loaders.text import load_text
 
@@ -1088,10 +1173,6 @@ def test_an_outer_alarm_survives_a_parse(tmp_path: Path) -> None:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.skipif(
-    "timeout_s" not in inspect.getsource(__import__("ingest.index").index.ingest),
-    reason="ingest() does not pass settings.parse_timeout_s to load_document yet",
-)
 def test_ingest_reports_parse_timeout(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1108,3 +1189,158 @@ def test_ingest_reports_parse_timeout(
         ("slow.txt", "parse_timeout")
     ]
     assert summary.count("added") == 1
+
+
+# ------------------------------------------------- the parse timeout off the main thread
+
+# 190,000 hidden paragraphs: under the HTML element limit, ~8 s of BeautifulSoup on an idle
+# core, and no text in the end (so nothing to embed if it did finish).
+SLOW_HTML = "<p hidden>x</p>" * 190_000
+
+
+def test_app_ingest_times_out_off_the_main_thread(tmp_path: Path, settings: Settings) -> None:
+    """The Library page calls ``services.library.add`` from a Streamlit script thread, where
+    SIGALRM cannot reach: uploads used to parse unbounded, holding the writer lock. They are
+    parsed in a child process now, under the same timeout as the command line."""
+    from core.types import Actor
+    from services.library import add
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / "slow.html").write_text(SLOW_HTML)
+    (folder / "fine.md").write_text(_good_markdown())
+    quick = settings.model_copy(update={"parse_timeout_s": 0.5})
+    box: list[object] = []
+
+    def upload() -> None:
+        try:
+            box.append(add(quick, Actor("admin", "admin"), [folder], source="upload"))
+        except BaseException as exc:  # reported below, not lost in the thread
+            box.append(exc)
+
+    worker = threading.Thread(target=upload)
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive() and box, "add() did not return"
+    summary = box[0]
+    assert not isinstance(summary, BaseException), summary
+    outcomes = {Path(r.path).name: (r.status, r.reason) for r in summary.results}
+    assert outcomes == {"slow.html": ("failed", "parse_timeout"), "fine.md": ("added", None)}
+    (slow,) = summary.failed
+    assert "parse_timeout_s (0.5 s)" in (slow.detail or "")
+
+
+def _deaf_loader(path: Path, **limits: object) -> object:
+    """A parser the alarm cannot stop (SIGALRM blocked, as during one long C call) for files
+    named hang*; load_document for the others. Runs in the isolated child."""
+    from ingest.loaders import load_document
+
+    if path.name.startswith("hang"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(120)
+    return load_document(path, **limits)  # type: ignore[arg-type]
+
+
+def test_a_parser_the_alarm_cannot_stop_is_killed(tmp_path: Path) -> None:
+    from ingest.loaders.isolated import IsolatedLoader
+
+    (tmp_path / "hang.md").write_text(_good_markdown())
+    (tmp_path / "fine.md").write_text(_good_markdown("After The Kill"))
+    limits = {"max_bytes": 10**6, "max_pages": 5, "timeout_s": 0.3}
+    with IsolatedLoader(target="test_hostile_files:_deaf_loader", grace_s=0.5) as loader:
+        started = time.perf_counter()
+        with pytest.raises(LoadError) as info:
+            loader.load(tmp_path / "hang.md", **limits)  # type: ignore[arg-type]
+        assert info.value.reason == "parse_timeout"
+        assert time.perf_counter() - started < 30
+        # the next file gets a fresh child
+        doc = loader.load(tmp_path / "fine.md", **limits)  # type: ignore[arg-type]
+        assert doc.title == "After The Kill"
+
+
+def test_a_loader_error_crosses_the_process_boundary_intact(tmp_path: Path) -> None:
+    from ingest.loaders.isolated import IsolatedLoader
+
+    (tmp_path / "empty.md").write_bytes(b"")
+    (tmp_path / "typo.md").write_text("---\nrestricted-roles: a\n---\nText.\n")
+    with IsolatedLoader() as loader:
+        for name, reason in (("empty.md", "empty_file"), ("typo.md", "bad_metadata")):
+            with pytest.raises(LoadError) as info:
+                loader.load(tmp_path / name, max_bytes=10**6, max_pages=5, timeout_s=10)
+            assert info.value.reason == reason
+
+
+def test_the_command_line_parses_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the main thread (the CLI) no child is started: same behaviour and speed as before."""
+    import ingest.index as index_module
+
+    def no_child(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a child process was started on the main thread")
+
+    monkeypatch.setattr(index_module, "IsolatedLoader", no_child)
+    (tmp_path / "ok.md").write_text(_good_markdown())
+    with index_module._file_loader(None, 10**6, 5, 5.0) as load:
+        assert load(tmp_path / "ok.md").title == "Hostile Control"
+
+
+# --------------------------------------------------------------------------- DOCX parts
+
+
+def test_docx_xml_parts_are_found_by_content_type_not_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """python-docx parses a part by its content type: a main document stored as word/x.bin
+    or word/x.XML skipped the DTD check and the per-part size limit, which looked at names."""
+    import ingest.loaders.docx as docx_loader
+
+    base = make_docx_bytes()
+    with zipfile.ZipFile(io.BytesIO(base)) as zf:
+        document_xml = zf.read("word/document.xml")
+    for name in ("word/main.bin", "word/main.XML", "word/main"):
+        renamed = docx_main_part_as(base, name, document_xml.replace(b"Adults", b"Renamed"))
+        _, blocks, _ = docx_loader.load_docx(renamed)  # read, so it must be checked
+        assert any("Renamed" in b.text for b in blocks)
+        for xml in (BILLION_LAUGHS, XXE):
+            with pytest.raises(LoadError) as info:
+                docx_loader.load_docx(docx_main_part_as(base, name, xml.encode()))
+            assert info.value.reason == "unsafe_xml", name
+    with zipfile.ZipFile(io.BytesIO(base)) as zf:
+        largest = max(info.file_size for info in zf.infolist())
+    monkeypatch.setattr(docx_loader, "_MAX_XML_PART", largest)
+    big = document_xml.replace(b"Adults", b"Adults " + b"x" * largest)
+    with pytest.raises(LoadError) as info:
+        docx_loader.load_docx(docx_main_part_as(base, "word/main.bin", big))
+    assert info.value.reason == "too_large" and "word/main.bin" in info.value.detail
+
+
+def test_docx_pictures_with_a_doctype_are_not_refused() -> None:
+    """An SVG picture is never parsed by python-docx and often carries a DOCTYPE."""
+    from ingest.loaders.docx import load_docx
+
+    base = make_docx_bytes()
+    with zipfile.ZipFile(io.BytesIO(base)) as zf:
+        types = zf.read("[Content_Types].xml").decode()
+    svg = (
+        b'<?xml version="1.0"?><!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" '
+        b'"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd"><svg/>'
+    )
+    types = types.replace(
+        "</Types>", '<Default Extension="svg" ContentType="image/svg+xml"/></Types>'
+    )
+    data = rezip(base, {"[Content_Types].xml": types.encode()}, add={"word/media/a.svg": svg})
+    assert load_docx(data)[1]
+
+
+def test_dense_docx_markup_is_refused_before_parsing() -> None:
+    """A 16 MB document.xml of short paragraphs took 30 s and 460 MB; ~9 MB of it (1 million
+    tags) took 5.5 s and 130 MB on an idle core. Over the tag limit it is refused unparsed."""
+    from ingest.loaders.docx import _MAX_XML_TAGS, load_docx
+
+    data = docx_with_body(make_docx_bytes(), dense_paragraphs(_MAX_XML_TAGS + 50_000))
+    started = time.perf_counter()
+    with pytest.raises(LoadError) as info:
+        load_docx(data)
+    assert info.value.reason == "too_complex"
+    assert time.perf_counter() - started < 3.0

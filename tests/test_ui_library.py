@@ -13,6 +13,7 @@ from core.config import Settings
 from core.types import Actor, AnswerSentence, Evidence, SourceSentence
 from services.library import (
     MAX_GUIDELINE_AGE_YEARS,
+    MAX_UPLOAD_NAME,
     currency_warnings,
     safe_upload_name,
     save_uploads,
@@ -150,3 +151,95 @@ def test_upload_names_cannot_escape_the_uploads_folder(settings: Settings) -> No
     assert all(p.parent == settings.home / "uploads" for p in paths)
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in paths)
     assert Path(paths[0]).read_bytes() == b"# A"
+
+
+def test_long_upload_names_are_kept_whole_so_the_sidecar_stays_paired(
+    settings: Settings,
+) -> None:
+    """Names used to be cut at 120 characters: "X.md.meta.json" became "X.md.meta.j"."""
+    admin = Actor("admin", "admin")
+    name = "opioid-tapering-guideline-" + "x" * 150 + ".md"  # 179 characters
+    paths = save_uploads(
+        settings,
+        admin,
+        [(name, b"# Opioid Tapering\n\nText.\n"), (name + ".meta.json", b"{}")],
+    )
+    assert [p.name for p in paths] == [name, name + ".meta.json"]
+    assert safe_upload_name("y" * MAX_UPLOAD_NAME) == "y" * MAX_UPLOAD_NAME
+
+
+def test_upload_names_that_do_not_fit_are_refused_with_what_to_do(settings: Settings) -> None:
+    admin = Actor("admin", "admin")
+    name = "z" * 195 + ".md"  # fits; its sidecar (208 characters) does not
+    with pytest.raises(ValueError) as info:
+        save_uploads(settings, admin, [(name, b"# Z\n\nText.\n"), (name + ".meta.json", b"{}")])
+    message = str(info.value)
+    assert name + ".meta.json" in message  # names the file
+    assert str(MAX_UPLOAD_NAME) in message and "Rename" in message
+    assert str(MAX_UPLOAD_NAME - len(".meta.json")) in message
+    # nothing of the batch was stored: the document never lands without its metadata
+    assert not (settings.home / "uploads").exists() or not any(
+        (settings.home / "uploads").iterdir()
+    )
+
+
+def test_uploads_that_would_share_a_stored_name_are_refused(settings: Settings) -> None:
+    admin = Actor("admin", "admin")
+    with pytest.raises(ValueError, match="both be stored as 'guide_.md'"):
+        save_uploads(settings, admin, [("guide?.md", b"# A"), ("guide*.md", b"# B")])
+
+
+def test_a_long_named_restricted_upload_stays_restricted(settings: Settings) -> None:
+    """The review's case end to end: upload a document and its sidecar under a long name,
+    ingest them as the Library page does, and the restriction is in the library."""
+    from core.library.manifest import Manifest
+    from services.library import add
+
+    admin = Actor("admin", "admin")
+    name = "controlled-substances-dosing-" + "long-name-" * 10 + "v2.md"  # 134 characters
+    paths = save_uploads(
+        settings,
+        admin,
+        [
+            (name, b"# Controlled Substances\n\nMorphine dosing for pharmacists only.\n"),
+            (name + ".meta.json", b'{"restricted_roles": ["pharmacist"]}'),
+        ],
+    )
+    summary = add(settings, admin, paths, source="upload", progress=False)
+    assert summary.count("added") == 1 and not summary.failed
+    manifest = Manifest(settings.manifest_path)
+    try:
+        (doc,) = manifest.documents()
+    finally:
+        manifest.close()
+    assert doc["metadata"]["restricted_roles"] == "pharmacist"
+
+
+def test_a_sidecar_uploaded_on_its_own_updates_its_document(settings: Settings) -> None:
+    """New metadata for a document already uploaded re-ingests it; a sidecar with no document
+    beside it is reported, not skipped."""
+    from core.library.manifest import Manifest
+    from services.library import add
+
+    admin = Actor("admin", "admin")
+    (doc_path,) = save_uploads(settings, admin, [("tapering.md", b"# Tapering\n\nText.\n")])
+    assert add(settings, admin, [doc_path], source="upload", progress=False).count("added") == 1
+    side = save_uploads(
+        settings,
+        admin,
+        [
+            ("tapering.md.meta.json", b'{"restricted_roles": "pharmacist"}'),
+            ("missing.md.meta.json", b'{"restricted_roles": "pharmacist"}'),
+        ],
+    )
+    summary = add(settings, admin, side, source="upload", progress=False)
+    assert summary.count("updated") == 1
+    assert [(Path(r.path).name, r.reason) for r in summary.failed] == [
+        ("missing.md.meta.json", "bad_metadata")
+    ]
+    manifest = Manifest(settings.manifest_path)
+    try:
+        (doc,) = manifest.documents()
+    finally:
+        manifest.close()
+    assert doc["metadata"]["restricted_roles"] == "pharmacist"

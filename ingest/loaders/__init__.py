@@ -24,7 +24,8 @@ from types import FrameType
 
 from core.errors import LoadError
 from core.types import Block, Document
-from ingest.loaders.metadata import SIDECAR_SUFFIX, load_sidecar
+from ingest.loaders.metadata import SIDECAR_SUFFIX, load_sidecar, sidecar_path
+from ingest.loaders.metadata import merge as merge_metadata
 
 # What a format loader returns: title, blocks, metadata, and (HTML only) warnings.
 Loaded = (
@@ -61,7 +62,8 @@ REASONS = {
     "not_utf8": "text that is not valid UTF-8",
     "unsupported_encoding": "UTF-16/32 without a byte-order mark, or invalid UTF-16/32",
     "no_text": "nothing readable was extracted (blank, whitespace, invisible characters)",
-    "bad_metadata": "front matter or .meta.json sidecar that is invalid or oversized",
+    "bad_metadata": "front matter, HTML <meta> or .meta.json sidecar that is invalid, oversized, "
+    "or has an unknown (e.g. misspelt) key",
     "corrupt_pdf": "pypdf cannot read the PDF or one of its pages",
     "encrypted_pdf": "the PDF needs a password",
     "empty_pdf": "the PDF has no pages",
@@ -154,6 +156,12 @@ class _ParseTimeout(BaseException):
     ``except Exception`` recovery code (pypdf has plenty) cannot swallow it."""
 
 
+def deadline_available() -> bool:
+    """Whether ``parse_deadline`` can interrupt a parse here: in the main thread, on a
+    platform with ``setitimer``. Elsewhere ``ingest`` parses in a child process instead."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def parse_deadline(seconds: float | None) -> Iterator[None]:
     """Raise ``_ParseTimeout`` in the body if it runs longer than ``seconds``.
@@ -164,19 +172,14 @@ def parse_deadline(seconds: float | None) -> Iterator[None]:
 
     * Only in the main thread of the main interpreter (signal handlers can only be installed
       there) and only where ``setitimer`` exists (not on Windows). Elsewhere, e.g. inside
-      Streamlit's script threads, there is no timeout and the size, page and element limits
-      are what bound a parse.
+      Streamlit's script threads, there is no timeout here: ``ingest`` then parses each file
+      in a child process (``ingest.loaders.isolated``), on the child's main thread.
     * Python runs the handler between bytecodes: a single long C call (zlib, libxml2) finishes
       first. Those calls are bounded by the size limits; pure-Python parsing (pypdf,
       html.parser, regexes, which check for signals) is interrupted promptly.
     * A previous SIGALRM handler and timer are restored afterwards.
     """
-    if (
-        not seconds
-        or seconds <= 0
-        or not hasattr(signal, "setitimer")
-        or threading.current_thread() is not threading.main_thread()
-    ):
+    if not seconds or seconds <= 0 or not deadline_available():
         yield
         return
 
@@ -337,7 +340,7 @@ def load_document(
             if len(result) > 3:
                 warnings.extend(result[3])
             side_meta, side_bytes = load_sidecar(path)
-            meta = {**meta, **side_meta}
+            meta = merge_metadata(meta, side_meta, sidecar_path(path).name)
             blocks = _sanitize(blocks, warnings)
     except _ParseTimeout as exc:
         raise LoadError(

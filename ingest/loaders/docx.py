@@ -1,10 +1,13 @@
 """DOCX loader (python-docx): headings from paragraph styles; zip bombs refused before parsing.
 
 Before python-docx (lxml) sees a byte, the archive is checked from its own directory and then
-every XML part is streamed once through zipfile, which enforces the declared sizes and CRCs:
-too many entries, a high expansion ratio, an oversized part or a DTD are refused. python-docx
-parses with ``resolve_entities=False`` and libxml2 2.11+ caps entity amplification anyway;
-the DTD check makes the refusal explicit and independent of those versions.
+every part the parser will read as XML is streamed once through zipfile, which enforces the
+declared sizes and CRCs: too many entries, a high expansion ratio, an oversized part, too much
+markup or a DTD are refused. Which parts are XML is decided as python-docx decides it, by
+content type (``[Content_Types].xml``), not by the part's name: a main document stored as
+``word/document.bin`` is parsed all the same, and used to pass unchecked. python-docx parses
+with ``resolve_entities=False`` and libxml2 2.11+ caps entity amplification anyway; the DTD
+check makes the refusal explicit and independent of those versions.
 
 Text is read from the XML elements directly where python-docx would do hostile-sized work:
 ``_Row.cells`` yields a cell once per spanned grid column (``gridSpan="1000000000"``) and
@@ -15,9 +18,10 @@ every paragraph.
 from __future__ import annotations
 
 import io
+import posixpath
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,14 +31,23 @@ from core.types import Block
 _MAX_UNCOMPRESSED = 200 * 1024 * 1024
 _MAX_RATIO = 200
 _MAX_ENTRIES = 5000  # a real DOCX has tens of parts, a few hundred with many images
-_MAX_XML_PART = 64 * 1024 * 1024  # document.xml of a 1,000-page report is ~20 MB
+# What lxml and python-docx hold in memory grows with the markup, not the file: a 16 MB
+# document.xml of short paragraphs took 460 MB and 30 s, and the former 64 MB per-part limit
+# (applied only to parts named .xml) allowed four times that. Word writes ~30 bytes per tag,
+# so for its output the byte limits bind; the tag limit binds on denser markup. At the tag
+# limit (160,000 one-line paragraphs) a parse took 130 MB above the process's own and 4 s on
+# one idle core; the parse timeout bounds the time on a loaded machine.
+_MAX_XML_PART = 32 * 1024 * 1024  # document.xml of a 1,000-page report is ~20 MB
+_MAX_XML_TOTAL = 48 * 1024 * 1024  # all the XML parts together: python-docx parses each
+_MAX_XML_TAGS = 1_000_000  # "<" in all the XML parts: ~30 MB of Word's usual markup
 _RATIO_MIN_SIZE = 1024 * 1024  # tiny parts compress absurdly well and harmlessly
 _DTD_MARKERS = tuple(
     marker.encode(codec)
     for marker in ("<!DOCTYPE", "<!ENTITY")
-    for codec in ("utf-8", "utf-16-le", "utf-16-be")
+    for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 )
 _EOCD = b"PK\x05\x06"
+_CONTENT_TYPES = "[Content_Types].xml"
 
 
 def _declared_entries(data: bytes) -> int | None:
@@ -70,22 +83,86 @@ def _check_zip(data: bytes) -> None:
                 raise LoadError(
                     "zip_bomb", f"{info.filename} expands {ratio:.0f}x; refused as a zip bomb"
                 )
-        if "word/document.xml" not in {i.filename for i in infos}:
+        names = {i.filename for i in infos}
+        if "word/document.xml" not in names:
             raise LoadError("corrupt_docx", "the archive has no word/document.xml")
+        if _CONTENT_TYPES not in names:
+            raise LoadError("corrupt_docx", f"the archive has no {_CONTENT_TYPES}")
+        budget = _XmlBudget()
+        # the content types first: they say which of the other parts are XML
+        types_info = next(i for i in reversed(infos) if i.filename == _CONTENT_TYPES)
+        types_xml = _scan_xml_part(zf, types_info, budget, keep=True)
+        is_xml = _xml_part_rule(types_xml)
         for info in infos:
-            if info.filename.endswith((".xml", ".rels")):
-                _scan_xml_part(zf, info)
+            if info is not types_info and is_xml(info.filename):
+                _scan_xml_part(zf, info, budget)
 
 
-def _scan_xml_part(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-    """Stream one part: size within limits, CRC valid (zipfile checks at EOF), and no DTD."""
+class _XmlBudget:
+    """What the XML parts of one archive have used of the byte and tag limits."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.tags = 0
+
+
+def _xml_part_rule(types_xml: bytes) -> Callable[[str], bool]:
+    """A predicate: will python-docx parse this archive member as XML?
+
+    python-docx reads ``[Content_Types].xml``, every ``.rels`` part and each part whose
+    content type (an Override for its name, else the Default for its extension, both
+    case-insensitive) maps to an XML part class. Conservatively, any member named .xml or
+    .rels in any case, and any member whose content type is XML (``.../xml``, ``...+xml``)
+    counts, images excepted: an SVG picture is never parsed, and often carries a DOCTYPE.
+    """
+    import docx  # noqa: F401  (importing it registers python-docx's part classes)
+    from docx.opc.part import PartFactory, XmlPart
+    from lxml import etree
+
+    registered = {ct for ct, cls in PartFactory.part_type_for.items() if issubclass(cls, XmlPart)}
+    # scanned already: no DTD, within the limits
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    with _docx_errors(f"{_CONTENT_TYPES} cannot be parsed"):
+        root = etree.fromstring(types_xml, parser)
+    defaults: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for el in root:
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag.endswith("}Default") or tag == "Default":
+            defaults[(el.get("Extension") or "").lower()] = el.get("ContentType") or ""
+        elif tag.endswith("}Override") or tag == "Override":
+            overrides[(el.get("PartName") or "").lower()] = el.get("ContentType") or ""
+
+    def is_xml(name: str) -> bool:
+        lower = name.lower()
+        if lower.endswith((".xml", ".rels")):
+            return True
+        ext = posixpath.splitext(lower)[1].lstrip(".")
+        ctype = (overrides.get("/" + lower) or defaults.get(ext) or "").strip().lower()
+        return ctype in registered or (ctype.endswith("xml") and not ctype.startswith("image/"))
+
+    return is_xml
+
+
+def _scan_xml_part(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _XmlBudget, *, keep: bool = False
+) -> bytes:
+    """Stream one part: size and markup within limits, CRC valid (zipfile checks at EOF), no
+    DTD. Returns the bytes when ``keep`` (the content types, which are parsed here)."""
     if info.file_size > _MAX_XML_PART:
         raise LoadError(
             "too_large",
             f"{info.filename} expands to {info.file_size / 1e6:.0f} MB; the limit is "
             f"{_MAX_XML_PART / 1e6:.0f} MB per XML part",
         )
+    if budget.bytes + info.file_size > _MAX_XML_TOTAL:
+        raise LoadError(
+            "too_large",
+            f"the XML parts expand to over {_MAX_XML_TOTAL / 1e6:.0f} MB together; that is "
+            "the limit per DOCX",
+        )
     tail = b""
+    kept: list[bytes] = []
     with zf.open(info) as fh:
         while chunk := fh.read(1 << 20):
             window = tail + chunk
@@ -95,7 +172,18 @@ def _scan_xml_part(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
                     f"{info.filename} declares a DTD or entities, which DOCX never needs "
                     "(entity expansion and external entities are refused)",
                 )
-            tail = window[-32:]
+            budget.bytes += len(chunk)
+            budget.tags += chunk.count(b"<")
+            if budget.tags > _MAX_XML_TAGS:
+                raise LoadError(
+                    "too_complex",
+                    f"over {_MAX_XML_TAGS:,} XML tags (at {info.filename}); that is the "
+                    "limit per DOCX",
+                )
+            if keep:
+                kept.append(chunk)
+            tail = window[-64:]  # the longest marker, in UTF-32, is 36 bytes
+    return b"".join(kept)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import LoadError
 from core.types import Block
-from ingest.loaders.metadata import clean
+from ingest.loaders.metadata import KNOWN_KEYS, clean, meant_as_metadata
 from ingest.loaders.text import decode
 
 if TYPE_CHECKING:
@@ -95,6 +95,33 @@ def _soup(text: str) -> BeautifulSoup:
             return BeautifulSoup(text, "html.parser")
 
 
+def _meta(soup: BeautifulSoup) -> dict[str, str]:
+    """clinrag's keys from ``<meta name=... content=...>`` (``issuing-body`` reads as
+    ``issuing_body``).
+
+    Other names are normal in a web page (viewport, description, DC.title) and are left out,
+    so that a page's hundreds of tags never become metadata on every chunk; but a name that
+    looks meant as one of ours (``restricted-role``, ``docid``, anything about roles) is a
+    ``bad_metadata`` error, as in front matter: dropping it could make the page public.
+    """
+    pairs: list[tuple[str, object]] = []
+    for tag in soup.find_all("meta"):
+        name = tag.get("name")
+        if not name:
+            continue
+        key = str(name).strip().lower().replace("-", "_")
+        if key in KNOWN_KEYS:
+            pairs.append((key, str(tag.get("content") or "").strip()))
+        elif meant_as_metadata(key):
+            raise LoadError(
+                "bad_metadata",
+                f"HTML <meta name={str(name)[:40]!r}> is not a key clinrag knows "
+                f"({', '.join(KNOWN_KEYS)}); correct the name, or rename it if it is not "
+                "meant for clinrag",
+            )
+    return clean(pairs, "HTML <meta>")
+
+
 def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], list[str]]:
     from bs4 import CData, Comment, NavigableString, Tag
 
@@ -112,6 +139,10 @@ def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], lis
         raise LoadError(
             "corrupt_html", f"the HTML cannot be parsed ({exc.__class__.__name__})"
         ) from exc
+    # Before anything is removed: a <meta> tag is never rendered, so "hidden" (or inside a
+    # <noscript> or <template>) says nothing about it, and a <meta name="restricted_roles"
+    # ... hidden> removed with the hidden elements made a restricted page public.
+    meta = _meta(soup)
     warnings: list[str] = []
     for tag in soup(_REMOVED):
         if not tag.decomposed:
@@ -135,14 +166,6 @@ def load_html(data: bytes) -> tuple[str | None, list[Block], dict[str, str], lis
         if not el.decomposed:
             el.decompose()
 
-    meta: dict[str, str] = {}
-    for tag in soup.find_all("meta"):
-        name, content = tag.get("name"), tag.get("content")
-        if name and content:
-            meta[str(name).lower().replace("-", "_")] = str(content)
-    # Only the known keys, length-checked, like front matter: every <meta> of a page would
-    # otherwise become metadata on every chunk (100,000 of them, in a hostile file).
-    meta = clean(meta, "HTML <meta>")
     title_tag = soup.find("title")
     title = title_tag.get_text(" ", strip=True) if title_tag else None
 

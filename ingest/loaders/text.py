@@ -129,7 +129,10 @@ def _is_heading(line: str, next_blank: bool) -> bool:
 
 
 def load_text(data: bytes) -> tuple[str | None, list[Block], dict[str, str]]:
-    lines = decode(data).splitlines()
+    # Front matter is read as in Markdown: a .txt with a restricted_roles block was ingested
+    # public, the block indexed as body text.
+    meta, body, _ = split_front_matter(decode(data))
+    lines = body.splitlines()
     blocks: list[Block] = []
     title: str | None = None
     section: tuple[str, ...] = ()
@@ -153,4 +156,4 @@ def load_text(data: bytes) -> tuple[str | None, list[Block], dict[str, str]]:
             continue
         buf.append(line)
     flush()
-    return title, blocks, {}
+    return meta.get("title") or title, blocks, meta

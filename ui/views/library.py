@@ -60,8 +60,12 @@ def _table(docs: list[dict[str, Any]]) -> None:
 def _upload(settings: Settings, user: User) -> None:
     st.subheader("Add documents")
     st.caption(
-        "PDF, HTML, Markdown, text or Word files. Metadata (issuing body, date, version, "
-        "supersedes) comes from Markdown front matter or a NAME.meta.json file uploaded with it."
+        "PDF, HTML, Markdown, text or Word files, names of up to "
+        f"{library.MAX_UPLOAD_NAME} characters. Metadata (issuing body, date, version, "
+        "supersedes, restricted roles) comes from front matter in Markdown and text files, "
+        "`<meta>` tags in HTML, or a NAME.meta.json file uploaded with the document (or on its "
+        "own, to change it). A file whose metadata has a mistake is refused, never added "
+        "without it."
     )
     # a new key after each ingest empties the uploader
     round_ = st.session_state.setdefault("upload_round", 0)
@@ -82,7 +86,10 @@ def _upload(settings: Settings, user: User) -> None:
 def _ingest(settings: Settings, user: User, files: list[Any]) -> None:
     try:
         paths = library.save_uploads(settings, actor(user), [(f.name, f.getvalue()) for f in files])
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # a name refused: the message names it and says what to do
+        st.error(md_escape(str(exc)))
+        return
+    except OSError as exc:
         st.error(md_escape(f"The files could not be saved: {exc}"))
         return
     progress = st.progress(0.0, text="Reading and indexing...")
