@@ -252,3 +252,11 @@ def test_ingest_names_the_file_and_its_reason(tmp_path: Path, settings: Settings
     finally:
         manifest.close()
     assert restricted_roles(doc["metadata"]) == {"pharmacist"}
+
+
+def test_a_value_that_looks_like_yaml_syntax_can_be_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "guide.md"
+    path.write_text("---\ntitle: [DRAFT] Tapering\n---\n" + BODY)
+    assert "in quotes" in refused(path).detail
+    path.write_text('---\ntitle: "[DRAFT] Tapering"\n---\n' + BODY)
+    assert load(path).title == "[DRAFT] Tapering"

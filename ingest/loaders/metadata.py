@@ -193,7 +193,7 @@ def _parse_block(lines: list[tuple[int, str]]) -> dict[str, str]:
             raise LoadError(
                 "bad_metadata",
                 f"{where}: '{key.strip()}' has a value clinrag cannot read ({_show(value)}); "
-                "write it on one line, or as a list [a, b]",
+                "write it on one line in quotes, or a list as [a, b]",
             )
         if value.startswith("["):
             pairs.append((key, [_unquote(v) for v in value[1:-1].split(",") if v.strip()]))
