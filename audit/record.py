@@ -442,16 +442,33 @@ class Recorder:
     def attribution(self, actor: Actor, answer_id: int, answer: Answer) -> int:
         if answer.attribution is None:
             raise ValueError("the answer carries no attribution to record")
+        sentences = [asdict(s) for s in answer.sentences]
+        if answer.mode != Mode.QUOTED and self._question_mode_of(answer_id) != "verbatim":
+            # The model's sentences are kept as the answer record kept them (redacted or
+            # hashed there, with the question's policy); only the library's own text stays.
+            recorded = self._answer_sentences(answer_id)
+            for i, sentence in enumerate(sentences):
+                sentence["text"] = recorded[i] if i < len(recorded) else ""
         payload: AttributionPayload = {
             "answer_id": int(answer_id),
             "attribution": answer.attribution,
             "faithfulness": answer.attribution.get("faithfulness"),
-            "sentences": [asdict(s) for s in answer.sentences],
+            "sentences": sentences,
             "citations": [
                 {"n": c.n, "doc_id": c.doc_id, "chunk_id": c.chunk_id} for c in answer.citations
             ],
         }
         return self._append(Event.ATTRIBUTION, actor, payload, "The attribution")
+
+    def _answer_sentences(self, answer_id: int) -> list[str]:
+        """The sentence texts of the answer record ``answer_id`` as it stored them."""
+        try:
+            record = self.log.get(int(answer_id))
+        except Exception:  # unreadable: keep nothing of the model's text
+            return []
+        if record is None or record.event != Event.ANSWER:
+            return []
+        return [str(s.get("text", "")) for s in record.payload.get("sentences") or []]
 
     def feedback(self, actor: Actor, answer_id: int, *, helpful: bool, comment: str) -> int:
         """A clinician's verdict on an answer; the comment is kept as that answer's question

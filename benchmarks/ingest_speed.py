@@ -55,12 +55,30 @@ DEFAULT_LIMIT = {"guidelines": 20, "pubmedqa": None}
 def _inputs(name: str, limit: int | None, work: Path) -> tuple[list[Path], dict[str, str]]:
     """Files for clinrag and {path: doc_id} (the recipe reads the same files)."""
     if name == "guidelines":
-        files = common.guideline_files(limit)
+        files = [_known_front_matter(p, work / "guidelines") for p in common.guideline_files(limit)]
         return files, {str(p): p.stem for p in files}
     rows = common.dataset(name).corpus
     rows = rows[:limit] if limit else rows
     path_to_doc = write_library(rows, work / "library", render=common.library_text)
     return [work / "library"], path_to_doc
+
+
+def _known_front_matter(path: Path, folder: Path) -> Path:
+    """A copy of a shared guideline without the site generator's keys (``id``,
+    ``permalink``): clinrag refuses metadata keys it does not know, so a typo can never
+    drop a restriction. Not timed; both systems read the copies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept, in_front = [], False
+    for i, line in enumerate(lines):
+        if line.strip() == "---":
+            in_front = i == 0
+        elif in_front and line.split(":", 1)[0].strip() in {"id", "permalink"}:
+            continue
+        kept.append(line)
+    copy = folder / path.name
+    copy.write_text("".join(kept), encoding="utf-8")
+    return copy
 
 
 def bench(name: str, limit: int | None, repeat: int, embeddings: Any) -> dict[str, Any]:

@@ -54,6 +54,9 @@ MANIFEST_DB = "manifest.sqlite"
 USERS_DB = "users.sqlite"
 UPLOADS_DIR = "uploads"
 KEY_FILE = "keys/audit.key"
+# The site key of the keyed question hashes: without it, hashes after a restore no longer
+# match equal questions asked before it.
+QUESTION_KEY_FILE = "keys/question.key"
 
 
 class MaintenanceError(ClinragError):
@@ -185,6 +188,8 @@ def backup(
         }
         if include_keys and settings.audit_key.is_file():
             write_private(dest / KEY_FILE, settings.audit_key.read_bytes())
+        if include_keys and settings.question_key.is_file():
+            write_private(dest / QUESTION_KEY_FILE, settings.question_key.read_bytes())
         summary["not_included"] = [
             "store/ (the vector index: restore rebuilds it from the manifest)",
             "models/ and cache/ (converted model and BM25 caches: rebuilt on first use)",
@@ -357,6 +362,8 @@ def restore(
             for copy, live in copies:
                 if copy.is_file():
                     write_private(live, copy.read_bytes())
+        if (src / QUESTION_KEY_FILE).is_file() and not settings.question_key.exists():
+            write_private(settings.question_key, (src / QUESTION_KEY_FILE).read_bytes())
         if meta.get("manifest"):
             _sqlite_restore(src / MANIFEST_DB, settings.manifest_path)
         if (src / USERS_DB).is_file():

@@ -267,6 +267,20 @@ def test_backup_and_restore_into_a_fresh_home(
         restore(target, dest, key=source.audit_key)
 
 
+def test_a_backup_with_keys_carries_the_question_hash_key(source: Settings, tmp_path: Path) -> None:
+    """Without the site key a restored home hashes questions with a new one, and equal
+    questions asked before and after the restore no longer match."""
+    from audit.log.redact import site_key
+
+    key = site_key(source.question_key)
+    dest = tmp_path / "backup"
+    backup(source, dest, include_keys=True)
+    target = source.model_copy(update={"home": tmp_path / "restored"})
+    restore(target, dest)
+    assert target.question_key.read_bytes() == key
+    assert oct(target.question_key.stat().st_mode & 0o777) == "0o600"
+
+
 def test_a_changed_backup_is_refused(source: Settings, tmp_path: Path) -> None:
     dest = tmp_path / "backup"
     backup(source, dest, include_keys=True)

@@ -337,11 +337,11 @@ def test_users_store_opens_a_database_made_by_the_old_code(settings: Settings) -
     assert old is not None and old.created_at == "2025-05-05T00:00:00+00:00"
     user = authenticate(settings, "carol", "a-long-password")
     assert user is not None and user.role == "clinician"
-    assert recorded(path) == ["001_users"]
+    assert recorded(path) == ["001_users", "002_must_change_password"]
 
 
 def test_users_store_new_database_records_its_migration(settings: Settings) -> None:
     from services.accounts import add_user, users_path
 
     add_user(settings, "dave", "a-long-password", "auditor")
-    assert recorded(users_path(settings)) == ["001_users"]
+    assert recorded(users_path(settings)) == ["001_users", "002_must_change_password"]

@@ -180,6 +180,30 @@ def test_hashed_mode_hashes_the_model_text_and_keeps_its_structure(settings: Set
     assert SURNAME not in _exports(settings).lower()
 
 
+def test_an_attribution_keeps_the_model_text_as_its_answer_record_did(
+    settings: Settings,
+) -> None:
+    """The attribution record repeats the answer's sentences: in hashed mode it used to store
+    them verbatim, beside an answer record that hashed them."""
+    question = f"What dose of warfarin for Mrs {SURNAME.title()}?"
+    text = f"Mrs {SURNAME.title()} should take 5 mg daily [1]."
+    configured = settings.model_copy(update={"audit_questions": "hashed"})
+    answer = _generated(question, text)
+    answer.attribution = {"method": "surrogate", "scores": [0.4], "faithfulness": None}
+    with Recorder.open(configured) as recorder:
+        seq = recorder.answer(
+            CLINICIAN, answer, settings=configured, index_version="1:abc", embedder=EMBEDDER
+        )
+        attributed = recorder.log.get(recorder.attribution(CLINICIAN, seq, answer))
+        recorded = recorder.log.get(seq)
+    assert attributed is not None and recorded is not None
+    assert SURNAME not in json.dumps(attributed.payload).lower()
+    assert [s["text"] for s in attributed.payload["sentences"]] == [
+        s["text"] for s in recorded.payload["sentences"]
+    ]
+    assert attributed.payload["sentences"][0]["support"] == 0.81
+
+
 def test_quoted_answers_keep_the_guideline_and_hide_the_draft(settings: Settings) -> None:
     question = f"What dose of warfarin for Mrs {SURNAME.title()}?"
     answer = _generated(question, f"{SURNAME.title()} takes 5 mg.", Mode.QUOTED)
