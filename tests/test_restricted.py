@@ -23,7 +23,7 @@ from core.errors import AccessDeniedError, ClinragError, NotFoundError
 from core.types import Actor
 from services import ask as asking
 from services import audit, library
-from tests.test_ui_fakes import PASSWORDS, ExtractiveLLM, build_library
+from tests.test_ui_fakes import PASSWORDS, ExtractiveLLM, attributing_assistant, build_library
 
 PUBLIC = "colorectal-cancer-screening"
 PUBLIC_TITLE = "Colorectal Cancer Screening in Adults (USPSTF 2021)"
@@ -91,25 +91,6 @@ def _settings(home: Path) -> Settings:
     return load_settings(env={"CLINRAG_HOME": str(home)})
 
 
-def _assistant(settings: Settings) -> Any:
-    from assistant.pipeline import Assistant
-
-    class Attributing(Assistant):
-        """The fake LLM, and an attribution stand-in that records source sentences' text."""
-
-        def attribute(self, answer: Any, method: str | None = None) -> Any:
-            sources = answer.source_sentences[:2]
-            answer.attribution = {
-                "method": "surrogate",
-                "scores": [0.8, 0.1][: len(sources)],
-                "sources": [{"index": s.index, "n": s.n, "text": s.text} for s in sources],
-                "faithfulness": None,
-            }
-            return answer
-
-    return Attributing(settings, llm=ExtractiveLLM())
-
-
 def _stored(home: Path, seq: int) -> Any:
     with open_log(_settings(home)) as log:
         return log.get(seq)
@@ -123,7 +104,7 @@ def _records(home: Path, event: str) -> list[Any]:
 def _memo_answer(home: Path) -> Any:
     """An admin's answer drawn from the admin-only memo, with its attribution recorded."""
     settings = _settings(home)
-    assistant = _assistant(settings)
+    assistant = attributing_assistant(settings)
     answer = asking.ask(assistant, ADMIN, MEMO_QUESTION)
     assert any(h.chunk.doc_id == MEMO for h in answer.hits)
     assert CANARY in json.dumps(_stored(home, answer.audit_id).payload)  # stored whole
@@ -396,9 +377,9 @@ def test_replay_needs_a_role_that_may_see_the_records_documents(home: Path) -> N
     seq = int(_memo_answer(home).audit_id)
     replays = len(_records(home, "replay"))
     with pytest.raises(AccessDeniedError, match=f"may not replay record {seq}.*{MEMO}"):
-        audit.replay(settings, AUDITOR, seq, assistant=_assistant(settings))
+        audit.replay(settings, AUDITOR, seq, assistant=attributing_assistant(settings))
     assert len(_records(home, "replay")) == replays  # refused before anything ran
-    report = audit.replay(settings, ADMIN, seq, assistant=_assistant(settings))
+    report = audit.replay(settings, ADMIN, seq, assistant=attributing_assistant(settings))
     assert report.unchanged and CANARY in report.replayed_answer
     replay = _records(home, "replay")[-1]
     assert CANARY in replay.payload["original_answer"]  # stored whole
@@ -414,7 +395,7 @@ def test_a_replay_drawing_on_newly_restricted_documents_is_withheld(home: Path) 
     from ingest.index import ingest
 
     settings = _settings(home)
-    seq = int(asking.ask(_assistant(settings), CLINICIAN, HTN_QUESTION).audit_id)
+    seq = int(asking.ask(attributing_assistant(settings), CLINICIAN, HTN_QUESTION).audit_id)
     assert "withheld" not in audit.get(settings, AUDITOR, seq).payload  # all public
     ward = home / "sources" / "ward-memo.md"
     ward.write_text(
@@ -423,7 +404,7 @@ def test_a_replay_drawing_on_newly_restricted_documents_is_withheld(home: Path) 
         "blood pressure.\n"
     )
     assert ingest([ward], settings, progress=False).count("added") == 1
-    report = audit.replay(settings, AUDITOR, seq, assistant=_assistant(settings))
+    report = audit.replay(settings, AUDITOR, seq, assistant=attributing_assistant(settings))
     assert "ward-memo" in report.documents  # the clinician's replay drew on it
     assert CANARY not in json.dumps(report.to_dict())
     assert report.replayed_answer.startswith(audit.WITHHELD)

@@ -19,7 +19,7 @@ from core.errors import AccessDeniedError
 from core.types import Actor, Mode
 from services import accounts, audit, backup, library
 from services import ask as asking
-from tests.test_ui_fakes import SAMPLES, ExtractiveLLM, build_library
+from tests.test_ui_fakes import SAMPLES, attributing_assistant, build_library
 from ui.cli.main import main
 
 HTN_QUESTION = "What blood pressure defines stage 1 hypertension?"
@@ -42,35 +42,17 @@ def home(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     copy = tmp_path / "home"
     shutil.copytree(built, copy)
     monkeypatch.setenv("CLINRAG_HOME", str(copy))
-    monkeypatch.setattr(asking, "open_assistant", _attributing_assistant)
+    monkeypatch.setattr(asking, "open_assistant", _attributing)
     return copy
+
+
+def _attributing(settings: Settings) -> Any:
+    faithfulness = {"k": 1, "top_k_drop": 1.2, "random_drop": 0.1, "flag_memory": False}
+    return attributing_assistant(settings, faithfulness)
 
 
 def _settings(home: Path) -> Settings:
     return load_settings(env={"CLINRAG_HOME": str(home)})
-
-
-def _attributing_assistant(settings: Settings) -> Any:
-    """The real Assistant with the fake LLM and an attribution stand-in (no log-probs)."""
-    from assistant.pipeline import Assistant
-
-    class Attributing(Assistant):
-        def attribute(self, answer: Any, method: str | None = None) -> Any:
-            sources = answer.source_sentences[:2]
-            answer.attribution = {
-                "method": "surrogate",
-                "scores": [0.8, 0.1][: len(sources)],
-                "sources": [{"index": s.index, "n": s.n, "text": s.text} for s in sources],
-                "faithfulness": {
-                    "k": 1,
-                    "top_k_drop": 1.2,
-                    "random_drop": 0.1,
-                    "flag_memory": False,
-                },
-            }
-            return answer
-
-    return Attributing(settings, llm=ExtractiveLLM())
 
 
 def _records(home: Path, event: str) -> list[Any]:

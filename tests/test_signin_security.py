@@ -17,7 +17,6 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from audit.record import Recorder
 from audit.record import open_log as audit_log
 from core.config import Settings
 from core.errors import ModelUnavailableError
@@ -34,29 +33,14 @@ from services.accounts import (
     sso_sign_in,
     users_path,
 )
+from tests.test_ui_fakes import MemoryRecorder
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "ui" / "app.py")
 ISSUER = "https://login.hospital.example/tenant-1/v2.0"
 
 
-class _Appended:
-    seq = 1
-
-
-class Events(Recorder):
-    """A recorder whose log keeps the appended events in memory (thread-safe: list.append)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, str, dict[str, Any]]] = []
-        super().__init__(self)  # type: ignore[arg-type]
-
-    def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> _Appended:
-        self.seen.append((event, user, role, payload))
-        return _Appended()
-
-    def reasons(self) -> list[str | None]:
-        return [payload.get("reason") for _, _, _, payload in self.seen]
+Events = MemoryRecorder
 
 
 # ------------------------------------------------------------------ 1. lock-out under load

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, build_library
+from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, attributing_assistant, build_library
 
 from audit.record import open_log as audit_log
 from core.config import load_settings
@@ -326,25 +326,7 @@ def test_document_text_is_escaped_not_rendered(home: Path) -> None:
 
 
 def _attributing_assistant(settings: Any) -> Any:
-    """The real Assistant with the fake LLM, and an attribution stand-in (no log-probs)."""
-    from assistant.pipeline import Assistant
-
-    class Attributing(Assistant):
-        def attribute(self, answer: Any, method: str | None = None) -> Any:
-            sources = answer.source_sentences[:3]
-            answer.attribution = {
-                "method": "surrogate",
-                "scores": [0.9, 0.1, -0.2][: len(sources)],
-                "per_sentence": [[0.9, 0.1, -0.2][: len(sources)]],
-                "sources": [
-                    {"index": s.index, "n": s.n, "chunk_id": s.chunk_id, "text": s.text}
-                    for s in sources
-                ],
-                "faithfulness": {"top_k_drop": 1.5, "random_drop": 0.2},
-            }
-            return answer
-
-    return Attributing(settings, llm=ExtractiveLLM())
+    return attributing_assistant(settings, {"top_k_drop": 1.5, "random_drop": 0.2})
 
 
 def test_attribution_is_offered_after_the_answer_and_recorded(

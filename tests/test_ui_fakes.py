@@ -11,7 +11,9 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from audit.record import Recorder
 from core.types import ModelInfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,3 +109,46 @@ def test_extractive_answer_cites_the_matching_sentence() -> None:
     ]
     assert extractive_answer(messages) == "Stage 1 hypertension: systolic 130 to 139 [2]."
     assert "do not answer" in extractive_answer(messages[:1] + [{"content": "Question: zzz"}])
+
+
+def attributing_assistant(settings: Any, faithfulness: dict[str, Any] | None = None) -> Any:
+    """The real Assistant with the fake LLM, and an attribution stand-in (no log-probs) that
+    credits the first source sentences, so attribution paths run without the model."""
+    from assistant.pipeline import Assistant
+
+    class Attributing(Assistant):
+        def attribute(self, answer: Any, method: str | None = None) -> Any:
+            sources = answer.source_sentences[:3]
+            scores = [0.9, 0.1, -0.2][: len(sources)]
+            answer.attribution = {
+                "method": "surrogate",
+                "scores": scores,
+                "per_sentence": [scores],
+                "sources": [
+                    {"index": s.index, "n": s.n, "chunk_id": s.chunk_id, "text": s.text}
+                    for s in sources
+                ],
+                "faithfulness": faithfulness,
+            }
+            return answer
+
+    return Attributing(settings, llm=ExtractiveLLM())
+
+
+class _Appended:
+    seq = 1
+
+
+class MemoryRecorder(Recorder):
+    """A recorder whose log keeps the appended events in memory (thread-safe: list.append)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, dict[str, Any]]] = []
+        super().__init__(self)  # type: ignore[arg-type]
+
+    def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> _Appended:
+        self.seen.append((event, user, role, payload))
+        return _Appended()
+
+    def reasons(self) -> list[str | None]:
+        return [payload.get("reason") for _, _, _, payload in self.seen]

@@ -26,23 +26,10 @@ from services.accounts import (
     list_users,
     users_path,
 )
+from tests.test_ui_fakes import MemoryRecorder
 from ui.cli.users import add_parser, users_command
 
-
-class _Appended:
-    seq = 1
-
-
-class Events(Recorder):
-    """A recorder whose log keeps the appended events in memory."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, str, dict[str, Any]]] = []
-        super().__init__(self)  # type: ignore[arg-type]
-
-    def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> _Appended:
-        self.seen.append((event, user, role, payload))
-        return _Appended()
+Events = MemoryRecorder
 
 
 def test_users_file_is_owner_only_and_stores_argon2_hashes(settings: Settings) -> None:

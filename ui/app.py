@@ -8,7 +8,6 @@ Library (admins), Audit (auditors, admins).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,10 +21,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import streamlit as st
 
 from core.errors import ClinragError
-from core.types import Actor
-from services import accounts
 from ui.render import md_escape
-from ui.session import allowed_pages, current_user, get_settings, sign_out
+from ui.session import allowed_pages, current_user, get_settings, sign_out_recorded
 from ui.views import ask, audit, library, signin
 
 if TYPE_CHECKING:
@@ -69,11 +66,7 @@ def main() -> None:
         st.markdown(f"Signed in as **{md_escape(user.username)}** ({user.role})")
         page = st.radio("Page", pages, key="page")
         if st.button("Sign out", key="signout"):
-            try:
-                accounts.sign_out(settings, Actor(user.username, user.role))
-            except Exception:  # signing out must always work; the log says why it failed
-                logging.getLogger("clinrag.ui").exception("logout event not recorded")
-            sign_out()
+            sign_out_recorded(settings, user)
             st.rerun()
         st.caption(
             "Answers come only from the hospital's guideline library and are checked against "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -14,6 +15,7 @@ import streamlit as st
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
 from core.types import Actor
+from services import accounts
 from services.access import Operation, allowed
 from services.accounts import User, ensure_admin, get_user
 from services.ask import open_assistant
@@ -132,6 +134,16 @@ def sign_out() -> None:
     if single_sign_on:
         # the provider's session cookie would sign the user straight back in
         st.logout()
+
+
+def sign_out_recorded(settings: Settings, user: User) -> None:
+    """Record the sign-out, then end the session; signing out works even if the log fails
+    (the server log says why the event is missing)."""
+    try:
+        accounts.sign_out(settings, actor(user))
+    except Exception:
+        logging.getLogger("clinrag.ui").exception("logout event not recorded")
+    sign_out()
 
 
 def current_user(settings: Settings) -> User | None:

@@ -10,7 +10,6 @@ An account whose password was generated (the first ``admin``) is shown only
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import streamlit as st
@@ -20,7 +19,7 @@ from core.types import Actor
 from services import accounts
 from services.accounts import User, UserError
 from ui.render import md_escape
-from ui.session import sign_in, sign_out
+from ui.session import sign_in, sign_out_recorded
 
 
 def sso_claims() -> dict[str, Any] | None:
@@ -114,11 +113,7 @@ def change_password(settings: Settings, user: User) -> None:
         again = st.text_input("New password again", type="password", key="new_password_again")
         submitted = st.form_submit_button("Set password", type="primary", key="set_password")
     if st.button("Sign out", key="must_change_signout"):
-        try:
-            accounts.sign_out(settings, Actor(user.username, user.role))
-        except Exception:  # signing out must always work; the log says why it failed
-            logging.getLogger("clinrag.ui").exception("logout event not recorded")
-        sign_out()
+        sign_out_recorded(settings, user)
         st.rerun()
     if not submitted:
         return
