@@ -189,13 +189,11 @@ class Assistant:
 
 
 def _nearest_documents(hits: list[Hit]) -> list[dict[str, Any]]:
-    seen: dict[str, dict[str, Any]] = {}
+    """The retrieved documents, most relevant first, each at its best passage's cosine."""
+    best: dict[str, dict[str, Any]] = {}
     for h in hits:
         c = h.chunk
-        if c.doc_id not in seen:
-            seen[c.doc_id] = {
-                "doc_id": c.doc_id,
-                "title": c.title,
-                "relevance": round(h.dense_score or 0.0, 4),
-            }
-    return list(seen.values())
+        relevance = round(h.dense_score or 0.0, 4)
+        if c.doc_id not in best or relevance > best[c.doc_id]["relevance"]:
+            best[c.doc_id] = {"doc_id": c.doc_id, "title": c.title, "relevance": relevance}
+    return sorted(best.values(), key=lambda d: -d["relevance"])

@@ -435,7 +435,8 @@ def generate_password() -> str:
 
 
 def ensure_admin(settings: Settings, password: str | None = None) -> str | None:
-    """On first run (no accounts at all) create ``admin``.
+    """Create ``admin`` whenever no active administrator exists (first run, or accounts added
+    with the CLI before the app first started: otherwise nobody could ever manage the app).
 
     Uses ``password`` when given (the app passes ``$CLINRAG_ADMIN_PASSWORD``), otherwise a
     generated one, which is returned so the caller can print it once. Returns None when
@@ -448,8 +449,12 @@ def ensure_admin(settings: Settings, password: str | None = None) -> str | None:
     passwd admin``).
     """
     with _db(settings) as conn:
-        if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+        if conn.execute(
+            "SELECT 1 FROM users WHERE role = 'admin' AND disabled = 0 LIMIT 1"
+        ).fetchone():
             return None
+        if conn.execute("SELECT 1 FROM users WHERE username = ?", (ADMIN_USERNAME,)).fetchone():
+            return None  # a disabled or demoted ``admin``: an administrator's decision, kept
     generated = None if password else generate_password()
     try:
         add_user(

@@ -209,3 +209,14 @@ def test_supersedes_is_read_one_way_by_retrieval_and_the_app(tmp_path: Path) -> 
     docs = library.documents(settings, CLINICIAN)
     warnings = library.currency_warnings("colorectal-cancer-screening-2016", docs)
     assert any(w.startswith("Superseded by") for w in warnings)
+
+
+def test_the_cli_prints_only_the_checked_answer_on_stdout(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect (issue 19): the unchecked draft streamed to stdout, unlabelled, before the
+    checked answer; a script reading stdout took the draft for the answer."""
+    assert main(["ask", HTN_QUESTION]) == 0
+    out, err = capsys.readouterr()
+    assert out.lstrip().startswith("ANSWER (checked against the sources):"), out[:200]
+    assert "Generating (unverified" in err and "Stage 1 hypertension" in err

@@ -223,3 +223,14 @@ def test_users_add_sso_from_the_cli(settings: Settings, capsys: pytest.CaptureFi
         "new_role": "clinician",
         "sso_only": True,
     }
+
+
+def test_an_admin_is_created_when_accounts_exist_but_none_is_an_admin(settings: Settings) -> None:
+    """Defect (issue 19): adding a user with the CLI before the app's first start meant no
+    administrator was ever created, so nobody could manage the app."""
+    add_user(settings, "carol", "a-long-password", "clinician")
+    generated = ensure_admin(settings)
+    assert generated is not None
+    admin = get_user(settings, "admin")
+    assert admin is not None and admin.role == "admin"
+    assert ensure_admin(settings) is None  # an active administrator exists now

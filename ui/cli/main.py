@@ -232,14 +232,16 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
     assistant = ask.open_assistant(settings)
     assistant.warm_up()
-    stream = None if args.json else (lambda t: print(t, end="", flush=True))
+    # The draft is unchecked: it streams to stderr, so stdout carries only the checked answer
+    # (what a script or a pipe takes as clinrag's answer).
+    stream = None if args.json else (lambda t: print(t, end="", file=sys.stderr, flush=True))
     if stream:
         print("Generating (unverified until checked against the sources)...", file=sys.stderr)
     actor = Actor(args.user or settings.user, args.role or settings.role)
     # The answer is recorded (and only then shown); attribution follows as its own record.
     answer = ask.ask(assistant, actor, args.question, k=args.k, on_token=stream)
     if not args.json:
-        print("\n")
+        print("\n", file=sys.stderr)
         print_answer(answer)
     if settings.attribution != "off" and not answer.abstained:
         if not args.json:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.config import Settings
 from core.errors import ClinragError
-from core.types import Actor, Answer, Chunk, Mode
+from core.types import Actor, Answer, Chunk, Hit, Mode
 from services import ask as asking
 from services import library
 from services.accounts import User
@@ -131,15 +131,7 @@ def _render_answer(
                     st.text(s.text)
 
     hits = answer.hits or []
-    warnings: list[str] = []
-    for n in numbers:
-        if 0 < n <= len(hits):
-            chunk = hits[n - 1].chunk
-            for w in library.currency_warnings(
-                chunk.doc_id, docs, title=chunk.title, metadata=chunk.metadata, roles=[who.role]
-            ):
-                warnings.append(f"[{n}] {chunk.title}: {w}")
-    for w in warnings:
+    for w in _currency_lines(hits, numbers, docs, who.role):
         st.warning(md_escape(w), icon=":material/history:")
 
     if numbers:
@@ -164,6 +156,29 @@ def _render_answer(
 
     if answer.audit_id is not None:
         st.caption(f"Audit record {int(answer.audit_id)}")
+
+
+def _currency_lines(
+    hits: list[Hit], numbers: list[int], docs: list[dict[str, Any]], role: str
+) -> list[str]:
+    """One line per cited document and warning, naming every source number that cites it
+    (several passages of one outdated guideline used to repeat its warning per passage)."""
+    cited: dict[str, list[int]] = {}
+    chunks: dict[str, Chunk] = {}
+    for n in numbers:
+        if 0 < n <= len(hits):
+            chunk = hits[n - 1].chunk
+            cited.setdefault(chunk.doc_id, []).append(n)
+            chunks.setdefault(chunk.doc_id, chunk)
+    lines = []
+    for doc_id, ns in cited.items():
+        chunk = chunks[doc_id]
+        marks = ", ".join(str(n) for n in sorted(set(ns)))
+        for w in library.currency_warnings(
+            doc_id, docs, title=chunk.title, metadata=chunk.metadata, roles=[role]
+        ):
+            lines.append(f"[{marks}] {chunk.title}: {w}")
+    return lines
 
 
 def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i: int) -> None:
