@@ -220,3 +220,24 @@ def test_the_cli_prints_only_the_checked_answer_on_stdout(
     out, err = capsys.readouterr()
     assert out.lstrip().startswith("ANSWER (checked against the sources):"), out[:200]
     assert "Generating (unverified" in err and "Stage 1 hypertension" in err
+
+
+def test_sources_never_cut_a_title_mid_word_and_audit_help_names_every_command(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defects (issue 19): `clinrag sources` cut titles mid-word; `clinrag audit --help`
+    described only verify and replay."""
+    assert main(["sources"]) == 0
+    titles = {d["doc_id"]: d["title"] for d in library.documents(_settings(home), ADMIN)}
+    for line in capsys.readouterr().out.splitlines():
+        doc_id, shown = line.split()[0], line.split("chunks", 1)[1].strip()
+        shown = shown.split("  (", 1)[0]  # the issuing body and date follow the title
+        words = shown.removesuffix("[...]").split()
+        assert words == titles[doc_id].split()[: len(words)], line
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    usage = capsys.readouterr().out
+    for command in ("verify", "list", "show", "export", "replay"):
+        assert f"    {command}" in usage
+        line = next(x for x in usage.splitlines() if x.strip().startswith(command + " "))
+        assert len(line.split(None, 1)) == 2, line  # a description beside the name

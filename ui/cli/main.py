@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from textwrap import shorten
 from typing import Any
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
@@ -65,16 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="a file of witnessed heads to check against (repeatable; syslog exports work)",
     )
-    lst = asub.add_parser("list")
+    lst = asub.add_parser("list", help="list records (filters: --since, --user, --event)")
     lst.add_argument("--since", help="ISO date or time, e.g. 2026-11-01")
     lst.add_argument("--user")
     lst.add_argument("--event")
     lst.add_argument("--limit", type=int)
     lst.add_argument("--json", action="store_true")
-    show = asub.add_parser("show")
+    show = asub.add_parser("show", help="one record in full, as JSON")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
-    exp = asub.add_parser("export")
+    exp = asub.add_parser(
+        "export", help="export records as FHIR, CSV or JSONL (recorded before it is written)"
+    )
     exp.add_argument("--format", choices=["fhir", "csv", "jsonl"], default="jsonl")
     exp.add_argument("--output", type=Path, help="file to write (default stdout)")
     exp.add_argument("--since")
@@ -178,7 +181,7 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
         meta = d["metadata"]
         extra = ", ".join(x for x in (meta.get("issuing_body"), meta.get("publication_date")) if x)
         print(
-            f"{d['doc_id']:45} {d['n_chunks']:4} chunks  {d['title'][:60]}"
+            f"{d['doc_id']:45} {d['n_chunks']:4} chunks  {shorten(d['title'], 60)}"
             + (f"  ({extra})" if extra else "")
         )
     return 0
