@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/clinrag ingest data_samples --if-empty
-	# First start creates `admin` (password from CLINRAG_ADMIN_PASSWORD, or printed once).
+	# `admin` (password from CLINRAG_ADMIN_PASSWORD, or generated and printed here, once)
+	$(VENV)/bin/clinrag users ensure-admin
 	$(VENV)/bin/streamlit run ui/app.py --server.port 8501 --server.headless true \
 		--browser.gatherUsageStats false
 

@@ -36,6 +36,8 @@ from core.types import Actor
 from services.access import ROLES, Operation, require
 
 ADMIN_USERNAME = "admin"
+# The first administrator's password, when the operator supplies it (not a settings field).
+ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024

@@ -234,3 +234,19 @@ def test_an_admin_is_created_when_accounts_exist_but_none_is_an_admin(settings: 
     admin = get_user(settings, "admin")
     assert admin is not None and admin.role == "admin"
     assert ensure_admin(settings) is None  # an active administrator exists now
+
+
+def test_ensure_admin_from_the_cli_prints_the_generated_password_once(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect (issue 19): the first admin's password was printed only when the first browser
+    opened the app, on the server console; `make run` now creates it before the app starts."""
+    monkeypatch.delenv("CLINRAG_ADMIN_PASSWORD", raising=False)
+    assert users_command(_cli(["users", "ensure-admin"]), settings) == 0
+    first = capsys.readouterr().out
+    assert "Created user 'admin'" in first
+    password = first.split("password: ", 1)[1].split()[0]
+    user = authenticate(settings, "admin", password)
+    assert user is not None and user.must_change_password
+    assert users_command(_cli(["users", "ensure-admin"]), settings) == 0
+    assert "nothing to do" in capsys.readouterr().out

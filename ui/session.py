@@ -17,14 +17,13 @@ from core.config import Settings, apply_offline_environment, ensure_home, load_s
 from core.types import Actor
 from services import accounts
 from services.access import Operation, allowed
-from services.accounts import User, ensure_admin, get_user
+from services.accounts import ADMIN_PASSWORD_ENV, User, ensure_admin, get_user
 from services.ask import open_assistant
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
 
 # Environment variables the app reads itself; they are not settings fields.
-ADMIN_PASSWORD_ENV = "CLINRAG_ADMIN_PASSWORD"
 _UI_ENV = {ADMIN_PASSWORD_ENV}
 # A session that does nothing for this long is signed out.
 IDLE_TIMEOUT_MINUTES = 30

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -15,7 +16,7 @@ from core.config import Settings
 from core.errors import NotFoundError
 from services import accounts
 from services.access import ROLES, operator
-from services.accounts import UserError, check_password
+from services.accounts import ADMIN_PASSWORD_ENV, UserError, check_password
 
 
 def add_parser(
@@ -24,6 +25,11 @@ def add_parser(
     """Register ``users`` and its sub-commands on the CLI's top-level subparsers."""
     users = subparsers.add_parser("users", help="manage the app's sign-in accounts")
     usub = users.add_subparsers(dest="users_command", required=True)
+    usub.add_parser(
+        "ensure-admin",
+        help="create 'admin' when no active administrator exists (password from "
+        "CLINRAG_ADMIN_PASSWORD, or generated and printed once); make run does this first",
+    )
     add = usub.add_parser("add", help="create an account")
     add.add_argument("username")
     add.add_argument("--role", choices=ROLES, required=True)
@@ -71,6 +77,19 @@ def users_command(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     actor = operator(settings.user)
     command = args.users_command
+    if command == "ensure-admin":
+        given = os.environ.get(ADMIN_PASSWORD_ENV) or None
+        generated = accounts.ensure_admin(settings, given)
+        if generated:
+            print(
+                f"Created user 'admin' in {settings.home} with password: {generated}\n"
+                "Sign in at the app and choose a new password (it is asked for at once)."
+            )
+        elif given and accounts.get_user(settings, accounts.ADMIN_USERNAME) is not None:
+            print("The 'admin' account exists (password from CLINRAG_ADMIN_PASSWORD or as set).")
+        else:
+            print("An administrator account exists; nothing to do.")
+        return 0
     if command == "list":
         users = accounts.accounts(settings, actor)
         if getattr(args, "json", False):
