@@ -81,7 +81,7 @@ class Assistant:
         # other filters the caller chose.
         filters = replace(filters or Filters(), roles=(role,))
         if record:
-            self._check_audit_writable()
+            self.recorder.check_writable()
             self._check_rate(user)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -157,9 +157,6 @@ class Assistant:
         return attribute_answer(answer, self.llm, self.settings, self.embed, method)
 
     # audit
-    def _check_audit_writable(self) -> None:
-        self.recorder.check_writable()
-
     def _check_rate(self, user: str) -> None:
         # Counted from the audit log itself, so the limit holds across processes and restarts.
         since = datetime.now(UTC) - timedelta(minutes=1)
@@ -170,7 +167,7 @@ class Assistant:
                 f"{self.settings.questions_per_minute}. Wait a minute and ask again."
             )
 
-    def record(self, answer: Answer, *, user: str, role: str, top_k: int | None = None) -> int:
+    def record(self, answer: Answer, *, user: str, role: str) -> int:
         index = self.retriever.index
         return self.recorder.answer(
             Actor(user, role),
@@ -178,14 +175,7 @@ class Assistant:
             settings=self.settings,
             index_version=index.version,
             embedder=index.embedder.info,
-            top_k=top_k,
         )
-
-    def record_attribution(self, answer: Answer, *, user: str, role: str) -> int:
-        """Append attribution computed after the answer was shown, linked to its record."""
-        if answer.audit_id is None:
-            raise ValueError("record the answer before its attribution")
-        return self.recorder.attribution(Actor(user, role), answer.audit_id, answer)
 
 
 def _nearest_documents(hits: list[Hit]) -> list[dict[str, Any]]:

@@ -443,10 +443,12 @@ class Recorder:
         if answer.attribution is None:
             raise ValueError("the answer carries no attribution to record")
         sentences = [asdict(s) for s in answer.sentences]
-        if answer.mode != Mode.QUOTED and self._question_mode_of(answer_id) != "verbatim":
+        record = self._answer_record(answer_id)
+        if answer.mode != Mode.QUOTED and _question_mode(record) != "verbatim":
             # The model's sentences are kept as the answer record kept them (redacted or
             # hashed there, with the question's policy); only the library's own text stays.
-            recorded = self._answer_sentences(answer_id)
+            stored = (record.payload.get("sentences") or []) if record is not None else []
+            recorded = [str(s.get("text", "")) for s in stored]
             for i, sentence in enumerate(sentences):
                 sentence["text"] = recorded[i] if i < len(recorded) else ""
         payload: AttributionPayload = {
@@ -460,15 +462,13 @@ class Recorder:
         }
         return self._append(Event.ATTRIBUTION, actor, payload, "The attribution")
 
-    def _answer_sentences(self, answer_id: int) -> list[str]:
-        """The sentence texts of the answer record ``answer_id`` as it stored them."""
+    def _answer_record(self, answer_id: int) -> Record | None:
+        """The answer record ``answer_id``; None when there is none or it cannot be read."""
         try:
             record = self.log.get(int(answer_id))
-        except Exception:  # unreadable: keep nothing of the model's text
-            return []
-        if record is None or record.event != Event.ANSWER:
-            return []
-        return [str(s.get("text", "")) for s in record.payload.get("sentences") or []]
+        except Exception:  # unreadable: callers keep as little as possible, never fail
+            return None
+        return record if record is not None and record.event == Event.ANSWER else None
 
     def feedback(self, actor: Actor, answer_id: int, *, helpful: bool, comment: str) -> int:
         """A clinician's verdict on an answer; the comment is kept as that answer's question
@@ -478,7 +478,7 @@ class Recorder:
             "helpful": bool(helpful),
             "comment": comment,
         }
-        mode = self._question_mode_of(answer_id)
+        mode = _question_mode(self._answer_record(answer_id))
         if mode == "redacted":
             payload["comment"] = redact(comment)
         elif mode != "verbatim" and comment:
@@ -486,18 +486,6 @@ class Recorder:
             payload["comment"] = ""
             payload["comment_chars"] = len(comment)
         return self._append(Event.FEEDBACK, actor, payload, "The feedback")
-
-    def _question_mode_of(self, answer_id: int) -> str:
-        """The ``question_mode`` the answer ``answer_id`` was recorded under; ``hashed`` (the
-        strictest) when there is no such answer or it cannot be read."""
-        try:
-            record = self.log.get(int(answer_id))
-        except Exception:  # unreadable: keep as little as possible, never fail the feedback
-            return "hashed"
-        if record is None or record.event != Event.ANSWER:
-            return "hashed"
-        # records written before the modes existed stored the question verbatim
-        return str(record.payload.get("question_mode", "verbatim"))
 
     def replay(
         self,
@@ -690,6 +678,15 @@ class Recorder:
 
 # ------------------------------------------------------------------ what an answer record
 # may say about its question (Recorder.answer)
+
+
+def _question_mode(answer: Record | None) -> str:
+    """The ``question_mode`` an answer record was written under; ``hashed`` (the strictest)
+    when there is no such record."""
+    if answer is None:
+        return "hashed"
+    # records written before the modes existed stored the question verbatim
+    return str(answer.payload.get("question_mode", "verbatim"))
 
 
 def _protect_question_derived(

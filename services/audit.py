@@ -435,8 +435,3 @@ def replay(
             replayed_answer=report.replayed_answer,
         )
     return report
-
-
-def linked_answer(record: Record) -> int | None:
-    """The answer record an attribution, feedback or replay record points at."""
-    return answer_link(record.payload)

@@ -418,13 +418,7 @@ def add(
 
 def is_empty(settings: Settings) -> bool:
     """Whether the library holds no document (the first start ingests the samples then)."""
-    if not settings.manifest_path.is_file():
-        return True
-    manifest = Manifest(settings.manifest_path)
-    try:
-        return not manifest.documents()
-    finally:
-        manifest.close()
+    return not manifest_documents(settings)
 
 
 def remove(settings: Settings, actor: Actor, doc_id: str, *, index: Index | None = None) -> bool:

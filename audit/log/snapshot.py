@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+from audit.log.database import open_read_only
 
 
 def head_of_copy(db_path: Path) -> tuple[int, str | None]:
@@ -12,7 +13,7 @@ def head_of_copy(db_path: Path) -> tuple[int, str | None]:
     :class:`~audit.log.AuditLog` would switch the file to WAL mode on first read, changing a
     backup after its sha256 was taken.
     """
-    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    conn = open_read_only(Path(db_path))
     try:
         row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
     finally:
