@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.text import content_tokens, sentence_spans, split_sentences
-from core.types import AnswerSentence, Citation, Evidence, Hit, SourceSentence
+from core.types import AnswerSentence, Citation, Evidence, Hit, Origin, SourceSentence
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -214,7 +214,7 @@ def _is_bibliographic(hit: Hit, sentence: str) -> bool:
 def quote_answer(evidence: Sequence[Evidence], hits: Sequence[Hit], limit: int = 2) -> Alignment:
     """An answer made of the guideline's own sentences, each cited: supported by construction."""
     chosen = list(evidence[:limit])
-    sentences = [AnswerSentence(e.text, [e.n], True, 1.0) for e in chosen]
+    sentences = [AnswerSentence(e.text, [e.n], True, 1.0, origin=Origin.QUOTE) for e in chosen]
     cited = sorted({e.n for e in chosen})
     citations = [_citation(hits[n - 1], n) for n in cited]
     return Alignment(sentences, citations, chosen, np.zeros((len(chosen), 0)))

@@ -35,7 +35,7 @@ from audit.log.redact import (
 )
 from core.config import Settings, answer_settings
 from core.errors import AuditError
-from core.types import Actor, Answer, EmbedderInfo, Hit, Mode
+from core.types import Actor, Answer, EmbedderInfo, Hit, Mode, Origin
 
 if TYPE_CHECKING:
     from audit.log import AuditLog, Record, VerifyResult
@@ -98,6 +98,9 @@ class AnswerPayload(TypedDict, total=False):
     generated_text: str | None
     sentences: list[dict[str, Any]]
     unverified_sentences: list[dict[str, Any]]
+    decision: dict[str, Any] | None
+    resolved_question: str | None
+    parent_id: int | None
     citations: list[dict[str, Any]]
     evidence: list[dict[str, Any]]
     retrieved: list[RetrievedPayload]
@@ -315,6 +318,9 @@ def answer_payload(
         "generated_text": gen.text if gen else None,
         "sentences": [asdict(s) for s in answer.sentences],
         "unverified_sentences": [asdict(s) for s in answer.unverified],
+        "decision": asdict(answer.decision) if answer.decision else None,
+        "resolved_question": answer.resolved_question,
+        "parent_id": answer.parent_id,
         "citations": [
             {k: v for k, v in asdict(c).items() if k not in {"text", "metadata"}}
             | {"content_hash": by_chunk[c.chunk_id].chunk.content_hash}
@@ -712,11 +718,17 @@ def _protect_question_derived(
         payload["abstain_reason"] = protect_words(str(payload["abstain_reason"]), question, mode)
     if payload.get("generated_text") is not None:
         payload["generated_text"] = text(str(payload["generated_text"]))
-    if answer.mode == Mode.GENERATED:
+    if payload.get("resolved_question"):
+        payload["resolved_question"] = text(str(payload["resolved_question"]))
+    if answer.mode in (Mode.GENERATED, Mode.COMBINED):
         payload["answer"] = text(payload["answer"])
-    # quoted answers' sentences are the guideline's; every other answer's are the model's
-    if answer.mode != Mode.QUOTED:
-        payload["sentences"] = [s | {"text": text(s["text"])} for s in payload["sentences"]]
+    # quoted sentences are the guideline's; the model's are protected like the question
+    payload["sentences"] = [
+        s
+        if s.get("origin") == Origin.QUOTE or answer.mode == Mode.QUOTED
+        else s | {"text": text(s["text"])}
+        for s in payload["sentences"]
+    ]
     payload["unverified_sentences"] = [
         s | {"text": text(s["text"])} for s in payload["unverified_sentences"]
     ]

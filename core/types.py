@@ -107,6 +107,13 @@ class SourceSentence:
     text: str
 
 
+class Origin(StrEnum):
+    """Who wrote an answer sentence."""
+
+    MODEL = "model"  # the model's wording, verified against its evidence
+    QUOTE = "quote"  # a guideline sentence, quoted verbatim
+
+
 @dataclass
 class AnswerSentence:
     text: str
@@ -114,6 +121,10 @@ class AnswerSentence:
     supported: bool
     support: float
     evidence: list[int] = field(default_factory=list)  # SourceSentence indices
+    origin: Origin = Origin.MODEL
+    # why verification refused the sentence ("negation: ...", "number 45 not in evidence"),
+    # empty when supported
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +157,25 @@ class Mode(StrEnum):
     GENERATED = "generated"  # the model's sentences, each verified against the sources and cited
     QUOTED = "quoted"  # the model's wording failed verification: guideline sentences quoted
     ABSTAINED = "abstained"  # no answer: the library does not support one
+    # the model's verified sentences kept, what they leave out completed with quotes
+    COMBINED = "combined"
+
+
+class DecisionLabel(StrEnum):
+    YES = "yes"
+    NO = "no"
+    UNCERTAIN = "uncertain"
+
+
+@dataclass
+class Decision:
+    """The answer to a yes/no question, decided from the verified evidence only."""
+
+    label: DecisionLabel
+    # the probability of each option given only the evidence (the method's own scale)
+    probabilities: dict[str, float]
+    evidence: list[int]  # SourceSentence indices the decision read
+    method: str
 
 
 @dataclass
@@ -162,7 +192,13 @@ class Answer:
     timings: dict[str, float]
     abstain_reason: str | None = None
     mode: Mode = Mode.GENERATED
+    # Sentences removed from what a reader sees because verification refused them; kept for
+    # the audit record. Every sentence in ``sentences`` is supported.
     unverified: list[AnswerSentence] = field(default_factory=list)
+    decision: Decision | None = None
+    # a follow-up question rewritten to stand alone (what retrieval used); None when unchanged
+    resolved_question: str | None = None
+    parent_id: int | None = None  # the audit record of the previous turn a follow-up refers to
     nearest_documents: list[dict[str, Any]] = field(default_factory=list)
     attribution: dict[str, Any] | None = None
     audit_id: int | None = None
