@@ -8,8 +8,9 @@ LaTeX or HTML meant to mislead a reader. Text goes to Streamlit through :func:`m
 from __future__ import annotations
 
 import html
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from assistant.policy import explain
@@ -105,6 +106,127 @@ def highlighted_html(text: str, evidence: Sequence[str], attributed: Sequence[st
         '<div class="clinrag-chunk" style="white-space: normal; line-height: 1.5; '
         f'padding: 0.5rem; border-left: 3px solid #999;">{body}</div>'
     )
+
+
+# A drop smaller than this (in nats, a factor of about 1.02) is read as "no change": log-probs
+# are recorded to 6 digits but batched scoring wobbles in the third decimal.
+_NO_CHANGE_NATS = 0.02
+# exp() of the largest recorded drops overflows and a 40-digit factor tells a reader nothing.
+_MAX_FACTOR = 1e6
+_FAITHFULNESS_KEYS = ("top_k_drop", "random_drop", "context_reliance", "flag_memory")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def likelihood_factor(nats: float) -> str:
+    """A log-probability change as a factor in words: 3.0 nats -> "20x"."""
+    factor = math.exp(min(abs(nats), math.log(_MAX_FACTOR) + 1))
+    if factor >= _MAX_FACTOR:
+        return f"more than {_MAX_FACTOR:,.0f}x"
+    if factor < 10:
+        return f"{factor:.1f}x"
+    return f"{factor:,.0f}x"
+
+
+def likelihood_change(drop: float) -> str:
+    """What removing text does to the answer, from the drop log p(full) - log p(without)."""
+    if abs(drop) < _NO_CHANGE_NATS:
+        return "about as likely"
+    return f"{likelihood_factor(drop)} {'less' if drop > 0 else 'more'} likely"
+
+
+def _sentences(k: int | None, what: str) -> str:
+    if k is None:
+        return f"the {what} sentences"
+    return f"the {what} sentence" if k == 1 else f"the {k} {what} sentences"
+
+
+def faithfulness_text(faithfulness: Mapping[str, Any] | None) -> str:
+    """The stored faithfulness check (``audit.attribution.faithfulness``) in plain words.
+
+    Drops are in nats (natural log-probability), so a drop d means the answer became e**d
+    times less likely. Old or partial records (a bare number, missing fields) still read.
+    """
+    if faithfulness is None:
+        return "Faithfulness was not measured for this answer."
+    if not isinstance(faithfulness, Mapping):
+        value = _number(faithfulness)
+        shown = f"{value:g}" if value is not None else str(faithfulness)
+        return f"Faithfulness was recorded in an older format: {shown}."
+    if not any(faithfulness.get(key) is not None for key in _FAITHFULNESS_KEYS):
+        return "Faithfulness was not recorded in a form this version can read."
+    raw_k = _number(faithfulness.get("k"))
+    k = int(raw_k) if raw_k is not None and raw_k >= 1 else None
+    top = _number(faithfulness.get("top_k_drop"))
+    rand = _number(faithfulness.get("random_drop"))
+    parts: list[str] = []
+    if top is None:
+        parts.append("The effect of removing the sentences credited most was not recorded.")
+    else:
+        effect = likelihood_change(top)
+        sentence = f"Removing {_sentences(k, 'most-credited')} " + (
+            f"makes this answer {effect}"
+            if abs(top) >= _NO_CHANGE_NATS
+            else "leaves this answer about as likely"
+        )
+        if rand is not None:
+            n = f"{k} random sentence{'s' if k != 1 else ''}" if k else "as many random sentences"
+            sentence += f"; removing {n}: {likelihood_change(rand)}"
+        parts.append(sentence + ".")
+        if rand is not None:
+            if top - rand > _NO_CHANGE_NATS:
+                parts.append(
+                    "The credited sentences matter more than random ones, which supports the "
+                    "attribution."
+                )
+            else:
+                parts.append(
+                    "The credited sentences matter no more than random ones: the attribution "
+                    "is not confirmed for this answer."
+                )
+    reliance = _number(faithfulness.get("context_reliance"))
+    if faithfulness.get("flag_memory"):
+        with_none = (
+            f" (with no sources it is {likelihood_change(reliance)})"
+            if reliance is not None
+            else ""
+        )
+        parts.append(
+            "The model gives this answer almost as readily without the sources"
+            f"{with_none}: it may come from the model's memory, so the attribution says little."
+        )
+    elif reliance is not None:
+        parts.append(f"With no sources at all the answer is {likelihood_change(reliance)}.")
+    return " ".join(parts)
+
+
+def faithfulness_rows(faithfulness: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The faithfulness check as a small table: each removal, its drop and its factor."""
+    if not isinstance(faithfulness, Mapping):
+        return []
+    raw_k = _number(faithfulness.get("k"))
+    k = f"{int(raw_k)} " if raw_k is not None else ""
+    rows = []
+    for key, what in (
+        ("top_k_drop", f"remove the {k}most-credited sentences"),
+        ("random_drop", f"remove {k}random sentences (mean of draws)"),
+        ("context_reliance", "remove all sources"),
+    ):
+        drop = _number(faithfulness.get(key))
+        if drop is not None:
+            rows.append(
+                {
+                    "removal": what,
+                    "answer becomes": likelihood_change(drop),
+                    "log-probability drop (nats)": round(drop, 3),
+                }
+            )
+    return rows
 
 
 def abstain_reason_text(reason: str | None) -> str:
