@@ -6,11 +6,23 @@ Render helpers are tested directly; the Audit page through ``streamlit.testing.v
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from ui.render import faithfulness_rows, faithfulness_text, likelihood_factor
+from core.types import SourceSentence
+from ui.render import (
+    NEGATIVE_SCORE_NOTE,
+    attribution_by_source,
+    attribution_chart,
+    faithfulness_rows,
+    faithfulness_text,
+    has_negative,
+    heatmap_rows,
+    likelihood_factor,
+    sentence_start,
+)
 
 
 def _faith(**overrides: Any) -> dict[str, Any]:
@@ -84,3 +96,71 @@ def test_faithfulness_rows_give_drop_and_factor() -> None:
     assert rows[0]["answer becomes"] == "40x less likely"
     assert rows[0]["log-probability drop (nats)"] == pytest.approx(math.log(40), abs=1e-3)
     assert faithfulness_rows(None) == [] and faithfulness_rows({"k": 3}) == []
+
+
+# --- attribution chart labels -------------------------------------------------------------
+
+CRC = [
+    "Adults aged 45 to 49 should be screened for colorectal cancer (grade B).",
+    "Adults aged 50 to 75 should be screened for colorectal cancer (grade A).",
+    "Colorectal cancer is the third leading cause of cancer death.",
+    "Colorectal cancer is the third leading cause of cancer death.",
+]
+
+
+def _crc_answer(scores: list[float]) -> Any:
+    sources = [SourceSentence(i, 1 if i < 3 else 2, f"c{i}", text) for i, text in enumerate(CRC)]
+    return SimpleNamespace(
+        source_sentences=sources,
+        attribution={
+            "method": "surrogate",
+            "scores": scores,
+            "sources": [{"index": s.index, "n": s.n, "text": s.text} for s in sources],
+        },
+    )
+
+
+def test_chart_labels_name_the_source_and_its_sentence() -> None:
+    """Defect (issue 19): every bar of one document read "[1] Colorectal Ca..." (the title,
+    cut by the chart), so a reader could not tell which sentence a bar stood for."""
+    rows = attribution_by_source(_crc_answer([0.9, -0.3, 0.1, 0.0]))
+    labels = [r["source"] for r in rows]
+    assert labels[0] == '[1] "Adults aged 45 to 49 should be\u2026"'
+    assert labels[1].startswith('[1] "Adults aged 50 to 75')
+    assert labels[3] == labels[2].replace("[1]", "[2]")
+    assert len(set(labels)) == len(labels)
+    assert all(len(label) <= 45 for label in labels)
+    assert [r["sentence"] for r in rows] == CRC
+    assert [r["attribution"] for r in rows] == [0.9, -0.3, 0.1, 0.0]
+    assert has_negative(rows) and not has_negative(rows[2:])
+    spec = attribution_chart(rows).to_dict()
+    assert spec["encoding"]["y"]["axis"]["labelLimit"] >= 300
+
+
+def test_repeated_sentences_keep_separate_bars() -> None:
+    payload = {
+        "sentences": [{"text": "Screen from 45."}],
+        "attribution": {
+            "per_sentence": [[0.5, 0.2, -0.1]],
+            "sources": [{"n": 1, "text": CRC[2]}, {"n": 1, "text": CRC[2]}, {"n": 2, "text": ""}],
+        },
+    }
+    rows = heatmap_rows(payload)
+    assert [r["source_sentence"] for r in rows] == [
+        '[1] "Colorectal cancer is the third\u2026"',
+        '[1] "Colorectal cancer is the third\u2026" (2)',
+        '[2] ""',
+    ]
+    assert [r["source_order"] for r in rows] == [0, 1, 2]
+    assert rows[0]["answer_sentence"] == "1. Screen from 45."
+
+
+def test_sentence_start_cuts_at_a_word() -> None:
+    assert sentence_start("short one.") == "short one."
+    assert sentence_start("word " * 20, 20) == "word word word\u2026"
+    assert sentence_start("x" * 50, 10) == "x" * 9 + "\u2026"
+
+
+def test_negative_note_says_it_is_not_evidence_against_the_answer() -> None:
+    assert "less likely with this sentence than without it" in NEGATIVE_SCORE_NOTE
+    assert "not evidence that the answer is false" in NEGATIVE_SCORE_NOTE

@@ -130,13 +130,14 @@ def test_source_highlights_and_attribution_chart() -> None:
     assert evidence == ["Stage 1 is 130.", "Normal is below 120."]
     assert attributed == ["Stage 1 is 130.", "Normal is below 120."]
     assert source_highlights(answer, 2) == ([], [])
-    assert attribution_by_source(answer) == [
-        {"source": "[1] Hypertension", "n": 1, "attribution": pytest.approx(0.9)}
+    assert [(r["source"], r["attribution"]) for r in attribution_by_source(answer)] == [
+        ('[1] "Normal is below 120."', pytest.approx(0.1)),
+        ('[1] "Stage 1 is 130."', pytest.approx(0.8)),
     ]
     assert attribution_by_source(_answer()) == []
     rows = heatmap_rows({"attribution": attribution, "sentences": [{"text": "Stage 1 is 130."}]})
     assert [r["score"] for r in rows] == [0.1, 0.8]
-    assert rows[1]["source_sentence"].startswith("001 [1] Stage 1")
+    assert rows[1]["source_sentence"] == '[1] "Stage 1 is 130."'
 
 
 def test_upload_names_cannot_escape_the_uploads_folder(settings: Settings) -> None:

@@ -289,27 +289,109 @@ def attribution_scores(answer: Answer) -> dict[int, float]:
     return {i: float(s) for i, s in zip(indices, scores, strict=True) if s is not None}
 
 
+# Vega-Lite cuts axis labels at 180 px by default, which made every bar of one document read
+# "[1] Colorectal Ca..."; a short sentence start and a wider limit keep labels apart.
+LABEL_CHARS = 36
+LABEL_LIMIT_PX = 320
+
+NEGATIVE_SCORE_NOTE = (
+    "A bar below zero means the model found the answer less likely with this sentence than "
+    "without it: the sentence pulls against the answer's wording. It is not evidence that the "
+    "answer is false, and a cited sentence can score below zero when other sentences already "
+    "carry the answer."
+)
+
+
+def sentence_start(text: str, width: int = LABEL_CHARS) -> str:
+    """The first words of ``text``, at most ``width`` characters, cut at a word with an ellipsis."""
+    text = " ".join(str(text).split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    if " " in cut[width // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.") + "\u2026"
+
+
+def source_label(n: Any, text: str, width: int = LABEL_CHARS) -> str:
+    """A chart label naming the source number and the sentence: ``[1] "Adults aged 45\u2026"``."""
+    return f'[{n}] "{sentence_start(text, width)}"'
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Equal labels would merge into one bar; number the repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
 def attribution_by_source(answer: Answer) -> list[dict[str, Any]]:
-    """Total attribution per numbered source, for a bar chart (empty when there is none)."""
+    """One bar per scored source sentence, labelled with its source number and first words.
+
+    Rows come in source order (source number, then position in the source); ``sentence``
+    holds the whole sentence for a tooltip. Empty when the answer carries no usable scores.
+    """
     scores = attribution_scores(answer)
     if not scores:
         return []
-    n_of = {s.index: s.n for s in answer.source_sentences}
-    totals: dict[int, float] = {}
-    for idx, score in scores.items():
-        n = n_of.get(idx)
-        if n is not None:
-            totals[n] = totals.get(n, 0.0) + score
-    rows = []
-    for n in sorted(totals):
-        title = answer.hits[n - 1].chunk.title if 0 < n <= len(answer.hits) else ""
-        label = f"[{n}] {title}"
-        rows.append({"source": label[:60], "n": n, "attribution": round(totals[n], 6)})
-    return rows
+    by_index = {s.index: s for s in answer.source_sentences}
+    scored = [
+        (by_index[idx].n, idx, by_index[idx].text, score)
+        for idx, score in scores.items()
+        if idx in by_index
+    ]
+    scored.sort(key=lambda row: (row[0], row[1]))
+    labels = _unique([source_label(n, text) for n, _, text, _ in scored])
+    return [
+        {
+            "source": label,
+            "n": n,
+            "sentence": text,
+            "attribution": round(score, 6),
+            "order": i,
+        }
+        for i, (label, (n, _, text, score)) in enumerate(zip(labels, scored, strict=True))
+    ]
+
+
+def has_negative(rows: Iterable[Mapping[str, Any]], key: str = "attribution") -> bool:
+    """Whether any row scores below zero (then :data:`NEGATIVE_SCORE_NOTE` belongs beside it)."""
+    return any(isinstance(r.get(key), int | float) and r[key] < 0 for r in rows)
+
+
+def attribution_chart(rows: list[dict[str, Any]]) -> Any:
+    """A horizontal Altair bar chart of :func:`attribution_by_source` rows, in source order,
+    with labels wide enough to tell apart and the whole sentence in the tooltip."""
+    import altair as alt
+
+    return (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar()
+        .encode(
+            y=alt.Y(
+                "source:N",
+                title="source sentence",
+                sort=alt.EncodingSortField(field="order", order="ascending"),
+                axis=alt.Axis(labelLimit=LABEL_LIMIT_PX),
+            ),
+            x=alt.X("attribution:Q", title="attribution (credit for the answer)"),
+            color=alt.condition(
+                alt.datum.attribution < 0, alt.value("#d95f02"), alt.value("#1c83e1")
+            ),
+            tooltip=["source:N", "sentence:N", "attribution:Q"],
+        )
+    )
 
 
 def heatmap_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Long-form (answer sentence, source sentence, score) rows from a record's attribution."""
+    """Long-form (answer sentence, source sentence, score) rows from a record's attribution.
+
+    Source labels name the source number and the sentence's first words (repeats numbered);
+    ``source_order`` keeps the context order for the chart's axis.
+    """
     attribution = payload.get("attribution") or {}
     matrix = attribution.get("per_sentence", attribution.get("per_target"))
     if not isinstance(matrix, list) or not matrix:
@@ -317,16 +399,38 @@ def heatmap_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     sentences = payload.get("sentences") or []
     raw_sources = attribution.get("sources")
     sources: list[Any] = raw_sources if isinstance(raw_sources, list) else []
+    width = max((len(row) for row in matrix if isinstance(row, list)), default=0)
+    source_labels = _unique(
+        [
+            source_label(sources[s].get("n", "?"), str(sources[s].get("text", "")))
+            if s < len(sources) and isinstance(sources[s], dict)
+            else f"source sentence {s + 1}"
+            for s in range(width)
+        ]
+    )
+    answer_labels = _unique(
+        [
+            f"{t + 1}. "
+            + sentence_start(
+                sentences[t].get("text", "")
+                if t < len(sentences) and isinstance(sentences[t], dict)
+                else "",
+                50,
+            )
+            for t in range(len(matrix))
+        ]
+    )
     rows = []
     for t, row in enumerate(matrix):
         if not isinstance(row, list):
             return []
-        text = sentences[t].get("text", "") if t < len(sentences) else ""
-        label = f"{t + 1}. {text[:50]}"
         for s, score in enumerate(row):
-            src = sources[s] if s < len(sources) and isinstance(sources[s], dict) else {}
-            source = f"[{src.get('n', '?')}] {str(src.get('text', ''))[:40]}" if src else str(s)
             rows.append(
-                {"answer_sentence": label, "source_sentence": f"{s:03d} {source}", "score": score}
+                {
+                    "answer_sentence": answer_labels[t],
+                    "source_sentence": source_labels[s],
+                    "source_order": s,
+                    "score": score,
+                }
             )
     return rows
