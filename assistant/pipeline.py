@@ -66,7 +66,12 @@ class Assistant:
         on_token: Callable[[str], None] | None = None,
         record: bool = True,
         attribute: bool | None = None,
+        resolved_question: str | None = None,
+        parent_id: int | None = None,
     ) -> Answer:
+        """``resolved_question``: a follow-up rewritten to stand alone (``assistant.followup``),
+        what retrieval, the checks and the model see; the record keeps ``question`` as typed
+        beside it and ``parent_id``, the previous turn's answer record."""
         question = question.strip()
         if not question:
             raise InputLimitError("The question is empty. Type a clinical question.")
@@ -75,6 +80,11 @@ class Assistant:
                 f"The question is {len(question)} characters; the limit is "
                 f"{self.settings.max_question_chars}. Shorten it."
             )
+        typed = question
+        resolved_question = (resolved_question or "").strip() or None
+        if resolved_question == typed:
+            resolved_question = None
+        question = resolved_question or typed
         user = user or self.settings.user
         role = role or self.settings.role
         # The asker's role always decides which restricted documents are visible, whatever
@@ -93,6 +103,8 @@ class Assistant:
         if attribute and not answer.abstained:
             self.attribute(answer)
         timings["total"] = time.perf_counter() - t0
+        answer.question, answer.resolved_question = typed, resolved_question
+        answer.parent_id = parent_id
         if record:
             answer.audit_id = self.record(answer, user=user, role=role)
         return answer

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from assistant.followup import resolve
 from audit.record import Recorder
 from core.config import Settings
 from core.types import Actor, Answer
@@ -34,13 +35,30 @@ def ask(
     *,
     k: int | None = None,
     on_token: Callable[[str], None] | None = None,
+    previous: Answer | None = None,
 ) -> Answer:
     """Answer ``question`` as ``actor`` (whose role decides the visible documents) and record
     it; the answer is returned only once its record is committed. Attribution follows with
-    :func:`attribute`, so nobody waits for it to see the answer."""
+    :func:`attribute`, so nobody waits for it to see the answer.
+
+    ``previous`` is the conversation's last answer: a follow-up ("and when should they
+    stop?") is rewritten to stand alone from its (resolved) question, answered as rewritten,
+    and recorded as typed with the rewrite and the previous answer's record as its parent.
+    """
     require(actor, Operation.ASK)
+    resolved = parent_id = None
+    if previous is not None:
+        resolved = resolve(question.strip(), previous.resolved_question or previous.question)
+        parent_id = previous.audit_id if resolved is not None else None
     return assistant.ask(
-        question, k=k, user=actor.user, role=actor.role, on_token=on_token, attribute=False
+        question,
+        k=k,
+        user=actor.user,
+        role=actor.role,
+        on_token=on_token,
+        attribute=False,
+        resolved_question=resolved,
+        parent_id=parent_id,
     )
 
 
