@@ -60,6 +60,8 @@ class Event(StrEnum):
     USER_DISABLE = "user_disable"
     USER_ENABLE = "user_enable"
     USER_PASSWORD = "user_password"
+    USER_ROLE = "user_role"
+    USER_UNLOCK = "user_unlock"
 
 
 # The key that points from a later event at the answer record it is about.
@@ -245,6 +247,12 @@ class UserPayload(TypedDict):
     username: str
 
 
+class UserRolePayload(TypedDict):
+    username: str
+    old_role: str
+    new_role: str
+
+
 PAYLOADS: dict[Event, type[Any]] = {
     Event.ANSWER: AnswerPayload,
     Event.ATTRIBUTION: AttributionPayload,
@@ -264,6 +272,8 @@ PAYLOADS: dict[Event, type[Any]] = {
     Event.USER_DISABLE: UserPayload,
     Event.USER_ENABLE: UserPayload,
     Event.USER_PASSWORD: UserPayload,
+    Event.USER_ROLE: UserRolePayload,
+    Event.USER_UNLOCK: UserPayload,
 }
 
 
@@ -667,6 +677,18 @@ class Recorder:
     def user_password(self, actor: Actor, username: str) -> int:
         payload: UserPayload = {"username": username}
         return self._append(Event.USER_PASSWORD, actor, payload, "The password change")
+
+    def user_role(self, actor: Actor, username: str, *, old_role: str, new_role: str) -> int:
+        payload: UserRolePayload = {
+            "username": username,
+            "old_role": old_role,
+            "new_role": new_role,
+        }
+        return self._append(Event.USER_ROLE, actor, payload, "The role change")
+
+    def user_unlock(self, actor: Actor, username: str) -> int:
+        payload: UserPayload = {"username": username}
+        return self._append(Event.USER_UNLOCK, actor, payload, "Unlocking the account")
 
     # readers of links between records
     def attribution_of(self, answer_id: int) -> Record | None:

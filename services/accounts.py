@@ -5,8 +5,8 @@ the audit log) and ``admin`` (everything, plus the document library). Accounts a
 never deleted, so the audit log's user names keep meaning something. Sign-ins and failed
 sign-ins are recorded through a :class:`~audit.record.Recorder`; if it cannot record them,
 nobody is signed in. The account operations an administrator performs (create, disable,
-enable, set a password) check the role and record their event; the command line and the app
-call the same functions.
+enable, set or reset a password, change a role, unlock) check the role and record their
+event; the command line and the app's Accounts page call the same functions.
 
 Wrong passwords are counted in one write transaction per attempt, so parallel attempts
 (Streamlit runs each session in a thread) lock the account like sequential ones. Single
@@ -84,10 +84,18 @@ class User:
     created_at: str
     last_login: str | None = None
     must_change_password: bool = False
+    # sign-in lockout after MAX_FAILURES wrong passwords (an ISO time in UTC), for the admin
+    # page: shown so an administrator can see why someone cannot sign in, and unlock them
+    locked_until: str | None = None
+    sso_only: bool = False
 
     @property
     def active(self) -> bool:
         return not self.disabled
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.locked_until) and str(self.locked_until) > _iso(_now())
 
 
 def users_path(settings: Settings) -> Path:
@@ -142,6 +150,8 @@ def _row_user(row: sqlite3.Row) -> User:
         created_at=row["created_at"],
         last_login=row["last_login"],
         must_change_password=bool(row["must_change_password"]),
+        locked_until=row["locked_until"],
+        sso_only=row["password_hash"] == SSO_ONLY,
     )
 
 
@@ -484,15 +494,20 @@ def create(
     *,
     password: str | None = None,
     sso_only: bool = False,
+    must_change: bool = False,
 ) -> User:
-    """Create an account (with a password, or for single sign-on only) and record it."""
+    """Create an account (with a password, or for single sign-on only) and record it.
+
+    ``must_change``: the user chooses a new password at their first sign-in (the admin page
+    sets it: the administrator saw the initial password).
+    """
     require(actor, Operation.MANAGE_ACCOUNTS)
     if sso_only:
         user = add_sso_user(settings, username, role)
     else:
         if password is None:
             raise UserError("A password is needed (or create the account for single sign-on).")
-        user = add_user(settings, username, password, role)
+        user = add_user(settings, username, password, role, must_change=must_change)
     with Recorder.open(settings) as recorder:
         recorder.user_add(actor, user.username, new_role=user.role, sso_only=sso_only)
     return user
@@ -501,9 +516,20 @@ def create(
 def set_disabled(settings: Settings, actor: Actor, username: str, *, disabled: bool) -> None:
     """Disable an account (its sessions end at their next page run) or enable it again."""
     require(actor, Operation.MANAGE_ACCOUNTS)
+    name = (username or "").strip().lower()
+    if disabled:
+        user = get_user(settings, name)
+        if user is not None and user.role == "admin" and not user.disabled:
+            with _db(settings) as conn:
+                others = _other_admins(conn, name)
+            if others == 0:
+                raise UserError(
+                    f"{name} is the only active administrator; disabling it would leave "
+                    "nobody able to manage accounts. Make another account an administrator "
+                    "first."
+                )
     if not disable_user(settings, username, disabled=disabled):
         raise _no_such_user(username)
-    name = username.strip().lower()
     with Recorder.open(settings) as recorder:
         if disabled:
             recorder.user_disable(actor, name)
@@ -549,6 +575,81 @@ def change_own_password(settings: Settings, actor: Actor, password: str) -> User
     changed = get_user(settings, user.username)
     assert changed is not None
     return changed
+
+
+def reset_password(
+    settings: Settings, actor: Actor, username: str, password: str | None = None
+) -> str:
+    """An administrator's reset: a new password (``password``, or a generated one) that the
+    user must change at their next sign-in, since the administrator knows it. Unlocks the
+    account; recorded as ``user_password``. Returns the password, to hand over once."""
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    user = get_user(settings, username)
+    if user is None:
+        raise _no_such_user(username)
+    if user.sso_only:
+        raise UserError(
+            f"{user.username} signs in through single sign-on and has no password to reset."
+        )
+    new = password if password is not None else generate_password()
+    set_password(settings, user.username, new)
+    with _db(settings) as conn:
+        conn.execute(
+            "UPDATE users SET must_change_password = 1 WHERE username = ?", (user.username,)
+        )
+    with Recorder.open(settings) as recorder:
+        recorder.user_password(actor, user.username)
+    return new
+
+
+def change_role(settings: Settings, actor: Actor, username: str, role: str) -> User:
+    """Give an account another role (its sessions end at their next page run) and record it.
+
+    Refused for the last active administrator, who would leave nobody able to manage
+    accounts (``ensure_admin`` would then create a new ``admin`` at the next start).
+    """
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    check_role(role)
+    name = (username or "").strip().lower()
+    with _db(settings) as conn, _write_transaction(conn):
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+        if row is None:
+            raise _no_such_user(username)
+        old = str(row["role"])
+        if old == role:
+            return _row_user(row)
+        if old == "admin" and not row["disabled"] and _other_admins(conn, name) == 0:
+            raise UserError(
+                f"{name} is the only active administrator; make another account an "
+                "administrator first."
+            )
+        conn.execute("UPDATE users SET role = ? WHERE username = ?", (role, name))
+        row = conn.execute("SELECT * FROM users WHERE username = ?", (name,)).fetchone()
+    with Recorder.open(settings) as recorder:
+        recorder.user_role(actor, name, old_role=old, new_role=role)
+    return _row_user(row)
+
+
+def _other_admins(conn: sqlite3.Connection, name: str) -> int:
+    [(count,)] = conn.execute(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND username != ?",
+        (name,),
+    ).fetchall()
+    return int(count)
+
+
+def unlock(settings: Settings, actor: Actor, username: str) -> None:
+    """End a sign-in lockout (after MAX_FAILURES wrong passwords) early, and record it."""
+    require(actor, Operation.MANAGE_ACCOUNTS)
+    name = (username or "").strip().lower()
+    with _db(settings) as conn:
+        cur = conn.execute(
+            "UPDATE users SET failed_count = 0, locked_until = NULL WHERE username = ?", (name,)
+        )
+    if cur.rowcount == 0:
+        raise _no_such_user(username)
+    with Recorder.open(settings) as recorder:
+        recorder.user_unlock(actor, name)
 
 
 def accounts(settings: Settings, actor: Actor) -> list[User]:

@@ -127,6 +127,10 @@ def _call_every_writer(recorder: Recorder, settings: Any) -> dict[str, list[str]
         "user_disable": lambda: recorder.user_disable(ACTOR, "eve"),
         "user_enable": lambda: recorder.user_enable(ACTOR, "eve"),
         "user_password": lambda: recorder.user_password(ACTOR, "eve"),
+        "user_role": lambda: recorder.user_role(
+            ACTOR, "eve", old_role="clinician", new_role="auditor"
+        ),
+        "user_unlock": lambda: recorder.user_unlock(ACTOR, "eve"),
     }
     public = {
         name

@@ -173,7 +173,7 @@ def test_idle_session_is_signed_out(home: Path) -> None:
 def test_each_role_sees_its_pages(home: Path) -> None:
     assert pages(sign_in(start(), "carol")) == ["Ask"]
     assert pages(sign_in(start(), "audrey")) == ["Audit"]
-    assert pages(sign_in(start(), "admin")) == ["Ask", "Library", "Audit"]
+    assert pages(sign_in(start(), "admin")) == ["Ask", "Library", "Audit", "Accounts"]
 
 
 def _render_page_as(page: str, username: str) -> None:

@@ -2,7 +2,7 @@
 
 Sign-in first (and a new password, for an account whose password was generated); then the
 pages the user's role allows (checked again inside every page): Ask (clinicians, admins),
-Library (admins), Audit (auditors, admins).
+Library (admins), Audit (auditors, admins), Accounts (admins).
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ import streamlit as st
 from core.errors import ClinragError
 from ui.render import md_escape
 from ui.session import allowed_pages, current_user, get_settings, sign_out_recorded
-from ui.views import ask, audit, library, signin
+from ui.views import accounts, ask, audit, library, signin
 
 if TYPE_CHECKING:
     from PIL import Image
 
-VIEWS = {"Ask": ask.render, "Library": library.render, "Audit": audit.render}
+VIEWS = {
+    "Ask": ask.render,
+    "Library": library.render,
+    "Audit": audit.render,
+    "Accounts": accounts.render,
+}
 
 
 @functools.cache

@@ -34,6 +34,7 @@ PAGES: dict[str, Operation] = {
     "Ask": Operation.ASK,
     "Library": Operation.CHANGE_LIBRARY,
     "Audit": Operation.READ_AUDIT,
+    "Accounts": Operation.MANAGE_ACCOUNTS,
 }
 
 # Test seam: a callable (settings) -> Assistant. None builds the real one.
