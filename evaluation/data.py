@@ -7,6 +7,15 @@ ingested through clinrag's real ingestion path into a store of its own under
 written as a Markdown file whose front matter carries ``doc_id`` and ``title``, and the folder
 is ingested with ``ingest.index.ingest``. clinrag slugs doc ids (``PMID:123`` ->
 ``pmid-123``) and suffixes clashes, so the store keeps a map back to the corpus ids.
+
+A *question set* folder instead holds ``manifest.json`` (``{"name", "library", "questions"}``):
+its questions are asked of a library folder of real files (any format clinrag ingests, with
+their front matter or sidecar metadata), ingested as they are into the same kind of isolated
+store, so a site can measure clinrag on its own guidelines. ``library`` is a path relative to
+the manifest's folder (or absolute); gold doc ids are the ids ingest gives those files. Its
+questions may carry a ``type`` (guideline, yes_no, off_library) and a ``key_fact``: a list of
+terms, each a list of acceptable phrasings (``evaluation.metrics.key_fact_found``), all
+required unless ``key_fact_min`` says how many.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import Settings
+from core.config import Settings, load_settings
 from core.errors import ClinragError
 
 if TYPE_CHECKING:
@@ -30,6 +39,8 @@ if TYPE_CHECKING:
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 STORE_FORMAT = 1  # bump when the way the eval library is written or ingested changes
+MANIFEST = "manifest.json"  # marks a question set over a library folder
+QUESTION_TYPES = ("guideline", "yes_no", "off_library")
 
 
 class EvalDataError(ClinragError):
@@ -43,6 +54,10 @@ class Question:
     gold: tuple[str, ...]
     answer: str | None = None
     long_answer: str | None = None
+    kind: str | None = None  # a question set's ``type``: one of QUESTION_TYPES
+    # terms the answer must contain, each a tuple of acceptable phrasings
+    key_fact: tuple[tuple[str, ...], ...] = ()
+    key_fact_min: int | None = None  # how many terms suffice (None: all)
 
     @property
     def answerable(self) -> bool:
@@ -61,6 +76,7 @@ class Dataset:
     questions: list[Question]
     corpus_sha256: str  # of corpus.jsonl, or of it and the held-out ids (``hold_out``)
     held_out: int = 0  # corpus rows left out of the library by ``hold_out``
+    library: Path | None = None  # a question set's folder of real files, ingested as they are
 
     @property
     def key(self) -> str:
@@ -97,19 +113,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_dataset(folder: Path) -> Dataset:
+def load_dataset(folder: Path, settings: Settings | None = None) -> Dataset:
+    """A corpus.jsonl folder, or a question set (``manifest.json``) over a library folder."""
+    if (folder / MANIFEST).is_file():
+        return load_question_set(folder, settings or load_settings(env={}))
     corpus_path, questions_path = folder / "corpus.jsonl", folder / "questions.jsonl"
     for path in (corpus_path, questions_path):
         if not path.is_file():
             raise EvalDataError(
                 f"{path} does not exist. An evaluation folder holds corpus.jsonl "
                 "({doc_id, title, text, ...}) and questions.jsonl ({qid, question, "
-                "gold_doc_ids, answer, long_answer})."
+                f"gold_doc_ids, answer, long_answer}}), or a question set's {MANIFEST} "
+                '({"library": FOLDER, "questions": FILE}).'
             )
     corpus = read_jsonl(corpus_path)
     for n, row in enumerate(corpus, start=1):
         if not row.get("doc_id") or not isinstance(row.get("text"), str):
             raise EvalDataError(f"{corpus_path} row {n} needs a doc_id and a text.")
+    questions = read_questions(questions_path)
+    return Dataset(folder, corpus, questions, hashlib.sha256(corpus_path.read_bytes()).hexdigest())
+
+
+def read_questions(questions_path: Path) -> list[Question]:
     questions = []
     seen: Counter[str] = Counter()
     for n, row in enumerate(read_jsonl(questions_path), start=1):
@@ -131,9 +156,113 @@ def load_dataset(folder: Path) -> Dataset:
                 gold=tuple(str(g) for g in gold),
                 answer=None if row.get("answer") is None else str(row["answer"]),
                 long_answer=None if row.get("long_answer") is None else str(row["long_answer"]),
+                **_set_fields(row, f"{questions_path} row {n}"),
             )
         )
-    return Dataset(folder, corpus, questions, hashlib.sha256(corpus_path.read_bytes()).hexdigest())
+    return questions
+
+
+def _set_fields(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A question set's own fields (type, key fact), checked: a typo must not score as a miss."""
+    out: dict[str, Any] = {}
+    kind = row.get("type")
+    if kind is not None:
+        if kind not in QUESTION_TYPES:
+            raise EvalDataError(f"{where}: type must be one of {QUESTION_TYPES}, not {kind!r}.")
+        if (kind == "off_library") != (not row.get("gold_doc_ids")):
+            raise EvalDataError(f"{where}: off_library questions, and only they, have no gold.")
+        if kind == "yes_no" and row.get("answer") not in ("yes", "no"):
+            raise EvalDataError(f'{where}: a yes_no question needs "answer": "yes" or "no".')
+        out["kind"] = kind
+    terms = row.get("key_fact") or []
+    if not isinstance(terms, list) or not all(
+        isinstance(t, list) and t and all(isinstance(p, str) and p.strip() for p in t)
+        for t in terms
+    ):
+        raise EvalDataError(f"{where}: key_fact is a list of terms, each a list of phrasings.")
+    if terms:
+        from evaluation.metrics import normalise_fact
+
+        empty = [p for t in terms for p in t if not normalise_fact(p)]
+        if empty:
+            raise EvalDataError(f"{where}: key_fact phrasing {empty[0]!r} matches nothing.")
+        out["key_fact"] = tuple(tuple(t) for t in terms)
+    least = row.get("key_fact_min")
+    if least is not None:
+        if not isinstance(least, int) or not 1 <= least <= len(terms):
+            raise EvalDataError(f"{where}: key_fact_min must be between 1 and the terms given.")
+        out["key_fact_min"] = least
+    return out
+
+
+def load_question_set(folder: Path, settings: Settings) -> Dataset:
+    """A question set: ``manifest.json`` names the questions file and the library folder."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EvalDataError(f"{path} is not valid JSON ({exc.msg}).") from exc
+    if not isinstance(manifest, dict) or not manifest.get("library"):
+        raise EvalDataError(f'{path} must name its library folder: {{"library": "FOLDER"}}.')
+    library = (folder / str(manifest["library"])).resolve()
+    if not library.is_dir():
+        raise EvalDataError(f"{path}: the library folder {library} does not exist.")
+    questions_path = folder / str(manifest.get("questions") or "questions.jsonl")
+    if not questions_path.is_file():
+        raise EvalDataError(f"{path}: the questions file {questions_path} does not exist.")
+    corpus = library_corpus(library, settings)
+    return Dataset(
+        folder,
+        corpus,
+        read_questions(questions_path),
+        library_sha256(library),
+        library=library,
+    )
+
+
+def _library_files(library: Path) -> list[Path]:
+    """The files ingest would read from ``library``, with the sidecars that describe them."""
+    from ingest.index import iter_files
+    from ingest.loaders.metadata import SIDECAR_SUFFIX
+
+    files = [p for p in iter_files([library]) if p.is_file()]
+    sidecars = [p.with_name(p.name + SIDECAR_SUFFIX) for p in files]
+    return sorted(files + [p for p in sidecars if p.is_file()])
+
+
+def library_sha256(library: Path) -> str:
+    """One hash of every file ingest reads (and its sidecar): the store's and cache's key."""
+    h = hashlib.sha256()
+    for path in _library_files(library):
+        h.update(path.relative_to(library).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def library_corpus(library: Path, settings: Settings) -> list[dict[str, Any]]:
+    """The library's documents as corpus rows (doc id as ingest assigns it, title, text).
+
+    Read with clinrag's loaders, so the recipe baseline sees the same text and gold ids can be
+    checked; a file the loaders refuse is left out here and reported by the ingest.
+    """
+    from ingest.loaders import LoadError, load_document
+    from ingest.loaders.metadata import SIDECAR_SUFFIX
+
+    rows = []
+    for path in _library_files(library):
+        if path.name.endswith(SIDECAR_SUFFIX):
+            continue
+        try:
+            doc = load_document(
+                path,
+                max_bytes=int(settings.max_file_mb * 1024 * 1024),
+                max_pages=settings.max_pages,
+            )
+        except LoadError:
+            continue
+        text = "\n\n".join(b.text for b in doc.blocks)
+        rows.append({"doc_id": doc.doc_id, "title": doc.title, "text": text, "path": str(path)})
+    return rows
 
 
 def sample_questions(
@@ -172,6 +301,11 @@ def hold_out(
     in the library). Any question whose gold documents all left becomes unanswerable too; the
     result has its own corpus hash, so it gets its own store and results cache.
     """
+    if dataset.library is not None:
+        raise EvalDataError(
+            "--unanswerable works on corpus.jsonl folders; a question set over a library "
+            "folder writes its off-library questions instead."
+        )
     answerable = [q for q in sample if q.answerable]
     if n <= 0 or n > len(answerable):
         raise EvalDataError(
@@ -296,12 +430,17 @@ def build_library(
 
     from ingest.index import ingest
 
-    path_to_doc = write_library(dataset.corpus, root / "library")
+    if dataset.library is not None:
+        # real files as they are: the ids ingest gives them are the set's gold ids
+        folder, path_to_doc = dataset.library, {}
+    else:
+        folder = root / "library"
+        path_to_doc = write_library(dataset.corpus, folder)
     print(
         f"clinrag eval: ingesting {len(dataset.corpus)} documents into {home} (once) ...",
         file=sys.stderr,
     )
-    summary = ingest([root / "library"], eval_settings, progress=progress)
+    summary = ingest([folder], eval_settings, progress=progress)
     doc_map = corpus_doc_map(summary, path_to_doc)
     ready.write_text(json.dumps(doc_map), encoding="utf-8")
     return EvalLibrary(

@@ -263,6 +263,198 @@ def citation_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# --- question sets: key facts, cited documents, verification -----------------------------------
+
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+_TEENS = " fifteen sixteen seventeen eighteen nineteen"
+_TEN_WORDS = "twenty thirty forty fifty sixty seventy eighty ninety"
+_NUMBER_WORDS = {w: i for i, w in enumerate((_UNITS + _TEENS).split())}
+_TENS = {w: 10 * i for i, w in enumerate(_TEN_WORDS.split(), 2)}
+_SYMBOLS = {"\u2265": " at least ", "\u2264": " at most ", "%": " % ", "/": " / "}
+_FACT_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+|[%/]")
+
+
+def _canonical_number(tok: str) -> str:
+    # "7.0" and "7" are one value; "4.5" and "45" are not
+    return tok.rstrip("0").rstrip(".") if "." in tok else tok.lstrip("0") or "0"
+
+
+def normalise_fact(text: str) -> list[str]:
+    """Tokens for key-fact matching: the same for "forty-five" and "45", "10-20" and "10 to 20".
+
+    Case, accents, citation marks, hyphens and punctuation go; "percent" is "%"; number words
+    up to ninety-nine become digits; decimals keep their point (so "4.5" never reads as "45")
+    and lose trailing zeros; a range ("10-20", "between 10 and 20") reads "10 to 20".
+    """
+    import unicodedata
+
+    text = _CITATION.sub(" ", text or "")
+    for sym, repl in _SYMBOLS.items():
+        text = text.replace(sym, repl)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,500 mg
+    text = re.sub(r"\bper ?cent\b", " % ", text)
+    raw = _FACT_TOKEN.findall(text)
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        tok = raw[i]
+        if tok in _TENS:
+            value = _TENS[tok]
+            if (
+                i + 1 < len(raw)
+                and raw[i + 1] in _NUMBER_WORDS
+                and 0 < _NUMBER_WORDS[raw[i + 1]] < 10
+            ):
+                value += _NUMBER_WORDS[raw[i + 1]]
+                i += 1
+            out.append(str(value))
+        elif tok in _NUMBER_WORDS:
+            out.append(str(_NUMBER_WORDS[tok]))
+        elif tok[0].isdigit():
+            out.append(_canonical_number(tok))
+        else:
+            out.append(tok)
+        i += 1
+    ranged: list[str] = []
+    for j, tok in enumerate(out):
+        if (
+            tok == "between"
+            and j + 3 < len(out)
+            and out[j + 2] == "and"
+            and _is_num(out[j + 1])
+            and _is_num(out[j + 3])
+        ):
+            continue  # "between 35 and 70" -> "35 to 70"
+        if tok == "and" and j >= 2 and out[j - 2] == "between" and _is_num(out[j - 1]):
+            ranged.append("to")
+            continue
+        if _is_num(tok) and ranged and _is_num(ranged[-1]):
+            ranged.append("to")  # "10-20" lost its hyphen above
+        ranged.append(tok)
+    return ranged
+
+
+def _is_num(tok: str) -> bool:
+    return tok[:1].isdigit()
+
+
+def _token_matches(phrase_tok: str, tok: str) -> bool:
+    # a plural of a word in the phrasing counts ("ACE inhibitor" finds "ACE inhibitors")
+    if phrase_tok == tok:
+        return True
+    return (
+        len(phrase_tok) >= 3
+        and phrase_tok.isalpha()
+        and tok in (phrase_tok + "s", phrase_tok + "es")
+    )
+
+
+def phrase_found(phrase: str, text: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as whole tokens, after :func:`normalise_fact`."""
+    want, have = normalise_fact(phrase), normalise_fact(text)
+    if not want:
+        return False
+    n = len(want)
+    return any(
+        all(_token_matches(w, h) for w, h in zip(want, have[i : i + n], strict=True))
+        for i in range(len(have) - n + 1)
+    )
+
+
+def key_fact_found(text: str, terms: Sequence[Sequence[str]], minimum: int | None = None) -> bool:
+    """Whether ``text`` holds the key fact: ``minimum`` (default all) of ``terms`` present,
+    a term being present when any of its phrasings is.
+
+    The match is on whole normalised tokens, so "45" is not found in "145" or "4.5", and a
+    phrasing says exactly what must be read: it does not see negation ("do not screen at 45"
+    still holds "45"), which is why the set pairs it with the citation and yes/no figures.
+    """
+    if not terms:
+        return False
+    hits = sum(any(phrase_found(p, text) for p in term) for term in terms)
+    return hits >= (len(terms) if minimum is None else minimum)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of an answer's text (the project's clinical sentence splitter)."""
+    from core.text import split_sentences
+
+    sentences = split_sentences(text or "")
+    return sentences[0] if sentences else ""
+
+
+def key_fact_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Key fact in the first sentence and anywhere, over answerable questions with a key fact.
+
+    Each row has ``type``, ``abstained`` and booleans ``first`` and ``anywhere`` (an
+    abstention holds neither). Rates over all such questions, and per question type.
+    """
+
+    def rates(rs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {
+            "n": len(rs),
+            "in_first_sentence": _mean([float(r["first"]) for r in rs]),
+            "anywhere": _mean([float(r["anywhere"]) for r in rs]),
+        }
+
+    out = rates(rows)
+    types = sorted({str(r.get("type")) for r in rows if r.get("type")})
+    if len(types) > 1:
+        out["by_type"] = {t: rates([r for r in rows if r.get("type") == t]) for t in types}
+    return out
+
+
+def document_citation_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Citation precision by document, over the answers given (abstentions left out).
+
+    Each row has ``gold`` (expected doc ids; empty for a question the library cannot answer,
+    where every citation is wrong) and ``cited`` (doc ids, repeats counted once).
+    """
+    answered = [(set(r["cited"]), set(r["gold"])) for r in rows]
+    cited = sum(len(c) for c, _ in answered)
+    answerable = [(c, g) for c, g in answered if g]
+    return {
+        "answers": len(answered),
+        "documents_cited": cited,
+        "precision": sum(len(c & g) for c, g in answered) / cited if cited else None,
+        "answers_citing_expected": _mean([float(bool(c & g)) for c, g in answerable]),
+    }
+
+
+def verification_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sentences refused by verification, over the answers given.
+
+    Each row has ``sentences`` (shown to the reader), ``unsupported`` (of those, marked not
+    supported) and ``removed`` (drafted, refused and withheld). The unsupported-sentence
+    rate is (removed + shown unsupported) / (shown + removed); ``shown_unsupported`` counts
+    sentences a reader sees although verification refused them (target 0).
+    """
+    shown = sum(int(r["sentences"]) for r in rows)
+    removed = sum(int(r.get("removed") or 0) for r in rows)
+    bad_shown = sum(int(r["unsupported"]) for r in rows)
+    drafted = shown + removed
+    return {
+        "answers": len(rows),
+        "sentences_drafted": drafted,
+        "unsupported_rate": (removed + bad_shown) / drafted if drafted else None,
+        "removed": removed,
+        "shown_unsupported": bad_shown,
+        "answers_showing_unsupported": sum(int(r["unsupported"]) > 0 for r in rows),
+    }
+
+
+def yes_no_metrics(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
+    """Yes/no accuracy: a prediction is yes, no, maybe (uncertain) or ``abstained``."""
+    if len(gold) != len(predicted):
+        raise ValueError("one prediction per gold label")
+    return {
+        "n": len(gold),
+        "accuracy": _mean([float(g == p) for g, p in zip(gold, predicted, strict=True)]),
+        "predicted": dict(Counter(predicted)),
+    }
+
+
 # --- attribution and latency --------------------------------------------------------------------
 
 

@@ -167,6 +167,7 @@ def render_markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
             f"{_f(b['abstention_rate'])}, on answerable {_f(b['false_abstention_rate'])}.",
             "",
         ]
+    lines += _question_set_section(summary, systems)
     att = summary["clinrag"].get("attribution")
     if att:
         lines += [
@@ -194,6 +195,128 @@ def render_markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     if plots:
         lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
+
+
+def _question_set_section(
+    summary: dict[str, Any], systems: Sequence[tuple[str, dict[str, Any]]]
+) -> list[str]:
+    """Key facts, cited documents, verification and yes/no: the question-set figures."""
+    if not any("key_fact" in s or "yes_no" in s for _, s in systems):
+        return []
+
+    def get(s: dict[str, Any], *path: str) -> Any:
+        for key in path:
+            s = s.get(key) if isinstance(s, dict) else None  # type: ignore[assignment]
+        return s
+
+    kf = [get(s, "key_fact", "n") for _, s in systems]
+    figures = [
+        (f"key fact in the first sentence ({kf[0]} answerable)", ("key_fact", "in_first_sentence")),
+        ("key fact anywhere in the answer", ("key_fact", "anywhere")),
+        ("citation precision (cited documents expected / cited, answers given)",
+         ("documents_cited", "precision")),
+        ("answers citing an expected document", ("documents_cited", "answers_citing_expected")),
+        ("abstention on off-library questions (target 1)", ("abstention", "abstention_rate")),
+        ("false abstention on answerable questions", ("abstention", "false_abstention_rate")),
+        ("unsupported-sentence rate (refused / drafted, answers given)",
+         ("verification", "unsupported_rate")),
+        ("sentences shown although refused (target 0)", ("verification", "shown_unsupported")),
+        ("sentences removed as unsupported", ("verification", "removed")),
+        ("yes/no accuracy", ("yes_no", "accuracy")),
+    ]  # fmt: skip
+    lines = [
+        "## Question set: key facts, citations, verification",
+        "",
+        "A key fact is found when its phrasings occur as whole words after normalisation "
+        "(case, hyphens, number words as digits); an abstention holds none. Yes/no reads the "
+        "answer's decision when it made one, else its text (`parse_decision`); an abstention "
+        "is wrong. The recipe cites nothing and drafts no checked sentences (-).",
+        "",
+    ]
+    lines += _table(
+        ["figure", *(name for name, _ in systems)],
+        [[label, *(get(s, *path) for _, s in systems)] for label, path in figures],
+    )
+    by_type = [(name, get(s, "key_fact", "by_type")) for name, s in systems]
+    for name, types in by_type:
+        if types:
+            lines += [f"Key fact by question type, {name}:", ""]
+            lines += _table(
+                ["type", "questions", "first sentence", "anywhere"],
+                [[t, v["n"], v["in_first_sentence"], v["anywhere"]] for t, v in types.items()],
+            )
+    rows = summary.get("per_question") or []
+    if rows:
+        lines += _per_question_table(rows, [name for name, _ in systems])
+    return lines
+
+
+def _mark(v: Any) -> str:
+    return "–" if v is None else ("yes" if v else "**no**")
+
+
+def _per_question_table(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[str]:
+    has_baseline = any("baseline" in r for r in rows)
+    headers = ["qid", "type", "question", "mode", "key fact 1st / any", "cited (unexpected)"]
+    headers += ["removed / shown unsupported", "yes/no (expected)", "first sentence"]
+    if has_baseline:
+        headers += ["recipe key fact 1st / any", "recipe yes/no"]
+    out = [
+        "## Per question",
+        "",
+        "Misses in bold. Every row, with the whole answer, is in `summary.json` "
+        "(`per_question`) and `per_question.jsonl`.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+
+    def cell(text: Any) -> str:
+        return " ".join(str(text or "").split()).replace("|", "\\|")
+
+    for r in rows:
+        c = r.get("clinrag") or {}
+        kf = (
+            f"{_mark(c.get('key_fact_first'))} / {_mark(c.get('key_fact_anywhere'))}"
+            if "key_fact_first" in c
+            else "–"
+        )
+        cited = c.get("cited")
+        wrong = c.get("cited_unexpected") or []
+        cited_cell = (
+            "–"
+            if cited is None
+            else ", ".join(cited) + (f" (**{', '.join(wrong)}**)" if wrong else "")
+        )
+        if r["type"] == "off_library":
+            kf = "abstained" if c.get("abstained") else "**answered**"
+        verified = (
+            f"{c.get('removed', 0)} / {c['shown_unsupported']}" if "shown_unsupported" in c else "–"
+        )
+        if c.get("shown_unsupported"):
+            verified = f"**{verified}**"
+        decision = "–"
+        if r.get("expected_decision"):
+            d = c.get("decision")
+            decision = f"{d if c.get('decision_right') else f'**{d}**'} ({r['expected_decision']})"
+        first = cell(c.get("first_sentence"))
+        line = [r["qid"], r["type"] or "", cell(r["question"]), c.get("mode") or "–", kf]
+        line += [cited_cell, verified, decision, first[:160] + ("…" if len(first) > 160 else "")]
+        if has_baseline:
+            b = r.get("baseline") or {}
+            bkf = (
+                f"{_mark(b.get('key_fact_first'))} / {_mark(b.get('key_fact_anywhere'))}"
+                if "key_fact_first" in b
+                else "–"
+            )
+            if r["type"] == "off_library":
+                bkf = "abstained" if b.get("abstained") else "**answered**"
+            bd = "–"
+            if r.get("expected_decision") and "decision" in b:
+                bd = b["decision"] if b.get("decision_right") else f"**{b['decision']}**"
+            line += [bkf, bd]
+        out.append("| " + " | ".join(str(x) for x in line) + " |")
+    return out + [""]
 
 
 def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -59,7 +59,8 @@ BASELINES = ("langchain",)
 CHUNK_DEPTH = 30  # chunks retrieved for the retrieval metrics (both systems)
 DOC_DEPTH = 10  # documents kept from them (recall@10, nDCG@10)
 # 2: answers keyed by core.config.answer_settings, retrieval by the fusion weights too
-CACHE_FORMAT = 2
+# 3: answers keep their first sentence, removed sentences and decision (question sets)
+CACHE_FORMAT = 3
 # Metrics that read clinrag's answers: any of them makes the run ask every question.
 ANSWER_METRICS = frozenset({"answer", "citations", "attribution"})
 
@@ -321,6 +322,10 @@ def _answer(res: _Resources, turn: _Turn) -> Record:
         "cited": [lib.corpus_id(c.doc_id) for c in answer.citations],
         "sentences": len(shown),
         "unsupported": sum(not s.supported for s in shown),
+        "removed": 0 if answer.abstained else len(answer.unverified),
+        # what a clinician reads first: the first sentence shown, else the text's first
+        "first_sentence": shown[0].text if shown else m.first_sentence(answer.answer),
+        "decision": None if answer.decision is None else str(answer.decision.label),
         "retrieved": [lib.corpus_id(h.chunk.doc_id) for h in answer.hits],
         "timings": {k: round(float(v), 4) for k, v in answer.timings.items()},
     }
@@ -434,7 +439,7 @@ def run_evaluation(
 ) -> tuple[dict[str, Any], list[Record]]:
     """Evaluate and return (summary, per-question records). ``llm`` may be injected (tests)."""
     started = time.perf_counter()
-    dataset = load_dataset(options.folder)
+    dataset = load_dataset(options.folder, settings)
     questions = sample_questions(dataset.questions, options.limit, options.seed)
     if options.unanswerable:
         # before sharding, so every shard holds out the same topics and shares one store
@@ -486,6 +491,10 @@ def run_evaluation(
             "gold_answer": q.answer,
             "long_answer": q.long_answer,
         }
+        if q.kind or q.key_fact:
+            rec.update(
+                type=q.kind, key_fact=[list(t) for t in q.key_fact], key_fact_min=q.key_fact_min
+            )
         turn = _Turn(q)
         for name in parts:
             data = None if options.fresh else cache.get(name, hashes[name], q)
@@ -536,6 +545,8 @@ def run_evaluation(
     }
     if res._library is not None:
         summary["corpus"]["store"] = str(res._library.settings.home)
+    if any("type" in r for r in records):
+        summary["per_question"] = [per_question_row(r) for r in records]
     if recipe:
         summary["baseline"] = {
             "name": "langchain",
@@ -644,9 +655,8 @@ def _answer_figure(s: _Scope) -> Any:
     out: Record = {}
     decided = [(r, a) for r, a in rows if _is_decision(r["gold_answer"])]
     if decided:
-        preds = [
-            m.ABSTAINED if a["abstained"] else m.parse_decision(a["answer"]) for _, a in decided
-        ]
+        # the recorded decision when the answer made one (uncertain reads as maybe)
+        preds = [decision_of(a) for _, a in decided]
         for (r, _), p in zip(decided, preds, strict=True):
             r.setdefault("decisions", {})[s.system.name] = p
         out["decision"] = m.decision_metrics(
@@ -691,6 +701,68 @@ def _attribution_figure(s: _Scope) -> Any:
     return m.attribution_metrics(rows)
 
 
+def _check(r: Record, system: _System, **values: Any) -> None:
+    """Per-question outcomes, kept on the record for the report's per-question rows."""
+    r.setdefault("checks", {}).setdefault(system.name, {}).update(values)
+
+
+def _key_fact_figure(s: _Scope) -> Any:
+    rows = [(r, a) for r, a in s.part("answer") if r.get("key_fact") and r["gold"]]
+    if "answer" not in s.chosen or not rows:
+        return None
+    out = []
+    for r, a in rows:
+        terms, least = r["key_fact"], r.get("key_fact_min")
+        # the recipe has no sentence structure: its first sentence is its text's
+        first = a.get("first_sentence", m.first_sentence(a["answer"]))
+        found = {
+            "first": not a["abstained"] and m.key_fact_found(first, terms, least),
+            "anywhere": not a["abstained"] and m.key_fact_found(a["answer"], terms, least),
+        }
+        _check(r, s.system, key_fact_first=found["first"], key_fact_anywhere=found["anywhere"])
+        out.append({"type": r.get("type"), "abstained": a["abstained"], **found})
+    return m.key_fact_metrics(out)
+
+
+def _documents_cited_figure(s: _Scope) -> Any:
+    rows = [(r, a) for r, a in s.part("answer") if not a["abstained"]]
+    if "citations" not in s.chosen or not rows:
+        return None
+    for r, a in rows:
+        cited = m.dedupe_docs(a["cited"])
+        _check(r, s.system, cited=cited, cited_unexpected=[d for d in cited if d not in r["gold"]])
+    return m.document_citation_metrics([{"gold": r["gold"], "cited": a["cited"]} for r, a in rows])
+
+
+def _verification_figure(s: _Scope) -> Any:
+    rows = [(r, a) for r, a in s.part("answer") if not a["abstained"]]
+    if "citations" not in s.chosen or not rows:
+        return None
+    for r, a in rows:
+        _check(r, s.system, removed=a.get("removed", 0), shown_unsupported=a["unsupported"])
+    return m.verification_metrics([a for _, a in rows])
+
+
+def decision_of(a: Record) -> str:
+    """An answer's yes/no reading: its decision when it made one, else its text parsed."""
+    if a["abstained"]:
+        return m.ABSTAINED
+    label = a.get("decision")
+    if label:
+        return "maybe" if label == "uncertain" else str(label)
+    return m.parse_decision(a["answer"])
+
+
+def _yes_no_figure(s: _Scope) -> Any:
+    rows = [(r, a) for r, a in s.part("answer") if r.get("type") == "yes_no"]
+    if "answer" not in s.chosen or not rows:
+        return None
+    preds = [decision_of(a) for _, a in rows]
+    for (r, _), p in zip(rows, preds, strict=True):
+        _check(r, s.system, decision=p, decision_right=p == r["gold_answer"])
+    return m.yes_no_metrics([r["gold_answer"] for r, _ in rows], preds)
+
+
 FIGURES: dict[str, Figure] = {
     "retrieval": _retrieval_figure,
     "modes": _modes_figure,
@@ -699,22 +771,61 @@ FIGURES: dict[str, Figure] = {
     "citations": _citations_figure,
     "abstention": _abstention_figure,
     "attribution": _attribution_figure,
+    "key_fact": _key_fact_figure,
+    "documents_cited": _documents_cited_figure,
+    "verification": _verification_figure,
+    "yes_no": _yes_no_figure,
 }
 _SYSTEMS = {
     "": _System(
         "clinrag",
         "",
-        ("retrieval", "modes", "timings", "answer", "citations", "attribution"),
+        (
+            "retrieval",
+            "modes",
+            "timings",
+            "answer",
+            "citations",
+            "abstention",
+            "key_fact",
+            "documents_cited",
+            "verification",
+            "yes_no",
+            "attribution",
+        ),
         ANSWER_METRICS,
     ),
     # The recipe has no modes and cites nothing; saying it does not know is its abstention.
     "baseline_": _System(
         "baseline",
         "baseline_",
-        ("retrieval", "timings", "answer", "abstention"),
+        ("retrieval", "timings", "answer", "abstention", "key_fact", "yes_no"),
         frozenset({"answer"}),
     ),
 }
+
+
+def per_question_row(r: Record) -> Record:
+    """One question's outcome per system, for a reviewer to see each miss."""
+    row: Record = {
+        "qid": r["qid"],
+        "type": r.get("type"),
+        "question": r["question"],
+        "expected_docs": r["gold"],
+        "expected_decision": r["gold_answer"] if r.get("type") == "yes_no" else None,
+    }
+    for name, prefix in (("clinrag", ""), ("baseline", "baseline_")):
+        a = r.get(f"{prefix}answer")
+        if not a:
+            continue
+        row[name] = {
+            "mode": a.get("mode"),
+            "abstained": a["abstained"],
+            "first_sentence": a.get("first_sentence", m.first_sentence(a["answer"])),
+            "answer": a["answer"],
+            **r.get("checks", {}).get(name, {}),
+        }
+    return row
 
 
 def system_metrics(records: Sequence[Record], chosen: Sequence[str], prefix: str) -> dict[str, Any]:

@@ -47,12 +47,20 @@ def add_eval_parser(
         "eval",
         help="measure retrieval, answers, citations and attribution on a question set",
         description=(
-            "Evaluate clinrag on FOLDER/corpus.jsonl and FOLDER/questions.jsonl. The corpus is "
-            "ingested once into an isolated store under HOME/eval/<corpus hash>; per-question "
-            "results are cached there, so an interrupted run resumes."
+            "Evaluate clinrag on FOLDER/corpus.jsonl and FOLDER/questions.jsonl, or on a "
+            "question set: FOLDER/manifest.json naming a library folder of real files (relative "
+            "to FOLDER) and its questions file, whose questions may carry a type (guideline, "
+            "yes_no, off_library) and a key_fact, as in evaluation/sets/clinician. The corpus "
+            "or library is ingested once into an isolated store under HOME/eval/<its hash>; "
+            "per-question results are cached there, so an interrupted run resumes. The cache "
+            "is keyed by the answer settings, not the code: after a pipeline change, --fresh."
         ),
     )
-    p.add_argument("folder", type=Path, help="folder with corpus.jsonl and questions.jsonl")
+    p.add_argument(
+        "folder",
+        type=Path,
+        help="folder with corpus.jsonl and questions.jsonl, or with a question set's manifest.json",
+    )
     p.add_argument("--limit", type=_positive, help="evaluate a fixed seeded sample of N questions")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
     p.add_argument(
