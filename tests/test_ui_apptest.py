@@ -19,7 +19,7 @@ from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, attributing_assista
 
 from audit.record import open_log as audit_log
 from core.config import load_settings
-from ui.render import md_escape
+from ui.render import faithfulness_text, md_escape
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 HTN_QUESTION = "What blood pressure defines stage 1 hypertension?"
@@ -325,6 +325,130 @@ def test_document_text_is_escaped_not_rendered(home: Path) -> None:
     assert "\\[click\\]\\(javascript" in escaped and "\\<script\\>" in escaped
 
 
+CRC_START = "At what age should average-risk adults start colorectal cancer screening?"
+CRC_STOP = "When should average-risk adults stop colorectal cancer screening?"
+
+
+def test_follow_up_is_understood_from_the_previous_question_and_linked_to_it(
+    home: Path,
+) -> None:
+    at = sign_in(start(), "carol")
+    ask(at, CRC_START)
+    first = records(home, "answer")[-1]
+    ask(at, "and when should they stop?")
+    second = records(home, "answer")[-1]
+    assert second.payload["question"] == "and when should they stop?"
+    assert second.payload["resolved_question"] == CRC_STOP
+    assert second.payload["parent_id"] == first.seq
+    answers = [m for m in at.chat_message if m.name == "assistant"]
+    assert [c.value for c in answers[1].caption][0] == "Understood as: " + md_escape(CRC_STOP)
+    assert not any(c.value.startswith("Understood as") for c in answers[0].caption)
+    assert any("colorectal" in m.value.lower() for m in answers[1].markdown)
+    # what the clinician typed stays their question on the screen
+    users = [m for m in at.chat_message if m.name == "user"]
+    assert users[1].markdown[0].value == md_escape("and when should they stop?")
+
+
+def test_new_conversation_clears_the_context(home: Path) -> None:
+    at = sign_in(start(), "carol")
+    assert not [b for b in at.button if b.key == "new-conversation"]  # nothing to clear yet
+    ask(at, CRC_START)
+    at.button(key="new-conversation").click().run()
+    assert not at.exception, at.exception
+    assert not at.chat_message
+    ask(at, "and when should they stop?")
+    answer = records(home, "answer")[-1]
+    assert answer.payload["question"] == "and when should they stop?"
+    assert answer.payload["resolved_question"] is None and answer.payload["parent_id"] is None
+    assert not any(c.value.startswith("Understood as") for c in at.caption)
+
+
+FABRICATED = "The American College of Pro-Gynaecological Medicine set this target at 11.0% in 2031"
+
+
+class _FabricatingLLM(ExtractiveLLM):
+    """The extractive answer plus one invented sentence that no source supports."""
+
+    def stream(self, messages: Any, *, max_new_tokens: int, temperature: float) -> Iterator[str]:
+        yield from super().stream(messages, max_new_tokens=max_new_tokens, temperature=temperature)
+        yield f" {FABRICATED} [1]."
+
+
+def test_unsupported_sentences_are_removed_and_counted_never_shown(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ui.session
+    from assistant.pipeline import Assistant
+
+    monkeypatch.setattr(
+        ui.session, "assistant_factory", lambda s: Assistant(s, llm=_FabricatingLLM())
+    )
+    st.cache_resource.clear()
+    at = sign_in(start(), "carol")
+    ask(at, HTN_QUESTION)
+    record = records(home, "answer")[-1]
+    assert record.payload["abstained"] is False
+    # removed: what the record keeps for auditors and the reader does not see (a sentence
+    # left in ``sentences`` with its flag down counts too: the page shows flags, not lists)
+    removed = record.payload["unverified_sentences"] + [
+        s for s in record.payload["sentences"] if not s["supported"]
+    ]
+    assert any("Pro-Gynaecological" in s["text"] for s in removed), removed
+    n = len(removed)
+    shown = all_text(at) + " ".join(e.label for e in at.expander)
+    assert "Gynaecological" not in shown
+    assert "removed because the library does not support" in shown
+    note = next(c.value for c in at.caption if "removed because" in c.value)
+    assert note.split(":material/content_cut: ")[1].startswith(
+        f"{n} sentence{'s' if n != 1 else ''} {'were' if n != 1 else 'was'} removed"
+    )
+    assert not any("unverified wording" in e.label for e in at.expander)
+    assert not any("withheld" in e.label.lower() for e in at.expander)
+    # every sentence that is shown is a checked one, with its citation badge
+    answer_md = [m.value for m in at.chat_message[1].markdown if ":blue-badge[" in m.value]
+    assert answer_md and all("Gynaecological" not in m for m in answer_md)
+
+
+class _Deciding:
+    """The real Assistant (fake LLM) whose answers carry a yes/no decision, as the decision
+    step (another module) will add it: the page must show it first, with its sentences."""
+
+    def __init__(self, settings: Any) -> None:
+        from assistant.pipeline import Assistant
+
+        self._inner = Assistant(settings, llm=ExtractiveLLM())
+        self.retriever = self._inner.retriever
+
+    def warm_up(self) -> None:
+        self._inner.warm_up()
+
+    def ask(self, question: str, **kwargs: Any) -> Any:
+        from core.types import Decision, DecisionLabel
+
+        answer = self._inner.ask(question, **kwargs)
+        cited = [k for s in answer.sentences for k in s.evidence][:1]
+        answer.decision = Decision(
+            DecisionLabel.NO, {"yes": 0.2, "no": 0.8}, evidence=cited, method="test"
+        )
+        return answer
+
+
+def test_a_decision_is_shown_first_with_its_sentences(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ui.session
+
+    monkeypatch.setattr(ui.session, "assistant_factory", _Deciding)
+    st.cache_resource.clear()
+    at = sign_in(start(), "carol")
+    ask(at, "Should stage 1 hypertension be defined by a systolic pressure of 130 to 139?")
+    message = [m for m in at.chat_message if m.name == "assistant"][-1]
+    assert message.markdown[0].value == "### No"
+    quote = message.markdown[1].value
+    assert quote.startswith("> ") and ":blue-badge[1]" in quote
+    assert md_escape("Method: test (yes 0.20, no 0.80)") in [c.value for c in message.caption]
+
+
 def _attributing_assistant(settings: Any) -> Any:
     return attributing_assistant(settings, {"top_k_drop": 1.5, "random_drop": 0.2})
 
@@ -351,6 +475,9 @@ def test_attribution_is_offered_after_the_answer_and_recorded(
     assert event.payload["answer_id"] == answer.seq and event.user == "carol"
     assert event.payload["attribution"]["scores"][0] == 0.9
     assert any("Which sources the answer relied on" in m.value for m in at.markdown)
+    # the faithfulness check in words, not numbers
+    worded = md_escape(faithfulness_text({"top_k_drop": 1.5, "random_drop": 0.2}))
+    assert worded in [c.value for c in at.caption]
     chunk = next(m.value for m in at.expander[0].markdown if "clinrag-chunk" in m.value)
     assert "clinrag-attributed" in chunk or "clinrag-evidence" in chunk
 

@@ -1,6 +1,9 @@
 """Ask: a question streams into an answer; each sentence carries its sources, checked.
 
 Answers stay in the session's history (newest last); a new question never replaces an old one.
+The history is one conversation: a question that leans on the previous one ("and when should
+they stop?") is answered as rewritten from it ("Understood as ..."), and "New conversation"
+clears it. Only checked sentences are shown; removed ones are counted, never displayed.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import streamlit as st
 
 from core.config import Settings
 from core.errors import ClinragError
-from core.types import Actor, Answer, Chunk, Hit, Mode
+from core.types import Actor, Answer, Chunk, DecisionLabel, Hit, Mode
 from services import ask as asking
 from services import library
 from services.accounts import User
 from ui.render import (
+    NEGATIVE_SCORE_NOTE,
     abstain_reason_text,
     attribution_by_source,
+    attribution_chart,
+    faithfulness_text,
+    has_negative,
     highlighted_html,
     md_escape,
     source_highlights,
@@ -28,6 +35,11 @@ from ui.session import actor, assistant_session, require
 
 log = logging.getLogger("clinrag.ui")
 MAX_COMMENT_CHARS = asking.MAX_COMMENT_CHARS
+_DECISION_WORDS = {
+    DecisionLabel.YES: "Yes",
+    DecisionLabel.NO: "No",
+    DecisionLabel.UNCERTAIN: "Uncertain",
+}
 
 
 def render(settings: Settings, user: User | None) -> None:
@@ -38,6 +50,15 @@ def render(settings: Settings, user: User | None) -> None:
     if not docs:
         st.info("The library is empty. An administrator adds guidelines on the Library page.")
     history: list[dict[str, Any]] = st.session_state.setdefault("history", [])
+    if history and st.button(
+        "New conversation",
+        key="new-conversation",
+        icon=":material/add_comment:",
+        help="Clears this conversation: the next question is read on its own.",
+    ):
+        # the answers stay in the audit log; the next question has no previous turn
+        history.clear()
+        st.rerun()
     for i, entry in enumerate(history):
         _render_entry(settings, user, entry, i, docs)
     question = st.chat_input(
@@ -47,12 +68,24 @@ def render(settings: Settings, user: User | None) -> None:
         with st.chat_message("user"):
             st.markdown(md_escape(question))
         with st.chat_message("assistant"):
-            entry = _ask(settings, user, question)
+            entry = _ask(settings, user, question, _previous(history))
         history.append(entry)
         st.rerun()
 
 
-def _ask(settings: Settings, user: User, question: str) -> dict[str, Any]:
+def _previous(history: list[dict[str, Any]]) -> Answer | None:
+    """The conversation's last answer, the context a follow-up question is read in (a turn
+    that failed has none; the one before it stands)."""
+    for entry in reversed(history):
+        if entry.get("answer") is not None:
+            answer: Answer = entry["answer"]
+            return answer
+    return None
+
+
+def _ask(
+    settings: Settings, user: User, question: str, previous: Answer | None = None
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"question": question, "answer": None, "error": None, "feedback": None}
     try:
         with assistant_session(settings) as assistant:
@@ -65,7 +98,9 @@ def _ask(settings: Settings, user: User, question: str) -> dict[str, Any]:
                 placeholder.markdown(md_escape("".join(tokens)) + " ▌")
 
             # attribution takes minutes on a CPU: offered afterwards, on request
-            entry["answer"] = asking.ask(assistant, actor(user), question, on_token=on_token)
+            entry["answer"] = asking.ask(
+                assistant, actor(user), question, on_token=on_token, previous=previous
+            )
     except ClinragError as exc:
         entry["error"] = str(exc)
     except Exception as exc:  # shown, not raised: the history must survive
@@ -94,6 +129,9 @@ def _render_entry(
 def _render_answer(
     settings: Settings, who: Actor, answer: Answer, i: int, docs: list[dict[str, Any]]
 ) -> None:
+    if answer.resolved_question:
+        st.caption("Understood as: " + md_escape(answer.resolved_question))
+    labels = _labels(answer)
     if answer.abstained:
         st.warning(
             "**No answer.** The assistant abstained: "
@@ -101,51 +139,57 @@ def _render_answer(
             + "."
         )
         st.markdown(md_escape(answer.answer))
-        if answer.sentences:
-            with st.expander("The withheld draft (not supported by the sources)"):
-                for s in answer.sentences:
-                    st.text(s.text)
         numbers = sorted({e.n for e in answer.evidence})
     else:
+        _render_decision(answer, labels)
         if answer.mode == Mode.QUOTED:
             st.info(
                 "The model's own wording could not be verified against the sources, so the "
                 "guideline sentences that best answer the question are quoted instead."
             )
+        elif answer.mode == Mode.COMBINED:
+            st.caption(
+                "The model's sentences that were checked against the cited sources, completed "
+                "with the guideline's own sentences."
+            )
         else:
             st.caption("Each sentence was checked against the cited sources.")
+        # Only the sentence flags decide what is shown: a sentence verification refused is
+        # never displayed, whatever attribution later adds to the answer.
         for s in answer.sentences:
-            chips = " ".join(f":blue-badge[{n}]" for n in s.citations)
             if s.supported:
+                chips = " ".join(f":blue-badge[{labels.get(n, n)}]" for n in s.citations)
                 st.markdown(f"{md_escape(s.text)} {chips}")
-            else:
-                st.markdown(
-                    f":red-badge[:material/warning: Not supported by the sources] "
-                    f"{md_escape(s.text)} {chips}"
-                )
         numbers = [c.n for c in answer.citations]
-        unverified = answer.unverified
-        if unverified:
-            with st.expander("The model's unverified wording (withheld)"):
-                for s in unverified:
-                    st.text(s.text)
+        # evidence from a source no sentence cites still gets its panel, so every label shown
+        # can be opened
+        numbers += sorted({e.n for e in answer.evidence} - set(numbers))
+    removed = _removed(answer)
+    if removed:
+        st.caption(
+            f":material/content_cut: {removed} sentence{'s' if removed != 1 else ''} "
+            f"{'were' if removed != 1 else 'was'} removed because the library does not "
+            f"support {'them' if removed != 1 else 'it'}."
+        )
 
     hits = answer.hits or []
-    for w in _currency_lines(hits, numbers, docs, who.role):
+    for w in _currency_lines(hits, numbers, docs, who.role, labels):
         st.warning(md_escape(w), icon=":material/history:")
 
     if numbers:
         st.markdown("**Sources**" if not answer.abstained else "**Closest passages**")
         for n in numbers:
             if 0 < n <= len(hits):
-                _source_panel(settings, who, answer, hits[n - 1].chunk, n, i, docs)
+                _source_panel(settings, who, answer, hits[n - 1].chunk, n, i, docs, labels)
 
     if answer.evidence:
         st.markdown("**Key evidence** (the guideline's own words)")
         for e in answer.evidence:
             st.markdown("> " + md_escape(e.text))
             where = ", ".join(x for x in (e.section, f"p. {e.page}" if e.page else "") if x)
-            st.caption(md_escape(f"[{e.n}] {e.title}" + (f" ({where})" if where else "")))
+            st.caption(
+                md_escape(f"[{labels.get(e.n, e.n)}] {e.title}" + (f" ({where})" if where else ""))
+            )
 
     if answer.abstained and answer.nearest_documents:
         st.markdown("**Nearest documents**")
@@ -158,8 +202,63 @@ def _render_answer(
         st.caption(f"Audit record {int(answer.audit_id)}")
 
 
+def _labels(answer: Answer) -> dict[int, Any]:
+    """Source number -> the label a reader sees: the citation's display label (sequential,
+    without the retrieval rank's gaps); sources no citation names (an abstention's closest
+    passages) are numbered after them in the order shown."""
+    labels: dict[int, Any] = {c.n: getattr(c, "label", c.n) for c in answer.citations}
+    used = {str(v) for v in labels.values()}
+    nxt = 1
+    for e in answer.evidence:
+        if e.n in labels:
+            continue
+        while str(nxt) in used:
+            nxt += 1
+        labels[e.n] = nxt
+        used.add(str(nxt))
+    return labels
+
+
+def _label_key(label: Any) -> tuple[int, int, str]:
+    text = str(label)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def _removed(answer: Answer) -> int:
+    """How many sentences the reader does not see because verification refused them."""
+    unsupported = sum(1 for s in answer.sentences if not s.supported)
+    return len(answer.unverified) + (0 if answer.abstained else unsupported)
+
+
+def _render_decision(answer: Answer, labels: dict[int, Any]) -> None:
+    """A yes/no question's decision first, with the guideline sentences it was read from."""
+    decision = answer.decision
+    if decision is None:
+        return
+    word = _DECISION_WORDS.get(DecisionLabel(decision.label), str(decision.label).title())
+    by_index = {s.index: s for s in answer.source_sentences}
+    st.markdown(f"### {md_escape(word)}")
+    shown = [by_index[k] for k in decision.evidence if k in by_index]
+    if shown:
+        st.caption("Decided from these sentences of the sources only:")
+        for s in shown:
+            st.markdown(f"> {md_escape(s.text)} :blue-badge[{labels.get(s.n, s.n)}]")
+    else:
+        st.caption("No source sentence supports a yes or a no.")
+    odds = ", ".join(
+        f"{k} {v:.2f}"
+        for k, v in decision.probabilities.items()
+        if k.lower() in {"yes", "no"} and isinstance(v, int | float)
+    )
+    st.caption(md_escape(f"Method: {decision.method}" + (f" ({odds})" if odds else "")))
+
+
 def _currency_lines(
-    hits: list[Hit], numbers: list[int], docs: list[dict[str, Any]], role: str
+    hits: list[Hit],
+    numbers: list[int],
+    docs: list[dict[str, Any]],
+    role: str,
+    labels: dict[int, Any] | None = None,
 ) -> list[str]:
     """One line per cited document and warning, naming every source number that cites it
     (several passages of one outdated guideline used to repeat its warning per passage)."""
@@ -173,7 +272,8 @@ def _currency_lines(
     lines = []
     for doc_id, ns in cited.items():
         chunk = chunks[doc_id]
-        marks = ", ".join(str(n) for n in sorted(set(ns)))
+        shown = sorted({(labels or {}).get(n, n) for n in ns}, key=_label_key)
+        marks = ", ".join(str(m) for m in shown)
         for w in library.currency_warnings(
             doc_id, docs, title=chunk.title, metadata=chunk.metadata, roles=[role]
         ):
@@ -189,13 +289,22 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
     """
     answer = entry["answer"]
     rows = attribution_by_source(answer)
+    labels = _labels(answer)
+    for row in rows:
+        # the chart names sources by the labels the answer shows, not by retrieval rank
+        n = row.get("n")
+        if isinstance(n, int) and labels.get(n, n) != n:
+            row["source"] = str(row["source"]).replace(f"[{n}]", f"[{labels[n]}]", 1)
     if rows:
         attribution = answer.attribution or {}
         st.markdown(
             "**Which sources the answer relied on** "
             + md_escape(f"(attribution: {attribution.get('method', '')})")
         )
-        st.bar_chart(rows, x="source", y="attribution", horizontal=True)
+        st.altair_chart(attribution_chart(rows), use_container_width=True)
+        if has_negative(rows):
+            st.caption(NEGATIVE_SCORE_NOTE)
+        st.caption(md_escape(faithfulness_text(attribution.get("faithfulness"))))
         return
     if (
         answer.abstained
@@ -237,10 +346,12 @@ def _source_panel(
     n: int,
     i: int,
     docs: list[dict[str, Any]],
+    labels: dict[int, Any] | None = None,
 ) -> None:
     meta = chunk.metadata or {}
     where = ", ".join(x for x in (chunk.section, f"p. {chunk.page}" if chunk.page else "") if x)
-    label = md_escape(f"[{n}] {chunk.title}" + (f" · {where}" if where else ""))
+    shown = (labels or {}).get(n, n)
+    label = md_escape(f"[{shown}] {chunk.title}" + (f" · {where}" if where else ""))
     with st.expander(label):
         facts = [
             ("Issued by", meta.get("issuing_body")),
