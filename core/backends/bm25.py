@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -10,15 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.publish import MARKER, is_published, publish_dir
+
 if TYPE_CHECKING:
     from core.config import Settings
 
 
 class BM25Index:
-    """A BM25 index over texts, saved under ``folder`` and reused while ``version`` holds."""
+    """A BM25 index over texts, saved under ``folder`` and reused while ``version`` holds.
+
+    Each index version is its own folder (``v-<hash of version>``), published through
+    :mod:`core.publish` under one lock per collection: processes that start together build it
+    once, and a process loading one version never has its files replaced under it.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self._folder: Path = settings.cache_dir / "bm25" / settings.collection
+        self._root: Path = settings.cache_dir / "bm25" / settings.collection
         self._retriever: Any = None
         self._stemmer: Any = None
         self.version: str | None = None
@@ -32,6 +40,9 @@ class BM25Index:
             self._stemmer = Stemmer.Stemmer("english")
         return self._stemmer
 
+    def _folder(self, version: str) -> Path:
+        return self._root / f"v-{hashlib.sha256(version.encode()).hexdigest()[:16]}"
+
     def load_or_build(
         self, version: str, items_fn: Callable[[], Sequence[tuple[str, str]]]
     ) -> None:
@@ -40,33 +51,55 @@ class BM25Index:
 
         if self.version == version:
             return
-        stamp = self._folder / "version.json"
-        if stamp.is_file() and json.loads(stamp.read_text()).get("version") == version:
-            self._ids = json.loads((self._folder / "ids.json").read_text())
-            self.size = len(self._ids)
-            if self.size:
-                self._retriever = bm25s.BM25.load(str(self._folder / "index"))
-            self.version = version
+        folder = self._folder(version)
+        built: list[Any] = []
+
+        def build(tmp: Path) -> None:
+            self._prune(keep=tmp)
+            items = items_fn()
+            texts = [t for _, t in items]
+            retriever = bm25s.BM25()
+            if texts:
+                tokens = bm25s.tokenize(
+                    list(texts), stopwords="en", stemmer=self._stem(), show_progress=False
+                )
+                retriever.index(tokens, show_progress=False)
+                retriever.save(str(tmp / "index"))
+            ids = [i for i, _ in items]
+            (tmp / "ids.json").write_text(json.dumps(ids))
+            built.extend([retriever, ids])
+
+        publish_dir(
+            folder,
+            build,
+            what="building the keyword index",
+            meta={"version": version},
+            lock=self._root.with_name(f".{self._root.name}.lock"),
+        )
+        if built:
+            self._retriever, self._ids = built
+        else:
+            self._ids = json.loads((folder / "ids.json").read_text())
+            self._retriever = bm25s.BM25.load(str(folder / "index")) if self._ids else None
+        self.size, self.version = len(self._ids), version
+
+    def _prune(self, keep: Path) -> None:
+        """Keep only the newest published version (the one about to be published joins it):
+        a process still loading it is not disturbed. Runs under the collection's lock, so
+        everything else here, older versions and builds abandoned by killed processes, is
+        unused; so are the files of the single-folder layout of older clinrag versions."""
+        shutil.rmtree(self._root.with_name(self._root.name + ".tmp"), ignore_errors=True)
+        if not self._root.is_dir():
             return
-        items = items_fn()
-        texts = [t for _, t in items]
-        retriever = bm25s.BM25()
-        if texts:
-            tokens = bm25s.tokenize(
-                list(texts), stopwords="en", stemmer=self._stem(), show_progress=False
-            )
-            retriever.index(tokens, show_progress=False)
-        tmp = self._folder.with_name(self._folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if texts:
-            retriever.save(str(tmp / "index"))
-        self._ids = [i for i, _ in items]
-        (tmp / "ids.json").write_text(json.dumps(self._ids))
-        (tmp / "version.json").write_text(json.dumps({"version": version}))
-        shutil.rmtree(self._folder, ignore_errors=True)
-        tmp.rename(self._folder)
-        self._retriever, self.size, self.version = retriever, len(texts), version
+        published = [p for p in self._root.iterdir() if p.name.startswith("v-") and is_published(p)]
+        newest = max(published, key=lambda p: (p / MARKER).stat().st_mtime, default=None)
+        for entry in self._root.iterdir():
+            if entry in (newest, keep):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def stem(self, words: Sequence[str]) -> list[str]:
         return list(self._stem().stemWords(list(words)))

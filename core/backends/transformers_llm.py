@@ -2,6 +2,9 @@
 
 The only module that imports transformers. A GGUF file is dequantized once (slow) and the
 result saved under CLINRAG_HOME/models, so later starts load the converted folder directly.
+The conversion is published through :mod:`core.publish`: of several processes starting at
+once on a fresh home, one converts and the others wait for it, and a conversion killed half
+way is never loaded.
 """
 
 from __future__ import annotations
@@ -9,8 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 from core.backends.base import Message
 from core.errors import ConfigError, ModelUnavailableError
 from core.hashing import file_sha256
+from core.publish import publish_dir
 from core.types import ModelInfo
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # differs (tampered, or another release) is refused before it is converted or loaded. An
 # llm_model the site configures is its own choice and is not pinned.
 PACKAGED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-_MARKER = "clinrag-converted.json"
 
 
 def _find_packaged_gguf() -> Path:
@@ -110,9 +111,12 @@ def _load(
         weights = _gguf_sha256(gguf)
         folder = Path(cache_root) / f"{gguf.stem}-{weights[:16]}"
         identity = {"model_id": gguf.name, "weights_hash": weights}
-        timings["converted_now"] = not (folder / _MARKER).is_file()
-        if timings["converted_now"]:
-            _convert_gguf(src, gguf_name, folder, identity)
+        timings["converted_now"] = publish_dir(
+            folder,
+            lambda tmp: _convert_gguf(src, gguf_name, tmp),
+            what="converting the model",
+            meta=identity,
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     # PreTrainedModel.to is wrapped with functools.wraps, which mypy does not bind to the
@@ -125,7 +129,8 @@ def _load(
     return model, tokenizer, {**identity, **timings}
 
 
-def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict[str, str]) -> None:
+def _convert_gguf(src: Path, gguf_name: str, dest: Path) -> None:
+    """Dequantize the GGUF into ``dest`` (an empty private folder: see publish_dir)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)
@@ -135,13 +140,8 @@ def _convert_gguf(src: Path, gguf_name: str, folder: Path, identity: dict[str, s
     model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module types setattr as modules only
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / _MARKER).write_text(json.dumps(identity), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # a crash mid-save leaves only .tmp, which is redone next time
+    model.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
 
 
 class TransformersLLM:

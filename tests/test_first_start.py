@@ -1,0 +1,315 @@
+"""First start under concurrency: what clinrag builds on first use (the converted LLM, the
+keyword index) is built once, by one process, and never seen half-written.
+
+The fast tests race :func:`core.publish.publish_dir` itself with threads and processes and
+kill a builder; the slow ones start real ``clinrag ask`` processes on a fresh home that shares
+nothing with the session's model cache, which is the point: they convert the packaged GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.publish import MARKER, exclusive, is_published, publish_dir, published_meta
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What blood pressure defines stage 1 hypertension?"
+
+# ---------------------------------------------------------------- publish_dir, fast
+
+
+def _slow_build(counter: list[int], delay: float = 0.2) -> object:
+    def build(tmp: Path) -> None:
+        counter.append(1)
+        (tmp / "part-1.bin").write_bytes(b"x" * 1000)
+        time.sleep(delay)  # long enough that every racer arrives while it runs
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "part-2.bin").write_bytes(b"y" * 10)
+
+    return build
+
+
+def test_threads_racing_build_once_and_all_find_it_complete(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "thing"
+    builds: list[int] = []
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    build = _slow_build(builds)
+
+    def racer() -> None:
+        try:
+            results.append(publish_dir(target, build, what="building the thing"))  # type: ignore[arg-type]
+            # whoever returns sees the whole build, never a part of it
+            assert (target / "sub" / "part-2.bin").read_bytes() == b"y" * 10
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(builds) == 1
+    assert sorted(results) == [False] * 7 + [True]
+    assert is_published(target)
+    # nothing but the target and its lock file is left beside it
+    assert sorted(p.name for p in target.parent.iterdir()) == [".thing.lock", "thing"]
+
+
+RACE_CHILD = """
+import sys, time
+from pathlib import Path
+from core.publish import publish_dir
+
+target, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+
+def build(tmp):
+    (tmp / "weights.bin").write_bytes(b"w" * 100_000)
+    time.sleep(0.5)
+    (tmp / "config.json").write_text("{}")
+
+print(publish_dir(target, build, what="building the thing", meta={"by": sys.argv[3]}))
+"""
+
+
+def test_processes_racing_build_once(tmp_path: Path) -> None:
+    target = tmp_path / "thing"
+    start = time.time() + 2.0  # all children are running (imports done) before it
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_CHILD, str(target), str(start), str(i)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    built = [out.strip() for out, _ in outs]
+    assert sorted(built) == ["False", "False", "False", "True"]
+    # the three that waited said so, on stderr
+    waited = [err for _, err in outs if "Waiting for another process" in err]
+    assert len(waited) == 3, [err for _, err in outs]
+    meta = published_meta(target)
+    assert meta is not None and meta["by"] == str(built.index("True"))
+    assert (target / "weights.bin").stat().st_size == 100_000
+
+
+def test_a_waiting_process_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "thing"
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with exclusive(target, "building the thing"):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait(10)
+    threading.Timer(0.3, release.set).start()
+    with caplog.at_level(logging.WARNING, logger="clinrag.publish"):
+        assert publish_dir(target, lambda tmp: (tmp / "f").write_text("1"), what="doing X")
+    thread.join()
+    assert "Waiting for another process to finish doing X" in caplog.text
+
+
+KILLED_CHILD = """
+import os, sys, time
+from pathlib import Path
+from core.publish import publish_dir
+
+def build(tmp):
+    (tmp / "weights.bin").write_bytes(b"w" * 1000)
+    print("building", flush=True)
+    time.sleep(600)
+
+publish_dir(Path(sys.argv[1]), build, what="building the thing")
+"""
+
+
+def test_a_builder_killed_mid_build_leaves_nothing_taken_for_finished(tmp_path: Path) -> None:
+    target = tmp_path / "thing"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(target)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "building"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    leftovers = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert leftovers and not target.exists() and not is_published(target)
+    # the next process is not blocked by the dead one's lock, builds, and sweeps its remains
+    builds: list[int] = []
+    assert publish_dir(target, _slow_build(builds, 0.0), what="building the thing")  # type: ignore[arg-type]
+    assert builds == [1] and is_published(target)
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_a_half_written_folder_under_the_final_name_is_rebuilt(tmp_path: Path) -> None:
+    # what the old conversion left when two processes raced: the final name, a marker of its
+    # own, a config and a tokenizer, and no weights
+    target = tmp_path / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f"
+    target.mkdir()
+    (target / "clinrag-converted.json").write_text("{}")
+    (target / "config.json").write_text("{}")
+    assert not is_published(target)
+    assert publish_dir(target, lambda tmp: (tmp / "model.safetensors").write_bytes(b"m" * 64), what="x")
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "model.safetensors"]
+    assert not any(".old-" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_file_truncated_after_publication_is_not_complete(tmp_path: Path) -> None:
+    target = tmp_path / "thing"
+    publish_dir(target, _slow_build([], 0.0), what="x")  # type: ignore[arg-type]
+    assert is_published(target)
+    (target / "part-1.bin").write_bytes(b"x" * 10)
+    assert not is_published(target)
+    (target / "part-1.bin").unlink()
+    assert not is_published(target)
+
+
+def test_a_failed_build_leaves_nothing_and_releases_the_lock(tmp_path: Path) -> None:
+    target = tmp_path / "thing"
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("h")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        publish_dir(target, broken, what="x")
+    assert [p.name for p in tmp_path.iterdir()] == [".thing.lock"]
+    assert publish_dir(target, _slow_build([], 0.0), what="x")  # type: ignore[arg-type]
+
+
+def test_keyword_index_versions_race_and_prune(tmp_path: Path) -> None:
+    from core.backends.bm25 import BM25Index
+
+    settings = Settings(home=tmp_path / "home")
+    items = [("a", "aspirin for primary prevention"), ("b", "influenza vaccination adults")]
+    calls: list[int] = []
+
+    def items_fn() -> list[tuple[str, str]]:
+        calls.append(1)
+        time.sleep(0.2)
+        return items
+
+    indexes = [BM25Index(settings) for _ in range(6)]
+    threads = [threading.Thread(target=i.load_or_build, args=("1:abc", items_fn)) for i in indexes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert all(i.search("aspirin", 1)[0][0] == "a" for i in indexes)
+    root = settings.cache_dir / "bm25" / settings.collection
+    # a new version keeps the previous one (a process may be loading it) and drops older ones
+    for version in ("2:abc", "3:abc"):
+        BM25Index(settings).load_or_build(version, lambda: items)
+    kept = sorted(p.name for p in root.iterdir())
+    assert kept == sorted([BM25Index(settings)._folder(v).name for v in ("2:abc", "3:abc")])
+
+
+# ------------------------------------------------- real clinrag processes on a fresh home
+
+
+def _fresh_home(library: Settings, home: Path) -> Path:
+    """The library's documents and index, without anything built on first use: no model
+    cache (not even a link to the session's), no keyword index, no audit log or keys."""
+    ignore = shutil.ignore_patterns("audit*", "keys", "models", "cache", "*.lock", "*.owner")
+    shutil.copytree(library.home, home, ignore=ignore)
+    return home
+
+
+def _ask_env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CLINRAG_HOME": str(home),
+        "CLINRAG_ATTRIBUTION": "off",
+        "CLINRAG_MAX_NEW_TOKENS": "8",
+    }
+
+
+def _ask(home: Path, user: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ui.cli.main", "ask", QUESTION, "--json", "--user", user],
+        cwd=REPO,
+        env=_ask_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _converted(home: Path) -> list[Path]:
+    models = home / "models"
+    return [p for p in models.iterdir() if not p.name.startswith(".")] if models.is_dir() else []
+
+
+@pytest.mark.slow
+def test_eight_processes_on_a_fresh_home_all_answer(library: Settings, tmp_path: Path) -> None:
+    home = _fresh_home(library, tmp_path / "fresh")
+    started = time.perf_counter()
+    procs = [_ask(home, f"user{i}") for i in range(8)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    elapsed = time.perf_counter() - started
+    failed = [err[-3000:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode]
+    assert not failed, failed
+    answers = [json.loads(out) for out, _ in outs]
+    assert len({a["audit_id"] for a in answers}) == 8
+    # one conversion, published once, seen complete by all; the others said they waited
+    assert [p.name for p in _converted(home)] == ["SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f"]
+    assert is_published(_converted(home)[0])
+    assert not [p for p in (home / "models").iterdir() if ".tmp" in p.name or ".old-" in p.name]
+    assert sum("Waiting for another process" in err for _, err in outs) >= 1
+    print(f"8 concurrent first starts: {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_kill_during_conversion_then_a_later_start_converts_and_answers(
+    library: Settings, tmp_path: Path
+) -> None:
+    home = _fresh_home(library, tmp_path / "fresh")
+    models = home / "models"
+    victim = _ask(home, "victim")
+    try:
+        # kill once the conversion has started writing its private folder
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and victim.poll() is None:
+            tmps = [p for p in models.glob(".*.tmp-*")] if models.is_dir() else []
+            if any(any(t.iterdir()) for t in tmps):
+                break
+            time.sleep(0.05)
+        assert victim.poll() is None, "the process ended before it was killed"
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    assert not _converted(home), "a killed conversion left a folder under the final name"
+    leftovers = list(models.glob(".*.tmp-*"))
+    assert leftovers
+    later = _ask(home, "later")
+    out, err = later.communicate(timeout=900)
+    assert later.returncode == 0, err[-3000:]
+    assert json.loads(out)["audit_id"]
+    assert len(_converted(home)) == 1 and is_published(_converted(home)[0])
+    assert not any(p.exists() for p in leftovers)
