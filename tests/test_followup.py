@@ -218,3 +218,23 @@ def test_follow_up_retrieves_with_the_resolved_question_and_links_its_parent(
     third = asking.ask(assistant, who, HTN, previous=second)
     assert third.resolved_question is None and third.parent_id is None
     assert assistant.audit.get(int(third.audit_id or 0)).payload["parent_id"] is None  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_follow_up_with_the_packaged_model(warm_assistant: Any) -> None:
+    """The same conversation through the real model: the rewrite finds the guideline, the
+    answer (whatever the model wrote) is recorded as a turn of its parent."""
+    from services import ask as asking
+
+    who = Actor("followup-tester-slow", "clinician")
+    first = asking.ask(warm_assistant, who, CRC)
+    second = asking.ask(warm_assistant, who, "and when should they stop?", previous=first)
+    assert second.resolved_question == (
+        "When should average-risk adults stop colorectal cancer screening?"
+    )
+    assert second.hits[0].chunk.doc_id == "colorectal-cancer-screening"
+    cited = {c.doc_id for c in second.citations} | {e.doc_id for e in second.evidence}
+    assert "colorectal-cancer-screening" in cited
+    record = warm_assistant.audit.get(int(second.audit_id or 0))
+    assert record.payload["parent_id"] == first.audit_id
+    assert record.payload["question"] == "and when should they stop?"
