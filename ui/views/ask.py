@@ -89,13 +89,18 @@ def _ask(
     entry: dict[str, Any] = {"question": question, "answer": None, "error": None, "feedback": None}
     try:
         with assistant_session(settings) as assistant:
-            st.caption("Generating: not yet checked against the sources.")
+            # The draft itself is never shown: nothing unchecked reaches a clinician. Progress
+            # is, so a slow CPU does not look like a hung page.
             placeholder = st.empty()
-            tokens: list[str] = []
+            placeholder.caption("Searching the library…")
+            words = [0]
 
             def on_token(token: str) -> None:
-                tokens.append(token)
-                placeholder.markdown(md_escape("".join(tokens)) + " ▌")
+                words[0] += len(token.split())
+                placeholder.caption(
+                    f"Writing the answer: {words[0]} words drafted. It is shown once every "
+                    "sentence has been checked against the sources."
+                )
 
             # attribution takes minutes on a CPU: offered afterwards, on request
             entry["answer"] = asking.ask(
