@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from assistant.policy import explain
+from assistant.replay import SentenceChange
 from core.types import Answer
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%])")
@@ -434,3 +435,43 @@ def heatmap_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+_DIFF_STYLE = {
+    "-": "background: #fde2e1; text-decoration: line-through;",
+    "+": "background: #d8f5dd; text-decoration: none;",
+}
+
+
+def _diff_span(op: str, text: str) -> str:
+    if op == "=":
+        return html_text(text)
+    tag = "del" if op == "-" else "ins"
+    return f'<{tag} style="{_DIFF_STYLE[op]}">{html_text(text)}</{tag}>'
+
+
+def sentence_diff_html(changes: Sequence[SentenceChange]) -> str:
+    """A replay's sentence diff as one escaped HTML block: gone text struck through on red,
+    new text on green, words marked inside a changed sentence.
+
+    Safe for ``st.markdown(..., unsafe_allow_html=True)`` like :func:`highlighted_html`.
+    """
+    marks = {"same": "&#160;", "removed": "&#8722;", "added": "+", "changed": "~"}
+    lines = []
+    for change in changes:
+        if change.kind == "same":
+            body = html_text(change.recorded)
+        elif change.kind == "removed":
+            body = _diff_span("-", change.recorded)
+        elif change.kind == "added":
+            body = _diff_span("+", change.replayed)
+        else:
+            body = " ".join(_diff_span(op, text) for op, text in change.words())
+        lines.append(
+            f'<div class="clinrag-diff-{change.kind}"><code>{marks[change.kind]}</code> '
+            f"{body}</div>"
+        )
+    return (
+        '<div class="clinrag-diff" style="line-height: 1.6; padding: 0.5rem; '
+        f'border-left: 3px solid #999;">{"".join(lines)}</div>'
+    )

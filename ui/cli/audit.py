@@ -68,12 +68,8 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
         report = audit.replay(settings, actor, args.id)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
-        elif report.unchanged:
-            print(f"UNCHANGED: record {args.id} replays to the same answer from the same sources.")
         else:
-            print(f"CHANGED: record {args.id}:")
-            for d in report.differences:
-                print(f"  - {d}")
+            print("\n".join(report.readable()))
         return 0 if report.unchanged else 3
     raise AssertionError(command)
 

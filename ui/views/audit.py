@@ -11,12 +11,21 @@ from typing import Any
 
 import streamlit as st
 
+from assistant.replay import SourceChange, describe_changes, sentence_diff
 from core.config import Settings
 from core.errors import ClinragError
 from services import audit
 from services.accounts import User
 from services.audit import Record
-from ui.render import heatmap_rows, md_escape
+from ui.render import (
+    LABEL_LIMIT_PX,
+    NEGATIVE_SCORE_NOTE,
+    faithfulness_rows,
+    faithfulness_text,
+    heatmap_rows,
+    md_escape,
+    sentence_diff_html,
+)
 from ui.session import actor, require
 
 EVENTS = ["all", *audit.EVENTS]
@@ -147,14 +156,25 @@ def _detail(settings: Settings, user: User, records: list[Record]) -> None:
                 ),
                 icon=":material/lock:",
             )
-        if record.event in {"answer", "replay"}:
+        if record.event == "answer":
             _answer_detail(record.payload)
-            if record.event == "answer":
-                _later_attribution(settings, user, record.seq)
+            _later_attribution(settings, user, record.seq)
             if not withheld:  # replaying would show what is withheld (and is refused)
                 _replay(settings, user, record.seq)
+        elif record.event == "replay":
+            _replay_view(
+                record.payload.get("answer_id", "?"),
+                bool(record.payload.get("unchanged")),
+                list(record.payload.get("differences") or []),
+                str(record.payload.get("original_answer") or ""),
+                str(record.payload.get("replayed_answer") or ""),
+                key=f"record-{record.seq}",
+            )
         else:
             st.json(record.payload)
+        if record.event in {"answer", "replay"}:
+            with st.expander("Raw record (JSON)"):
+                st.json(record.payload, expanded=False)
         with st.expander("Hash chain"):
             st.code(f"prev_hash {record.prev_hash}\nhash      {record.hash}", language=None)
 
@@ -197,10 +217,7 @@ def _answer_detail(p: dict[str, Any]) -> None:
         "settings": p.get("settings"),
     }
     st.json({k: v for k, v in versions.items() if v is not None}, expanded=False)
-    faithfulness = p.get("faithfulness")
-    if faithfulness is not None:
-        st.markdown("**Faithfulness**")
-        st.json(faithfulness)
+    _faithfulness(p.get("faithfulness"))
     _heatmap(p)
     if p.get("timings"):
         st.caption("Timings (s): " + ", ".join(f"{k} {v}" for k, v in p["timings"].items()))
@@ -215,11 +232,23 @@ def _later_attribution(settings: Settings, user: User, seq: int) -> None:
         "**Attribution computed after the answer** "
         + md_escape(f"(record {rec.seq}, {rec.ts}, {rec.user})")
     )
-    faithfulness = (rec.payload.get("attribution") or {}).get("faithfulness")
-    if faithfulness is not None:
-        st.markdown("**Faithfulness**")
-        st.json(faithfulness)
+    _faithfulness((rec.payload.get("attribution") or {}).get("faithfulness"))
     _heatmap(rec.payload)
+
+
+def _faithfulness(faithfulness: Any) -> None:
+    """Does the attribution hold up: the removal check in words, then its numbers."""
+    if faithfulness is None:
+        return
+    st.markdown("**Faithfulness**")
+    st.markdown(md_escape(faithfulness_text(faithfulness)))
+    rows = faithfulness_rows(faithfulness)
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch")
+        st.caption(
+            "A drop of d in log-probability (natural log) makes the answer e^d times less "
+            "likely; random removals are averaged over several draws."
+        )
 
 
 def _heatmap(p: dict[str, Any]) -> None:
@@ -235,13 +264,24 @@ def _heatmap(p: dict[str, Any]) -> None:
             alt.Chart(alt.Data(values=rows))
             .mark_rect()
             .encode(
-                x=alt.X("source_sentence:O", title="source sentence"),
-                y=alt.Y("answer_sentence:N", title="answer sentence"),
+                y=alt.Y(
+                    "source_sentence:N",
+                    title="source sentence",
+                    sort=alt.EncodingSortField(field="source_order", order="ascending"),
+                    axis=alt.Axis(labelLimit=LABEL_LIMIT_PX),
+                ),
+                x=alt.X(
+                    "answer_sentence:N",
+                    title="answer sentence",
+                    axis=alt.Axis(labelAngle=-20, labelLimit=240),
+                ),
                 color=alt.Color("score:Q", scale=alt.Scale(scheme="blueorange", domainMid=0)),
-                tooltip=["answer_sentence:N", "source_sentence:O", "score:Q"],
+                tooltip=["answer_sentence:N", "source_sentence:N", "score:Q"],
             )
         )
         st.altair_chart(chart, width="stretch")
+        if any(isinstance(r["score"], int | float) and r["score"] < 0 for r in rows):
+            st.caption(NEGATIVE_SCORE_NOTE.replace("A bar below zero", "A score below zero"))
 
 
 def _replay(settings: Settings, user: User, seq: int) -> None:
@@ -256,7 +296,52 @@ def _replay(settings: Settings, user: User, seq: int) -> None:
     result = st.session_state.get(f"replay-result-{seq}")
     if result is not None:
         st.markdown("**Replay result**")
-        st.json(result)
+        _replay_view(
+            seq,
+            bool(result.get("unchanged")),
+            list(result.get("differences") or []),
+            str(result.get("original_answer") or ""),
+            str(result.get("replayed_answer") or ""),
+            sources=[SourceChange(**s).text() for s in result.get("sources") or []],
+            key=f"replay-{seq}",
+        )
+
+
+def _replay_view(
+    seq: Any,
+    unchanged: bool,
+    differences: list[str],
+    original: str,
+    replayed: str,
+    *,
+    sources: list[str] | None = None,
+    key: str,
+) -> None:
+    """A replay as a reader compares it: the verdict, what changed in words, the sources that
+    changed, the two answers side by side and a sentence diff with the changed words marked."""
+    if unchanged:
+        st.success(
+            md_escape(f"Unchanged: record {seq} replays to the same answer from the same sources.")
+        )
+        return
+    st.warning(md_escape(f"Changed: record {seq} replays differently."))
+    changes = sentence_diff(original, replayed)
+    described = describe_changes(changes)
+    lines = [*differences, *described]
+    if lines:
+        st.markdown("**What changed**")
+        st.markdown("\n".join(f"- {md_escape(line)}" for line in lines))
+    if sources:
+        st.markdown("**Sources that changed**")
+        st.markdown("\n".join(f"- {md_escape(line)}" for line in sources))
+    left, right = st.columns(2)
+    left.markdown("**Recorded answer**")
+    left.text(original or "(empty)")
+    right.markdown("**Replayed answer**")
+    right.text(replayed or "(empty)")
+    if any(c.kind != "same" for c in changes):
+        st.markdown("**Sentence by sentence** (struck through: recorded only; green: replay only)")
+        st.markdown(sentence_diff_html(changes), unsafe_allow_html=True)
 
 
 def _export(settings: Settings, user: User, records: list[Record], query: audit.Query) -> None:

@@ -36,11 +36,16 @@ def _table(docs: list[dict[str, Any]]) -> None:
         st.info("The library is empty. Upload guideline files below.")
         return
     rows = []
+    notes: list[str] = []
     for d in docs:
         meta = d["metadata"]
+        warnings = [*(d.get("warnings") or []), *currency_warnings(d["doc_id"], docs)]
+        notes.extend(f"{d['title']} ({d['doc_id']}): {w}" for w in warnings)
         rows.append(
             {
                 "title": d["title"],
+                # next to the title: as the last of ten columns it was off-screen at 1400 px
+                "warnings": "; ".join(warnings),
                 "doc_id": d["doc_id"],
                 "issuing body": meta.get("issuing_body", ""),
                 "published": meta.get("publication_date", ""),
@@ -48,10 +53,13 @@ def _table(docs: list[dict[str, Any]]) -> None:
                 "supersedes": meta.get("supersedes", ""),
                 "chunks": d["n_chunks"],
                 "ingested": d["ingested_at"],
-                "warnings": "; ".join(
-                    [*(d.get("warnings") or []), *currency_warnings(d["doc_id"], docs)]
-                ),
             }
+        )
+    if notes:
+        # wrapped in full above the table, where a table cell would cut them
+        st.warning(
+            "\n".join(f"- {md_escape(line)}" for line in notes),
+            icon=":material/warning:",
         )
     st.caption(f"{len(docs)} documents, {sum(d['n_chunks'] for d in docs)} chunks.")
     st.dataframe(rows, hide_index=True, width="stretch", key="library_table")
