@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from core import recommendations
+from core.recommendations import Statement
 from core.text import content_tokens, sentence_spans, split_sentences
 from core.types import AnswerSentence, Citation, Evidence, Hit, Origin, SourceSentence
 
@@ -137,6 +139,13 @@ def align(
     return Alignment(sentences, citations, evidence, similarity)
 
 
+def numbered_citations(sentences: Sequence[AnswerSentence], hits: Sequence[Hit]) -> list[Citation]:
+    """The citations of the sentences a reader is shown, in order of first appearance, each
+    labelled with the number the reader sees (1, 2, 3 ...; ``n`` stays the source number)."""
+    order = dict.fromkeys(n for s in sentences for n in s.citations if 1 <= n <= len(hits))
+    return [replace(_citation(hits[n - 1], n), label=i) for i, n in enumerate(order, start=1)]
+
+
 def _citation(hit: Hit, n: int) -> Citation:
     c = hit.chunk
     return Citation(
@@ -171,35 +180,182 @@ def _evidence(
     return out
 
 
+@dataclass(frozen=True)
+class Quote:
+    """A passage that can be quoted: one source sentence, or a recommendation statement (with
+    the list it introduces) as the guideline words it."""
+
+    evidence: Evidence  # text as quoted; score: its own match to the question
+    indices: tuple[int, ...]  # the SourceSentence indices it is made of
+    recommendation: bool
+    rank: float
+
+
+# Ranking bonuses, chosen on data_samples/example_questions.json (key fact in the first quoted
+# sentence): a recommendation statement leads when it is about as close to the question as
+# the best sentence, and a statement that says what the question asks (an age, an interval,
+# a grade) beats one that does not.
+RECOMMENDATION_BONUS = 0.08
+ASPECT_BONUS = 0.08
+START_BONUS = 0.1
+# A quote must read alone: a summary describing itself answers nothing, and a sentence that
+# opens with "This" or "It" leans on one the reader was not shown.
+META_PENALTY = 0.15
+ANAPHORA_PENALTY = 0.1
+_ASKS_AGE = re.compile(
+    r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
+    r"\bage\s+(?:to|at which|range|should)\b",
+    re.I,
+)
+_ASKS_WHO = re.compile(
+    r"^\s*who\b|\bwhich\s+(?:adults|patients|people|women|men|children)\b|\beligible\b", re.I
+)
+_ASKS_INTERVAL = re.compile(
+    r"\b(?:how often|interval|frequen\w*|every|repeat\w*|how many (?:years|months))\b", re.I
+)
+_ASKS_GRADE = re.compile(r"\b(?:grade|strength|level of evidence)\b", re.I)
+_ASKS_DOSE = re.compile(r"\b(?:dose|doses|dosage|dosing|how much)\b", re.I)
+_ASKS_START = re.compile(r"\b(?:start|starts|begin|begins|initiate)\b", re.I)
+_NEGATIVE = re.compile(r"\b(?:not|no|never|insufficient)\b", re.I)
+_META = re.compile(
+    r"^\s*(?:this|the)\s+(?:is\s+an?\s+)?(?:short\s+)?(?:summary|document|page)\b|"
+    r"\bsummar(?:y|izes|ises|ize)\s+(?:of\s+)?the\b",
+    re.I,
+)
+_ANAPHORA = re.compile(r"^\s*(?:this|these|that|those|it|they|such)\b", re.I)
+
+
 def question_evidence(
     question: str, hits: Sequence[Hit], embed: Embed, sources: list[SourceSentence], limit: int = 3
 ) -> list[Evidence]:
-    """The source sentences that best match the question (embedding plus word overlap)."""
-    if not sources:
+    """The passages that best answer the question, best first (see :func:`quotes_for`)."""
+    return [q.evidence for q in quotes_for(question, hits, embed, sources, limit)]
+
+
+def quotes_for(
+    question: str, hits: Sequence[Hit], embed: Embed, sources: list[SourceSentence], limit: int = 3
+) -> list[Quote]:
+    """What to quote for the question, best first: recommendation statements (from the chunk
+    metadata ingest stored, or found in the text for older indexes) and single sentences,
+    ranked by their match to the question alone and under their passage's title, with
+    recommendations that state what the question asks lifted."""
+    units = _units(hits, sources)
+    if not units:
         return []
+    texts = [u[1] for u in units]
     # A sentence rarely names its subject ("Signs and symptoms may include ..."), so it is
     # ranked as read under its passage's title, the way the index reads chunks: otherwise a
     # neighbouring disease's symptom list can outrank the passage the question is about.
-    titled = [f"{hits[s.n - 1].chunk.title}: {s.text}" for s in sources]
-    vectors = embed([question] + [s.text for s in sources] + titled)
-    n = len(sources)
+    titled = [f"{hits[u[0] - 1].chunk.title}: {u[1]}" for u in units]
+    vectors = embed([question, *texts, *titled])
+    n = len(units)
     scores = vectors[1 : n + 1] @ vectors[0]
     in_context = vectors[n + 1 :] @ vectors[0]
     lexical = np.array([lexical_overlap(question, t) for t in titled])
     # Bibliographic lines repeat the question's words without answering it.
-    bibliographic = np.array([_is_bibliographic(hits[s.n - 1], s.text) for s in sources])
+    bibliographic = np.array([_is_bibliographic(hits[u[0] - 1], u[1]) for u in units])
     # Read alone, a sentence says which aspect it answers; under its title, which subject.
     ranking = 0.5 * (scores + in_context) + 0.2 * lexical - bibliographic
+    ranking = ranking + _bonuses(question, hits, units, ranking)
     out = []
-    for j in np.argsort(-ranking)[:limit]:
-        src = sources[int(j)]
-        c = hits[src.n - 1].chunk
-        out.append(
-            Evidence(
-                src.n, src.text, c.doc_id, c.title, c.section, c.page, round(float(scores[j]), 4)
-            )
+    for j in np.argsort(-ranking, kind="stable")[:limit]:
+        n_, text, indices, statement = units[int(j)]
+        c = hits[n_ - 1].chunk
+        evidence = Evidence(
+            n_, text, c.doc_id, c.title, c.section, c.page, round(float(scores[j]), 4)
         )
+        out.append(Quote(evidence, indices, statement is not None, float(ranking[j])))
     return out
+
+
+_Unit = tuple[int, str, tuple[int, ...], Statement | None]
+
+
+def _units(hits: Sequence[Hit], sources: list[SourceSentence]) -> list[_Unit]:
+    """(source number, text, source sentence indices, statement) for every quotable passage:
+    each recommendation statement, and each sentence no statement covers."""
+    by_n: dict[int, list[SourceSentence]] = {}
+    for s in sources:
+        by_n.setdefault(s.n, []).append(s)
+    units: list[_Unit] = []
+    for n, own in by_n.items():
+        chunk = hits[n - 1].chunk
+        spans = sentence_spans(chunk.text)
+        statements: list[tuple[Statement, tuple[int, ...]]] = []
+        if len(spans) == len(own):  # the sources are this chunk's sentences, in order
+            for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata):
+                covered = tuple(
+                    own[k].index for k, (x, y) in enumerate(spans) if a <= (x + y) // 2 < b
+                )
+                if covered:
+                    statements.append((recommendations.describe(chunk.text, a, b), covered))
+        taken = {i for _, covered in statements for i in covered}
+        first = {covered[0]: (st, covered) for st, covered in statements}
+        for s in own:
+            if s.index in first:
+                st, covered = first[s.index]
+                units.append((n, st.text, covered, st))
+            elif s.index not in taken:
+                units.append((n, s.text, (s.index,), None))
+    return units
+
+
+def _bonuses(
+    question: str, hits: Sequence[Hit], units: list[_Unit], ranking: np.ndarray
+) -> np.ndarray:
+    """What lifts a passage beyond its match: it recommends, it states what the question asks
+    (an age, who, an interval, a grade, a dose) for the population asked about."""
+    asks_age = bool(_ASKS_AGE.search(question))
+    asks_who = bool(_ASKS_WHO.search(question))
+    asks_interval = bool(_ASKS_INTERVAL.search(question))
+    asks_grade = bool(_ASKS_GRADE.search(question))
+    asks_dose = bool(_ASKS_DOSE.search(question))
+    population = recommendations.ages(question)
+    bonus = np.zeros(len(units))
+    described = [
+        st if st is not None else recommendations.describe(text, 0, len(text))
+        for _, text, _, st in units
+    ]
+    for j, ((_, text, _, st), facts) in enumerate(zip(units, described, strict=True)):
+        if st is not None and st.recommends:
+            bonus[j] += RECOMMENDATION_BONUS
+        if (
+            ((asks_age or asks_who) and facts.ages is not None)
+            or (asks_interval and facts.interval)
+            or (asks_grade and facts.grade is not None)
+            or (asks_dose and facts.dose)
+        ):
+            bonus[j] += ASPECT_BONUS
+        if population is not None and facts.ages is not None:
+            # the question names its population's ages: a statement for other ages is about
+            # someone else
+            bonus[j] += ASPECT_BONUS if _overlap(population, facts.ages) else -ASPECT_BONUS
+        if st is None and _META.search(text):
+            bonus[j] -= META_PENALTY
+        elif st is None and _ANAPHORA.match(text):
+            bonus[j] -= ANAPHORA_PENALTY
+    if asks_age and _ASKS_START.search(question):
+        # "At what age should ... start": the youngest age the best document recommends it
+        # for, among its statements that recommend rather than advise against.
+        top = hits[units[int(np.argmax(ranking + bonus))][0] - 1].chunk.doc_id
+        aged = [
+            (facts.ages[0], j)
+            for j, ((n, text, _, st), facts) in enumerate(zip(units, described, strict=True))
+            if st is not None
+            and st.recommends
+            and facts.ages is not None
+            and hits[n - 1].chunk.doc_id == top
+            and not _NEGATIVE.search(text)
+        ]
+        if aged:
+            bonus[min(aged)[1]] += START_BONUS
+    return bonus
+
+
+def _overlap(a: tuple[int, int | None], b: tuple[int, int | None]) -> bool:
+    return a[0] <= (b[1] if b[1] is not None else 200) and b[0] <= (
+        a[1] if a[1] is not None else 200
+    )
 
 
 _BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)
@@ -211,10 +367,20 @@ def _is_bibliographic(hit: Hit, sentence: str) -> bool:
     return bool(_BIBLIOGRAPHIC_SECTION.search(last) or _BIBLIOGRAPHIC_LINE.match(sentence))
 
 
-def quote_answer(evidence: Sequence[Evidence], hits: Sequence[Hit], limit: int = 2) -> Alignment:
-    """An answer made of the guideline's own sentences, each cited: supported by construction."""
-    chosen = list(evidence[:limit])
-    sentences = [AnswerSentence(e.text, [e.n], True, 1.0, origin=Origin.QUOTE) for e in chosen]
-    cited = sorted({e.n for e in chosen})
+def quote_answer(quotes: Sequence[Quote], hits: Sequence[Hit], limit: int = 3) -> Alignment:
+    """An answer made of the guideline's own words, each cited: supported by construction."""
+    chosen = list(quotes[:limit])
+    sentences = [
+        AnswerSentence(
+            q.evidence.text,
+            [q.evidence.n],
+            True,
+            1.0,
+            evidence=list(q.indices),
+            origin=Origin.QUOTE,
+        )
+        for q in chosen
+    ]
+    cited = sorted({q.evidence.n for q in chosen})
     citations = [_citation(hits[n - 1], n) for n in cited]
-    return Alignment(sentences, citations, chosen, np.zeros((len(chosen), 0)))
+    return Alignment(sentences, citations, [q.evidence for q in chosen], np.zeros((len(chosen), 0)))

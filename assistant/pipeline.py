@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from assistant import coverage, policy
-from assistant.cite import align, question_evidence, source_sentences
+from assistant.cite import align, quotes_for, source_sentences
 from assistant.generate import generate
 from assistant.retrieve import Filters, Retriever
 from audit.record import Recorder
@@ -142,23 +142,14 @@ class Assistant:
             sources=ctx.sources,
             question=question,
         )
+        quotes = quotes_for(question, hits, self.embed, ctx.sources, limit=policy.QUOTE_LIMIT * 2)
         timings["citation"] = time.perf_counter() - t
-        reason = policy.after_generation(generation.text, alignment.sentences, self.settings)
-        if reason is None:
-            return policy.generated(
-                ctx,
-                generation,
-                sentences=alignment.sentences,
-                citations=alignment.citations,
-                evidence=alignment.evidence,
-            )
-        evidence = question_evidence(question, hits, self.embed, ctx.sources)
-        return policy.fallback(
+        return policy.compose(
             ctx,
             generation,
-            reason,
             drafted=alignment.sentences,
-            evidence=evidence,
+            drafted_evidence=alignment.evidence,
+            quotes=quotes,
             settings=self.settings,
         )
 

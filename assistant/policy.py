@@ -6,14 +6,29 @@ Two decisions, around generation:
    the answer: no passage is close enough to the question (``abstain_min_relevance``,
    cosine), or the passages never mention the question's rare words
    (``abstain_rare_term_zipf``, see ``assistant.coverage``). Cost: one pass over the hits.
-2. **After generation and citation checks** (:func:`after_generation`), keep the model's
-   answer (:attr:`Mode.GENERATED`) unless the model declined or more than
-   ``abstain_max_unsupported`` of its sentences failed verification. Then
-   (:func:`fallback`) quote the guideline sentences that best answer the question
-   (:attr:`Mode.QUOTED`) when the best of them matches at least ``quote_min_evidence`` and
-   ``unsupported_fallback`` is ``quote``; otherwise abstain (:attr:`Mode.ABSTAINED`).
+2. **After generation and citation checks** (:func:`compose`), build what the reader sees
+   from the model's verified sentences and the guideline's own words (``cite.quotes_for``:
+   recommendation statements first), as ``answer_style`` says (:func:`answer_style`; auto
+   follows what ``clinrag eval`` measured for the model, :data:`MEASURED_STYLES`):
 
-Blind spot: both checks measure closeness and word presence, not meaning; a sentence that
+   - ``quoted``: the guideline's words, the recommendation that matches the question first
+     (:attr:`Mode.QUOTED`);
+   - ``combined``: that recommendation, then the model's verified sentences that add to it,
+     then quotes for what they leave out (:attr:`Mode.COMBINED`);
+   - ``generated``: the model's verified sentences (:attr:`Mode.GENERATED`), unless more than
+     ``abstain_max_unsupported`` of them failed.
+
+   Quotes need strong evidence (the best passage matches at least ``quote_min_evidence``);
+   without it the model's verified sentences are the answer. When the model declined or
+   nothing it wrote verified, :func:`fallback` quotes (``unsupported_fallback`` ``quote``)
+   or abstains (:attr:`Mode.ABSTAINED`).
+
+A sentence that failed verification is never shown: it goes to ``Answer.unverified`` (kept for
+auditors) and :func:`removed_note` tells the reader how many were removed. The numbers a reader
+sees are labels 1, 2, 3 in order of first appearance (``Citation.label``,
+:func:`display_labels`); ``AnswerSentence.citations`` keep the prompt's source numbers.
+
+Blind spot: the checks measure closeness and word presence, not meaning; a sentence that
 contradicts its evidence with the same words can pass verification.
 
 Every :class:`~core.types.Answer` is built here, by keyword, so its ``mode`` always says how
@@ -29,7 +44,8 @@ from enum import StrEnum
 from typing import Any
 
 from assistant import coverage
-from assistant.cite import quote_answer
+from assistant.cite import Quote, numbered_citations, quote_answer
+from core.backends.transformers_llm import PACKAGED_GGUF_SHA256
 from core.config import Settings
 from core.types import (
     Answer,
@@ -39,6 +55,8 @@ from core.types import (
     Generation,
     Hit,
     Mode,
+    ModelInfo,
+    Origin,
     SourceSentence,
 )
 
@@ -130,15 +148,42 @@ def before_generation(
     return None
 
 
+class Style(StrEnum):
+    """What an answer is made of (the ``answer_style`` setting, ``auto`` resolved)."""
+
+    QUOTED = "quoted"
+    COMBINED = "combined"
+    GENERATED = "generated"
+
+
+# What `clinrag eval` measured as the more accurate answer for a model, by its weights hash.
+# The packaged SmolLM2-135M: on clinician questions over US guideline summaries, quoted answers
+# held the key fact 81% of the time and generated ones 50% (issue 19), so its answers lead
+# with the guideline's words. To measure another model, run `clinrag eval` on your questions
+# with CLINRAG_ANSWER_STYLE=quoted and again with =generated (add --fresh), compare "key fact"
+# in the reports, and set answer_style (or add the model here). Unmeasured models: combined.
+MEASURED_STYLES: dict[str, Style] = {PACKAGED_GGUF_SHA256: Style.QUOTED}
+QUOTE_LIMIT = 3  # guideline passages in a quoted answer: the lead and two supporting
+COMBINED_LIMIT = 4  # sentences in a combined answer
+
+
+def answer_style(settings: Settings, model: ModelInfo | None) -> Style:
+    if settings.answer_style != "auto":
+        return Style(settings.answer_style)
+    measured = MEASURED_STYLES.get(model.weights_hash) if model is not None else None
+    return measured or Style.COMBINED
+
+
 def after_generation(
     text: str, sentences: Sequence[AnswerSentence], settings: Settings
 ) -> Reason | None:
-    """The reason not to show the model's answer as written, or None to show it."""
+    """The reason not to show the model's wording as the answer, or None to show its
+    verified sentences: it declined, nothing verified, or too much failed."""
     if any(p in text.lower() for p in _MODEL_DECLINES):
         return Reason(ReasonCode.MODEL_DECLINED)
     n = len(sentences)
     unsupported = sum(not s.supported for s in sentences) / n if n else 1.0
-    if unsupported > settings.abstain_max_unsupported:
+    if unsupported > settings.abstain_max_unsupported or unsupported == 1.0:
         return Reason(ReasonCode.UNSUPPORTED, f"{unsupported:.0%} of sentences")
     return None
 
@@ -168,23 +213,28 @@ class Context:
 def _answer(
     ctx: Context,
     mode: Mode,
-    text: str,
+    text: str | None,
     *,
     generation: Generation | None,
     sentences: Sequence[AnswerSentence] = (),
-    citations: Sequence[Citation] = (),
     evidence: Sequence[Evidence] = (),
     reason: Reason | None = None,
     unverified: Sequence[AnswerSentence] = (),
 ) -> Answer:
+    shown = list(sentences)
+    # only what the reader is shown is cited, numbered in the order it is read
+    citations = numbered_citations(shown, ctx.hits)
+    labels = {c.n: c.label for c in citations}
+    if text is None:
+        text = " ".join(f"{s.text} {_marks(s.citations, labels)}".strip() for s in shown)
     return Answer(
         question=ctx.question,
         answer=text,
         abstained=mode is Mode.ABSTAINED,
         mode=mode,
         abstain_reason=None if reason is None else str(reason),
-        sentences=list(sentences),
-        citations=list(citations),
+        sentences=shown,
+        citations=citations,
         evidence=list(evidence),
         hits=ctx.hits,
         source_sentences=ctx.sources,
@@ -195,24 +245,29 @@ def _answer(
     )
 
 
+def _marks(numbers: Sequence[int], labels: dict[int, int]) -> str:
+    return "".join(f"[{labels[n]}]" for n in dict.fromkeys(numbers) if n in labels)
+
+
 def abstained(
     ctx: Context,
     reason: Reason,
     *,
     generation: Generation | None = None,
-    sentences: Sequence[AnswerSentence] = (),
+    drafted: Sequence[AnswerSentence] = (),
     evidence: Sequence[Evidence] = (),
     text: str = ABSTAIN_TEXT,
 ) -> Answer:
-    """No answer: the reason says why; a withheld draft and the closest evidence are kept."""
+    """No answer: the reason says why; the draft's failed sentences and the closest evidence
+    are kept for auditors, nothing of the draft is shown."""
     return _answer(
         ctx,
         Mode.ABSTAINED,
         text,
         generation=generation,
-        sentences=sentences,
         evidence=evidence,
         reason=reason,
+        unverified=[s for s in drafted if not s.supported],
     )
 
 
@@ -221,18 +276,18 @@ def generated(
     generation: Generation,
     *,
     sentences: Sequence[AnswerSentence],
-    citations: Sequence[Citation],
     evidence: Sequence[Evidence],
+    unverified: Sequence[AnswerSentence] = (),
 ) -> Answer:
-    """The model's own wording, verified against the sources."""
+    """The model's own verified sentences; the ones that failed are removed."""
     return _answer(
         ctx,
         Mode.GENERATED,
-        generation.text,
+        None,
         generation=generation,
-        sentences=sentences,
-        citations=citations,
+        sentences=[s for s in sentences if s.supported],
         evidence=evidence,
+        unverified=[*unverified, *(s for s in sentences if not s.supported)],
     )
 
 
@@ -241,21 +296,129 @@ def quoted(
     generation: Generation,
     *,
     sentences: Sequence[AnswerSentence],
-    citations: Sequence[Citation],
     evidence: Sequence[Evidence],
     unverified: Sequence[AnswerSentence],
+    citations: Sequence[Citation] = (),
 ) -> Answer:
-    """Guideline sentences quoted with their citations, in place of unverifiable wording."""
+    """Guideline sentences quoted with their citations. ``citations`` is ignored (they are
+    numbered from the sentences); accepted for callers written before."""
+    del citations
     return _answer(
         ctx,
         Mode.QUOTED,
-        " ".join(f"{s.text} [{s.citations[0]}]" for s in sentences),
+        None,
         generation=generation,
         sentences=sentences,
-        citations=citations,
         evidence=evidence,
         unverified=unverified,
     )
+
+
+def combined(
+    ctx: Context,
+    generation: Generation,
+    *,
+    sentences: Sequence[AnswerSentence],
+    evidence: Sequence[Evidence],
+    unverified: Sequence[AnswerSentence],
+) -> Answer:
+    """The model's verified sentences with guideline quotes: the mode says which it holds."""
+    has_model = any(s.origin is Origin.MODEL for s in sentences)
+    has_quote = any(s.origin is Origin.QUOTE for s in sentences)
+    mode = (
+        Mode.COMBINED if has_model and has_quote else Mode.QUOTED if has_quote else Mode.GENERATED
+    )
+    return _answer(
+        ctx,
+        mode,
+        None,
+        generation=generation,
+        sentences=sentences,
+        evidence=evidence,
+        unverified=unverified,
+    )
+
+
+def compose(
+    ctx: Context,
+    generation: Generation,
+    *,
+    drafted: Sequence[AnswerSentence],
+    drafted_evidence: Sequence[Evidence],
+    quotes: Sequence[Quote],
+    settings: Settings,
+) -> Answer:
+    """The answer after the citation check, as ``answer_style`` says (module docstring)."""
+    style = answer_style(settings, generation.model)
+    declined = any(p in generation.text.lower() for p in _MODEL_DECLINES)
+    verified = [s for s in drafted if s.supported]
+    failed = [s for s in drafted if not s.supported]
+    strong = strong_evidence([q.evidence for q in quotes], settings)
+    if not declined and strong and style is Style.QUOTED:
+        quote = quote_answer(quotes, ctx.hits, limit=QUOTE_LIMIT)
+        return quoted(
+            ctx, generation, sentences=quote.sentences, evidence=quote.evidence, unverified=failed
+        )
+    if not declined and strong and style is Style.COMBINED:
+        sentences, evidence = _combine(verified, quotes, ctx, drafted_evidence)
+        return combined(ctx, generation, sentences=sentences, evidence=evidence, unverified=failed)
+    reason = after_generation(generation.text, drafted, settings)
+    if reason is not None:
+        return fallback(ctx, generation, reason, drafted=drafted, quotes=quotes, settings=settings)
+    return generated(
+        ctx,
+        generation,
+        sentences=verified,
+        evidence=_evidence_of(verified, ctx, drafted_evidence),
+        unverified=failed,
+    )
+
+
+def _combine(
+    verified: Sequence[AnswerSentence],
+    quotes: Sequence[Quote],
+    ctx: Context,
+    drafted_evidence: Sequence[Evidence],
+) -> tuple[list[AnswerSentence], list[Evidence]]:
+    """The matching recommendation first, in the guideline's words; then the model's verified
+    sentences that say something it does not; then quotes for what none of them covers."""
+    shown: list[AnswerSentence] = []
+    evidence: list[Evidence] = []
+    covered: set[int] = set()
+    quote_sentences = quote_answer(quotes, ctx.hits, limit=len(quotes)).sentences
+    by_quote = list(zip(quotes, quote_sentences, strict=True))
+    if by_quote and by_quote[0][0].recommendation:
+        lead, lead_sentence = by_quote.pop(0)
+        shown.append(lead_sentence)
+        evidence.append(lead.evidence)
+        covered |= set(lead.indices)
+    for s in verified:
+        if covered & set(s.evidence):
+            continue  # it says what a quote already says, in the guideline's words
+        shown.append(s)
+        covered |= set(s.evidence)
+    evidence += _evidence_of([s for s in shown if s.origin is Origin.MODEL], ctx, drafted_evidence)
+    quotes_shown = sum(s.origin is Origin.QUOTE for s in shown)
+    # beside the model's sentences, the lead and one more; alone, as many as a quoted answer
+    cap = QUOTE_LIMIT - 1 if any(s.origin is Origin.MODEL for s in shown) else QUOTE_LIMIT
+    for q, sentence in by_quote:
+        if len(shown) >= COMBINED_LIMIT or quotes_shown >= cap:
+            break
+        if covered & set(q.indices):
+            continue
+        shown.append(sentence)
+        evidence.append(q.evidence)
+        covered |= set(q.indices)
+        quotes_shown += 1
+    return shown, evidence
+
+
+def _evidence_of(
+    sentences: Sequence[AnswerSentence], ctx: Context, drafted: Sequence[Evidence]
+) -> list[Evidence]:
+    """The draft's key evidence that supports the sentences shown (not the removed ones)."""
+    keep = {(ctx.sources[i].n, ctx.sources[i].text) for s in sentences for i in s.evidence}
+    return [e for e in drafted if (e.n, e.text) in keep]
 
 
 def fallback(
@@ -264,29 +427,52 @@ def fallback(
     reason: Reason,
     *,
     drafted: Sequence[AnswerSentence],
-    evidence: Sequence[Evidence],
+    quotes: Sequence[Quote],
     settings: Settings,
 ) -> Answer:
-    """The answer when the model's own wording is not shown: quoted, or an abstention."""
+    """The answer when none of the model's wording is shown: quoted, or an abstention."""
+    evidence = [q.evidence for q in quotes]
     strong = strong_evidence(evidence, settings)
+    failed = [s for s in drafted if not s.supported]
     if strong and settings.unsupported_fallback == "quote":
         # The library holds the answer but the model did not say it verifiably: give the
         # clinician the guideline's own sentences rather than nothing.
-        quote = quote_answer(evidence, ctx.hits)
+        quote = quote_answer(quotes, ctx.hits, limit=QUOTE_LIMIT)
         return quoted(
-            ctx,
-            generation,
-            sentences=quote.sentences,
-            citations=quote.citations,
-            evidence=quote.evidence,
-            unverified=[s for s in drafted if not s.supported],
+            ctx, generation, sentences=quote.sentences, evidence=quote.evidence, unverified=failed
         )
     declined = reason.code is ReasonCode.MODEL_DECLINED
     return abstained(
         ctx,
         reason,
         generation=generation,
-        sentences=drafted,
+        drafted=drafted,
         evidence=evidence,
         text=ABSTAIN_TEXT if declined or not strong else UNVERIFIED_TEXT,
     )
+
+
+# ------------------------------------------------------------------------ what readers see
+
+
+def display_labels(answer: Answer) -> dict[int, int]:
+    """Source number (``Hit`` position, ``AnswerSentence.citations``) -> the number a reader
+    sees: 1, 2, 3 in order of first appearance in the shown answer. For an abstention (no
+    citations), the closest passages in the order they are listed. Records written before
+    labels existed are numbered the same way."""
+    labelled = {c.n: c.label for c in answer.citations if c.label}
+    if labelled:
+        return labelled
+    order = [n for s in answer.sentences for n in s.citations]
+    order += [c.n for c in answer.citations] + [e.n for e in answer.evidence]
+    return {n: i for i, n in enumerate(dict.fromkeys(order), start=1)}
+
+
+def removed_note(answer: Answer) -> str | None:
+    """What the reader is told about the sentences removed as unsupported (or None)."""
+    n = len(answer.unverified)
+    if not n:
+        return None
+    if n == 1:
+        return "1 sentence of the model's draft was removed: the sources do not support it."
+    return f"{n} sentences of the model's draft were removed: the sources do not support them."

@@ -92,6 +92,13 @@ class Settings(BaseModel):
         "quote", description="When the model's wording fails verification: quote or abstain."
     )
     quote_min_evidence: float = Field(0.55, ge=-1, le=1)
+    answer_style: Literal["auto", "quoted", "combined", "generated"] = Field(
+        "auto",
+        description="What an answer is made of: the guideline's sentences (quoted), the "
+        "model's verified sentences after the matching recommendation (combined), or the "
+        "model's verified sentences only (generated). auto: what clinrag eval measured as the "
+        "more accurate for the model (assistant/policy.py MEASURED_STYLES), else combined.",
+    )
 
     # attribution and audit
     attribution: Literal["surrogate", "shap", "loo", "similarity", "off"] = "surrogate"
@@ -225,10 +232,15 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "abstain_rare_term_zipf",
     "unsupported_fallback",
     "quote_min_evidence",
+    "answer_style",
 )
 # Checks added after the first records were written: a record without the setting was
 # answered without the check, so restoring it turns the check off.
-ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {"abstain_rare_term_zipf": 0.0}
+ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
+    "abstain_rare_term_zipf": 0.0,
+    # answers before the setting showed the model's wording whenever most of it verified
+    "answer_style": "generated",
+}
 
 
 def answer_settings(settings: Settings, *, top_k: int | None = None) -> dict[str, Any]:

@@ -138,6 +138,10 @@ class Citation:
     text: str
     score: float
     metadata: dict[str, str] = field(default_factory=dict)
+    # The number a reader sees: 1, 2, 3 in order of first appearance in the shown answer
+    # (``n`` is the prompt's source number, which attribution and sentences refer to); 0 when
+    # not numbered for display (records written before labels).
+    label: int = 0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
+from core import recommendations
 from core.text import sentence_spans
 from core.types import Chunk, Document
 
@@ -53,20 +54,24 @@ def split_document(
                 j += 1
             start, end = spans[i][0], spans[j][1]
             text = full[start:end]
+            section_path = " > ".join(section)
+            # Found once here and kept with the chunk, so answers need not look for them.
+            found = recommendations.find(text, section_path)
             chunks.append(
                 Chunk(
                     chunk_id=chunk_id(doc.doc_id, text, start),
                     doc_id=doc.doc_id,
                     text=text,
                     title=doc.title,
-                    section=" > ".join(section),
+                    section=section_path,
                     page=page,
                     char_start=start,
                     char_end=end,
                     doc_sha256=doc.sha256,
                     source_path=doc.source_path,
                     ingested_at=now,
-                    metadata=dict(doc.metadata),
+                    metadata=dict(doc.metadata)
+                    | {recommendations.METADATA_KEY: recommendations.to_metadata(found)},
                 )
             )
             i = max(j + 1 - overlap_sentences, i + 1)

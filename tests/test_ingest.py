@@ -238,6 +238,40 @@ def test_incremental_update_prune_remove_and_stable_ids(tmp_path: Path, settings
     assert Index(other).manifest.chunk_ids() == {i for i in ids_before if i.startswith("asthma:")}
 
 
+def test_recommendation_statements_are_chunk_metadata_and_survive_a_rebuild(
+    tmp_path: Path, settings: Settings
+) -> None:
+    from core import recommendations
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "crc.md").write_text(
+        "# Colorectal screening\n\n## Recommendation\n\n"
+        "- Ages 45 to 49: screen all adults (grade B). This age band is new in 2021.\n"
+        "- Ages 50 to 75: screen all adults (grade A).\n\n## Harms\n\n"
+        "Bleeding is uncommon but serious.\n"
+    )
+    ingest([folder], settings, progress=False)
+    index = Index(settings)
+    index.warm_up()
+    chunks = {c.section: c for c in index.manifest.chunks(["crc"])}
+    rec = chunks["Recommendation"]
+    stored = json.loads(rec.metadata[recommendations.METADATA_KEY])
+    assert stored["v"] == recommendations.VERSION
+    assert [rec.text[a:b] for a, b in stored["spans"]] == [
+        "- Ages 45 to 49: screen all adults (grade B).",
+        "- Ages 50 to 75: screen all adults (grade A).",
+    ]
+    assert json.loads(chunks["Harms"].metadata[recommendations.METADATA_KEY])["spans"] == []
+    # chunk metadata, not the document's: the library listing does not carry it
+    assert recommendations.METADATA_KEY not in index.manifest.document("crc")["metadata"]
+    # the vector store keeps only ids and doc_id; a rebuild re-reads the chunks from the
+    # manifest, metadata included
+    assert index.rebuild_vectors() == 2
+    again = {c.section: c for c in index.manifest.chunks_by_id(sorted(index.store.ids())).values()}
+    assert again["Recommendation"].metadata == rec.metadata
+
+
 def test_querying_with_a_different_embedder_is_an_error(tmp_path: Path, settings: Settings) -> None:
     from core.backends.sentence_transformers import packaged_embedder_dir
 

@@ -281,7 +281,9 @@ def test_manifest_opens_a_database_made_by_the_old_code(
         )
     finally:
         manifest.close()
-    assert recorded(path) == [name for name, _ in MIGRATIONS] == ["001_documents_and_chunks"]
+    assert recorded(path) == [name for name, _ in MIGRATIONS]
+    assert MIGRATIONS[0][0] == "001_documents_and_chunks"
+    assert chunk.metadata == {"year": "2024"}  # no chunk metadata yet: read as before
 
 
 def test_manifest_new_database_records_its_migrations(tmp_path: Path) -> None:

@@ -53,6 +53,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO meta VALUES ('index_version', '0');
         """,
     ),
+    (
+        # What is found per chunk at ingest (core.recommendations); the document's own
+        # metadata stays on its row. Chunks written before hold '{}' and are read as before.
+        "002_chunk_metadata",
+        "ALTER TABLE chunks ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';",
+    ),
 )
 
 
@@ -115,8 +121,8 @@ class Manifest:
 
     def chunks(self, doc_ids: Iterable[str] | None = None) -> list[Chunk]:
         sql = (
-            "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata FROM chunks c "
-            "JOIN documents d USING (doc_id) WHERE d.state = 'complete'"
+            "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata AS doc_metadata "
+            "FROM chunks c JOIN documents d USING (doc_id) WHERE d.state = 'complete'"
         )
         params: list[str] = []
         if doc_ids is not None:
@@ -131,8 +137,8 @@ class Manifest:
         for start in range(0, len(ids), 500):
             part = list(ids[start : start + 500])
             rows = self.conn.execute(
-                "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata FROM chunks c "
-                "JOIN documents d USING (doc_id) "
+                "SELECT c.*, d.title, d.sha256, d.source_path, d.metadata AS doc_metadata "
+                "FROM chunks c JOIN documents d USING (doc_id) "
                 f"WHERE c.chunk_id IN ({','.join('?' * len(part))})",
                 part,
             ).fetchall()
@@ -196,7 +202,8 @@ class Manifest:
     ) -> None:
         conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
         conn.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (chunk_id, doc_id, ord, text, section, page, char_start, "
+            "char_end, ingested_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     c.chunk_id,
@@ -208,6 +215,10 @@ class Manifest:
                     c.char_start,
                     c.char_end,
                     c.ingested_at,
+                    json.dumps(
+                        {k: v for k, v in c.metadata.items() if doc.metadata.get(k) != v},
+                        sort_keys=True,
+                    ),
                 )
                 for i, c in enumerate(chunks)
             ],
@@ -254,7 +265,8 @@ def _chunk_row(r: sqlite3.Row) -> Chunk:
         doc_sha256=r["sha256"],
         source_path=r["source_path"],
         ingested_at=r["ingested_at"],
-        metadata=json.loads(r["metadata"]),
+        # the document's metadata, then what belongs to this chunk alone
+        metadata=json.loads(r["doc_metadata"]) | json.loads(r["metadata"]),
     )
 
 

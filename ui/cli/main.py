@@ -200,7 +200,10 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def answer_json(answer: Answer) -> dict[str, Any]:
+    from assistant.policy import display_labels, removed_note
+
     gen = answer.generation
+    labels = display_labels(answer)
     return {
         "question": answer.question,
         "answer": answer.answer,
@@ -208,12 +211,15 @@ def answer_json(answer: Answer) -> dict[str, Any]:
         "abstain_reason": answer.abstain_reason,
         "mode": str(answer.mode),
         "unverified_sentences": [s.text for s in answer.unverified],
+        "removed_note": removed_note(answer),
         "sentences": [
             {
                 "text": s.text,
-                "citations": s.citations,
+                "citations": s.citations,  # source numbers (retrieved[n - 1])
+                "labels": [labels[n] for n in s.citations if n in labels],  # as displayed
                 "supported": s.supported,
                 "support": s.support,
+                "origin": str(s.origin),
             }
             for s in answer.sentences
         ],
@@ -279,28 +285,37 @@ def print_attribution(answer: Answer) -> None:
 
 
 def print_answer(answer: Answer) -> None:
+    from assistant.policy import display_labels, removed_note
+
+    # the numbers a reader sees run 1, 2, 3 in reading order; sentences keep source numbers
+    labels = display_labels(answer)
+
+    def mark(n: int) -> str:
+        return f"[{labels[n]}]" if n in labels else ""
+
     if answer.abstained:
         print(f"ANSWER: {answer.answer}  [{answer.abstain_reason}]")
     else:
-        label = (
-            "quoted from the guideline"
-            if answer.mode == "quoted"
-            else "checked against the sources"
-        )
+        label = {
+            "quoted": "quoted from the guideline",
+            "combined": "checked against the sources, with the guideline's own words",
+        }.get(str(answer.mode), "checked against the sources")
         print(f"ANSWER ({label}):")
-        for s in answer.sentences:
-            marks = "".join(f"[{n}]" for n in s.citations)
-            flag = "" if s.supported else "  <- UNSUPPORTED by the sources"
-            print(f"  {s.text} {marks}{flag}")
+        for s in answer.sentences:  # every one verified or quoted: nothing else is shown
+            print(f"  {s.text} {''.join(mark(n) for n in dict.fromkeys(s.citations))}")
+    note = removed_note(answer)
+    if note:
+        print(f"  ({note})")
     if answer.citations:
         print("\nSOURCES:")
         for c in answer.citations:
             where = ", ".join(x for x in (c.section, f"p. {c.page}" if c.page else "") if x)
-            print(f"  [{c.n}] {c.title} ({where}) doc={c.doc_id}")
+            print(f"  {mark(c.n)} {c.title} ({where}) doc={c.doc_id}")
     if answer.evidence:
         print("\nKEY EVIDENCE (the guideline's own words):")
         for e in answer.evidence:
-            print(f'  [{e.n}] "{e.text}" ({e.title}' + (f", p. {e.page}" if e.page else "") + ")")
+            page = f", p. {e.page}" if e.page else ""
+            print(f'  {mark(e.n)} "{e.text}" ({e.title}{page})')
     if answer.abstained and answer.nearest_documents:
         print("\nNEAREST DOCUMENTS:")
         for d in answer.nearest_documents:

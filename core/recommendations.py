@@ -1,0 +1,213 @@
+"""Recommendation statements in guideline text: found at ingest, read back at answer time.
+
+A recommendation statement is a sentence or list item that says what to do for whom: it has a
+recommendation verb ("recommends", "should", "screen", "start", "do not use", "first line"),
+a grade ("grade B", "strong recommendation"), an age range ("ages 45 to 49", "adults 18 and
+older") or an interval ("every 10 years", "annually"). A statement that ends with a colon and
+introduces a list ("Four drug classes are first line:") takes its list items with it, since
+the items are what it recommends.
+
+Ingest stores each chunk's statements as character spans in the chunk's metadata
+(:data:`METADATA_KEY`, a JSON string, so the value stays a scalar wherever metadata goes).
+Chunks ingested before this existed, or under an older :data:`VERSION` of the rules, have none
+or stale ones; :func:`spans` then finds them in the text, so answers never depend on a
+re-ingest. Standard library only: ingest and the assistant both read it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from core.text import sentence_spans
+
+METADATA_KEY = "recommendations"
+# Bump when the rules below change: stored spans of another version are recomputed on read.
+VERSION = 1
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+_VERB = re.compile(
+    r"\b(?:recommends?|recommended|should|must|prefer|preferred|"
+    r"(?:is|are)\s+(?:not\s+)?(?:the\s+)?(?:usual\s+|preferred\s+|initial\s+)?first"
+    r"(?:[- ]line|\s+(?:drug|choice|treatment|therapy|agent))|"
+    r"(?:goal|target)\s+is|(?:is|are) reasonable|suggests?|suggested|"
+    r"do not (?:use|give|start|combine|prescribe|offer|screen|routinely)|don't|avoid|"
+    r"(?:be|is|are) offered)\b",
+    re.I,
+)
+# Imperatives count where an instruction starts: the beginning, or after ':', ';' or ','
+# ("Ages 45 to 49: screen all adults"); elsewhere "use" or "start" are ordinary words.
+_IMPERATIVE = re.compile(
+    r"(?:^|[:;,]\s+)(?:screen|offer|start|initiate|begin|avoid|consider|use|give|prescribe|"
+    r"treat|add|stop|discontinue|reassess|recheck|check|repeat|follow up|decide|ask|document)\b",
+    re.I,
+)
+_GRADE = re.compile(
+    r"\bgrade\s+(?:[A-D]|I)\b|\b(?:strong|weak|conditional|moderate)\s+recommendation\b|"
+    r"\((?:strong|weak|conditional)\)|\bclass\s+(?:I{1,3}|IIa|IIb)\b",
+    re.I,
+)
+_GRADE_VALUE = re.compile(
+    r"\bgrade\s+([A-D]|I)\b|\b(strong|weak|conditional)\b(?=\s+recommendation|\))", re.I
+)
+_AGE = re.compile(
+    r"\b(?:ages?|aged)\s+(\d{1,3})\s*(?:to|-|–|through)\s*(\d{1,3})\b|"
+    r"\b(?:ages?|aged)?\s*(\d{1,3})\s+(?:years\s+)?(?:and|or)\s+(?:older|over)\b|"
+    r"\b(?:ages?|aged)?\s*(\d{1,3})\s+(?:years\s+)?(?:and|or)\s+(?:younger|under)\b|"
+    r"\b(?:over|above)\s+age\s+(\d{1,3})\b|\bolder than\s+(?:age\s+)?(\d{1,3})\b|"
+    r"\b(?:under|younger than|below)\s+age\s+(\d{1,3})\b|"
+    r"\b(\d{1,3})\s*(?:to|-|–)\s*(\d{1,3})\s+years?\s+(?:old|of age)\b",
+    re.I,
+)
+_INTERVAL = re.compile(
+    r"\bevery\s+(?:\d+(?:\.\d+)?\s*(?:to|-|–|or)\s*)?(?:\d+(?:\.\d+)?\s+|other\s+)?"
+    r"(?:day|week|month|year)s?\b|\b(?:annually|yearly|monthly|weekly|biennially)\b|"
+    r"\bonce\s+(?:a|per|every)\s+(?:day|week|month|year)\b|\b(?:per|a)\s+year\b",
+    re.I,
+)
+_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s*(?:mg|mcg|µg|g|units?|ml|mL)\b")
+_BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)
+_BIBLIOGRAPHIC_LINE = re.compile(r"^\s*(title|url|source|citation|doi|related|year)\s*:", re.I)
+_RECOMMENDATION_SECTION = re.compile(r"\brecommendations?\b", re.I)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One recommendation statement of a chunk: its span and what it states."""
+
+    start: int  # character offsets in the chunk's text
+    end: int
+    text: str  # as a reader should see it: list markers removed, a list joined into one line
+    verb: bool
+    grade: str | None  # "A", "B", "strong", ... as written
+    ages: tuple[int, int | None] | None  # (lowest age, highest age or None for "and older")
+    interval: bool
+    dose: bool
+
+    @property
+    def recommends(self) -> bool:
+        """Says what to do (a verb or a grade), not only for whom or how often."""
+        return self.verb or self.grade is not None
+
+
+def find(text: str, section: str = "") -> list[tuple[int, int]]:
+    """Spans of the recommendation statements in a chunk's text, in order."""
+    last = section.split(" > ")[-1] if section else ""
+    if _BIBLIOGRAPHIC_SECTION.search(last):
+        return []
+    in_recommendations = bool(_RECOMMENDATION_SECTION.search(last))
+    sentences = sentence_spans(text)
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(sentences):
+        a, b = sentences[i]
+        sentence = text[a:b]
+        j = i
+        if sentence.rstrip().endswith(":") and _is_statement(sentence, listed=False):
+            # a statement introducing a list: its items are what it recommends
+            while j + 1 < len(sentences) and _LIST_MARKER.match(text[sentences[j + 1][0] :]):
+                j += 1
+        whole = text[a : sentences[j][1]]
+        item = bool(_LIST_MARKER.match(sentence))
+        if _is_statement(whole, listed=item and in_recommendations):
+            out.append((a, sentences[j][1]))
+            i = j + 1
+        else:
+            i += 1
+    return out
+
+
+def _is_statement(text: str, *, listed: bool) -> bool:
+    body = _LIST_MARKER.sub("", text, count=1)
+    if body.rstrip().endswith("?") or _BIBLIOGRAPHIC_LINE.match(body):
+        return False
+    return bool(
+        listed
+        or _VERB.search(body)
+        or _IMPERATIVE.search(body)
+        or _GRADE.search(body)
+        or _AGE.search(body)
+        or _INTERVAL.search(body)
+    )
+
+
+def display_text(raw: str) -> str:
+    """A statement as quoted in an answer: list markers dropped, a list joined with '; '."""
+    lines = [ln.strip() for ln in raw.splitlines() if ln.strip()]
+    if not lines:
+        return raw.strip()
+    head, items = lines[0], lines[1:]
+    head = _LIST_MARKER.sub("", head, count=1)
+    if not items:
+        return head
+    parts = [_LIST_MARKER.sub("", x, count=1).rstrip(" .;") for x in items]
+    joined = "; ".join(p for p in parts if p)
+    return f"{head} {joined}."
+
+
+def describe(text: str, start: int, end: int) -> Statement:
+    """The statement at ``text[start:end]`` with its grade, ages and interval read off."""
+    raw = text[start:end]
+    grade = _GRADE_VALUE.search(raw)
+    return Statement(
+        start=start,
+        end=end,
+        text=display_text(raw),
+        verb=bool(_VERB.search(raw) or _IMPERATIVE.search(_LIST_MARKER.sub("", raw, count=1))),
+        grade=(grade.group(1) or grade.group(2)) if grade else None,
+        ages=_ages(raw),
+        interval=bool(_INTERVAL.search(raw)),
+        dose=bool(_DOSE.search(raw)),
+    )
+
+
+def ages(text: str) -> tuple[int, int | None] | None:
+    """The first age range in ``text`` (a question's population, a statement's), or None."""
+    return _ages(text)
+
+
+def _ages(text: str) -> tuple[int, int | None] | None:
+    match = _AGE.search(text)
+    if not match:
+        return None
+    g = match.groups()
+    if g[0] is not None:
+        return int(g[0]), int(g[1])
+    if g[2] is not None:
+        return int(g[2]), None
+    if g[3] is not None:
+        return 0, int(g[3])
+    for lowest in (g[4], g[5]):
+        if lowest is not None:
+            return int(lowest), None
+    if g[6] is not None:
+        return 0, int(g[6])
+    return int(g[7]), int(g[8])
+
+
+def to_metadata(found: list[tuple[int, int]]) -> str:
+    """The metadata value for a chunk's statements (a string: metadata values are scalars)."""
+    return json.dumps({"v": VERSION, "spans": [list(s) for s in found]}, separators=(",", ":"))
+
+
+def spans(text: str, section: str, metadata: Mapping[str, str]) -> list[tuple[int, int]]:
+    """The chunk's statements: stored at ingest when they are current, else found now."""
+    stored = _stored(metadata.get(METADATA_KEY), len(text))
+    return stored if stored is not None else find(text, section)
+
+
+def _stored(value: str | None, length: int) -> list[tuple[int, int]] | None:
+    if not value:
+        return None
+    try:
+        data = json.loads(value)
+        if data.get("v") != VERSION:
+            return None
+        out = [(int(a), int(b)) for a, b in data["spans"]]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # unreadable: the text is still there to read them from
+    if any(not 0 <= a < b <= length for a, b in out):
+        return None
+    return out

@@ -1,0 +1,398 @@
+"""The answer policy: what a reader is shown, in what order, with which numbers.
+
+Fast tests build answers from made-up passages and a bag-of-words embedder; the tests marked
+``slow`` ask the real pipeline (real embedder, sample library) with a stand-in model that
+writes a chosen draft, so what verification decides is the real code's decision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from assistant import policy
+from assistant.cite import Quote, quotes_for, source_sentences
+from core import recommendations
+from core.config import Settings
+from core.text import tokens
+from core.types import AnswerSentence, Chunk, Evidence, Generation, Hit, Mode, ModelInfo, Origin
+from tests.test_ui_fakes import extractive_answer
+
+HYPERTENSION = (
+    "What is the first-line drug treatment for hypertension in adults without compelling "
+    "indications?"
+)
+COLORECTAL = "At what age should average-risk adults start colorectal cancer screening?"
+
+
+def bow_embed(texts: Sequence[str]) -> np.ndarray:
+    vocab: dict[str, int] = {}
+    rows = []
+    for t in texts:
+        row = {vocab.setdefault(tok, len(vocab)): 1.0 for tok in tokens(t)}
+        rows.append(row)
+    out = np.zeros((len(texts), max(len(vocab), 1)))
+    for i, row in enumerate(rows):
+        for j, v in row.items():
+            out[i, j] = v
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms == 0, 1, norms)
+
+
+def _hit(doc: str, text: str, section: str = "Recommendation", **metadata: str) -> Hit:
+    chunk = Chunk(
+        f"{doc}:1", doc, text, doc.title(), section, 1, 0, len(text), "sha", f"{doc}.md", "now",
+        dict(metadata),
+    )  # fmt: skip
+    return Hit(chunk=chunk, score=0.03, dense_score=0.8)
+
+
+def _generation(text: str, weights: str = "f" * 64) -> Generation:
+    return Generation(text, ModelInfo("fake", "fake", weights), "h", "answer_v1", {}, 0.1)
+
+
+def _settings(settings: Settings, style: str) -> Settings:
+    return settings.model_copy(update={"answer_style": style, "quote_min_evidence": 0.1})
+
+
+# ------------------------------------------------------------------ recommendation statements
+
+
+def test_statements_keep_the_list_they_introduce_and_skip_rationale() -> None:
+    text = (
+        "- Ages 45 to 49: screen all adults (grade B). This age band is new in 2021; it "
+        "reflects rising incidence.\n- Over age 85: the Task Force did not recommend routine "
+        "screening.\n\nFour drug classes are first line:\n\n- Thiazide diuretics.\n"
+        "- ACE inhibitors (for example, lisinopril).\n\nSpecial situations:\n\n"
+        "- Do not combine an ACE inhibitor with an ARB."
+    )
+    found = [recommendations.describe(text, a, b) for a, b in recommendations.find(text, "Rx")]
+    assert [s.text for s in found] == [
+        "Ages 45 to 49: screen all adults (grade B).",
+        "Over age 85: the Task Force did not recommend routine screening.",
+        "Four drug classes are first line: Thiazide diuretics; ACE inhibitors (for example, "
+        "lisinopril).",
+        "Do not combine an ACE inhibitor with an ARB.",
+    ]
+    assert (found[0].grade, found[0].ages, found[1].ages) == ("B", (45, 49), (85, None))
+
+
+def test_statements_by_interval_age_and_grade_but_not_background() -> None:
+    text = (
+        "Colonoscopy: every 10 years. Adults 18 and older can be screened. Grade A for ages "
+        "50 to 75. Screening lowers deaths. It replaced the 2016 statement, which started at "
+        "age 50. Sodium above 180 mg is common."
+    )
+    found = [text[a:b] for a, b in recommendations.find(text, "Tests")]
+    assert found == [
+        "Colonoscopy: every 10 years.",
+        "Adults 18 and older can be screened.",
+        "Grade A for ages 50 to 75.",
+    ]
+    assert recommendations.find("- URL: every year (grade A)", "Source") == []
+
+
+def test_stored_spans_are_used_and_stale_or_missing_ones_recomputed() -> None:
+    text = "Ages 45 to 49: screen all adults (grade B). Background sentence."
+    now = recommendations.find(text, "")
+    assert now == [(0, 43)]
+    # what ingest stored wins (here a deliberately different span, to see it is read)
+    stored = {recommendations.METADATA_KEY: recommendations.to_metadata([(44, 64)])}
+    assert recommendations.spans(text, "", stored) == [(44, 64)]
+    # an index from before, another version of the rules, or spans past the text: found now
+    for metadata in (
+        {},
+        {recommendations.METADATA_KEY: '{"v": 0, "spans": [[44, 64]]}'},
+        {recommendations.METADATA_KEY: recommendations.to_metadata([(0, 999)])},
+        {recommendations.METADATA_KEY: "not json"},
+    ):
+        assert recommendations.spans(text, "", metadata) == now
+
+
+# ------------------------------------------------------------------ composing answers
+
+
+def _context(hits: list[Hit]) -> policy.Context:
+    return policy.Context("q", hits, source_sentences(hits), {}, [])
+
+
+def _colorectal_hits() -> list[Hit]:
+    return [
+        _hit("crc", "- Ages 45 to 49: screen all adults (grade B). This age band is new in "
+             "2021; it reflects the rising incidence in younger adults."),
+        _hit("crc2", "Colonoscopy every 10 years is one acceptable test.", "Tests"),
+        _hit("crc3", "Stool tests have false-positive results.", "Harms"),
+    ]  # fmt: skip
+
+
+def test_quoted_answer_leads_with_the_recommendation_not_its_rationale() -> None:
+    hits = _colorectal_hits()
+    ctx = _context(hits)
+    quotes = quotes_for(COLORECTAL, hits, bow_embed, ctx.sources, limit=4)
+    assert quotes[0].recommendation
+    answer = policy.quoted(
+        ctx,
+        _generation(""),
+        sentences=policy.quote_answer(quotes, hits).sentences,
+        evidence=[q.evidence for q in quotes],
+        unverified=[],
+    )
+    assert answer.sentences[0].text == "Ages 45 to 49: screen all adults (grade B)."
+    assert answer.answer.startswith("Ages 45 to 49: screen all adults (grade B). [1]")
+
+
+def _compose(
+    settings: Settings, style: str, drafted: list[AnswerSentence], quotes: list[Quote]
+) -> Any:
+    hits = _colorectal_hits()
+    ctx = _context(hits)
+    text = " ".join(s.text for s in drafted)
+    return policy.compose(
+        ctx,
+        _generation(text),
+        drafted=drafted,
+        drafted_evidence=[],
+        quotes=quotes,
+        settings=_settings(settings, style),
+    )
+
+
+def _drafts_and_quotes() -> tuple[list[AnswerSentence], list[Quote]]:
+    hits = _colorectal_hits()
+    sources = source_sentences(hits)
+    # the model's verified sentence rests on source 2's sentence; its other sentence failed
+    by_text = {s.text: s.index for s in sources}
+    good = AnswerSentence(
+        "A colonoscopy every 10 years is acceptable.",
+        [2],
+        True,
+        0.8,
+        [by_text["Colonoscopy every 10 years is one acceptable test."]],
+    )
+    bad = AnswerSentence("Screening starts at any age.", [], False, 0.3, [], problems=["any"])
+    quotes = quotes_for(COLORECTAL, hits, bow_embed, sources, limit=4)
+    return [good, bad], quotes
+
+
+def test_combined_keeps_the_verified_sentence_after_the_recommendation(
+    settings: Settings,
+) -> None:
+    drafted, quotes = _drafts_and_quotes()
+    answer = _compose(settings, "combined", drafted, quotes)
+    assert answer.mode is Mode.COMBINED
+    assert answer.sentences[0].origin is Origin.QUOTE
+    assert answer.sentences[0].text.startswith("Ages 45 to 49")
+    assert "A colonoscopy every 10 years is acceptable." in [s.text for s in answer.sentences]
+    # the failed sentence is removed from what is read, kept for the record, and counted
+    assert all(s.supported for s in answer.sentences)
+    assert [s.text for s in answer.unverified] == ["Screening starts at any age."]
+    assert "any age" not in answer.answer
+    assert policy.removed_note(answer) == (
+        "1 sentence of the model's draft was removed: the sources do not support it."
+    )
+
+
+def test_generated_style_shows_only_the_verified_sentences(settings: Settings) -> None:
+    drafted, quotes = _drafts_and_quotes()
+    answer = _compose(settings, "generated", drafted, quotes)
+    assert answer.mode is Mode.GENERATED
+    assert [s.text for s in answer.sentences] == ["A colonoscopy every 10 years is acceptable."]
+    assert answer.answer == "A colonoscopy every 10 years is acceptable. [1]"
+    assert [s.text for s in answer.unverified] == ["Screening starts at any age."]
+    assert [(c.n, c.label) for c in answer.citations] == [(2, 1)]
+
+
+def test_quoted_style_and_auto_for_the_packaged_model(settings: Settings) -> None:
+    from core.backends.transformers_llm import PACKAGED_GGUF_SHA256
+
+    assert policy.answer_style(settings, ModelInfo("t", "m", PACKAGED_GGUF_SHA256)) == "quoted"
+    assert policy.answer_style(settings, ModelInfo("t", "m", "0" * 64)) == "combined"
+    forced = settings.model_copy(update={"answer_style": "generated"})
+    assert policy.answer_style(forced, ModelInfo("t", "m", PACKAGED_GGUF_SHA256)) == "generated"
+    drafted, quotes = _drafts_and_quotes()
+    answer = _compose(settings, "quoted", drafted, quotes)
+    assert answer.mode is Mode.QUOTED
+    assert all(s.origin is Origin.QUOTE for s in answer.sentences)
+
+
+def test_nothing_verified_and_weak_evidence_abstains_showing_no_draft(
+    settings: Settings,
+) -> None:
+    drafted, quotes = _drafts_and_quotes()
+    failed = [s for s in drafted if not s.supported]
+    weak = settings.model_copy(update={"answer_style": "combined", "quote_min_evidence": 0.99})
+    hits = _colorectal_hits()
+    answer = policy.compose(
+        _context(hits),
+        _generation(failed[0].text),
+        drafted=failed,
+        drafted_evidence=[],
+        quotes=quotes,
+        settings=weak,
+    )
+    assert answer.mode is Mode.ABSTAINED and answer.answer == policy.ABSTAIN_TEXT
+    assert answer.sentences == [] and answer.unverified == failed
+
+
+def test_labels_run_in_reading_order_whatever_the_source_numbers() -> None:
+    hits = [_hit(f"d{i}", f"Sentence number {i} about screening.") for i in range(1, 5)]
+    ctx = _context(hits)
+    shown = [
+        AnswerSentence("Sentence number 4 about screening.", [4], True, 1.0, origin=Origin.QUOTE),
+        AnswerSentence("Sentence number 2 about screening.", [2], True, 1.0, origin=Origin.QUOTE),
+        AnswerSentence("Sentence number 4 again.", [4, 1], True, 1.0, origin=Origin.QUOTE),
+    ]
+    answer = policy.quoted(ctx, _generation(""), sentences=shown, evidence=[], unverified=[])
+    assert [(c.n, c.label) for c in answer.citations] == [(4, 1), (2, 2), (1, 3)]
+    assert re.findall(r"\[(\d+)\]", answer.answer) == ["1", "2", "1", "3"]
+    assert policy.display_labels(answer) == {4: 1, 2: 2, 1: 3}
+    # sentences keep the prompt's source numbers: attribution and evidence depend on them
+    assert [s.citations for s in answer.sentences] == [[4], [2], [4, 1]]
+
+
+def test_labels_for_an_abstention_and_an_old_record_follow_the_listing() -> None:
+    hits = [_hit(f"d{i}", f"Passage {i}.") for i in range(1, 4)]
+    evidence = [Evidence(3, "Passage 3.", "d3", "D3", "", None, 0.5)]
+    evidence.append(Evidence(1, "Passage 1.", "d1", "D1", "", None, 0.4))
+    answer = policy.abstained(
+        _context(hits), policy.Reason(policy.ReasonCode.UNSUPPORTED), evidence=evidence
+    )
+    assert policy.display_labels(answer) == {3: 1, 1: 2}
+
+
+def test_cli_prints_labels_and_the_removed_note(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.cli.main import answer_json, print_answer
+
+    drafted, quotes = _drafts_and_quotes()
+    answer = _compose(settings, "combined", drafted, quotes)
+    print_answer(answer)
+    out = capsys.readouterr().out
+    assert "any age" not in out and "UNSUPPORTED" not in out
+    assert "1 sentence of the model's draft was removed" in out
+    numbers = [int(x) for x in re.findall(r"\[(\d+)\]", out.split("SOURCES:")[0])]
+    assert numbers and sorted(set(numbers)) == list(range(1, max(numbers) + 1))
+    data = answer_json(answer)
+    assert data["unverified_sentences"] == ["Screening starts at any age."]
+    assert all(s["supported"] for s in data["sentences"])
+    assert data["sentences"][0]["labels"] == [1]
+
+
+# ------------------------------------------------------------------ the real pipeline
+
+
+class DraftLLM:
+    """A stand-in model: copies the source sentence that best matches the question (cited,
+    so verification can accept it) and adds one sentence the sources contradict."""
+
+    def __init__(self, invented: str) -> None:
+        self.invented = invented
+
+    def warm_up(self) -> None:
+        return None
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(backend="fake", model_id="draft-test-llm", weights_hash="1" * 64)
+
+    def stream(
+        self, messages: Sequence[dict[str, str]], *, max_new_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        yield f"{extractive_answer(messages)} {self.invented}"
+
+
+def _assistant(library: Settings, style: str, llm: Any) -> Any:
+    from assistant.pipeline import Assistant
+
+    return Assistant(
+        library.model_copy(update={"attribution": "off", "answer_style": style}), llm=llm
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["quoted", "combined"])
+def test_hypertension_first_line_answer_names_the_four_classes(
+    library: Settings, style: str
+) -> None:
+    """Seen by a user: the quoted answer showed two other sentences and named none of the
+    first-line classes, although their passage was retrieved first."""
+    assistant = _assistant(library, style, DraftLLM("The first-line drug is a statin [1]."))
+    answer = assistant.ask(HYPERTENSION, record=False)
+    first = answer.sentences[0]
+    assert first.origin is Origin.QUOTE
+    for drug in ("thiazide", "ACE inhibitors", "ARBs", "Calcium channel blockers"):
+        assert drug.lower() in first.text.lower(), first.text
+    assert answer.citations[0].doc_id == "hypertension-diagnosis-and-treatment"
+    assert "statin" not in answer.answer.lower()
+
+
+@pytest.mark.slow
+def test_colorectal_answer_leads_with_the_recommendation(library: Settings) -> None:
+    """Seen by a user: the quoted answer led with the rationale ("This age band is new in
+    2021...") instead of the recommendation."""
+    assistant = _assistant(library, "quoted", DraftLLM("Screening may start at any age [1]."))
+    answer = assistant.ask(COLORECTAL, record=False)
+    assert answer.mode is Mode.QUOTED
+    assert answer.sentences[0].text == "Ages 45 to 49: screen all adults (grade B)."
+    assert not answer.answer.startswith("This age band")
+    assert {c.doc_id for c in answer.citations} == {"colorectal-cancer-screening"}
+
+
+@pytest.mark.slow
+def test_a_failing_sentence_no_longer_discards_a_verified_one(library: Settings) -> None:
+    """One invented sentence used to switch the whole answer to quotes (or, below the
+    threshold, be shown badged); now the verified sentence stays and the invented one goes,
+    and the record's fields agree with the flags."""
+    invented = "The Task Force recommends a colonoscopy every 2 weeks from birth [1]."
+    assistant = _assistant(library, "generated", DraftLLM(invented))
+    answer = assistant.ask(
+        "How often should colonoscopy be repeated in average-risk adults?", record=True
+    )
+    assert answer.mode is Mode.GENERATED, answer.abstain_reason
+    assert answer.sentences and all(s.supported for s in answer.sentences)
+    assert all(s.origin is Origin.MODEL for s in answer.sentences)
+    assert [s.text for s in answer.unverified] == [invented.replace(" [1]", "")]
+    assert "2 weeks" not in answer.answer
+    labels = [int(x) for x in re.findall(r"\[(\d+)\]", answer.answer)]
+    assert labels and labels[0] == 1
+    assert answer.audit_id is not None
+    payload = assistant.audit.get(answer.audit_id).payload
+    assert [s["supported"] for s in payload["sentences"]] == [True] * len(answer.sentences)
+    assert [s["supported"] for s in payload["unverified_sentences"]] == [False]
+    assert [c["label"] for c in payload["citations"]] == list(range(1, len(answer.citations) + 1))
+
+
+@pytest.mark.slow
+def test_old_index_without_statement_metadata_quotes_the_same(library: Settings) -> None:
+    from dataclasses import replace
+
+    from assistant.retrieve import Retriever
+
+    retriever = Retriever(library)
+    hits = retriever.retrieve(COLORECTAL)
+    assert all(recommendations.METADATA_KEY in h.chunk.metadata for h in hits)
+    old = [
+        replace(
+            h,
+            chunk=replace(
+                h.chunk,
+                metadata={
+                    k: v for k, v in h.chunk.metadata.items() if k != recommendations.METADATA_KEY
+                },
+            ),
+        )
+        for h in hits
+    ]
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return retriever.index.embedder.embed(list(texts))
+
+    new_quotes = quotes_for(COLORECTAL, hits, embed, source_sentences(hits))
+    old_quotes = quotes_for(COLORECTAL, old, embed, source_sentences(old))
+    assert [q.evidence.text for q in old_quotes] == [q.evidence.text for q in new_quotes]
+    assert old_quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
