@@ -97,7 +97,7 @@ def exclusive(target: Path, what: str, lock: Path | None = None) -> Iterator[Non
 
 def publish_dir(
     target: Path,
-    build: Callable[[Path], None],
+    build: Callable[[Path], object],
     *,
     what: str,
     meta: Mapping[str, Any] | None = None,

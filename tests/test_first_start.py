@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from core.config import Settings
+from core.config import Settings, load_settings
 from core.publish import MARKER, exclusive, is_published, publish_dir, published_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ QUESTION = "What blood pressure defines stage 1 hypertension?"
 # ---------------------------------------------------------------- publish_dir, fast
 
 
-def _slow_build(counter: list[int], delay: float = 0.2) -> object:
+def _slow_build(counter: list[int], delay: float = 0.2) -> Callable[[Path], None]:
     def build(tmp: Path) -> None:
         counter.append(1)
         (tmp / "part-1.bin").write_bytes(b"x" * 1000)
@@ -50,7 +51,7 @@ def test_threads_racing_build_once_and_all_find_it_complete(tmp_path: Path) -> N
 
     def racer() -> None:
         try:
-            results.append(publish_dir(target, build, what="building the thing"))  # type: ignore[arg-type]
+            results.append(publish_dir(target, build, what="building the thing"))
             # whoever returns sees the whole build, never a part of it
             assert (target / "sub" / "part-2.bin").read_bytes() == b"y" * 10
         except BaseException as exc:
@@ -161,7 +162,7 @@ def test_a_builder_killed_mid_build_leaves_nothing_taken_for_finished(tmp_path: 
     assert leftovers and not target.exists() and not is_published(target)
     # the next process is not blocked by the dead one's lock, builds, and sweeps its remains
     builds: list[int] = []
-    assert publish_dir(target, _slow_build(builds, 0.0), what="building the thing")  # type: ignore[arg-type]
+    assert publish_dir(target, _slow_build(builds, 0.0), what="building the thing")
     assert builds == [1] and is_published(target)
     assert not any(p.exists() for p in leftovers)
 
@@ -174,14 +175,16 @@ def test_a_half_written_folder_under_the_final_name_is_rebuilt(tmp_path: Path) -
     (target / "clinrag-converted.json").write_text("{}")
     (target / "config.json").write_text("{}")
     assert not is_published(target)
-    assert publish_dir(target, lambda tmp: (tmp / "model.safetensors").write_bytes(b"m" * 64), what="x")
+    assert publish_dir(
+        target, lambda tmp: (tmp / "model.safetensors").write_bytes(b"m" * 64), what="x"
+    )
     assert sorted(p.name for p in target.iterdir()) == [MARKER, "model.safetensors"]
     assert not any(".old-" in p.name for p in tmp_path.iterdir())
 
 
 def test_a_file_truncated_after_publication_is_not_complete(tmp_path: Path) -> None:
     target = tmp_path / "thing"
-    publish_dir(target, _slow_build([], 0.0), what="x")  # type: ignore[arg-type]
+    publish_dir(target, _slow_build([], 0.0), what="x")
     assert is_published(target)
     (target / "part-1.bin").write_bytes(b"x" * 10)
     assert not is_published(target)
@@ -199,13 +202,13 @@ def test_a_failed_build_leaves_nothing_and_releases_the_lock(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="disk full"):
         publish_dir(target, broken, what="x")
     assert [p.name for p in tmp_path.iterdir()] == [".thing.lock"]
-    assert publish_dir(target, _slow_build([], 0.0), what="x")  # type: ignore[arg-type]
+    assert publish_dir(target, _slow_build([], 0.0), what="x")
 
 
 def test_keyword_index_versions_race_and_prune(tmp_path: Path) -> None:
     from core.backends.bm25 import BM25Index
 
-    settings = Settings(home=tmp_path / "home")
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path / "home")})
     items = [("a", "aspirin for primary prevention"), ("b", "influenza vaccination adults")]
     calls: list[int] = []
 
@@ -215,11 +218,20 @@ def test_keyword_index_versions_race_and_prune(tmp_path: Path) -> None:
         return items
 
     indexes = [BM25Index(settings) for _ in range(6)]
-    threads = [threading.Thread(target=i.load_or_build, args=("1:abc", items_fn)) for i in indexes]
+    errors: list[BaseException] = []
+
+    def load(index: BM25Index) -> None:
+        try:
+            index.load_or_build("1:abc", items_fn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in indexes]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors
     assert len(calls) == 1
     assert all(i.search("aspirin", 1)[0][0] == "a" for i in indexes)
     root = settings.cache_dir / "bm25" / settings.collection
