@@ -257,14 +257,15 @@ def _mark(v: Any) -> str:
 
 def _per_question_table(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[str]:
     has_baseline = any("baseline" in r for r in rows)
-    headers = ["qid", "type", "question", "mode", "key fact 1st / any", "cited (unexpected)"]
+    headers = ["qid", "type", "question", "mode", "key fact 1st / any", "cited"]
     headers += ["removed / shown unsupported", "yes/no (expected)", "first sentence"]
     if has_baseline:
         headers += ["recipe key fact 1st / any", "recipe yes/no"]
     out = [
         "## Per question",
         "",
-        "Misses in bold. Every row, with the whole answer, is in `summary.json` "
+        "Misses in bold (a cited document in bold was not expected). Every row, with the "
+        "whole answer, is in `summary.json` "
         "(`per_question`) and `per_question.jsonl`.",
         "",
         "| " + " | ".join(headers) + " |",
@@ -281,12 +282,9 @@ def _per_question_table(rows: Sequence[dict[str, Any]], systems: Sequence[str]) 
             if "key_fact_first" in c
             else "–"
         )
-        cited = c.get("cited")
-        wrong = c.get("cited_unexpected") or []
+        wrong = set(c.get("cited_unexpected") or [])
         cited_cell = (
-            "–"
-            if cited is None
-            else ", ".join(cited) + (f" (**{', '.join(wrong)}**)" if wrong else "")
+            ", ".join(f"**{d}**" if d in wrong else d for d in c["cited"]) if "cited" in c else "–"
         )
         if r["type"] == "off_library":
             kf = "abstained" if c.get("abstained") else "**answered**"

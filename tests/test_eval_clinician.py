@@ -327,7 +327,7 @@ def test_report_shows_each_question(tmp_path: Path) -> None:
     text = render_markdown(summary)
     assert "## Question set" in text and "## Per question" in text
     row = next(line for line in text.splitlines() if line.startswith("| g1 "))
-    assert "**no** / **no**" in row and "(**crc-2016**)" in row
+    assert "**no** / **no**" in row and "| **crc-2016** |" in row
     assert "**answered**" in next(line for line in text.splitlines() if line.startswith("| o1 "))
 
 
