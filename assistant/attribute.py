@@ -3,6 +3,12 @@
 Builds a Scorer that re-renders the prompt with only some source sentences kept and asks the
 same model for log p(answer sentence | that prompt) by teacher forcing. audit.attribution
 never imports the model; this module never implements a method.
+
+Attribution adds information and changes no decision: which sentences are supported, why the
+others were refused, which sources each sentence cites and which sources the answer cites stay
+exactly as the answer record holds them (the screen, the CLI and the audit record must agree,
+and reliance on a source is not support: a model can lean on a source and still misstate it).
+Causal scores only re-order each sentence's evidence and the answer's key evidence.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from assistant.cite import Embed, align, question_evidence
+from assistant.cite import Embed, parse_markers
 from assistant.generate import build_messages
 from assistant.prompts import PromptTemplate, load_template
 from core.backends.base import LLM, LogProbScorer
 from core.config import Settings
 from core.text import sentence_spans
-from core.types import Answer, Hit, SourceSentence
+from core.types import Answer, Evidence, Hit, SourceSentence
 
 
 def answer_targets(text: str) -> list[str]:
@@ -67,7 +73,7 @@ class AnswerScorer:
 def attribute_answer(
     answer: Answer, llm: LLM, settings: Settings, embed: Embed, method: str | None = None
 ) -> Answer:
-    """Add causal attribution and faithfulness to ``answer`` and re-align its citations."""
+    """Add causal attribution and faithfulness to ``answer``; only evidence order changes."""
     from audit.attribution import CachedScorer, faithfulness, make_attributor
 
     method = method or settings.attribution
@@ -115,19 +121,28 @@ def attribute_answer(
         "seconds": round(seconds, 3),
     }
     answer.timings["attribution"] = seconds
-    if answer.mode == "generated":
-        causal = np.zeros((result.per_target.shape[0], len(answer.source_sentences)))
-        causal[:, : len(sources)] = result.per_target
-        aligned = align(
-            gen.text,
-            answer.hits,
-            embed,
-            threshold=settings.support_threshold,
-            causal=causal,
-            sources=answer.source_sentences,
-        )
-        answer.sentences, answer.citations = aligned.sentences, aligned.citations
-        answer.evidence = aligned.evidence or question_evidence(
-            answer.question, answer.hits, embed, answer.source_sentences
-        )
+    _rerank(answer, targets, result.per_target)
     return answer
+
+
+def _rerank(answer: Answer, targets: Sequence[str], per_target: np.ndarray) -> None:
+    """Order each sentence's evidence, and the key evidence, by causal score; nothing else."""
+    n_hits = len(answer.hits)
+    rows = {parse_markers(t, n_hits)[0]: per_target[i] for i, t in enumerate(targets)}
+    causal = np.zeros(len(answer.source_sentences))
+    for sentence in answer.sentences:
+        row = rows.get(sentence.text)
+        if row is None:
+            continue
+        scores = np.zeros(len(answer.source_sentences))
+        scores[: len(row)] = row
+        causal = np.maximum(causal, scores)
+        # stable: sentences the attribution says nothing about keep their order
+        sentence.evidence = sorted(sentence.evidence, key=lambda j: -float(scores[j]))
+    by_text = {(s.n, s.text): s.index for s in answer.source_sentences}
+
+    def weight(e: Evidence) -> float:
+        j = by_text.get((e.n, e.text))
+        return float(causal[j]) if j is not None else 0.0
+
+    answer.evidence = sorted(answer.evidence, key=lambda e: -weight(e))

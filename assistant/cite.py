@@ -1,9 +1,16 @@
 """Citations: parse [n] markers, align answer sentences to source sentences, pick key evidence.
 
-Support for an answer sentence is the best match among the retrieved source sentences, by a
-blend of embedding similarity and lexical overlap; numbers in the sentence (ages, doses,
-intervals) must appear in its evidence, because a changed number is the most dangerous error.
-When attribution scores exist (audit.attribution), they re-rank the evidence causally.
+An answer sentence's evidence is its best matches among the retrieved source sentences, by a
+blend of embedding similarity and lexical overlap. Similarity only says the sentence is *about*
+its evidence, so a sentence is supported only when, in addition, the rule-based entailment
+check :func:`assistant.verify.problems` finds nothing the evidence does not say: no added or
+dropped negation, no quantifier ("any", "all", "only") the evidence lacks, no changed number,
+unit, age or interval, no new drug or population, no added claim. Every number in the sentence
+must also appear in its evidence, and a sentence that only restates the question asserts
+nothing. Each reason for refusing a sentence is kept in ``AnswerSentence.problems``.
+
+Attribution never feeds back into this decision: what is marked supported is decided once, here,
+from the text, and recorded (see :mod:`assistant.attribute`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from assistant import verify
 from core import recommendations
 from core.recommendations import Statement
 from core.text import content_tokens, sentence_spans, split_sentences
@@ -22,7 +30,6 @@ from core.types import AnswerSentence, Citation, Evidence, Hit, Origin, SourceSe
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 Embed = Callable[[Sequence[str]], np.ndarray]
-CAUSAL_MIN_SIMILARITY = 0.6
 
 
 @dataclass
@@ -79,16 +86,15 @@ def align(
     embed: Embed,
     *,
     threshold: float = 0.5,
-    causal: np.ndarray | None = None,
     sources: list[SourceSentence] | None = None,
     max_evidence: int = 5,
     question: str | None = None,
 ) -> Alignment:
     """Tie every answer sentence to the source sentences that support it.
 
-    ``causal`` (answer sentences x source sentences), when given, is attribution evidence:
-    a source sentence with a positive causal score counts as support even when worded
-    differently, and evidence is ordered by it.
+    A sentence is supported when some source sentence matches it (similarity at least
+    ``threshold``) and its best matches entail it (:func:`assistant.verify.problems` is empty,
+    every number appears in them, it does more than restate ``question``).
     """
     sources = sources if sources is not None else source_sentences(hits)
     raw = [answer[a:b] for a, b in sentence_spans(answer)]
@@ -109,34 +115,47 @@ def align(
 
     sentences: list[AnswerSentence] = []
     for i, (text, marked, _invalid) in enumerate(parsed):
-        score = similarity[i].copy()
-        if causal is not None and i < causal.shape[0]:
-            # A source the model causally relied on counts as support when it is also related
-            # in content; reliance alone is not support (a model can lean on a source and
-            # still misstate it).
-            weight = causal[i] / (np.abs(causal[i]).max() or 1.0)
-            lift = (weight > 0.5) & (score >= CAUSAL_MIN_SIMILARITY * threshold)
-            score = np.where(lift, np.maximum(score, threshold), score)
+        score = similarity[i]
         order = np.argsort(-score)
-        best = [int(j) for j in order[:3] if score[j] >= threshold]
         support = float(score[order[0]])
-        evidence_numbers = (
-            set().union(*(numbers_in(sources[j].text) for j in best)) if best else set()
-        )
-        missing_numbers = numbers_in(text) - evidence_numbers
-        # a sentence that only restates the question asserts nothing the sources could support
-        restates = question is not None and content_tokens(text) <= content_tokens(question)
-        supported = bool(best) and not missing_numbers and not restates
+        # The best match must pass the threshold; the next two, related more loosely, may hold
+        # the part of the statement the best one leaves to its neighbours (its number, its drug).
+        best = [int(j) for j in order[:3] if score[j] >= threshold * (1 if j == order[0] else 0.5)]
+        best = best if support >= threshold else []
+        if best:
+            passages = {sources[j].n for j in best}
+            context = [
+                f"{hits[n - 1].chunk.title}. {hits[n - 1].chunk.section}" for n in sorted(passages)
+            ]
+            problems = _problems(text, [sources[j].text for j in best], embed, question, context)
+        else:
+            problems = [f"no source sentence matches it (best {support:.2f} < {threshold})"]
+        supported = bool(best) and not problems
         aligned_n = [sources[j].n for j in best]
         # keep a model citation only when that source actually supports the sentence
         kept = [n for n in marked if any(score[j] >= threshold for j in by_n.get(n, []))]
         numbers = list(dict.fromkeys(kept + aligned_n[:1] if supported else kept))
-        sentences.append(AnswerSentence(text, numbers, supported, round(support, 4), best))
+        sentences.append(
+            AnswerSentence(text, numbers, supported, round(support, 4), best, problems=problems)
+        )
 
     cited = sorted({n for s in sentences for n in s.citations})
     citations = [_citation(hits[n - 1], n) for n in cited]
     evidence = _evidence(sentences, similarity, sources, hits, max_evidence)
     return Alignment(sentences, citations, evidence, similarity)
+
+
+def _problems(
+    text: str, evidence: list[str], embed: Embed, question: str | None, context: list[str]
+) -> list[str]:
+    """Why ``evidence`` does not support ``text`` (empty when it does)."""
+    # verify also holds the number rule: every number must appear in the evidence, bound to
+    # the same statement, with the same unit
+    problems = verify.problems(text, evidence, embed, context)
+    # a sentence that only restates the question asserts nothing the sources could support
+    if question is not None and content_tokens(text) <= content_tokens(question):
+        problems.append("restates the question")
+    return problems
 
 
 def numbered_citations(sentences: Sequence[AnswerSentence], hits: Sequence[Hit]) -> list[Citation]:
@@ -168,10 +187,12 @@ def _evidence(
     hits: Sequence[Hit],
     limit: int,
 ) -> list[Evidence]:
+    # key evidence is what supports the sentences a reader may trust, from sources they cite
     ranked: dict[int, float] = {}
     for i, s in enumerate(sentences):
         for j in s.evidence:
-            ranked[j] = max(ranked.get(j, 0.0), float(similarity[i, j]))
+            if s.supported and sources[j].n in s.citations:
+                ranked[j] = max(ranked.get(j, 0.0), float(similarity[i, j]))
     out = []
     for j, score in sorted(ranked.items(), key=lambda kv: -kv[1])[:limit]:
         src = sources[j]

@@ -1,12 +1,17 @@
 """Citation parsing and alignment on crafted cases (a deterministic bag-of-words embedder)."""
 
+import json
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
-from assistant.cite import align, parse_markers
+from assistant.attribute import attribute_answer
+from assistant.cite import align, parse_markers, source_sentences
+from core.backends.base import LLM
+from core.config import Settings
 from core.text import split_sentences, tokens
-from core.types import Chunk, Hit
+from core.types import Answer, Chunk, Generation, Hit, ModelInfo
 
 
 def bow_embed(texts: Sequence[str]) -> np.ndarray:
@@ -101,14 +106,91 @@ def test_changed_number_is_unsupported_even_if_wording_matches() -> None:
     assert not a.sentences[0].supported
 
 
-def test_causal_scores_lift_support() -> None:
-    sentence = "Adults in their mid-forties should begin colorectal screening."
-    weak = align(sentence, HITS, bow_embed)
-    assert not weak.sentences[0].supported
-    causal = np.zeros((1, 3))
-    causal[0, 0] = 2.0  # attribution says source sentence 0 drove this sentence
-    strong = align(sentence, HITS, bow_embed, causal=causal)
-    assert strong.sentences[0].supported and strong.sentences[0].citations == [1]
+class ReliesOnStatins:
+    """A scorer-capable fake model: each answer sentence is likely exactly when the source
+    sentence it leans on is kept (the colonoscopy sentence, the statin sentence)."""
+
+    def logprobs(
+        self, prompts: Sequence[Sequence[dict[str, str]]], targets: Sequence[str]
+    ) -> np.ndarray:
+        rows = []
+        for messages in prompts:
+            text = " ".join(m["content"] for m in messages)
+            rows.append(
+                [
+                    -10.0 + 8.0 * ("Colonoscopy is repeated" in text),
+                    -10.0 + 8.0 * ("Statins are" in text),
+                ]
+            )
+        return np.array(rows)[:, : len(targets)]
+
+
+def test_attribution_never_changes_what_is_supported_or_cited(settings: Settings) -> None:
+    """The model leaned on the statin sentence for a sentence verification refused. Before,
+    attribution re-aligned with that reliance: the sentence turned supported on screen while
+    its audit record said unsupported, and key evidence grew to cite [2], which the answer
+    never cited (no source panel)."""
+    text = (
+        "Colonoscopy is repeated every 10 years [1]. "
+        "Statins are advised for adults in their forties [2]."
+    )
+    aligned = align(text, HITS, bow_embed)
+    assert [s.supported for s in aligned.sentences] == [True, False]
+    generation = Generation(text, ModelInfo("fake", "fake", "0" * 64), "h", "answer_v1", {}, 0.1)
+    answer = Answer(
+        question="When is colonoscopy repeated?",
+        answer=text,
+        abstained=False,
+        sentences=aligned.sentences,
+        citations=aligned.citations,
+        evidence=aligned.evidence,
+        hits=HITS,
+        source_sentences=source_sentences(HITS),
+        generation=generation,
+        timings={},
+    )
+    recorded = json.dumps(
+        [[s.supported, s.problems, s.citations] for s in answer.sentences]
+        + [[c.n for c in answer.citations], sorted({e.n for e in answer.evidence})]
+    )
+    llm = cast(LLM, ReliesOnStatins())
+    attribute_answer(answer, llm, settings, bow_embed, method="loo")
+    assert answer.attribution is not None
+    assert answer.attribution["per_sentence"][1][2] > 1  # it did rely on the statin sentence
+    after = json.dumps(
+        [[s.supported, s.problems, s.citations] for s in answer.sentences]
+        + [[c.n for c in answer.citations], sorted({e.n for e in answer.evidence})]
+    )
+    assert after == recorded
+    assert {e.n for e in answer.evidence} <= {c.n for c in answer.citations}
+
+
+def test_a_sentence_that_contradicts_its_evidence_is_not_supported() -> None:
+    """The reported failure: similar words, opposite meaning ("at any age" vs "at 45")."""
+    hits = [hit("colorectal", "Adults should start colorectal cancer screening at age 45.")]
+    a = align(
+        "Adults should start colorectal cancer screening at any age, or at 45.",
+        hits,
+        bow_embed,
+    )
+    assert not a.sentences[0].supported
+    assert any("'any'" in p for p in a.sentences[0].problems)
+    assert a.evidence == []  # key evidence only backs sentences a reader may trust
+
+
+def test_problems_hold_the_reasons_and_are_empty_when_supported() -> None:
+    a = align(
+        "Adults aged 45 to 75 should be screened for colorectal cancer [1]. "
+        "Adults aged 50 to 75 should be screened for colorectal cancer [1].",
+        HITS,
+        bow_embed,
+    )
+    assert a.sentences[0].supported and a.sentences[0].problems == []
+    assert not a.sentences[1].supported
+    assert any("50" in p for p in a.sentences[1].problems)
+    q = "How often is colonoscopy repeated?"
+    restated = align(q, HITS, bow_embed, question=q).sentences[0]
+    assert "restates the question" in restated.problems
 
 
 def test_sentence_splitter_keeps_decimals_and_abbreviations() -> None:
