@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from assistant import coverage, policy
+from assistant import coverage, decide, policy
 from assistant.cite import align, quotes_for, source_sentences
 from assistant.generate import generate
 from assistant.retrieve import Filters, Retriever
@@ -97,7 +97,11 @@ class Assistant:
         t0 = time.perf_counter()
         hits = self.retriever.retrieve(question, k=k, filters=filters)
         timings["retrieval"] = time.perf_counter() - t0
-        answer = self._answer(question, hits, timings, on_token)
+        # a yes/no question is answered by its decision and the evidence it read, when the
+        # model can score the options; anything else by the policy below
+        answer = decide.answer(self, question, hits, timings) or self._answer(
+            question, hits, timings, on_token
+        )
         if attribute is None:
             attribute = self.settings.attribution != "off"
         if attribute and not answer.abstained:

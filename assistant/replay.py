@@ -282,6 +282,9 @@ def replay_answer(
         attribute=False,
         user=user,
         role=role,
+        # a follow-up is replayed as it was answered: read in its conversation's context
+        resolved_question=payload.get("resolved_question"),
+        parent_id=payload.get("parent_id"),
     )
     index = assistant.retriever.index
     new = answer_payload(answer, replay_settings, index.version, index.embedder.info)
@@ -359,4 +362,9 @@ def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             diffs.append(_version_change(key, old.get(key), new.get(key)))
     if old.get("index_version") != new.get("index_version"):
         diffs.append(f"index version {old.get('index_version')} -> {new.get('index_version')}")
+    # the label is what the reader sees; its probabilities may move in the last digits
+    # between machines without the decision changing
+    was, now = ((d.get("decision") or {}).get("label") for d in (old, new))
+    if was != now:
+        diffs.append(f"decision changed: {was or 'none'} -> {now or 'none'}")
     return diffs

@@ -100,6 +100,20 @@ class Settings(BaseModel):
         "more accurate for the model (assistant/policy.py MEASURED_STYLES), else combined.",
     )
 
+    # yes/no questions (assistant/decide.py). Bias: the middle of the plateau of best accuracy
+    # (-0.8 to 0.0) on 82 questions of PubMedQA's dev half (even file positions); any margin
+    # lowered accuracy there (11% of its answers are "maybe"), so none is shipped.
+    yes_no_decisions: bool = Field(
+        True, description="Decide yes / no / uncertain for yes/no questions, from the evidence."
+    )
+    yes_no_bias: float = Field(
+        -0.4,
+        description="The evidence's log-odds shift (yes vs no) at which the decision turns.",
+    )
+    yes_no_margin: float = Field(
+        0.0, ge=0, description="Within this of the bias the decision is uncertain."
+    )
+
     # attribution and audit
     attribution: Literal["surrogate", "shap", "loo", "similarity", "off"] = "surrogate"
     attribution_ablations: int = Field(32, gt=0, le=1024)
@@ -233,6 +247,9 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "unsupported_fallback",
     "quote_min_evidence",
     "answer_style",
+    "yes_no_decisions",
+    "yes_no_bias",
+    "yes_no_margin",
 )
 # Checks added after the first records were written: a record without the setting was
 # answered without the check, so restoring it turns the check off.
@@ -240,6 +257,7 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "abstain_rare_term_zipf": 0.0,
     # answers before the setting showed the model's wording whenever most of it verified
     "answer_style": "generated",
+    "yes_no_decisions": False,
 }
 
 

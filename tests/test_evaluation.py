@@ -101,6 +101,27 @@ def test_decision_metrics_accuracy_and_confusion() -> None:
         m.decision_metrics(["yes"], ["perhaps"])
 
 
+def test_yes_no_accuracy_reads_the_recorded_decision_before_the_text() -> None:
+    from evaluation.runner import system_metrics
+
+    def record(qid: str, gold: str, text: str, decision: str | None) -> dict[str, Any]:
+        answer = {"answer": text, "abstained": False, "mode": "quoted", "timings": {}}
+        answer["decision"] = decision
+        return {"qid": qid, "gold": [], "gold_answer": gold, "long_answer": None, "answer": answer}
+
+    quote = "Mortality fell from 12% to 8% in the screened group [1]."  # parses as maybe
+    assert m.parse_decision(quote) == "maybe"
+    records = [
+        record("1", "yes", quote, "yes"),
+        record("2", "no", quote, "no"),
+        record("3", "maybe", quote, "uncertain"),  # uncertain counts as maybe
+        record("4", "yes", "Yes, it does [1].", None),  # no decision: the text is parsed
+    ]
+    decision = system_metrics(records, ["answer"], prefix="")["answer"]["decision"]
+    assert decision["accuracy"] == 1.0
+    assert [r["decisions"]["clinrag"] for r in records] == ["yes", "no", "maybe", "yes"]
+
+
 def test_token_f1_hand_computed() -> None:
     # pred tokens: [cat, sat, on, mat] (article dropped); ref: [cat, sat] -> p 2/4, r 2/2
     assert m.token_f1("The cat sat on the mat.", "a cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)

@@ -210,6 +210,7 @@ def answer_json(answer: Answer) -> dict[str, Any]:
         "abstained": answer.abstained,
         "abstain_reason": answer.abstain_reason,
         "mode": str(answer.mode),
+        "decision": asdict(answer.decision) if answer.decision else None,
         "unverified_sentences": [s.text for s in answer.unverified],
         "removed_note": removed_note(answer),
         "sentences": [
@@ -285,6 +286,10 @@ def print_attribution(answer: Answer) -> None:
 
 
 def print_answer(answer: Answer) -> None:
+    if answer.decision is not None:
+        from assistant.decide import describe
+
+        print(describe(answer.decision, answer))
     from assistant.policy import display_labels, removed_note
 
     # the numbers a reader sees run 1, 2, 3 in reading order; sentences keep source numbers

@@ -1,0 +1,281 @@
+"""Yes/no questions: detection, the decision from the evidence, and where the decision goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+
+from assistant import decide
+from core.types import DecisionLabel, Mode, ModelInfo, SourceSentence
+from tests.test_ui_fakes import ExtractiveLLM
+
+if TYPE_CHECKING:
+    from core.backends.base import LLM
+    from core.config import Settings
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Is aspirin recommended for primary prevention in adults over 70?",
+        "Should statins be used in adults aged 40 to 75 with diabetes?",
+        "Can I use metformin in pregnancy?",
+        "Does screening or surveillance improve prognosis?",
+        "Do beta blockers work or not?",
+        "Has the guideline changed since 2016?",
+        "Were the results significant?",
+        "Isn't 45 too young to start screening?",
+        # headline questions: a topic, then the question
+        "Double balloon enteroscopy: is it efficacious and safe in a community setting?",
+        "Metered-dose inhalers. Do health care providers know what to teach?",
+        "Injury and poisoning mortality among young men--are there any common factors?",
+        "Suturing of the nasal septum after septoplasty, is it an effective alternative?",
+        "Aripiprazole: a new risk factor for pathological gambling?",
+        "Malnutrition, a new inducer for arterial calcification in hemodialysis patients?",
+        # a wh-word in a subordinate clause does not make a wh-question
+        "Do approved doctors and medical referees agree when assessing a seafarer's fitness?",
+        "Are patients aware of when they do not understand?",
+    ],
+)
+def test_yes_no_questions_are_detected(question: str) -> None:
+    assert decide.is_yes_no(question)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "At what age should average-risk adults start colorectal cancer screening?",
+        "What is the first-line drug treatment for hypertension in adults?",
+        "How often should HbA1c be measured?",
+        "Which drug is first line?",
+        "When should screening stop?",
+        "Hypertension: what is first line?",
+        "In adults over 50, what is the dose?",
+        "Is it safe, and when should it start?",  # a second question asks for more
+        "Are they the same or different?",  # a choice, not yes/no
+        "Are ACE inhibitors or ARBs preferred in chronic kidney disease?",
+        "and for smokers?",
+        "Gluten tolerance in adults with celiac disease?",  # no verb, no topic: unreadable
+        "",
+    ],
+)
+def test_other_questions_are_not(question: str) -> None:
+    assert not decide.is_yes_no(question)
+
+
+# --- the decision -------------------------------------------------------------------------------
+
+
+def test_label_has_an_uncertain_band_around_the_bias() -> None:
+    assert decide.label(1.0, bias=0.2, margin=0.5) is DecisionLabel.YES
+    assert decide.label(0.5, bias=0.2, margin=0.5) is DecisionLabel.UNCERTAIN
+    assert decide.label(-0.4, bias=0.2, margin=0.5) is DecisionLabel.NO
+    assert decide.label(0.3, bias=0.2, margin=0.0) is DecisionLabel.YES
+
+
+class ScoringLLM(ExtractiveLLM):
+    """The extractive fake plus log-probabilities: evidence that holds ``cue`` is likelier
+    after "The answer is yes", other evidence after "no". Records every prompt and target it
+    scores, and whether it was asked to generate."""
+
+    def __init__(self, cue: str) -> None:
+        self.cue = cue
+        self.scored: list[tuple[str, str]] = []
+        self.generated = False
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(backend="fake", model_id="scoring-test-llm", weights_hash="1" * 64)
+
+    def stream(
+        self, messages: Sequence[dict[str, str]], *, max_new_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        self.generated = True
+        yield from super().stream(messages, max_new_tokens=max_new_tokens, temperature=temperature)
+
+    def logprobs(self, prompts: Any, targets: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(prompts), len(targets)))
+        for i, messages in enumerate(prompts):
+            prompt = "\n".join(m["content"] for m in messages)
+            for j, target in enumerate(targets):
+                self.scored.append((prompt, target))
+                agrees = (self.cue.lower() in target.lower()) == ("answer is yes" in prompt)
+                out[i, j] = np.log(0.8 if agrees else 0.2)
+        return out
+
+
+def _decisive(settings: Settings) -> Settings:
+    """Settings under which the fake's shift (log 4, either way) decides."""
+    return settings.model_copy(update={"yes_no_bias": 0.0, "yes_no_margin": 0.5})
+
+
+def _sources(*texts: str) -> list[SourceSentence]:
+    return [SourceSentence(i, 1, "c1", t) for i, t in enumerate(texts)]
+
+
+def test_decision_reads_only_the_question_and_the_evidence(settings: Settings) -> None:
+    llm = ScoringLLM(cue="reduced mortality")
+    settings = _decisive(settings)
+    evidence = _sources("Screening reduced mortality by 20%.", "It was a randomised trial.")
+    question = "Does screening reduce mortality?"
+    decision = decide.decide(llm, question, evidence, settings)
+    assert decision is not None
+    assert decision.label is DecisionLabel.YES
+    assert decision.evidence == [0, 1]
+    assert decision.method == decide.METHOD
+    assert decision.probabilities["shift"] == pytest.approx(np.log(4), abs=1e-3)
+    # one scoring per option: the evidence is the target, the prompt holds only the question
+    assert {t for _, t in llm.scored} == {
+        "Screening reduced mortality by 20%. It was a randomised trial."
+    }
+    assert len(llm.scored) == 2
+    assert all(question in p and "Screening" not in p for p, _ in llm.scored)
+
+    against = _sources("Screening did not change mortality.")
+    no = decide.decide(llm, question, against, settings)
+    assert no is not None and no.label is DecisionLabel.NO
+    # within the margin of the bias: uncertain
+    close = decide.decide(llm, question, evidence, settings.model_copy(update={"yes_no_bias": 1.0}))
+    assert close is not None and close.label is DecisionLabel.UNCERTAIN
+
+
+def test_no_decision_without_log_probabilities_or_evidence(settings: Settings) -> None:
+    evidence = _sources("Screening reduced mortality.")
+    assert decide.decide(ExtractiveLLM(), "Does screening help?", evidence, settings) is None
+    assert decide.decide(ScoringLLM("x"), "Does screening help?", [], settings) is None
+
+
+# --- in the pipeline ----------------------------------------------------------------------------
+
+YES_NO = "Are beta blockers first line for uncomplicated hypertension?"
+
+
+def _assistant(library: Settings, llm: object) -> Any:
+    from assistant.pipeline import Assistant
+
+    # records go to the session library's log, as warm_assistant's do
+    settings = _decisive(library.model_copy(update={"attribution": "off"}))
+    return Assistant(settings, llm=llm)  # type: ignore[arg-type]
+
+
+def test_yes_no_answer_is_its_decision_and_quoted_evidence(
+    library: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.cli.main import answer_json, print_answer
+
+    llm = ScoringLLM(cue="beta blockers are first line")
+    assistant = _assistant(library, llm)
+    answer = assistant.ask(YES_NO, record=False)
+    assert not llm.generated  # no free text for a yes/no question
+    assert answer.mode is Mode.QUOTED and not answer.abstained
+    assert answer.decision is not None
+    assert answer.decision.label is DecisionLabel.NO
+    # the decision read the quoted sentences' whole passages, and nothing else
+    quoted = {i for s in answer.sentences for i in s.evidence}
+    assert quoted <= set(answer.decision.evidence)
+    passages = {answer.source_sentences[i].n for i in quoted}
+    assert {answer.source_sentences[i].n for i in answer.decision.evidence} == passages
+    read = " ".join(answer.source_sentences[i].text for i in answer.decision.evidence)
+    assert "not first line" in read
+    assert answer.generation is not None and answer.generation.text == ""
+    assert answer.generation.template.startswith(decide.PROMPT_NAME)
+
+    print_answer(answer)
+    first = capsys.readouterr().out.splitlines()[0]
+    refs = ", ".join(f"[{n}]" for n in decide.cited(answer.decision, answer))
+    assert first == f"Decision: no (from {refs})"
+    assert answer_json(answer)["decision"]["label"] == "no"
+
+
+def test_other_questions_and_models_without_log_probabilities_are_unchanged(
+    library: Settings,
+) -> None:
+    scoring = ScoringLLM(cue="x")
+    answer = _assistant(library, scoring).ask(
+        "What is the first-line drug treatment for hypertension?", record=False
+    )
+    assert scoring.generated and answer.decision is None
+    plain = ExtractiveLLM()
+    answer = _assistant(library, plain).ask(YES_NO, record=False)
+    assert answer.decision is None  # no decision, no crash: the answer is generated as before
+    assert answer.generation is not None and answer.generation.text
+
+
+def test_the_record_carries_the_decision_and_replay_sees_no_change(
+    library: Settings,
+) -> None:
+    from assistant.replay import compare
+    from audit.record import answer_payload
+
+    assistant = _assistant(library, ScoringLLM(cue="beta blockers are first line"))
+    answer = assistant.ask(YES_NO)
+    assert answer.audit_id is not None and answer.decision is not None
+    record = assistant.audit.get(answer.audit_id)
+    assert record is not None
+    stored = record.payload
+    assert stored["decision"] == asdict(answer.decision)
+    assert stored["settings"]["yes_no_decisions"] is True
+
+    again = assistant.ask(YES_NO, record=False)
+    index = assistant.retriever.index
+    replayed = answer_payload(again, assistant.settings, index.version, index.embedder.info)
+    assert compare(stored, replayed) == []
+    flipped = {**replayed, "decision": {**(replayed["decision"] or {}), "label": "yes"}}
+    assert compare(stored, flipped) == ["decision changed: no -> yes"]
+
+
+# --- the real model ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("question", "evidence", "expected"),
+    [
+        (
+            "Does daily aspirin reduce recurrent stroke?",
+            ["Daily aspirin reduced recurrent stroke.", "Aspirin is effective in preventing it."],
+            DecisionLabel.YES,
+        ),
+        (
+            "Does daily aspirin reduce recurrent stroke?",
+            ["Daily aspirin did not reduce recurrent stroke.", "Aspirin is not effective."],
+            DecisionLabel.NO,
+        ),
+        (
+            "Is exercise training safe in patients with heart failure?",
+            [
+                "Exercise training was safe in patients with heart failure: no adverse events "
+                "occurred in 200 patients.",
+                "Exercise training is safe and improves quality of life in heart failure.",
+            ],
+            DecisionLabel.YES,
+        ),
+        (
+            "Is exercise training safe in patients with heart failure?",
+            [
+                "Exercise training was not safe in patients with heart failure: serious "
+                "adverse events occurred in 40 of 200 patients.",
+                "Exercise training is unsafe in heart failure.",
+            ],
+            DecisionLabel.NO,
+        ),
+    ],
+)
+def test_packaged_model_decides_from_clear_evidence(
+    packaged_llm: LLM,
+    settings: Settings,
+    question: str,
+    evidence: list[str],
+    expected: DecisionLabel,
+) -> None:
+    # the shipped settings: bias and margin as fitted on the PubMedQA dev half
+    decision = decide.decide(packaged_llm, question, _sources(*evidence), settings)
+    assert decision is not None
+    assert decision.label is expected, decision.probabilities
