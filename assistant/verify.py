@@ -100,6 +100,12 @@ POPULATIONS: dict[str, str] = {
     w: group for group, words in _POPULATION_GROUPS.items() for w in words.split()
 }
 _GENERIC_ADULT = _words("adults adult")
+# group words that name a condition or activity, not the people restricted to it
+_CONDITION_WORDS = _words(
+    "smoking smoke smoked smokes pregnancy pregnancies trimester prenatal antenatal perinatal "
+    "postpartum cervix"
+)
+_PERSON_CUES = _words("who ever never have")
 _NON_ADULT_GROUPS = _words("children adolescents")
 
 # USAN/INN stems (WHO, "The use of stems in the selection of INN") that end drug names
@@ -157,7 +163,8 @@ _NUMBER_WORDS = {
 _UNITS: dict[str, str] = {
     "mg": "mg", "milligram": "mg", "milligrams": "mg", "g": "g", "gram": "g", "grams": "g",
     "mcg": "mcg", "µg": "mcg", "ug": "mcg", "microgram": "mcg", "micrograms": "mcg",
-    "kg": "kg", "kilogram": "kg", "kilograms": "kg", "lb": "lb", "lbs": "lb", "pounds": "lb",
+    "kg": "kg", "kilogram": "kg", "kilograms": "kg", "lb": "lb", "lbs": "lb", "pound": "lb",
+    "pounds": "lb",
     "ml": "ml", "milliliter": "ml", "milliliters": "ml", "l": "l", "liter": "l", "liters": "l",
     "%": "%", "percent": "%", "per cent": "%", "cm": "cm", "mm": "mm", "mmhg": "mmhg",
     "mm hg": "mmhg", "year": "year", "years": "year", "yr": "year", "yrs": "year",
@@ -175,7 +182,7 @@ _UNIT_RE = re.compile(
     r"[\s-]?(?P<unit>mg/dl|mg/g|ml/min(?:/1\.73\s*m2)?|mmol/l|mm\s?hg|pack[- ]years?|"
     r"per\s?cent|µg|%|[a-zµ]+)"
 )
-_RATE_RE = re.compile(r"\s*(?:per|a|an|each|/)\s*(day|week|month|year|hour)\b")
+_RATE_RE = re.compile(r"\s*(?:per|a|an|each|/)\s*([a-z]+)\b")
 _TIME_DAYS = {"hour": 1 / 24, "day": 1.0, "week": 7.0, "month": 30.4, "year": 365.0}
 _INTERVAL_WORDS = {
     "annual": 365.0, "annually": 365.0, "yearly": 365.0, "biennial": 730.0,
@@ -184,8 +191,8 @@ _INTERVAL_WORDS = {
 }  # fmt: skip
 _UP_BEFORE = _words("older over above more greater higher exceeding exceeds beyond least minimum")
 _DOWN_BEFORE = _words("younger under below less lower fewer maximum within until")
-_UP_AFTER = _words("older higher more greater above over")
-_DOWN_AFTER = _words("younger lower less fewer below under")
+_UP_AFTER = _words("older higher more greater above over larger longer bigger")
+_DOWN_AFTER = _words("younger lower less fewer below under smaller shorter")
 _RANGE_LINKS = _words("to - – through /")
 _CLAUSE_MARKS = (",", ";", ":")
 
@@ -205,11 +212,17 @@ def _tokenize(text: str) -> tuple[str, list[str], list[int]]:
     return low, [m.group(0) for m in found], [m.start() for m in found]
 
 
+# words that state an obligation: "must fast" says what "fasting is required" says
+_REQUIREMENT = _words("must required requires require requirement mandatory necessary obligatory")
+
+
 def stem(word: str) -> str:
     """A crude suffix stripper: forms of one word map to one stem (screened, screening)."""
     w = word.lower().strip("'")
     if w.endswith("n't"):
         return "not"
+    if w in _REQUIREMENT:
+        return "requir"
     changed = True
     while changed:
         changed = False
@@ -403,7 +416,9 @@ def _is_name_digit(low: str, word: str, start: int) -> bool:
     return before[-1:].isalpha() or bool(re.match(r"[a-z]-$", before))
 
 
-_BOUND_WORDS = re.compile(r"\s+(?:or|and)\s+(?:higher|more|greater|older|lower|less|above|over)")
+_BOUND_WORDS = re.compile(
+    r"\s+(?:or|and)\s+(?:higher|more|greater|older|lower|less|above|over|larger|smaller)"
+)
 
 
 def _unit_after(low: str, end: int) -> str | None:
@@ -419,7 +434,8 @@ def _unit_after(low: str, end: int) -> str | None:
         return None
     # a rate: "10% per month", "1500 mg a day"
     rate = _RATE_RE.match(low, m.end())
-    return f"{unit}/{rate.group(1)}" if rate and unit not in _TIME_DAYS else unit
+    per = _UNITS.get(rate.group(1)) if rate else None
+    return f"{unit}/{per}" if per and unit not in _TIME_DAYS and per != unit else unit
 
 
 def _direction(words: Sequence[str], i: int) -> str | None:
@@ -614,7 +630,9 @@ def _negation(words: Sequence[str], statements: Sequence[Statement]) -> list[str
     stems = [stem(x) if _is_word(x) else x for x in words]
     for s in statements:
         for k, w in enumerate(s.words):
-            if _is_negation(w) and _drops(words, stems, s.words, k):
+            # "prescribe immediate-release rather than extended-release" negates the latter
+            contrast = s.words[k - 1 : k + 1] in (["rather", "than"], ["instead", "of"])
+            if (_is_negation(w) or contrast) and _drops(words, stems, s.words, k):
                 phrase = " ".join([w, *[x for x in s.words[k + 1 : k + 5] if _is_word(x)][:3]])
                 out.append(f"negation: the evidence says '{phrase}', the sentence drops it")
     # an uncertain statement turned into an assertion
@@ -630,7 +648,8 @@ def _negation(words: Sequence[str], statements: Sequence[Statement]) -> list[str
     return out
 
 
-_SCOPE_BREAKS = _words(", ; : ( ) and or but unless because while whereas so")
+# a negation reaches over a list ("does not cover A, B, or C") but not over a conjunction
+_SCOPE_BREAKS = _words("; : ( ) and or but unless because while whereas so")
 _CONDITIONS = _words("when if where once")
 
 
@@ -641,7 +660,7 @@ def _drops(words: Sequence[str], stems: list[str], evidence: Sequence[str], k: i
     scope: list[str] = []
     condition: list[str] = []
     j = k + 1
-    while j < len(evidence) and evidence[j] not in _SCOPE_BREAKS and len(scope) < 6:
+    while j < len(evidence) and evidence[j] not in _SCOPE_BREAKS and len(scope) < 8:
         if evidence[j] in _CONDITIONS:
             condition = [stem(x) for x in evidence[j + 1 :]
                          if _is_word(x) and x not in STOPWORDS][:4]  # fmt: skip
@@ -788,8 +807,17 @@ def _names(sentence: str, evidence: Sequence[str]) -> list[str]:
     return [f"name '{n}' not in the evidence" for n in sorted(found(sentence) - named)]
 
 
-def _groups(words: Sequence[str]) -> set[str]:
-    found = {POPULATIONS[w] for w in words if w in POPULATIONS}
+def _groups(words: Sequence[str], restricting: bool = False) -> set[str]:
+    """The population groups ``words`` name ("white-coat" names none). ``restricting``: only
+    words that name people (women, smokers, "who smoked"), not a condition ("smoking")."""
+    found = set()
+    for k, w in enumerate(words):
+        if w not in POPULATIONS or words[k + 1 : k + 2] == ["-"]:
+            continue
+        person = w in ("smoked", "smoke", "smokes") and bool(_PERSON_CUES & set(words[k - 2 : k]))
+        if restricting and w in _CONDITION_WORDS and not person:
+            continue  # "current smoking" is a risk factor; "men who smoked" a group
+        found.add(POPULATIONS[w])
     for k, w in enumerate(words[:-1]):
         if w == "older" and words[k + 1] in ("adults", "adult", "people", "patients"):
             found.add("older adults")
@@ -814,7 +842,7 @@ def _populations(words: Sequence[str], statements: Sequence[Statement]) -> list[
     if not mine:
         pointed = _pointed_statements(_context(words, -1), statements)
         if len(pointed) == 1:
-            restricted = _groups(pointed[0].words) - {"older adults"}
+            restricted = _groups(pointed[0].words, restricting=True) - {"older adults"}
             shared = _content(words) & pointed[0].stems
             if restricted and len(shared) >= max(2, len(pointed[0].stems) // 3):
                 out.append(
