@@ -14,6 +14,7 @@ from typing import Any
 
 import streamlit as st
 
+from assistant.policy import display_labels, removed_note
 from core.config import Settings
 from core.errors import ClinragError
 from core.types import Actor, Answer, Chunk, DecisionLabel, Hit, Mode
@@ -136,7 +137,7 @@ def _render_answer(
 ) -> None:
     if answer.resolved_question:
         st.caption("Understood as: " + md_escape(answer.resolved_question))
-    labels = _labels(answer)
+    labels = display_labels(answer)
     if answer.abstained:
         st.warning(
             "**No answer.** The assistant abstained: "
@@ -169,13 +170,9 @@ def _render_answer(
         # evidence from a source no sentence cites still gets its panel, so every label shown
         # can be opened
         numbers += sorted({e.n for e in answer.evidence} - set(numbers))
-    removed = _removed(answer)
+    removed = removed_note(answer)
     if removed:
-        st.caption(
-            f":material/content_cut: {removed} sentence{'s' if removed != 1 else ''} "
-            f"{'were' if removed != 1 else 'was'} removed because the library does not "
-            f"support {'them' if removed != 1 else 'it'}."
-        )
+        st.caption(":material/content_cut: " + md_escape(removed))
 
     hits = answer.hits or []
     for w in _currency_lines(hits, numbers, docs, who.role, labels):
@@ -207,32 +204,9 @@ def _render_answer(
         st.caption(f"Audit record {int(answer.audit_id)}")
 
 
-def _labels(answer: Answer) -> dict[int, Any]:
-    """Source number -> the label a reader sees: the citation's display label (sequential,
-    without the retrieval rank's gaps); sources no citation names (an abstention's closest
-    passages) are numbered after them in the order shown."""
-    labels: dict[int, Any] = {c.n: getattr(c, "label", c.n) for c in answer.citations}
-    used = {str(v) for v in labels.values()}
-    nxt = 1
-    for e in answer.evidence:
-        if e.n in labels:
-            continue
-        while str(nxt) in used:
-            nxt += 1
-        labels[e.n] = nxt
-        used.add(str(nxt))
-    return labels
-
-
 def _label_key(label: Any) -> tuple[int, int, str]:
     text = str(label)
     return (0, int(text), "") if text.isdigit() else (1, 0, text)
-
-
-def _removed(answer: Answer) -> int:
-    """How many sentences the reader does not see because verification refused them."""
-    unsupported = sum(1 for s in answer.sentences if not s.supported)
-    return len(answer.unverified) + (0 if answer.abstained else unsupported)
 
 
 def _render_decision(answer: Answer, labels: dict[int, Any]) -> None:
@@ -294,7 +268,7 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
     """
     answer = entry["answer"]
     rows = attribution_by_source(answer)
-    labels = _labels(answer)
+    labels = display_labels(answer)
     for row in rows:
         # the chart names sources by the labels the answer shows, not by retrieval rank
         n = row.get("n")
