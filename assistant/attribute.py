@@ -81,8 +81,8 @@ def attribute_answer(
     if method == "off" or gen is None or not gen.text or not isinstance(llm, LogProbScorer):
         return answer
     sources = answer.source_sentences[: settings.attribution_max_sentences]
-    # attribute what the clinician is shown: the model's text, or the quoted sentences
-    shown = gen.text if answer.mode == "generated" else " ".join(s.text for s in answer.sentences)
+    # attribute what the clinician is shown: the checked sentences, never the removed ones
+    shown = " ".join(s.text for s in answer.sentences)
     targets = answer_targets(shown)
     if not sources or not targets:
         return answer
@@ -91,7 +91,8 @@ def attribute_answer(
         AnswerScorer(
             llm,
             load_template(settings.prompt_template),
-            answer.question,
+            # the prompt the model answered: a follow-up was asked as rewritten
+            answer.resolved_question or answer.question,
             answer.hits,
             sources,
             targets,

@@ -164,10 +164,22 @@ def test_parse_splits_a_question_into_its_clause() -> None:
 
 
 class _PromptKeepingLLM(ExtractiveLLM):
-    """The extractive stand-in that keeps each prompt's question, to see what the model read."""
+    """The extractive stand-in that keeps each prompt's question, to see what the model read;
+    its log-probabilities (for attribution) only count the kept words, but keep the question."""
 
     def __init__(self) -> None:
         self.questions: list[str] = []
+        self.scored: list[str] = []
+
+    def logprobs(self, prompts: Any, targets: Sequence[str]) -> Any:
+        import numpy as np
+
+        rows = []
+        for messages in prompts:
+            content = messages[-1]["content"]
+            self.scored.append(content.rpartition("Question:")[2].strip())
+            rows.append([-1.0 / (1 + len(content)) for _ in targets])
+        return np.array(rows)
 
     def stream(
         self, messages: Sequence[dict[str, str]], *, max_new_tokens: int, temperature: float
@@ -213,6 +225,23 @@ def test_follow_up_retrieves_with_the_resolved_question_and_links_its_parent(
     assert record.payload["parent_id"] == first.audit_id
     parent = assistant.audit.get(first.audit_id)
     assert parent is not None and parent.payload["question"] == CRC
+
+    # attribution scores the prompt the model answered (the rewrite), not the typed words
+    assistant.attribute(second, method="loo")
+    assert second.attribution is not None
+    assert set(llm.scored) == {second.resolved_question}
+    # and a replay asks it in its conversation's context: nothing changed
+    from assistant.replay import replay_answer
+
+    report = replay_answer(
+        assistant.settings,
+        record.seq,
+        record.payload,
+        user=who.user,
+        role=who.role,
+        assistant=assistant,
+    )
+    assert report.unchanged, report.differences
 
     # a question with its own subject in the same conversation stands alone: no parent
     third = asking.ask(assistant, who, HTN, previous=second)
