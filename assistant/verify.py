@@ -213,7 +213,9 @@ def _tokenize(text: str) -> tuple[str, list[str], list[int]]:
 
 
 # words that state an obligation: "must fast" says what "fasting is required" says
-_REQUIREMENT = _words("must required requires require requirement mandatory necessary obligatory")
+_REQUIREMENT = _words(
+    "must required requires require requirement mandatory necessary obligatory need needed"
+)
 
 
 def stem(word: str) -> str:
@@ -269,11 +271,16 @@ def _clauses(words: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def _context(
-    words: Sequence[str], position: int, skip: Sequence[int] = (), near_only: bool = False
+    words: Sequence[str],
+    position: int,
+    skip: Sequence[int] = (),
+    near_only: bool = False,
+    numbers: bool = False,
 ) -> dict[str, float]:
     """Meaningful tokens around ``position``, nearer ones weighing more; within its clause,
     plus the rest of the sentence at a low weight (a clause often omits its subject).
-    ``near_only``: the 4 tokens either side within the clause, numbers left out."""
+    ``near_only``: the 4 tokens either side within the clause, numbers left out unless
+    ``numbers`` (a quantifier binds through them: "all adults aged 76 to 85")."""
     clause = next(((a, b) for a, b in _clauses(words) if a <= position < b), (0, len(words)))
     if (
         sum(
@@ -290,7 +297,7 @@ def _context(
             continue
         inside = clause[0] <= k < clause[1]
         d = abs(k - position)
-        if near_only and (not inside or d > 4 or _NUMBER.match(w)):
+        if near_only and (not inside or d > 4 or (_NUMBER.match(w) and not numbers)):
             continue
         weight = (1.0 if d <= 3 else 0.6 if d <= 6 else 0.3) if inside else 0.15
         out[key] = max(out.get(key, 0.0), weight)
@@ -615,16 +622,16 @@ def _negation(words: Sequence[str], statements: Sequence[Statement]) -> list[str
     # A negation the sentence adds: some negative word of the evidence must stand among the
     # same words ("never smoked" is not supported by "no symptoms" elsewhere in the evidence).
     negatives = [
-        _context(s.words, j, near_only=True) | {stem(x): 1.0}
+        set(_negated(s.words, j, before=True))
         for s in statements
         for j, x in enumerate(s.words)
         if x in NEGATIVE_POLARITY or x.endswith("n't")
     ]
     for k, w in enumerate(words):
-        if not _is_negation(w):
+        if not _is_negation(w) or _is_bound(words, k):
             continue
-        mine = _context(words, k, near_only=True)
-        if not any(mine.keys() & n.keys() for n in negatives) and (mine or not negatives):
+        mine = set(_negated(words, k))
+        if not any(mine & n for n in negatives) and (mine or not negatives):
             cue = "not" if w.endswith("n't") else w
             out.append(f"negation: '{cue}' absent from the evidence")
     stems = [stem(x) if _is_word(x) else x for x in words]
@@ -649,6 +656,33 @@ def _negation(words: Sequence[str], statements: Sequence[Statement]) -> list[str
 
 
 # a negation reaches over a list ("does not cover A, B, or C") but not over a conjunction
+def _is_bound(words: Sequence[str], k: int) -> bool:
+    """ "no more than 2", "not later than 6 weeks": a bound on a number, which the number rules
+    check (its direction), not the negation of a statement."""
+    return words[k + 2 : k + 3] == ["than"] and words[k + 1] in (
+        "more", "less", "fewer", "greater", "higher", "lower", "later", "earlier", "longer",
+    )  # fmt: skip
+
+
+def _negated(words: Sequence[str], k: int, before: bool = False) -> list[str]:
+    """What the negative word ``k`` governs: up to 5 content stems after it, to the end of its
+    phrase; the content word before it too when ``before`` ("fasting is not required") or when
+    what follows says nothing by itself ("screening should not be done")."""
+    after: list[str] = []
+    for x in words[k + 1 :]:
+        if x in _SCOPE_BREAKS or x == "," or len(after) >= 5:
+            break
+        if _is_word(x) and _key(x) is not None and x not in DISCOURSE and x not in LIGHT_VERBS:
+            after.append(stem(x))
+    if before or not after:
+        for x in reversed(words[max(0, k - 4) : k]):
+            if x in _SCOPE_BREAKS:
+                break
+            if _is_word(x) and _key(x) is not None and x not in DISCOURSE and x not in LIGHT_VERBS:
+                return [stem(x), *after]
+    return after
+
+
 _SCOPE_BREAKS = _words("; : ( ) and or but unless because while whereas so")
 _CONDITIONS = _words("when if where once")
 
@@ -691,7 +725,7 @@ def _drops(words: Sequence[str], stems: list[str], evidence: Sequence[str], k: i
 
 def _quantifiers(words: Sequence[str], statements: Sequence[Statement]) -> list[str]:
     occurrences = [
-        (QUANTIFIERS[x], _context(s.words, j, near_only=True))
+        (QUANTIFIERS[x], _context(s.words, j, near_only=True, numbers=True))
         for s in statements
         for j, x in enumerate(s.words)
         if x in QUANTIFIERS
@@ -707,7 +741,8 @@ def _quantifiers(words: Sequence[str], statements: Sequence[Statement]) -> list[
             after = words[k + 1]
             if after == "other" or _as_number(after) is not None or after in _UNITS:
                 continue  # an interval ("every 2 years"), judged as one
-        pointed = _pointed(_context(words, k, near_only=True), [c for _, c in occurrences])
+        mine = _context(words, k, near_only=True, numbers=True)
+        pointed = _pointed(mine, [c for _, c in occurrences])
         if not any(occurrences[j][0] == group for j in pointed):
             out.append(f"quantifier '{w}' not in the evidence")
     return out
