@@ -400,9 +400,13 @@ def test_unsupported_sentences_are_removed_and_counted_never_shown(
         c.value for c in at.caption if "were removed" in c.value or "was removed" in c.value
     )
     # the same words as the CLI prints (assistant.policy.removed_note)
-    assert note.split(":material/content_cut: ")[1].replace("\\", "").startswith(
-        f"{n} sentence{'s' if n != 1 else ''} of the model's draft "
-        f"{'were' if n != 1 else 'was'} removed"
+    assert (
+        note.split(":material/content_cut: ")[1]
+        .replace("\\", "")
+        .startswith(
+            f"{n} sentence{'s' if n != 1 else ''} of the model's draft "
+            f"{'were' if n != 1 else 'was'} removed"
+        )
     )
     assert not any("unverified wording" in e.label for e in at.expander)
     assert not any("withheld" in e.label.lower() for e in at.expander)
@@ -649,3 +653,33 @@ def test_single_sign_on_maps_the_provider_identity_to_a_local_role(
     at.sidebar.button(key="signout").click().run()
     assert not at.exception, at.exception
     assert at.text_input(key="signin_username")
+
+
+def test_attribution_chart_names_sources_by_the_labels_the_answer_shows() -> None:
+    """Source 3 is cited as [1]; source 1 is not cited: its rank must not read as label 1."""
+    from core.types import Answer, AnswerSentence, Citation, Mode, SourceSentence
+    from ui.views.ask import chart_rows
+
+    sources = [
+        SourceSentence(index=0, n=1, chunk_id="a:0", text="Uncited passage sentence."),
+        SourceSentence(index=1, n=3, chunk_id="c:0", text="Cited passage sentence."),
+    ]
+    answer = Answer(
+        question="q",
+        answer="Cited passage sentence. [1]",
+        abstained=False,
+        sentences=[AnswerSentence("Cited passage sentence.", [3], True, 1.0, [1])],
+        citations=[Citation(3, "c", "c:0", "C", "", None, "", 1.0, label=1)],
+        evidence=[],
+        hits=[],
+        source_sentences=sources,
+        generation=None,
+        timings={},
+        mode=Mode.QUOTED,
+        attribution={
+            "scores": [0.5, 2.0],
+            "sources": [{"index": 0, "n": 1}, {"index": 1, "n": 3}],
+        },
+    )
+    names = {row["n"]: row["source"] for row in chart_rows(answer)}
+    assert names[3].startswith("[1] ") and names[1].startswith("[not cited] "), names

@@ -2,7 +2,8 @@
 
 A clinician signs in, asks a question of the packaged model, sees the answer with its source
 and opens it; an auditor signs in, finds that answer's record and verifies the chain.
-Screenshots go to ``tmp_path/screenshots`` (printed at the end; kept by pytest for 3 runs).
+Screenshots are test artifacts: they go to ``test-artifacts/<test name>/`` in the repository
+(ignored by git; ``CLINRAG_TEST_ARTIFACTS`` moves them), replaced on each run.
 
 Needs Chromium and its driver (Debian: ``apt-get install -y chromium chromium-driver``) and
 ``pip install selenium``. Skipped only when no Chromium binary is found.
@@ -38,8 +39,18 @@ CHROME_FLAGS = (
     "--no-first-run",
     "--window-size=1400,1100",
 )
+CRC_QUESTION = "At what age should average-risk adults start colorectal cancer screening?"
+CRC_FOLLOW_UP = "and when should they stop?"
 START_TIMEOUT_S = 90
 ANSWER_TIMEOUT_S = 420  # the first question loads the packaged model on a loaded machine
+
+
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """Where a test's screenshots are kept after it ends: CI uploads or a reviewer opens them."""
+    root = Path(os.environ.get("CLINRAG_TEST_ARTIFACTS") or REPO / "test-artifacts")
+    folder = root / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 def _chromium() -> str | None:
@@ -252,7 +263,7 @@ class Page:
 
 @pytest.mark.slow
 def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
-    server: tuple[str, Path], browser: Any, tmp_path: Path
+    server: tuple[str, Path], browser: Any, request: pytest.FixtureRequest
 ) -> None:
     from selenium.webdriver.common.keys import Keys
 
@@ -260,7 +271,7 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     from core.config import load_settings
 
     url, home = server
-    page = Page(browser, tmp_path / "screenshots")
+    page = Page(browser, artifacts(request))
     browser.get(url)
     page.wait_text("Sign in with your hospital account")
     page.shot("signin")
@@ -342,6 +353,123 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     print(f"\nscreenshots: {page.shots}")
 
 
+@pytest.mark.slow
+def test_conversation_attribution_and_replay_in_a_real_browser(
+    browser: Any, tmp_path: Path, models_cache: Path, request: pytest.FixtureRequest
+) -> None:
+    """The clinician's whole path (ask, a follow-up, a source, the attribution with its
+    faithfulness in words) and the auditor's (the answer record, faithfulness, the replay),
+    through the packaged model, with a screenshot at every step."""
+    from selenium.webdriver.common.keys import Keys
+
+    from audit.record import open_log as audit_log
+    from core.config import load_settings
+    from tests.conftest import share_models
+
+    request.getfixturevalue("packaged_llm")
+    home = build_library(share_models(tmp_path / "home", models_cache))
+    # fewer ablations than the default keep the browser wait short; the method is the same
+    env = {"CLINRAG_ATTRIBUTION_ABLATIONS": "8"}
+    page = Page(browser, artifacts(request))
+    log = audit_log(load_settings(env={"CLINRAG_HOME": str(home)}))
+
+    def ask(question: str, turn: int) -> Any:
+        box = page.wait("chat input", lambda: page.css('[data-testid="stChatInputTextArea"]'))[0]
+        box.send_keys(question)
+        box.send_keys(Keys.ENTER)
+        page.wait(
+            f"answer {turn}",
+            lambda: len(log.list(event="answer")) >= turn and "Audit record" in page.text(),
+            timeout=ANSWER_TIMEOUT_S,
+        )
+        record = log.list(event="answer")[-1]
+        page.wait_text(f"Audit record {record.seq}")
+        return record
+
+    with serve_app(tmp_path, home, env) as url:
+        browser.get(url)
+        page.sign_in("carol")
+
+        # --- the question: the recommendation leads, cited with label 1
+        first = ask(CRC_QUESTION, 1)
+        assert not first.payload["abstained"], first.payload
+        lead = first.payload["sentences"][0]
+        assert "45" in lead["text"], first.payload["answer"]
+        assert all(s["supported"] for s in first.payload["sentences"])
+        labels = sorted(c["label"] for c in first.payload["citations"])
+        assert labels == list(range(1, len(labels) + 1)), first.payload["citations"]
+        assert lead["text"].split(":")[0] in page.text()
+        page.shot("answer")
+
+        # --- a follow-up, read in the conversation's context
+        second = ask(CRC_FOLLOW_UP, 2)
+        resolved = second.payload["resolved_question"]
+        assert resolved and "colorectal" in resolved.lower(), second.payload
+        assert second.payload["parent_id"] == first.seq
+        page.wait_text("Understood as: " + resolved)
+        assert second.payload["question"] == CRC_FOLLOW_UP
+        assert {r["doc_id"] for r in second.payload["retrieved"][:1]} == {
+            "colorectal-cancer-screening"
+        }
+        page.shot("follow-up")
+
+        # --- a source of the follow-up, opened: its evidence highlighted
+        summaries = page.css('[data-testid="stExpander"] summary')
+        panel = next(e for e in reversed(summaries) if "Colorectal" in e.text)
+        panel.click()
+        page.wait(
+            "highlighted evidence",
+            lambda: [m for m in page.css("mark.clinrag-evidence") if m.is_displayed()],
+        )
+        page.shot("source-open")
+
+        # --- the attribution of the follow-up, computed on request, with faithfulness in words
+        buttons = page.wait(
+            "attribution buttons",
+            lambda: [
+                b
+                for b in page.css("button")
+                if b.is_displayed() and "did the answer rely on" in b.text
+            ],
+        )
+        buttons[-1].click()
+        page.wait(
+            "attribution record",
+            lambda: log.list(event="attribution"),
+            timeout=ANSWER_TIMEOUT_S,
+        )
+        page.wait_text("Which sources the answer relied on", timeout=60)
+        page.wait_text("less likely")
+        attribution = log.list(event="attribution")[-1]
+        assert attribution.payload["answer_id"] == second.seq
+        # attribution adds information and changes no check: the same sentences, supported
+        assert [s["text"] for s in attribution.payload["sentences"]] == [
+            s["text"] for s in second.payload["sentences"]
+        ]
+        assert all(s["supported"] for s in attribution.payload["sentences"])
+        page.shot("attribution")
+        page.button("Sign out").click()
+        page.wait_text("Sign in with your hospital account")
+
+        # --- the auditor: the follow-up's record, its faithfulness, a replay
+        page.sign_in("audrey")
+        page.wait_text("Verify the chain")
+        page.select("Event", "answer")
+        page.select("Record", f"#{second.seq} ")
+        page.wait_text(f"Record {second.seq}: answer")
+        page.wait_text("Attribution computed after the answer")
+        page.wait_text("Faithfulness")
+        assert "less likely" in page.text()
+        page.shot("audit-record")
+        page.button("Replay this answer").click()
+        page.wait_text("replays to the same answer from the same sources", timeout=300)
+        replay = log.list(event="replay")[-1]
+        assert replay.user == "audrey" and replay.payload["unchanged"] is True, replay.payload
+        page.shot("audit-replay")
+    log.close()
+    print(f"\nscreenshots: {page.shots}")
+
+
 # --- hostile content: 20 XSS, Markdown-image and javascript: payloads ---------------------------
 
 PAYLOADS = (
@@ -397,7 +525,7 @@ def _canary() -> Iterator[tuple[str, list[str]]]:
 
 @pytest.mark.slow
 def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
-    tmp_path: Path, browser: Any
+    tmp_path: Path, browser: Any, request: pytest.FixtureRequest
 ) -> None:
     """20 payloads sit in a guideline (plain text, kept verbatim by the loader) and in the
     model's answer (an OpenAI-compatible server on loopback returns them, cited). A clinician
@@ -437,7 +565,7 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
                 },
             ) as url,
         ):
-            page = Page(browser, tmp_path / "screenshots")
+            page = Page(browser, artifacts(request))
             browser.get(url)
             page.wait_text("Sign in with your hospital account")
             title = browser.title

@@ -260,6 +260,20 @@ def _currency_lines(
     return lines
 
 
+def chart_rows(answer: Answer) -> list[dict[str, Any]]:
+    """The attribution chart's bars, each source named by the label the answer shows."""
+    rows = attribution_by_source(answer)
+    labels = display_labels(answer)
+    for row in rows:
+        n = row.get("n")
+        if isinstance(n, int):
+            # a source the answer does not cite has no label; its retrieval rank would read
+            # as another source's label
+            label = f"[{labels[n]}]" if n in labels else "[not cited]"
+            row["source"] = str(row["source"]).replace(f"[{n}]", label, 1)
+    return rows
+
+
 def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i: int) -> None:
     """The attribution chart, or a button computing it (slow on a CPU) and recording it.
 
@@ -267,13 +281,7 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
     audit event pointing at the answer record, so no clinician waits minutes for an answer.
     """
     answer = entry["answer"]
-    rows = attribution_by_source(answer)
-    labels = display_labels(answer)
-    for row in rows:
-        # the chart names sources by the labels the answer shows, not by retrieval rank
-        n = row.get("n")
-        if isinstance(n, int) and labels.get(n, n) != n:
-            row["source"] = str(row["source"]).replace(f"[{n}]", f"[{labels[n]}]", 1)
+    rows = chart_rows(answer)
     if rows:
         attribution = answer.attribution or {}
         st.markdown(
