@@ -28,8 +28,12 @@ auditors) and :func:`removed_note` tells the reader how many were removed. The n
 sees are labels 1, 2, 3 in order of first appearance (``Citation.label``,
 :func:`display_labels`); ``AnswerSentence.citations`` keep the prompt's source numbers.
 
-Blind spot: the checks measure closeness and word presence, not meaning; a sentence that
-contradicts its evidence with the same words can pass verification.
+Blind spot: verification (``assistant.verify``) is a rule set, not a reader. It catches the
+contradictions its rules name (negation, quantifiers, numbers, units, ages, intervals, drugs,
+populations, added content words) and no others: a sentence that reverses its evidence
+through words the rules do not know ("required" said as "must ... after fasting" is known,
+many other turns of phrase are not) can still pass, and a faithful paraphrase in other words
+can be refused.
 
 Every :class:`~core.types.Answer` is built here, by keyword, so its ``mode`` always says how
 it was produced; the reason is kept as ``"code (detail)"`` text, the form audit records have

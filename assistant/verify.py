@@ -14,7 +14,9 @@ every way the sentence claims more than, or other than, the evidence:
   quantity whose surrounding words match its own, so "HPV testing every 3 years" cannot borrow
   the 3 of cytology's interval; same value, same unit (81 mg is not 81 g, 10% a month is not
   10% a week), same direction (below 7% is not above 7%); intervals compare as durations
-  ("annually" = "every 12 months", "biennial" = "every 2 years");
+  ("annually" = "every 12 months", "biennial" = "every 2 years"); what a bare count counts
+  ("2 negative Pap results") must be something the evidence mentions; names with digits
+  (PHQ-9, H1N1) must be the evidence's;
 - **drugs**: a drug name (a USAN/INN stem such as -statin, -pril, -sartan, -gliflozin, a
   common name, or a class word such as "beta" blocker) that the evidence does not name;
 - **populations**: a group (women, men, pregnant people, children, adolescents, smokers, ...)
@@ -304,6 +306,11 @@ def _context(
     return out
 
 
+def _whole(words: Sequence[str]) -> dict[str, float]:
+    """Every meaningful token of a sentence, equally weighted."""
+    return {key: 1.0 for w in words if (key := _key(w)) is not None}
+
+
 def _pointed(context: dict[str, float], candidates: Sequence[dict[str, float]]) -> list[int]:
     """The candidates whose contexts share the most with ``context`` (rare shared words weigh
     most); every candidate when nothing is shared."""
@@ -557,8 +564,7 @@ def _statements(evidence: Sequence[str]) -> list[Statement]:
         for sentence in split_sentences(passage) or [passage]:
             for part in _split_semicolons(sentence):
                 words = _tokenize(part)[1]
-                keys = {k: 1.0 for w in words if (k := _key(w)) is not None}
-                out.append(Statement(part, words, _content(words), keys, quantities(part)))
+                out.append(Statement(part, words, _content(words), _whole(words), quantities(part)))
     return out
 
 
@@ -642,16 +648,19 @@ def _negation(words: Sequence[str], statements: Sequence[Statement]) -> list[str
             if (_is_negation(w) or contrast) and _drops(words, stems, s.words, k):
                 phrase = " ".join([w, *[x for x in s.words[k + 1 : k + 5] if _is_word(x)][:3]])
                 out.append(f"negation: the evidence says '{phrase}', the sentence drops it")
-    # an uncertain statement turned into an assertion
+    # an uncertain statement turned into an assertion: the sentence states what only that
+    # statement talks about, with no uncertain or negative word of its own
     if not set(words) & (UNCERTAINTY | NEGATIVE_POLARITY):
-        pointed = _pointed_statements(_context(words, -1), statements)
-        shared = _content(words) & set().union(*(s.stems for s in pointed)) if pointed else set()
-        if (
-            pointed
-            and all(set(s.words) & UNCERTAINTY and _polar(s.words) for s in pointed)
-            and len(shared) >= 3
-        ):
-            out.append("certainty: the evidence is uncertain, the sentence asserts")
+        mine = set(_whole(words))
+        hedges = {stem(u) for u in UNCERTAINTY | NEGATIVE_POLARITY}
+        for k, st in enumerate(statements):
+            if not (set(st.words) & UNCERTAINTY and _polar(st.words)):
+                continue
+            others = set().union(*(o.context for j, o in enumerate(statements) if j != k))
+            own = set(st.context) - others - hedges
+            if own and len(mine & own) >= min(3, len(own)):
+                out.append("certainty: the evidence is uncertain, the sentence asserts")
+                break
     return out
 
 
@@ -875,7 +884,7 @@ def _populations(words: Sequence[str], statements: Sequence[Statement]) -> list[
         out.append("population 'adults' not in the evidence")
     # the group the statement the sentence restates is restricted to, dropped
     if not mine:
-        pointed = _pointed_statements(_context(words, -1), statements)
+        pointed = _pointed_statements(_whole(words), statements)
         if len(pointed) == 1:
             restricted = _groups(pointed[0].words, restricting=True) - {"older adults"}
             shared = _content(words) & pointed[0].stems
