@@ -78,7 +78,9 @@ def attribute_answer(
 
     method = method or settings.attribution
     gen = answer.generation
-    if method == "off" or gen is None or not gen.text or not isinstance(llm, LogProbScorer):
+    # what is attributed is the shown sentences, so an answer the model did not write freely
+    # (quoted, or a yes/no decision with its evidence) is attributed too
+    if method == "off" or gen is None or not isinstance(llm, LogProbScorer):
         return answer
     sources = answer.source_sentences[: settings.attribution_max_sentences]
     # attribute what the clinician is shown: the checked sentences, never the removed ones

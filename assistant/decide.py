@@ -258,7 +258,6 @@ def answer(
         ctx,
         scoring,
         sentences=quote.sentences,
-        citations=quote.citations,
         evidence=quote.evidence,
         unverified=[],
     )

@@ -54,7 +54,6 @@ from core.config import Settings
 from core.types import (
     Answer,
     AnswerSentence,
-    Citation,
     Evidence,
     Generation,
     Hit,
@@ -302,11 +301,8 @@ def quoted(
     sentences: Sequence[AnswerSentence],
     evidence: Sequence[Evidence],
     unverified: Sequence[AnswerSentence],
-    citations: Sequence[Citation] = (),
 ) -> Answer:
-    """Guideline sentences quoted with their citations. ``citations`` is ignored (they are
-    numbered from the sentences); accepted for callers written before."""
-    del citations
+    """Guideline sentences quoted with their citations (numbered from the sentences)."""
     return _answer(
         ctx,
         Mode.QUOTED,

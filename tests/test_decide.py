@@ -193,6 +193,10 @@ def test_yes_no_answer_is_its_decision_and_quoted_evidence(
     assert first == f"Decision: no (from {refs})"
     assert answer_json(answer)["decision"]["label"] == "no"
 
+    # the quoted evidence a decision shows is attributed like any answer's sentences
+    assistant.attribute(answer, method="loo")
+    assert answer.attribution is not None and answer.attribution["scores"]
+
 
 def test_other_questions_and_models_without_log_probabilities_are_unchanged(
     library: Settings,
