@@ -218,8 +218,10 @@ def test_the_cli_prints_only_the_checked_answer_on_stdout(
     checked answer; a script reading stdout took the draft for the answer."""
     assert main(["ask", HTN_QUESTION]) == 0
     out, err = capsys.readouterr()
-    assert out.lstrip().startswith("ANSWER (checked against the sources):"), out[:200]
+    assert out.lstrip().startswith("ANSWER (checked against the sources"), out[:200]
     assert "Generating (unverified" in err and "Stage 1 hypertension" in err
+    # attribution in the reader's terms: citation labels and faithfulness in words
+    assert "log p(answer)" not in out and "less likely" in out, out
 
 
 def test_sources_never_cut_a_title_mid_word_and_audit_help_names_every_command(

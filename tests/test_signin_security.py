@@ -222,7 +222,12 @@ def test_the_app_asks_for_a_new_password_before_any_page(settings: Settings) -> 
         at.text_input(key="new_password_again").input("a-new-long-password")
         at.button(key="set_password").click().run()
         assert not at.exception, at.exception
-        assert list(at.sidebar.radio(key="page").options) == ["Ask", "Library", "Audit"]
+        assert list(at.sidebar.radio(key="page").options) == [
+            "Ask",
+            "Library",
+            "Audit",
+            "Accounts",
+        ]
         assert not get_user(settings, "admin").must_change_password  # type: ignore[union-attr]
     finally:
         st.cache_resource.clear()

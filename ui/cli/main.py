@@ -269,20 +269,21 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_attribution(answer: Answer) -> None:
+    from assistant.policy import display_labels
+    from ui.render import faithfulness_text
+
     att = answer.attribution
     if att is None:
         return
-    faith = att["faithfulness"]
+    labels = display_labels(answer)
     order = sorted(range(len(att["scores"])), key=lambda i: -att["scores"][i])[:3]
     print("ATTRIBUTION (source sentences that drove the answer):")
     for i in order:
         src = att["sources"][i]
-        print(f"  {att['scores'][i]:+.2f}  [{src['n']}] {src['text'][:100]}")
-    print(
-        f"faithfulness: removing the top {faith['k']} sentences lowers log p(answer) by "
-        f"{faith['top_k_drop']:.2f} (random: {faith['random_drop']:.2f})"
-        + ("; FLAG: the answer barely depends on the sources" if faith["flag_memory"] else "")
-    )
+        # the labels the answer shows; a source it does not cite has none
+        label = f"[{labels[src['n']]}]" if src["n"] in labels else "[not cited]"
+        print(f"  {att['scores'][i]:+.2f}  {label} {src['text'][:100]}")
+    print("faithfulness: " + faithfulness_text(att.get("faithfulness")))
 
 
 def print_answer(answer: Answer) -> None:
