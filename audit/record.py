@@ -6,9 +6,9 @@ event's payload has one shape whoever triggers it: the CLI, the app, evaluation 
 Each :class:`Event` is written by exactly one :class:`Recorder` method, whose payload is the
 :class:`~typing.TypedDict` named in :data:`PAYLOADS`.
 
-The link between an answer and what is recorded about it later (attribution, feedback) is
-``answer_id``, the answer record's sequence number, in every event that points at an answer;
-:meth:`Recorder.attribution_of` is the one reader of that link. Records written before the
+The link between an answer and what is recorded about it later (attribution or its failure,
+feedback) is ``answer_id``, the answer record's sequence number, in every event that points
+at an answer; :func:`answer_link` is the one reader of that link. Records written before the
 link was unified used ``answer_seq`` for attributions from the CLI; the reader accepts both,
 since audit rows are never rewritten.
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 class Event(StrEnum):
     ANSWER = "answer"
     ATTRIBUTION = "attribution"
+    ATTRIBUTION_FAILED = "attribution_failed"
     FEEDBACK = "feedback"
     LOGIN = "login"
     LOGIN_FAILED = "login_failed"
@@ -67,6 +68,7 @@ class Event(StrEnum):
 # The key that points from a later event at the answer record it is about.
 ANSWER_LINK = "answer_id"
 _LEGACY_ANSWER_LINKS = ("answer_seq",)
+MAX_REASON_CHARS = 500
 
 
 # ------------------------------------------------------------------------ payload schemas
@@ -137,6 +139,13 @@ class AttributionPayload(TypedDict):
     faithfulness: dict[str, Any] | None
     sentences: list[dict[str, Any]]
     citations: list[dict[str, Any]]
+
+
+class AttributionFailedPayload(TypedDict):
+    answer_id: int
+    # why there is no attribution (an error, or a model that gives no log-probabilities), so
+    # coverage can tell a failed attribution from one still to come
+    reason: str
 
 
 class FeedbackPayload(TypedDict):
@@ -256,6 +265,7 @@ class UserRolePayload(TypedDict):
 PAYLOADS: dict[Event, type[Any]] = {
     Event.ANSWER: AnswerPayload,
     Event.ATTRIBUTION: AttributionPayload,
+    Event.ATTRIBUTION_FAILED: AttributionFailedPayload,
     Event.FEEDBACK: FeedbackPayload,
     Event.LOGIN: LoginPayload,
     Event.LOGIN_FAILED: LoginFailedPayload,
@@ -477,6 +487,15 @@ class Recorder:
             ],
         }
         return self._append(Event.ATTRIBUTION, actor, payload, "The attribution")
+
+    def attribution_failed(self, actor: Actor, answer_id: int, *, reason: str) -> int:
+        """That answer ``answer_id`` could not be attributed, and why (the reason is cut to
+        a sane length: an error message, not a traceback)."""
+        payload: AttributionFailedPayload = {
+            "answer_id": int(answer_id),
+            "reason": reason[:MAX_REASON_CHARS],
+        }
+        return self._append(Event.ATTRIBUTION_FAILED, actor, payload, "The attribution failure")
 
     def _answer_record(self, answer_id: int) -> Record | None:
         """The answer record ``answer_id``; None when there is none or it cannot be read."""

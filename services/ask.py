@@ -6,12 +6,14 @@ recorded the same way and linked the same way (``answer_id``, see ``audit.record
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from assistant.followup import resolve
 from audit.record import Recorder
 from core.config import Settings
+from core.errors import AuditError
 from core.types import Actor, Answer
 from services.access import Operation, require
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from assistant.pipeline import Assistant
 
 MAX_COMMENT_CHARS = 2000
+log = logging.getLogger(__name__)
 
 
 def open_assistant(settings: Settings) -> Assistant:
@@ -65,21 +68,59 @@ def ask(
 def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
     """Compute the causal attribution of a recorded answer and record it, linked to it.
 
-    Returns the attribution's record, or None when nothing was attributed (an abstention, or
-    a model that cannot score). On failure the answer keeps no attribution: what is shown
-    must be what is recorded.
+    The one way an answer gets its attribution, from the CLI, the app or any other caller:
+    the answer is recorded first, then its attribution as an ``attribution`` record pointing
+    at it by ``answer_id``. When it cannot be attributed (an error, or a model that gives no
+    log-probabilities) an ``attribution_failed`` record says why, so coverage
+    (:func:`services.audit.attribution_coverage`) tells failed from still pending.
+
+    Returns the attribution's record, or None when nothing was attributed (an abstention,
+    attribution switched off, or a failure recorded as such). On failure the answer keeps no
+    attribution: what is shown must be what is recorded. An error is re-raised once recorded.
     """
     require(actor, Operation.ASK)
-    if answer.abstained or answer.audit_id is None:
+    if answer.abstained or answer.audit_id is None or assistant.settings.attribution == "off":
         return None
     try:
         assistant.attribute(answer)
-        if answer.attribution is None:
-            return None
+    except Exception as exc:
+        answer.attribution = None
+        _record_failure(assistant, actor, answer.audit_id, f"{type(exc).__name__}: {exc}")
+        raise
+    except BaseException:
+        # interrupted (Ctrl-C, shutdown): nothing is recorded, so the answer stays pending
+        answer.attribution = None
+        raise
+    if answer.attribution is None:
+        assistant.recorder.attribution_failed(
+            actor, answer.audit_id, reason=_unattributable(assistant, answer)
+        )
+        return None
+    try:
         return assistant.recorder.attribution(actor, answer.audit_id, answer)
     except BaseException:
         answer.attribution = None
         raise
+
+
+def _record_failure(assistant: Assistant, actor: Actor, answer_id: int, reason: str) -> None:
+    try:
+        assistant.recorder.attribution_failed(actor, answer_id, reason=reason)
+    except AuditError:
+        # the log refuses writes: the original error is the one to report; the answer stays
+        # pending and is attributed again once the log is writable
+        log.warning("the attribution failure of answer %s could not be recorded", answer_id)
+
+
+def _unattributable(assistant: Assistant, answer: Answer) -> str:
+    """Why the attributor returned nothing for an answer it was asked about."""
+    from core.backends.base import LogProbScorer
+
+    if not isinstance(assistant.llm, LogProbScorer):
+        return f"the model ({type(assistant.llm).__name__}) gives no log-probabilities"
+    if answer.generation is None:
+        return "the answer has no model prompt to attribute"
+    return "no source sentences or answer sentences to attribute"
 
 
 def feedback(

@@ -126,6 +126,66 @@ def attribution_of(settings: Settings, actor: Actor, answer_id: int) -> Record |
         return _views(settings, actor, [record], recorder.log)[0]
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How many answers have their attribution: recorded (with the answer, or linked to it),
+    failed (a linked failure record with its reason), or pending (neither yet)."""
+
+    attributed: int
+    pending: int
+    failed: int
+
+    @property
+    def answers(self) -> int:
+        return self.attributed + self.pending + self.failed
+
+    def line(self) -> str:
+        return (
+            f"attribution coverage: {self.attributed} attributed, {self.pending} pending, "
+            f"{self.failed} failed of {self.answers} answers"
+        )
+
+
+def attribution_coverage(settings: Settings, actor: Actor, query: Query | None = None) -> Coverage:
+    """Attribution coverage of the answer records ``query`` selects by time and user (all of
+    them without one; its event and limit are ignored: coverage is about answers).
+
+    Abstentions are left out: they have nothing to attribute. A linked record counts whenever
+    it was written, after the query's window too; an attribution outweighs an earlier failure
+    (attributed again later).
+    """
+    require(actor, Operation.READ_AUDIT)
+    query = query or Query()
+    if query.answers == "abstained":
+        return Coverage(0, 0, 0)
+    with open_log(settings) as log:
+        answers = log.list(
+            since=query.since, until=query.until, user=query.user, event=str(Event.ANSWER)
+        )
+        attributed = _linked(log, Event.ATTRIBUTION)
+        failed = _linked(log, Event.ATTRIBUTION_FAILED)
+    counts = {"attributed": 0, "pending": 0, "failed": 0}
+    for record in answers:
+        if record.payload.get("abstained"):
+            continue
+        if record.payload.get("attribution") or record.seq in attributed:
+            counts["attributed"] += 1
+        elif record.seq in failed:
+            counts["failed"] += 1
+        else:
+            counts["pending"] += 1
+    return Coverage(**counts)
+
+
+def _linked(log: AuditLog, event: Event) -> set[int]:
+    """The answer records that records of ``event`` point at."""
+    return {
+        link
+        for record in log.list(event=str(event))
+        if (link := answer_link(record.payload)) is not None
+    }
+
+
 # ------------------------------------------------------------------ restricted content
 
 # Who may see restricted content in the audit trail: whoever's role may see the documents

@@ -88,6 +88,7 @@ def _call_every_writer(recorder: Recorder, settings: Any) -> dict[str, list[str]
             embedder=EmbedderInfo("st", "minilm", "0" * 64, 384),
         ),
         "attribution": lambda: recorder.attribution(ACTOR, 1, _answer()),
+        "attribution_failed": lambda: recorder.attribution_failed(ACTOR, 1, reason="no logprobs"),
         "feedback": lambda: recorder.feedback(ACTOR, 1, helpful=True, comment="ok"),
         "replay": lambda: recorder.replay(
             ACTOR, 1, unchanged=True, differences=[], original_answer="a", replayed_answer="a"

@@ -42,6 +42,7 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         for r in records:
             print(f"{r.seq:6}  {r.ts}  {r.event:12} {r.user:12} {_summary(r.payload)}")
+        print(audit.attribution_coverage(settings, actor, query).line())
         return 0
     if command == "show":
         try:

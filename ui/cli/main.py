@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--json", action="store_true")
     ask.add_argument("--k", type=int, help="number of passages to retrieve")
+    ask.add_argument(
+        "--no-attribution",
+        action="store_true",
+        help="print and record the answer without attributing it (it stays pending)",
+    )
     # Self-asserted, like everything on this command line (whoever runs it can read
     # CLINRAG_HOME): the answer record also carries the operating-system account that ran it.
     ask.add_argument(
@@ -253,16 +258,31 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         print("\n", file=sys.stderr)
         print_answer(answer)
-    if settings.attribution != "off" and not answer.abstained:
+        # on stdout (a pipe too) before attribution starts: nobody waits for it to read
+        sys.stdout.flush()
+    if settings.attribution != "off" and not args.no_attribution and not answer.abstained:
         if not args.json:
             print(
                 f"\nattributing ({settings.attribution}, {settings.attribution_ablations} "
                 "ablations)...",
                 file=sys.stderr,
             )
-        ask.attribute(assistant, actor, answer)
+        try:
+            # the same path as the app: recorded as its own record linked by answer_id,
+            # or as a failure with its reason
+            ask.attribute(assistant, actor, answer)
+        except ClinragError:
+            raise
+        except Exception as exc:
+            # the answer stands (shown and recorded); only its attribution is missing
+            print(f"attribution failed (recorded): {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps(answer_json(answer), indent=2))
+            return 1
         if answer.attribution is not None and not args.json:
             print_attribution(answer)
+        elif answer.attribution is None and not args.json:
+            print("no attribution for this answer (why is in the audit log).", file=sys.stderr)
     if args.json:
         print(json.dumps(answer_json(answer), indent=2))
     return 0

@@ -45,6 +45,7 @@ def render(settings: Settings, user: User | None) -> None:
     st.divider()
     query = _query()
     records = audit.find(settings, actor(user), query)
+    st.markdown(md_escape(audit.attribution_coverage(settings, actor(user), query).line()))
     _table(records)
     _detail(settings, user, records)
     st.divider()
