@@ -346,7 +346,7 @@ def test_three_set_questions_through_the_real_pipeline(
     folder.mkdir()
     rows = [
         json.loads(line)
-        for line in (SET / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        for line in (SET / "clinician_questions.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     picked = [r for r in rows if r["qid"] in {"g01", "y09", "o02"}]
     (folder / "questions.jsonl").write_text(
