@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING
 
 from core.backends.base import LogProbScorer, Message
 from core.config import Settings
-from core.types import Answer, Decision, DecisionLabel, Generation, Hit, SourceSentence
+from core.types import Answer, Decision, DecisionLabel, Generation, SourceSentence
 
 if TYPE_CHECKING:
     from assistant.cite import Quote
     from assistant.pipeline import Assistant
+    from assistant.policy import Context
 
 log = logging.getLogger(__name__)
 
@@ -196,40 +197,28 @@ def passages_read(
     return [s for s in sources if s.n in chosen]
 
 
-def answer(
-    assistant: Assistant, question: str, hits: list[Hit], timings: dict[str, float]
-) -> Answer | None:
+def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     """The answer to a yes/no question without free-text generation, or None to generate.
 
-    The decision and its evidence are the answer: the guideline's (or abstract's) sentences
-    that best match the question, quoted and cited, with the decision, read from their
-    whole passages, on top. The
-    packaged 135M model's own wording is the less accurate one (it failed verification on
+    Called once the abstention checks before generation have passed. The decision and its
+    evidence are the answer: the guideline's (or abstract's) sentences that best match the
+    question, quoted and cited, with the decision, read from their whole passages, on top.
+    The packaged 135M model's own wording is the less accurate one (it failed verification on
     most PubMedQA questions, and parsed as "maybe" when quoted), and skipping it saves the
     generation, about 6 of the 6.5 seconds of an answer on a CPU. Off when
-    ``yes_no_decisions`` is off or the LLM cannot score options; the abstention checks that
-    run before generation apply here as well, and so does the quoting bar
-    (``quote_min_evidence``): with no sentence that clearly answers, nothing is decided.
+    ``yes_no_decisions`` is off or the LLM cannot score options; the quoting bar
+    (``quote_min_evidence``) applies: with no sentence that clearly answers, nothing is
+    decided.
     """
     from assistant import policy
-    from assistant.cite import quote_answer, quotes_for, source_sentences
-    from assistant.pipeline import _nearest_documents
+    from assistant.cite import quote_answer, quotes_for
 
     settings, llm = assistant.settings, assistant.llm
+    question, hits, timings = ctx.question, ctx.hits, ctx.timings
     if not (settings.yes_no_decisions and is_yes_no(question)) or not isinstance(
         llm, LogProbScorer
     ):
         return None
-    ctx = policy.Context(
-        question=question,
-        hits=hits,
-        sources=source_sentences(hits),
-        timings=timings,
-        nearest=_nearest_documents(hits),
-    )
-    reason = policy.before_generation(question, hits, settings, assistant.retriever.lexical.stem)
-    if reason is not None:
-        return policy.abstained(ctx, reason)
     t = time.perf_counter()
     quotes = quotes_for(question, hits, assistant.embed, ctx.sources, limit=EVIDENCE_SENTENCES)
     timings["citation"] = time.perf_counter() - t

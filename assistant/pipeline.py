@@ -97,11 +97,7 @@ class Assistant:
         t0 = time.perf_counter()
         hits = self.retriever.retrieve(question, k=k, filters=filters)
         timings["retrieval"] = time.perf_counter() - t0
-        # a yes/no question is answered by its decision and the evidence it read, when the
-        # model can score the options; anything else by the policy below
-        answer = decide.answer(self, question, hits, timings) or self._answer(
-            question, hits, timings, on_token
-        )
+        answer = self._answer(question, hits, timings, on_token)
         if attribute is None:
             attribute = self.settings.attribution != "off"
         if attribute and not answer.abstained:
@@ -134,6 +130,11 @@ class Assistant:
             if on_token:
                 on_token(policy.ABSTAIN_TEXT)
             return policy.abstained(ctx, reason)
+        # a yes/no question is answered by its decision and the evidence it read, when the
+        # model can score the options; anything else by the model's draft, checked
+        decided = decide.answer(self, ctx)
+        if decided is not None:
+            return decided
         t = time.perf_counter()
         generation = generate(self.llm, self.settings, question, hits, on_token)
         timings["generation"] = time.perf_counter() - t

@@ -155,7 +155,7 @@ def _write_marker(folder: Path, meta: Mapping[str, Any]) -> None:
     files: dict[str, int] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink():
-            _fsync_file(path)
+            _fsync(path)
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
     # the files' data reaches the disk before the marker that vouches for them, so a power
     # cut cannot leave a marker over empty files (their sizes would catch it anyway)
@@ -165,7 +165,7 @@ def _write_marker(folder: Path, meta: Mapping[str, Any]) -> None:
         fh.write(body)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(folder)
+    _fsync(folder)
 
 
 def _install(tmp: Path, target: Path) -> None:
@@ -177,22 +177,15 @@ def _install(tmp: Path, target: Path) -> None:
         old.rmdir()
         target.rename(old)
     tmp.rename(target)
-    _fsync_dir(target.parent)
+    _fsync(target.parent)
     if old is not None:
         _remove(old)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (its renames), to the disk."""
     # Windows cannot open a folder; its renames are durable once they return
-    if os.name != "posix":
+    if path.is_dir() and os.name != "posix":
         return
     fd = os.open(path, os.O_RDONLY)
     try:

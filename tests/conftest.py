@@ -80,6 +80,17 @@ def library(tmp_path_factory: pytest.TempPathFactory, models_cache: Path) -> Ite
 
 
 @pytest.fixture(scope="session")
+def accounts_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The app's test home (three sample guidelines and the test accounts), ingested once per
+    session. A template: copy it (``shutil.copytree``) before writing to it."""
+    from test_ui_fakes import build_library
+
+    home = build_library(tmp_path_factory.mktemp("accounts_library") / "home")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def packaged_llm(library: Settings) -> LLM:
     """The packaged model, converted into ``models_cache`` and loaded, once per session.
 

@@ -10,7 +10,6 @@ Real library and audit log; the LLM is the extractive stand-in from ``test_ui_fa
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from core.config import Settings, load_settings
 from core.types import Actor
 from services import ask as asking
 from services import audit
-from tests.test_ui_fakes import PASSWORDS, ExtractiveLLM, attributing_assistant, build_library
+from tests.test_ui_fakes import PASSWORDS, ExtractiveLLM, attributing_assistant
 from ui.cli.main import main
 from ui.render import md_escape
 
@@ -35,17 +34,10 @@ AUDITOR = Actor("audrey", "auditor")
 FAITH = {"k": 1, "top_k_drop": 1.2, "random_drop": 0.1, "flag_memory": False}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = build_library(tmp_path_factory.mktemp("attribution_link") / "home")
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.fixture
-def home(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(accounts_library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     copy = tmp_path / "home"
-    shutil.copytree(built, copy)
+    shutil.copytree(accounts_library, copy)
     monkeypatch.setenv("CLINRAG_HOME", str(copy))
     monkeypatch.setenv("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     return copy

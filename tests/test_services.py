@@ -7,7 +7,6 @@ log; the LLM is the extractive stand-in from ``test_ui_fakes`` so no model is lo
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from core.errors import AccessDeniedError
 from core.types import Actor, Mode
 from services import accounts, audit, backup, library
 from services import ask as asking
-from tests.test_ui_fakes import SAMPLES, attributing_assistant, build_library
+from tests.test_ui_fakes import SAMPLES, attributing_assistant
 from ui.cli.main import main
 
 HTN_QUESTION = "What blood pressure defines stage 1 hypertension?"
@@ -29,18 +28,11 @@ CLINICIAN = Actor("carol", "clinician")
 AUDITOR = Actor("audrey", "auditor")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = build_library(tmp_path_factory.mktemp("services") / "home")
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.fixture
-def home(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(accounts_library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the built library, with the fake LLM behind ``services.ask``."""
     copy = tmp_path / "home"
-    shutil.copytree(built, copy)
+    shutil.copytree(accounts_library, copy)
     monkeypatch.setenv("CLINRAG_HOME", str(copy))
     monkeypatch.setattr(asking, "open_assistant", _attributing)
     return copy

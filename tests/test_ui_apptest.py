@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, attributing_assistant, build_library
+from test_ui_fakes import PASSWORDS, SAMPLES, ExtractiveLLM, attributing_assistant
 
 from audit.record import open_log as audit_log
 from core.config import load_settings
@@ -33,11 +34,11 @@ OFFLINE = {
 
 
 @pytest.fixture(scope="module")
-def ui_library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in OFFLINE.items():
-            mp.setenv(k, v)
-        yield build_library(tmp_path_factory.mktemp("uihome"))
+def ui_library(tmp_path_factory: pytest.TempPathFactory, accounts_library: Path) -> Path:
+    # this module's tests share one copy: they read each other's records by design
+    copy = tmp_path_factory.mktemp("uihome") / "home"
+    shutil.copytree(accounts_library, copy)
+    return copy
 
 
 @pytest.fixture

@@ -214,6 +214,19 @@ class Page:
         self.driver.save_screenshot(str(path))
         return path
 
+    def click(self, element: Any) -> None:
+        """Click ``element`` as a user would, after scrolling it clear of the chat input bar
+        that Streamlit pins over the page's bottom (a plain click there lands on the bar)."""
+        from selenium.common.exceptions import ElementClickInterceptedException
+
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        try:
+            element.click()
+        except ElementClickInterceptedException:
+            time.sleep(0.5)  # a rerun was still moving the layout
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+            element.click()
+
     def css(self, selector: str) -> list[Any]:
         return list(self.driver.find_elements(self.by.CSS_SELECTOR, selector))
 
@@ -243,7 +256,7 @@ class Page:
             )
 
         self.wait("sign-in form", fill)
-        self.button("Sign in").click()
+        self.click(self.button("Sign in"))
         self.wait_text(f"Signed in as {username}")
 
     def select(self, label: str, option: str) -> None:
@@ -256,7 +269,7 @@ class Page:
             return None
 
         field = self.wait(f"selectbox {label!r}", box).find_element(self.by.TAG_NAME, "input")
-        field.click()
+        self.click(field)
         field.send_keys(option)
         field.send_keys(Keys.ENTER)
 
@@ -302,7 +315,7 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     # (the summary's text starts with the arrow icon's ligature name)
     first = next(e for e in expanders if f"[{min(cited)}]" in e.text)
     assert "High Blood Pressure in Adults" in first.text
-    first.click()
+    page.click(first)
     marks = page.wait(
         "highlighted evidence",
         lambda: [m for m in page.css("mark.clinrag-evidence") if m.is_displayed()],
@@ -312,7 +325,7 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     assert page.button("Original file")
     page.shot("citation-open")
 
-    page.button("Sign out").click()
+    page.click(page.button("Sign out"))
     page.wait_text("Sign in with your hospital account")
 
     # --- the auditor
@@ -323,26 +336,26 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     page.wait_text(f"Record {answer.seq}: answer")
     page.wait_text(HTN_QUESTION)
     page.shot("audit-record")
-    page.button("Verify the chain").click()
+    page.click(page.button("Verify the chain"))
     page.wait_text("Chain verified")
     page.shot("audit-verified")
     verify = log.list(event="verify")[-1]
     assert verify.user == "audrey" and verify.payload["ok"] is True
 
     # --- the administrator adds a guideline through the upload form
-    page.button("Sign out").click()
+    page.click(page.button("Sign out"))
     page.wait_text("Sign in with your hospital account")
     page.sign_in("admin")
     radio = page.wait(
         "Library in the menu",
         lambda: [e for e in page.css('[data-testid="stSidebar"] label') if e.text == "Library"],
     )
-    radio[0].click()
+    page.click(radio[0])
     page.wait_text("Add documents")
     upload = page.wait("file input", lambda: page.css('input[type="file"]'))[0]
     upload.send_keys(str(SAMPLES / "depression-screening-adults.txt"))
     page.wait_text("adults.txt")  # the chip shows a shortened name
-    page.button("Add to library").click()
+    page.click(page.button("Add to library"))
     page.wait_text("Added 1, updated 0", timeout=120)
     page.wait_text("4 documents,")  # the table was refreshed
     page.shot("library-upload")
@@ -416,7 +429,7 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         # --- a source of the follow-up, opened: its evidence highlighted
         summaries = page.css('[data-testid="stExpander"] summary')
         panel = next(e for e in reversed(summaries) if "Colorectal" in e.text)
-        panel.click()
+        page.click(panel)
         page.wait(
             "highlighted evidence",
             lambda: [m for m in page.css("mark.clinrag-evidence") if m.is_displayed()],
@@ -432,7 +445,7 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
                 if b.is_displayed() and "did the answer rely on" in b.text
             ],
         )
-        buttons[-1].click()
+        page.click(buttons[-1])
         page.wait(
             "attribution record",
             lambda: log.list(event="attribution"),
@@ -448,7 +461,7 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         ]
         assert all(s["supported"] for s in attribution.payload["sentences"])
         page.shot("attribution")
-        page.button("Sign out").click()
+        page.click(page.button("Sign out"))
         page.wait_text("Sign in with your hospital account")
 
         # --- the auditor: the follow-up's record, its faithfulness, a replay
@@ -461,7 +474,7 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         page.wait_text("Faithfulness")
         assert "less likely" in page.text()
         page.shot("audit-record")
-        page.button("Replay this answer").click()
+        page.click(page.button("Replay this answer"))
         page.wait_text("replays to the same answer from the same sources", timeout=300)
         replay = log.list(event="replay")[-1]
         assert replay.user == "audrey" and replay.payload["unchanged"] is True, replay.payload
@@ -575,10 +588,20 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
             box[0].send_keys(Keys.ENTER)
             page.wait_text("Audit record", timeout=ANSWER_TIMEOUT_S)
             assert chat.requests, "the app never called the model server"
-            for expander in page.css('[data-testid="stExpander"] summary'):
-                if "Zorbamycin" in expander.text:
-                    expander.click()
-            page.wait_text("Zorbamycin rule 20")
+
+            def open_sources() -> bool:
+                # every source panel open, so each payload is on the screen as text
+                for summary in page.css('[data-testid="stExpander"] summary'):
+                    details = summary.find_element(page.by.XPATH, "..")
+                    if (
+                        "zorbamycin" in summary.text.lower()
+                        and details.get_attribute("open") is None
+                    ):
+                        page.click(summary)
+                # which rules the answer cites varies; the panels it shows hold payloads
+                return "onerror" in page.text()
+
+            page.wait("source panels open", open_sources)
             time.sleep(3)  # give any payload time to fire
             page.shot("hostile-payloads")
             body = page.text()
