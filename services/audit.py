@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 # log's storage modules.
 from audit.log import Record as Record
 from audit.log import VerifyResult as VerifyResult
+from audit.log.fhir import AnswerAttribution as AnswerAttribution
 from audit.record import Event, Recorder, answer_link, open_log
 from core.config import Settings
 from core.errors import AccessDeniedError, ClinragError, NotFoundError
@@ -124,6 +125,46 @@ def attribution_of(settings: Settings, actor: Actor, answer_id: int) -> Record |
         if record is None:
             return None
         return _views(settings, actor, [record], recorder.log)[0]
+
+
+def answer_attribution(settings: Settings, actor: Actor, answer_id: int) -> AnswerAttribution:
+    """Where the attribution of answer record ``answer_id`` stands (attributed, pending,
+    failed with its reason, or not applicable to an abstention), read through ``actor``'s
+    role like the records it comes from."""
+    require(actor, Operation.READ_AUDIT)
+    with open_log(settings) as log:
+        answer = log.get(answer_id)
+        if answer is None or answer.event != Event.ANSWER:
+            raise NotFoundError(
+                f"No answer record {answer_id}. List answers with: clinrag audit list "
+                "--event answer"
+            )
+        answer = _views(settings, actor, [answer], log)[0]
+        return _attributions(settings, actor, [answer], log)[answer_id]
+
+
+def _attributions(
+    settings: Settings, actor: Actor, answers: list[Record], log: AuditLog
+) -> dict[int, AnswerAttribution]:
+    """The attribution state of each answer record, from the newest attribution and failure
+    records linked to it (by :func:`audit.record.answer_link`, wherever they are in the log)."""
+    wanted = {r.seq for r in answers if r.event == Event.ANSWER}
+    newest: dict[tuple[Event, int], Record] = {}
+    if wanted:
+        for event in (Event.ATTRIBUTION, Event.ATTRIBUTION_FAILED):
+            for record in log.list(event=str(event)):
+                link = answer_link(record.payload)
+                if link in wanted:
+                    newest[(event, link)] = record  # the list is in sequence order
+    # the attribution records carry the documents' words: read them as the actor may
+    viewed = dict(zip(newest, _views(settings, actor, list(newest.values()), log), strict=True))
+    return {
+        r.seq: AnswerAttribution.of(
+            r, viewed.get((Event.ATTRIBUTION, r.seq)), viewed.get((Event.ATTRIBUTION_FAILED, r.seq))
+        )
+        for r in answers
+        if r.event == Event.ANSWER
+    }
 
 
 @dataclass(frozen=True)
@@ -391,11 +432,18 @@ def verify(settings: Settings, actor: Actor, anchors: tuple[str, ...] = ()) -> V
     return result
 
 
-def render(fmt: ExportFormat, records: list[Record]) -> bytes:
+def render(
+    fmt: ExportFormat,
+    records: list[Record],
+    attributions: Mapping[int, AnswerAttribution] | None = None,
+) -> bytes:
+    """``records`` in ``fmt``; FHIR also carries each answer's attribution (``attributions``,
+    answer seq -> state; without it only attributions inside the answer records count)."""
     from audit.log.export import to_csv, to_fhir, to_jsonl
 
     if fmt is ExportFormat.FHIR:
-        return json.dumps(to_fhir(records), indent=2, ensure_ascii=False).encode("utf-8")
+        bundle = to_fhir(records, attributions=attributions)
+        return json.dumps(bundle, indent=2, ensure_ascii=False).encode("utf-8")
     buffer = io.StringIO(newline="")
     if fmt is ExportFormat.CSV:
         to_csv(records, buffer)
@@ -418,7 +466,12 @@ def export(
     """
     fmt = ExportFormat(fmt)
     records = sorted(find(settings, actor, query), key=lambda r: r.seq)
-    data = render(fmt, records)
+    attributions = None
+    if fmt is ExportFormat.FHIR:
+        # every answer's attribution, whoever asked and wherever its record is in the log
+        with open_log(settings) as log:
+            attributions = _attributions(settings, actor, records, log)
+    data = render(fmt, records, attributions)
     digest = hashlib.sha256(data).hexdigest()
     seqs = [r.seq for r in records]
     with Recorder.open(settings) as recorder:

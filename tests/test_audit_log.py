@@ -722,17 +722,29 @@ def test_fhir_bundle(tmp_path: Path) -> None:
         if ent.get("name") == "retrieved chunk"
     }
     assert chunk_ids == {"doc-1:0", "doc-shared:4", "doc-other:1"}
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
     for provenance, record in zip(provenances, answers, strict=True):
-        assert provenance["target"][0]["reference"] in event_urls
+        # the AI Provenance's target is the answer; its audit record is linked beside it
+        assert by_url[provenance["target"][0]["reference"]]["resourceType"] == "DocumentReference"
+        links = [
+            e["valueReference"]["reference"]
+            for e in provenance["extension"]
+            if "valueReference" in e
+        ]
+        assert links and links[0] in event_urls
         cited = {c["doc_id"] for c in record.payload["citations"]}
-        referenced = {ent["what"]["identifier"]["value"] for ent in provenance["entity"]}
-        assert referenced == cited
+        referenced = {
+            ent["what"]["identifier"]["value"]
+            for ent in provenance["entity"]
+            if ent["what"].get("type") == "DocumentReference"
+        }
+        assert cited <= referenced
         assert all(ent["role"] == "source" for ent in provenance["entity"])
     # Deterministic ids: the same records export to the same resources.
     assert to_fhir(records, timestamp="t") == to_fhir(records, timestamp="t")
-    # Missing payload keys are tolerated.
+    # Missing payload keys are tolerated: the event, the answer and its Provenance.
     sparse = log.append("answer", "dr1", "clinician", {"question_hash": "0" * 64})
-    assert len(to_fhir([sparse])["entry"]) == 2
+    assert len(to_fhir([sparse])["entry"]) == 3
 
 
 # --------------------------------------------------------------------------- redaction

@@ -2,7 +2,8 @@
 
 JSONL keeps every field, so an exported slice can be re-hashed record by record. CSV flattens the
 answer fields a reviewer reads in a spreadsheet. FHIR gives each record an ``AuditEvent`` and,
-for answers, a ``Provenance`` that names the guideline documents the answer was built from.
+for answers, an AI Provenance (HL7 AI Transparency on FHIR) with the model, the inputs, the
+answer and its attribution per sentence (:mod:`audit.log.fhir`).
 
 Payloads are written elsewhere and change over time, so every payload field is optional here.
 """
@@ -13,11 +14,11 @@ import base64
 import csv
 import json
 import re
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 from audit.log.chain import Record, canonical_json, utc_timestamp
+from audit.log.fhir import AnswerAttribution, answer_entries, resource_id
 
 CSV_COLUMNS: tuple[str, ...] = (
     "seq",
@@ -36,15 +37,11 @@ CSV_COLUMNS: tuple[str, ...] = (
     "hash",
 )
 
-# Fixed namespace so the same record always exports with the same resource ids: two exports of
-# one log can be diffed, and a resource can be traced back to its record.
-_FHIR_NAMESPACE = uuid.UUID("6f1c2d7e-6a53-4b8e-9a56-0c6f3c0a9d21")
 
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
-_PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _ID_SYSTEM = "urn:clinrag"
 
 # event -> (DICOM audit event code, display, FHIR action C/R/U/D/E)
@@ -145,21 +142,30 @@ def _csv_cell(value: Any) -> Any:
 # --------------------------------------------------------------------------- FHIR
 
 
-def to_fhir(records: Iterable[Record], timestamp: str | None = None) -> dict[str, Any]:
-    """A FHIR R4 ``Bundle`` (type ``collection``) of AuditEvents, plus a Provenance per answer."""
+def to_fhir(
+    records: Iterable[Record],
+    timestamp: str | None = None,
+    attributions: Mapping[int, AnswerAttribution] | None = None,
+) -> dict[str, Any]:
+    """A FHIR R4 ``Bundle`` (type ``collection``): an AuditEvent per record and, per answer,
+    the answer, its models and its AI Provenance with the attribution per answer sentence
+    (:mod:`audit.log.fhir`).
+
+    ``attributions`` (answer seq -> state) carries what records linked to an answer say
+    about its attribution, wherever they are in the log; an answer it does not name is
+    attributed only if its own record carries the attribution, else pending.
+    """
     entries: list[dict[str, Any]] = []
+    devices: dict[str, str] = {}
     for record in records:
         event_id = _resource_id(record, "AuditEvent")
-        entries.append(
-            {"fullUrl": f"urn:uuid:{event_id}", "resource": _prune(_audit_event(record, event_id))}
-        )
+        event_url = f"urn:uuid:{event_id}"
+        entries.append({"fullUrl": event_url, "resource": _prune(_audit_event(record, event_id))})
         if record.event == "answer":
-            provenance_id = _resource_id(record, "Provenance")
-            entries.append(
-                {
-                    "fullUrl": f"urn:uuid:{provenance_id}",
-                    "resource": _prune(_provenance(record, provenance_id, event_id)),
-                }
+            state = (attributions or {}).get(record.seq) or AnswerAttribution.of(record)
+            entries.extend(
+                {"fullUrl": e["fullUrl"], "resource": _prune(e["resource"])}
+                for e in answer_entries(record, event_url, state, devices)
             )
     return {
         "resourceType": "Bundle",
@@ -176,7 +182,9 @@ def audit_event(record: Record) -> dict[str, Any]:
 
 
 def _resource_id(record: Record, kind: str) -> str:
-    return str(uuid.uuid5(_FHIR_NAMESPACE, f"{kind}:{record.seq}:{record.hash}"))
+    # the same record always exports with the same ids: two exports of one log can be
+    # diffed, and a resource traced back to its record
+    return resource_id(record, kind)
 
 
 def _audit_event(record: Record, event_id: str) -> dict[str, Any]:
@@ -301,52 +309,6 @@ def _answer_entities(p: dict[str, Any]) -> list[dict[str, Any]]:
     return entities
 
 
-def _provenance(record: Record, provenance_id: str, event_id: str) -> dict[str, Any]:
-    p = record.payload
-    model = _object(p.get("model"))
-    agents: list[dict[str, Any]] = []
-    if model.get("model_id"):
-        agents.append(
-            {
-                "type": _codeable(_PROVENANCE_AGENT, "assembler", "Assembler"),
-                "who": {
-                    "identifier": {
-                        "system": f"{_ID_SYSTEM}:model",
-                        "value": str(model["model_id"]),
-                    },
-                    "display": " ".join(
-                        str(model[k]) for k in ("backend", "model_id") if model.get(k)
-                    ),
-                },
-            }
-        )
-    agents.append(
-        {
-            "type": _codeable(_PROVENANCE_AGENT, "enterer", "Enterer"),
-            "who": {
-                "identifier": {"system": f"{_ID_SYSTEM}:user", "value": record.user},
-                "display": record.user,
-            },
-        }
-    )
-    titles: dict[str, str] = {}
-    for citation in _dicts(p.get("citations")):
-        doc_id = citation.get("doc_id")
-        if doc_id and str(doc_id) not in titles:
-            titles[str(doc_id)] = str(citation.get("title") or doc_id)
-    return {
-        "resourceType": "Provenance",
-        "id": provenance_id,
-        "target": [{"reference": f"urn:uuid:{event_id}"}],
-        "recorded": record.ts,
-        "agent": agents,
-        "entity": [
-            {"role": "source", "what": {"identifier": {"value": doc_id}, "display": title}}
-            for doc_id, title in titles.items()
-        ],
-    }
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -392,7 +354,3 @@ def _entity_type(code: str, display: str) -> dict[str, str]:
 
 def _object_role(code: str, display: str) -> dict[str, str]:
     return {"system": _OBJECT_ROLE, "code": code, "display": display}
-
-
-def _codeable(system: str, code: str, display: str) -> dict[str, Any]:
-    return {"coding": [{"system": system, "code": code, "display": display}]}

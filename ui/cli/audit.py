@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from textwrap import shorten
 from typing import Any
 
 from core.config import Settings
@@ -50,7 +51,23 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
         except NotFoundError as exc:
             print(exc, file=sys.stderr)
             return exc.exit_code
-        print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+        # an answer's attribution is its own record, linked to it: show it with the answer,
+        # whoever asked and from wherever
+        state = (
+            audit.answer_attribution(settings, actor, record.seq)
+            if record.event == "answer"
+            else None
+        )
+        data = record.to_dict()
+        if args.json:
+            if state is not None:
+                data["attribution_status"] = state.to_dict()
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+            return 0
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        if state is not None:
+            print()
+            print("\n".join(attribution_lines(state)))
         return 0
     if command == "export":
         destination = str(args.output) if args.output else "stdout"
@@ -73,6 +90,25 @@ def run_audit_command(args: argparse.Namespace, settings: Settings) -> int:
             print("\n".join(report.readable()))
         return 0 if report.unchanged else 3
     raise AssertionError(command)
+
+
+def attribution_lines(state: audit.AnswerAttribution, top: int = 3) -> list[str]:
+    """An answer's attribution for people: per answer sentence the source sentences that
+    drove it, with their scores, and the faithfulness check in words; or why there is none."""
+    if state.status != "attributed":
+        return [f"ATTRIBUTION: {state.line()}"]
+    from ui.render import faithfulness_text
+
+    lines = [f"ATTRIBUTION: {state.line()}"]
+    for row in state.per_sentence(top=top):
+        text = shorten(row["text"], 90) if row["text"] else "(text not recorded)"
+        lines.append(f"  answer sentence {row['index']}: {text}")
+        for src in row["sources"]:
+            label = f"[source {src['n']}]" if src["n"] is not None else "[source ?]"
+            lines.append(f"    {src['score']:+.3f}  {label} {shorten(str(src['text'] or ''), 90)}")
+    faithfulness = (state.attribution or {}).get("faithfulness")
+    lines.append("  faithfulness: " + faithfulness_text(faithfulness))
+    return lines
 
 
 class ExportTargetError(ClinragError):
