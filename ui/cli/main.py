@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--event")
     lst.add_argument("--limit", type=int)
     lst.add_argument("--json", action="store_true")
-    show = asub.add_parser("show", help="one record in full, as JSON")
+    show = asub.add_parser(
+        "show", help="one record in full, as JSON; an answer's attribution (or why none) follows"
+    )
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     exp = asub.add_parser(
