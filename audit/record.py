@@ -386,6 +386,7 @@ def open_log(settings: Settings) -> AuditLog:
         stream=settings.audit_stream,
         # A key file the administrator named was put there by them, before the first record.
         key_provisioned=settings.audit_key_file is not None,
+        database_url=settings.database_url,
     )
 
 

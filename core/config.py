@@ -51,6 +51,12 @@ class Settings(BaseModel):
     )
     vector_store: str = "chroma"
     chroma_url: str | None = Field(None, description="Use a Chroma server instead of embedded.")
+    database_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: keep the audit log, the manifest "
+        "and the user accounts in this PostgreSQL database (one schema each) instead of SQLite "
+        "files in the home, so several app servers share them. Unset: SQLite (the default).",
+    )
     collection: str = "clinrag"
 
     # retrieval
@@ -152,6 +158,21 @@ class Settings(BaseModel):
                     )
             return tuple(spec.strip() for spec in value)
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from core.database import ADAPTERS
+
+        scheme = value.split("://", 1)[0].split("+", 1)[0].lower() if "://" in value else ""
+        if scheme not in ADAPTERS:
+            raise ValueError(
+                "database_url must be a PostgreSQL URL (postgresql://user:password@host/db); "
+                "leave it unset for the embedded SQLite files"
+            )
+        return value.strip()
 
     @field_validator("audit_key_file", mode="after")
     @classmethod

@@ -22,6 +22,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -30,8 +31,9 @@ from typing import Any
 
 from audit.record import Recorder
 from core.config import Settings, ensure_home
+from core.database import Database, SqliteDatabase, copy_tables, open_database
 from core.errors import ClinragError, NotFoundError
-from core.migrations import Migration, apply_migrations
+from core.migrations import Migration, apply_migrations, for_engine
 from core.types import Actor
 from services.access import ROLES, Operation, require
 
@@ -123,26 +125,67 @@ def _dummy_hash() -> str:
     return str(_hasher().hash(secrets.token_urlsafe(16)))
 
 
-@contextlib.contextmanager
-def _db(settings: Settings) -> Iterator[sqlite3.Connection]:
-    ensure_home(settings)
-    path = users_path(settings)
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    with contextlib.suppress(OSError):
-        path.chmod(0o600)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
+# Per engine; the users table's SQL is portable, so both run the same named migrations.
+_MIGRATIONS_BY_ENGINE: dict[str, tuple[Migration, ...]] = {
+    "sqlite": _MIGRATIONS,
+    "postgresql": _MIGRATIONS,
+}
+SCHEMA = "clinrag_accounts"
+TABLES: tuple[str, ...] = ("users",)
+
+
+class _UsersFile(SqliteDatabase):
+    """The embedded users store: an owner-only file in the home."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(users_path(settings))
+        self.settings = settings
+
+    def connect(self) -> sqlite3.Connection:
+        ensure_home(self.settings)
+        if not self.path.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        with contextlib.suppress(OSError):
+            self.path.chmod(0o600)
+        conn = super().connect()
         conn.execute("PRAGMA busy_timeout = 30000")
-        apply_migrations(conn, _MIGRATIONS, baseline="001_users")
+        return conn
+
+
+def users_database(settings: Settings) -> Database:
+    """Where the accounts are: ``users.sqlite`` in the home, or ``database_url``'s schema."""
+    if settings.database_url is None:
+        return _UsersFile(settings)
+    return open_database(settings.database_url, SCHEMA)
+
+
+def _db(settings: Settings, database: Database | None = None) -> AbstractContextManager[Any]:
+    return _db_of(users_database(settings) if database is None else database)
+
+
+def copy_users(source: Database, target: Database) -> dict[str, int]:
+    """Make ``target`` hold exactly ``source``'s accounts (backup and restore across engines)."""
+    with _db_of(source) as src, _db_of(target) as dst:
+        return copy_tables(src, dst, target, TABLES)
+
+
+@contextlib.contextmanager
+def _db_of(database: Database) -> Iterator[Any]:
+    conn = database.connect()
+    try:
+        apply_migrations(
+            conn,
+            for_engine(_MIGRATIONS_BY_ENGINE, database),
+            baseline="001_users",
+            database=database,
+        )
         yield conn
     finally:
         conn.close()
 
 
-def _row_user(row: sqlite3.Row) -> User:
+def _row_user(row: Any) -> User:
     return User(
         username=row["username"],
         role=row["role"],
@@ -195,14 +238,15 @@ def add_user(
 def _insert_user(
     settings: Settings, name: str, password_hash: str, role: str, *, must_change: bool = False
 ) -> User:
-    with _db(settings) as conn:
+    database = users_database(settings)
+    with _db(settings, database) as conn:
         try:
             conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at, "
                 "must_change_password) VALUES (?, ?, ?, ?, ?)",
                 (name, password_hash, role, _iso(_now()), int(must_change)),
             )
-        except sqlite3.IntegrityError:
+        except database.integrity_errors:
             raise UserError(
                 f"A user named {name!r} already exists (see: clinrag users list)."
             ) from None
@@ -301,7 +345,7 @@ def disable_user(settings: Settings, username: str, disabled: bool = True) -> bo
             "WHERE username = ?",
             (int(disabled), (username or "").strip().lower()),
         )
-    return cur.rowcount > 0
+    return int(cur.rowcount) > 0
 
 
 def set_password(settings: Settings, username: str, password: str) -> bool:
@@ -315,7 +359,7 @@ def set_password(settings: Settings, username: str, password: str) -> bool:
             "must_change_password = 0 WHERE username = ?",
             (digest, (username or "").strip().lower()),
         )
-    return cur.rowcount > 0
+    return int(cur.rowcount) > 0
 
 
 def _safe_name(username: str) -> str:
@@ -324,7 +368,7 @@ def _safe_name(username: str) -> str:
 
 
 @contextlib.contextmanager
-def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def _write_transaction(conn: Any) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT: the write lock is taken before the first read, so what is
     read cannot change before the write (ROLLBACK on any exception)."""
     conn.execute("BEGIN IMMEDIATE")
@@ -388,12 +432,12 @@ def authenticate(
         return outcome
 
 
-def _locked(row: sqlite3.Row) -> bool:
+def _locked(row: Any) -> bool:
     return bool(row["locked_until"]) and str(row["locked_until"]) > _iso(_now())
 
 
 def _decide(
-    conn: sqlite3.Connection,
+    conn: Any,
     name: str,
     checked_hash: str,
     right: bool,
@@ -630,7 +674,7 @@ def change_role(settings: Settings, actor: Actor, username: str, role: str) -> U
     return _row_user(row)
 
 
-def _other_admins(conn: sqlite3.Connection, name: str) -> int:
+def _other_admins(conn: Any, name: str) -> int:
     [(count,)] = conn.execute(
         "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND username != ?",
         (name,),

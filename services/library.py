@@ -66,7 +66,7 @@ def manifest_documents(settings: Settings) -> list[dict[str, Any]]:
     """Every complete document, unchecked: for services that filter by role themselves."""
     if not settings.manifest_path.is_file():
         return []
-    manifest = Manifest(settings.manifest_path)
+    manifest = Manifest(settings.manifest_path, database_url=settings.database_url)
     try:
         return manifest.documents()
     finally:
@@ -200,7 +200,7 @@ def _original(settings: Settings, actor: Actor, doc_id: str) -> tuple[dict[str, 
     require(actor, Operation.READ_LIBRARY)
     doc = None
     if settings.manifest_path.is_file():
-        manifest = Manifest(settings.manifest_path)
+        manifest = Manifest(settings.manifest_path, database_url=settings.database_url)
         try:
             doc = manifest.document(doc_id)
         finally:

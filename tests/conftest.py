@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pg import PostgresServer, pg_bin_dir
+from pg import postgres_server as start_postgres
 
 from core.config import Settings, load_settings, offline_environment
 
@@ -51,6 +53,23 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(_home: Path) -> Settings:
     return load_settings(env={"CLINRAG_HOME": str(_home)})
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (tests/pg.py); skipped only where none is installed
+    (CI installs Debian's ``postgresql``, see .ci/run)."""
+    if pg_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl); .ci/run installs it")
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> str:
+    """The session server's URL, its clinrag schemas dropped so each test starts empty."""
+    postgres_server.reset()
+    return postgres_server.url
 
 
 @pytest.fixture(scope="session")

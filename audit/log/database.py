@@ -4,15 +4,22 @@ A log is read in more places than it is written: verified from a backup on write
 media, listed by the audit page while clinicians' answers are appended. The connection settings
 that make both safe (WAL, full fsync on commit, migrations, the immutable fallback) live here
 so the log and its verifier open the file the same way.
+
+:class:`LogDatabase` is what the log and its verifier need from where the records are kept;
+:class:`SqliteLog` (here, standard library only) is the default and ``audit.log.postgres``
+keeps them in PostgreSQL. :func:`log_database` picks one; nothing else looks at the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, Protocol
 
 from audit.log.files import ensure_private_dir, exclusive_lock
 from audit.log.migrations import apply_migrations
@@ -118,3 +125,141 @@ def _sqlite_writers_paused(db_path: Path) -> Iterator[None]:
         if lock.in_transaction:
             lock.execute("ROLLBACK")
         lock.close()
+
+
+# Every record column, in the order the chain hashes them.
+COLUMNS = 'seq, ts, event, "user", role, payload, prev_hash, hash'
+
+
+class LogDatabase(Protocol):
+    """Where an audit log's records are kept, as the log and its verifier use it.
+
+    Connections follow ``core.database.Connection`` (``?`` placeholders, autocommit).
+    """
+
+    label: str
+    errors: tuple[type[BaseException], ...]
+    local_folder: Path | None
+    """The folder the records live in on this machine (checked for free space), if any."""
+
+    def exists(self) -> bool: ...
+
+    def open_write(self) -> Any:
+        """A connection for appending, with the schema brought up to date."""
+        ...
+
+    def open_read(self) -> Any:
+        """A connection that never writes (for copies on write-protected media)."""
+        ...
+
+    def is_read_only_error(self, exc: BaseException) -> bool: ...
+
+    def begin(self, conn: Any) -> None:
+        """Start a transaction holding the write lock from its first statement."""
+        ...
+
+    def begin_snapshot(self, conn: Any) -> None:
+        """Start a read transaction whose reads all see one moment of the log."""
+        ...
+
+    def append_lock(self, conn: Any) -> AbstractContextManager[None]:
+        """Serialises appends, checkpoint writes included, across every process and host."""
+        ...
+
+    def writers_paused(self) -> AbstractContextManager[None]:
+        """No append is in flight while inside (for a consistent snapshot)."""
+        ...
+
+    def has_records_table(self, conn: Any) -> bool: ...
+
+    def scan(self, conn: Any) -> Iterator[tuple[Any, ...]]:
+        """Every record's columns (:data:`COLUMNS`) in seq order, as text or bytes, streamed."""
+        ...
+
+    def copy_to(self, conn: Any, dest: Path) -> None:
+        """Write every record into a new self-contained SQLite file ``dest`` (it exists, empty)."""
+        ...
+
+
+class SqliteLog:
+    """The embedded default: records in one SQLite file, appends serialised by a lock file."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, db_path: Path, lock_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.lock_path = Path(lock_path)
+        self.label = str(self.db_path)
+        self.local_folder: Path | None = self.db_path.parent
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    def open_write(self) -> sqlite3.Connection:
+        return open_read_write(self.db_path)
+
+    def open_read(self) -> sqlite3.Connection:
+        return open_read_only(self.db_path)
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and is_read_only_error(exc)
+
+    def begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def begin_snapshot(self, conn: Any) -> None:
+        # Deferred: the WAL snapshot is fixed by the first read, taken with writers paused.
+        conn.execute("BEGIN")
+
+    def append_lock(self, conn: Any) -> AbstractContextManager[None]:
+        return exclusive_lock(self.lock_path, create=True)
+
+    def writers_paused(self) -> AbstractContextManager[None]:
+        return writers_paused(self.db_path, self.lock_path)
+
+    def has_records_table(self, conn: Any) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+        ).fetchone()
+        return row is not None
+
+    def scan(self, conn: Any) -> Iterator[tuple[Any, ...]]:
+        # Text columns come back as bytes so an edit that leaves invalid UTF-8 is reported as
+        # tampering rather than crashing the decoder.
+        return iter(
+            conn.execute(
+                'SELECT seq, CAST(ts AS BLOB), CAST(event AS BLOB), CAST("user" AS BLOB), '
+                "CAST(role AS BLOB), CAST(payload AS BLOB), CAST(prev_hash AS BLOB), "
+                "CAST(hash AS BLOB) FROM records ORDER BY seq"
+            )
+        )
+
+    def copy_to(self, conn: Any, dest: Path) -> None:
+        target = sqlite3.connect(str(dest), isolation_level=None)
+        try:
+            conn.backup(target)
+            # A backup is a single self-contained file: no -wal needed to read it, so it can
+            # be archived or put on write-protected media as it is.
+            target.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            target.close()
+
+
+def log_database(db_path: Path, lock_path: Path, url: str | None = None) -> LogDatabase:
+    """Where the log's records are: the SQLite file ``db_path``, or the server at ``url``."""
+    if url is None:
+        return SqliteLog(db_path, lock_path)
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    module_name = LOG_ADAPTERS.get(scheme)
+    if module_name is None:
+        raise ValueError(f"database_url scheme {scheme!r} is not supported for the audit log")
+    # Imported only for a URL: the adapter needs the database driver, a SQLite log does not.
+    database: LogDatabase = importlib.import_module(module_name).open_log_database(url)
+    return database
+
+
+# URL scheme -> adapter module with ``open_log_database(url) -> LogDatabase``.
+LOG_ADAPTERS: dict[str, str] = {
+    "postgresql": "audit.log.postgres",
+    "postgres": "audit.log.postgres",
+}

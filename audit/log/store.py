@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -39,7 +38,7 @@ from audit.log.checkpoint import (
     restore_checkpoint_files,
     write_head,
 )
-from audit.log.database import is_read_only_error, open_read_only, open_read_write, writers_paused
+from audit.log.database import COLUMNS, LogDatabase, log_database
 from audit.log.errors import (
     AuditKeyError,
     AuditLogError,
@@ -47,7 +46,7 @@ from audit.log.errors import (
     AuditReadError,
     AuditWriteError,
 )
-from audit.log.files import atomic_write, ensure_private_dir, exclusive_lock, read_optional
+from audit.log.files import atomic_write, ensure_private_dir, read_optional
 from audit.log.sinks import Sink, file_sinks, parse_sinks
 from audit.log.stream import stream_record
 from audit.log.verify import VerifyResult, verify_log
@@ -58,7 +57,7 @@ MIN_FREE_BYTES = 1 << 20
 MAX_NAME_CHARS = 256
 EVENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
-_COLUMNS = 'seq, ts, event, "user", role, payload, prev_hash, hash'
+_COLUMNS = COLUMNS
 
 
 class AuditLog:
@@ -86,6 +85,7 @@ class AuditLog:
         anchor: str | Iterable[str | Sink] | None = None,
         stream: str | Iterable[str | Sink] | None = None,
         key_provisioned: bool = False,
+        database_url: str | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -99,15 +99,19 @@ class AuditLog:
         # Serialises appends across processes past their COMMIT: the head checkpoint is
         # finalised after the record commits, in commit order.
         self.lock_path = self.db_path.with_name(self.db_path.name + ".lock")
+        # Where the records are: the SQLite file db_path, or the server at database_url
+        # (then db_path only names the log's place among the local files).
+        self.database: LogDatabase = log_database(self.db_path, self.lock_path, database_url)
+        self._failures: tuple[type[BaseException], ...] = (*self.database.errors, OSError)
         self.checkpoint_every = int(checkpoint_every)
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
         self._conn_pid: int | None = None
         self._conn_read_only = False
         self._key: bytes | None = None
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"AuditLog({str(self.db_path)!r})"
+        return f"AuditLog({self.database.label!r})"
 
     def __enter__(self) -> AuditLog:
         return self
@@ -124,7 +128,7 @@ class AuditLog:
 
     # ------------------------------------------------------------------ connections and key
 
-    def _connection(self, *, write: bool = False) -> sqlite3.Connection:
+    def _connection(self, *, write: bool = False) -> Any:
         if self._conn is not None and self._conn_pid == os.getpid():
             if not (write and self._conn_read_only):
                 return self._conn
@@ -133,23 +137,23 @@ class AuditLog:
             self._conn.close()
             self._conn = None
         if self._conn is not None:
-            # Inherited through fork: SQLite connections must not cross a fork. Keep the
+            # Inherited through fork: connections must not cross a fork. Keep the
             # object alive (closing it here could disturb the parent's locks) and open anew.
             _FORKED_CONNECTIONS.append(self._conn)
             self._conn = None
         try:
             conn, read_only = self._open_read_write(), False
-        except sqlite3.OperationalError as exc:
-            if write or not is_read_only_error(exc):
+        except self.database.errors as exc:
+            if write or not self.database.is_read_only_error(exc):
                 raise
-            conn, read_only = open_read_only(self.db_path), True
+            conn, read_only = self.database.open_read(), True
         self._conn = conn
         self._conn_pid = os.getpid()
         self._conn_read_only = read_only
         return conn
 
-    def _open_read_write(self) -> sqlite3.Connection:
-        return open_read_write(self.db_path)
+    def _open_read_write(self) -> Any:
+        return self.database.open_write()
 
     def _signing_key(self, *, create: bool) -> bytes | None:
         if self._key is None:
@@ -159,13 +163,13 @@ class AuditLog:
     def _write_error(self, exc: BaseException) -> AuditWriteError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return AuditWriteError(
-            f"The audit log at {self.db_path} cannot be written ({reason}). "
+            f"The audit log at {self.database.label} cannot be written ({reason}). "
             "Answers are withheld until it can: free disk space or fix permissions."
         )
 
     def _read_error(self, exc: BaseException) -> AuditReadError:
         return AuditReadError(
-            f"The audit log at {self.db_path} cannot be read ({exc}). "
+            f"The audit log at {self.database.label} cannot be read ({exc}). "
             "Check the file exists and is readable, then run `clinrag audit verify`."
         )
 
@@ -184,14 +188,15 @@ class AuditLog:
                 if self._signing_key(create=False) is None:
                     probed.append(self.key_path.parent)
                 conn = self._connection(write=True)
-                conn.execute("BEGIN IMMEDIATE")
+                self.database.begin(conn)
                 try:
                     if conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
                         self._refuse_restart(conn)
                 finally:
                     conn.execute("ROLLBACK")
                 check_anchor_writable(self.anchor)
-                for folder in {self.db_path.parent, *probed}:
+                local = [self.database.local_folder] if self.database.local_folder else []
+                for folder in {*local, *probed}:
                     ensure_private_dir(folder)
                     if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
                         raise OSError(errno.ENOSPC, "less than 1 MiB free", str(folder))
@@ -202,7 +207,7 @@ class AuditLog:
                     probe.unlink()
             except (AuditKeyError, AuditWriteError):
                 raise
-            except (sqlite3.Error, OSError) as exc:
+            except self._failures as exc:
                 raise self._write_error(exc) from exc
 
     def append(self, event: str, user: str, role: str, payload: dict[str, Any]) -> Record:
@@ -241,7 +246,7 @@ class AuditLog:
                 )
             except (AuditKeyError, AuditPayloadError, AuditWriteError):
                 raise
-            except (sqlite3.Error, OSError) as exc:
+            except self._failures as exc:
                 raise self._write_error(exc) from exc
         # Outside the lock and after the commit: the stream is a copy, it must neither delay
         # other appends nor, failing, undo this one (stream_record reports and never raises).
@@ -257,7 +262,7 @@ class AuditLog:
 
     def _append_locked(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         event: str,
         user: str,
         role: str,
@@ -269,9 +274,9 @@ class AuditLog:
         # head names the new record alone, and only then is the append acknowledged. A crash
         # at any point leaves a state verify accepts (a pending record either committed or
         # not), while deleting an acknowledged record still fails verification.
-        with exclusive_lock(self.lock_path, create=True):
+        with self.database.append_lock(conn):
             key = self._key_for_append(conn)
-            conn.execute("BEGIN IMMEDIATE")
+            self.database.begin(conn)
             old_head: bytes | None = None
             head_touched = False
             try:
@@ -306,7 +311,7 @@ class AuditLog:
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(*self.database.errors):
                         conn.execute("ROLLBACK")
                 if head_touched:
                     restore_checkpoint_files(
@@ -343,11 +348,11 @@ class AuditLog:
                     anchor_error = exc
         return Record(seq, ts, event, user, role, payload, prev_hash, digest), anchor_error
 
-    def _first_hash(self, conn: sqlite3.Connection) -> str:
+    def _first_hash(self, conn: Any) -> str:
         row = conn.execute("SELECT hash FROM records WHERE seq = 1").fetchone()
         return str(row[0]) if row else GENESIS_HASH
 
-    def _key_for_append(self, conn: sqlite3.Connection) -> bytes:
+    def _key_for_append(self, conn: Any) -> bytes:
         """The signing key; created (with the genesis head) only for a log that never existed.
 
         Called under the append lock, so processes starting together on an empty home create
@@ -379,7 +384,7 @@ class AuditLog:
         self._key = key
         return key
 
-    def _refuse_restart(self, conn: sqlite3.Connection) -> None:
+    def _refuse_restart(self, conn: Any) -> None:
         """Raise rather than start a new chain over the traces of a deleted one.
 
         Record 1 of a new log would make the deletion invisible to every later verify; the
@@ -400,13 +405,13 @@ class AuditLog:
 
     def _deleted_error(self, evidence: str) -> AuditWriteError:
         return AuditWriteError(
-            f"The audit log at {self.db_path} has no records, but {evidence}: the log was "
+            f"The audit log at {self.database.label} has no records, but {evidence}: the log was "
             "deleted. Answers are withheld. Restore it (clinrag restore), or, if it was "
             "removed on purpose, move the key, the checkpoint files and the anchor aside "
             "(keep them as evidence) to start a new log."
         )
 
-    def _evidence(self, conn: sqlite3.Connection) -> str | None:
+    def _evidence(self, conn: Any) -> str | None:
         """What shows that a log with records existed here, or None.
 
         A genesis head, or a pending head at 0 (the first append was interrupted before its
@@ -447,7 +452,7 @@ class AuditLog:
         with self._lock:
             try:
                 return int(self._connection().execute("SELECT COUNT(*) FROM records").fetchone()[0])
-            except (sqlite3.Error, OSError) as exc:
+            except self._failures as exc:
                 raise self._read_error(exc) from exc
 
     def list(
@@ -505,7 +510,7 @@ class AuditLog:
         with self._lock:
             try:
                 rows = self._connection().execute(sql, params).fetchall()
-            except (sqlite3.Error, OSError) as exc:
+            except self._failures as exc:
                 raise self._read_error(exc) from exc
         return [self._to_record(row) for row in rows]
 
@@ -515,7 +520,7 @@ class AuditLog:
             payload = json.loads(payload_text)
         except (TypeError, ValueError) as exc:
             raise AuditReadError(
-                f"Audit record {seq} in {self.db_path} has a damaged payload ({exc}). "
+                f"Audit record {seq} in {self.database.label} has a damaged payload ({exc}). "
                 "Run `clinrag audit verify` and restore the log from its last good backup."
             ) from exc
         return Record(int(seq), ts, event, user, role, payload, prev_hash, digest)
@@ -536,10 +541,9 @@ class AuditLog:
             files.setdefault(path.expanduser().absolute(), None)
         with self._lock:
             return verify_log(
-                self.db_path,
+                self.database,
                 self.checkpoint_path,
                 self.key_path,
-                self.lock_path,
                 lambda: self._signing_key(create=False),
                 anchor_files=list(files),
             )
@@ -577,22 +581,17 @@ class AuditLog:
                 ensure_private_dir(dest.parent)
                 os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 created = True
-                with writers_paused(self.db_path, self.lock_path):
-                    target = sqlite3.connect(str(dest), isolation_level=None)
-                    try:
-                        source.backup(target)
-                        # A backup is a single self-contained file: no -wal needed to read it,
-                        # so it can be archived or put on write-protected media as it is.
-                        target.execute("PRAGMA journal_mode = DELETE")
-                    finally:
-                        target.close()
+                with self.database.writers_paused():
+                    # A self-contained SQLite file whatever the engine: readable and
+                    # verifiable anywhere with the standard library alone.
+                    self.database.copy_to(source, dest)
                     head = read_optional(self.checkpoint_path)
                     history = read_optional(self.history_path)
                 if head is not None:
                     atomic_write(checkpoint_dest, head)
                 if history is not None:
                     atomic_write(history_dest, history)
-            except (sqlite3.Error, OSError) as exc:
+            except self._failures as exc:
                 if created:
                     for path in (dest, checkpoint_dest, history_dest):
                         with contextlib.suppress(OSError):
@@ -604,7 +603,7 @@ class AuditLog:
         return dest
 
 
-_FORKED_CONNECTIONS: list[sqlite3.Connection] = []
+_FORKED_CONNECTIONS: list[Any] = []
 
 
 def _check_name(what: str, value: object) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import hmac
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from audit.log.checkpoint import (
     is_genesis,
     pending_from,
 )
-from audit.log.database import open_read_only, writers_paused
+from audit.log.database import LogDatabase
 from audit.log.errors import AuditKeyError
 from audit.log.files import read_optional
 
@@ -59,31 +58,31 @@ class VerifyResult:
 
 
 def verify_log(
-    db_path: Path,
+    database: LogDatabase,
     checkpoint_path: Path,
     key_path: Path,
-    lock_path: Path,
     signing_key: Callable[[], bytes | None],
     anchor_files: Sequence[Path] = (),
 ) -> VerifyResult:
-    """Verify the log in ``db_path`` against its checkpoint files; never raises for damage.
+    """Verify the log in ``database`` against its checkpoint files; never raises for damage.
 
     ``signing_key`` returns the key, or None when it does not exist; it is called only when
-    there are checkpoints to check. ``lock_path`` is the appenders' lock, held briefly so the
-    records and checkpoints are read as one snapshot. ``anchor_files`` hold witnessed heads
-    (see ``anchor``); every one must agree with the log.
+    there are checkpoints to check. The appenders are paused briefly (``writers_paused``) so
+    the records and checkpoints are read as one snapshot. ``anchor_files`` hold witnessed
+    heads (see ``anchor``); every one must agree with the log.
     """
-    verifier = _Verifier(db_path, checkpoint_path, key_path, lock_path, signing_key, anchor_files)
+    verifier = _Verifier(database, checkpoint_path, key_path, signing_key, anchor_files)
+    failures: tuple[type[BaseException], ...] = (*database.errors, OSError)
     try:
         return verifier.run()
     except (AuditKeyError, AnchorReadError) as exc:
         return VerifyResult(False, 0, None, str(exc))
-    except (sqlite3.Error, OSError) as exc:
+    except failures as exc:
         return VerifyResult(
             False,
             0,
             None,
-            f"the audit log at {db_path} cannot be read ({exc}); "
+            f"the audit log at {database.label} cannot be read ({exc}); "
             "check the path and permissions, or restore it from backup",
         )
 
@@ -102,29 +101,27 @@ class _Verifier:
 
     def __init__(
         self,
-        db_path: Path,
+        database: LogDatabase,
         checkpoint_path: Path,
         key_path: Path,
-        lock_path: Path,
         signing_key: Callable[[], bytes | None],
         anchor_files: Sequence[Path] = (),
     ) -> None:
-        self.db_path = db_path
+        self.database = database
         self.checkpoint_path = checkpoint_path
         self.history_path = history_path_for(checkpoint_path)
         self.key_path = key_path
-        self.lock_path = lock_path
         self.signing_key = signing_key
         self.anchor_files = list(anchor_files)
 
     def run(self) -> VerifyResult:
-        if not self.db_path.exists():
+        if not self.database.exists():
             if self.checkpoint_path.exists():
                 return VerifyResult(
                     False,
                     0,
                     1,
-                    f"audit database {self.db_path} is missing but its checkpoint exists "
+                    f"audit database {self.database.label} is missing but its checkpoint exists "
                     "(log deleted); restore it from backup",
                 )
             try:
@@ -135,15 +132,13 @@ class _Verifier:
                 return VerifyResult(False, 0, failure.first_bad_seq, failure.reason)
             return VerifyResult(True, 0, None, "empty log (no records yet)")
 
-        reader = open_read_only(self.db_path)
+        reader = self.database.open_read()
         try:
             # Read the checkpoint files and fix the database snapshot while no append is in
             # flight, so a record committed mid-verify cannot look like a stale checkpoint.
-            reader.execute("BEGIN")
-            with writers_paused(self.db_path, self.lock_path):
-                has_table = reader.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
-                ).fetchone()
+            self.database.begin_snapshot(reader)
+            with self.database.writers_paused():
+                has_table = self.database.has_records_table(reader)
                 total = (
                     int(reader.execute("SELECT COUNT(*) FROM records").fetchone()[0])
                     if has_table
@@ -166,7 +161,7 @@ class _Verifier:
 
     def _verify_snapshot(
         self,
-        reader: sqlite3.Connection,
+        reader: Any,
         has_table: bool,
         head_bytes: bytes | None,
         history_bytes: bytes | None,
@@ -372,14 +367,14 @@ class _Verifier:
         return f"; the anchor's {len(anchors)} witnessed heads agree (latest {newest.seq}{pending})"
 
     @staticmethod
-    def _has_records(reader: sqlite3.Connection, has_table: bool) -> bool:
+    def _has_records(reader: Any, has_table: bool) -> bool:
         if not has_table:
             return False
         return reader.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
 
     def _scan(
         self,
-        reader: sqlite3.Connection,
+        reader: Any,
         has_table: bool,
         by_seq: dict[int, Checkpoint],
         wanted: set[int],
@@ -392,14 +387,7 @@ class _Verifier:
         found: dict[int, str] = {}
         if not has_table:
             return 0, prev_hash, last_good_cp, found
-        # Text columns come back as bytes so an edit that leaves invalid UTF-8 is reported as
-        # tampering rather than crashing the decoder.
-        rows = reader.execute(
-            'SELECT seq, CAST(ts AS BLOB), CAST(event AS BLOB), CAST("user" AS BLOB), '
-            "CAST(role AS BLOB), CAST(payload AS BLOB), CAST(prev_hash AS BLOB), "
-            "CAST(hash AS BLOB) FROM records ORDER BY seq"
-        )
-        for row in rows:
+        for row in self.database.scan(reader):
             seq = row[0]
             if not isinstance(seq, int) or seq < expected:
                 raise _Failure(expected, f"record {expected}: sequence number {seq!r} is invalid")
@@ -412,7 +400,7 @@ class _Verifier:
                 raise _Failure(expected, f"{missing} (deleted)")
             try:
                 ts, event, user, role, payload_text, stored_prev, stored_hash = (
-                    "" if value is None else bytes(value).decode("utf-8") for value in row[1:]
+                    _text(value) for value in row[1:]
                 )
             except UnicodeDecodeError:
                 raise _Failure(
@@ -529,6 +517,15 @@ class _Verifier:
                 )
             entries.append(checkpoint)
         return entries
+
+
+def _text(value: object) -> str:
+    """A column as text: SQLite hands back bytes (see ``SqliteLog.scan``), servers text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8")  # type: ignore[call-overload, no-any-return]
 
 
 def _genesis_only(head_bytes: bytes | None) -> bool:

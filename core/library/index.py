@@ -78,7 +78,7 @@ class Index:
             if store is not None
             else backends.create("vector_store", settings.vector_store, settings)
         )
-        self.manifest = Manifest(settings.manifest_path)
+        self.manifest = Manifest(settings.manifest_path, database_url=settings.database_url)
         self._warm = False
 
     def warm_up(self) -> None:

@@ -1,7 +1,9 @@
-"""The manifest (SQLite): which documents and chunks the index holds, and their hashes.
+"""The manifest: which documents and chunks the index holds, and their hashes.
 
 It is the source of truth: the vector store can be rebuilt from it, and a document whose row is
-still ``pending`` after a crash is rolled back and re-ingested on the next run.
+still ``pending`` after a crash is rolled back and re-ingested on the next run. A SQLite file in
+the home by default; with ``database_url`` the ``clinrag_manifest`` schema of that PostgreSQL
+database (the same tables: the SQL below is written to run on both).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.database import Database, SqliteDatabase, copy_tables, open_database
 from core.errors import ClinragError
-from core.migrations import Migration, apply_migrations
+from core.migrations import Migration, apply_migrations, for_engine
 from core.types import Chunk
 
 # Append only (see core.migrations): every manifest in the field has recorded these names.
@@ -62,34 +65,63 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+# Per engine; the manifest's SQL is portable, so both run the same named migrations.
+MIGRATIONS_BY_ENGINE: dict[str, tuple[Migration, ...]] = {
+    "sqlite": MIGRATIONS,
+    "postgresql": MIGRATIONS,
+}
+SCHEMA = "clinrag_manifest"
+# Parents first (chunks reference documents): the order a copy inserts them in.
+TABLES: tuple[str, ...] = ("documents", "chunks", "meta")
+
+
+class _ManifestFile(SqliteDatabase):
+    """The embedded manifest: a private WAL file with foreign keys on."""
+
+    def connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        conn = super().connect()
+        if new:
+            os.chmod(self.path, 0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+
 class Manifest:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, database_url: str | None = None) -> None:
         self.path = path
+        self.database: Database = (
+            _ManifestFile(path) if database_url is None else open_database(database_url, SCHEMA)
+        )
         # One connection per thread: sqlite3 connections refuse use from another thread, and
         # one Index (inside one Assistant) serves every session thread of the app.
         self._local = threading.local()
 
     @property
-    def _conn(self) -> sqlite3.Connection | None:
+    def _conn(self) -> Any:
         return getattr(self._local, "conn", None)
 
     @_conn.setter
-    def _conn(self, value: sqlite3.Connection | None) -> None:
+    def _conn(self, value: Any) -> None:
         self._local.conn = value
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Any:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            new = not self.path.exists()
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            if new:
-                os.chmod(self.path, 0o600)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            apply_migrations(conn, MIGRATIONS, baseline="001_documents_and_chunks")
+            conn = self.database.connect()
+            try:
+                apply_migrations(
+                    conn,
+                    for_engine(MIGRATIONS_BY_ENGINE, self.database),
+                    baseline="001_documents_and_chunks",
+                    database=self.database,
+                )
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
@@ -99,9 +131,9 @@ class Manifest:
             self._conn = None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        self.database.begin(conn)
         try:
             yield conn
         except BaseException:
@@ -157,12 +189,16 @@ class Manifest:
         return row[0] if row else None
 
     # writes (callers hold the writer lock)
-    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def bump_version(self, conn: sqlite3.Connection) -> None:
+    def set_meta(self, conn: Any, key: str, value: str) -> None:
         conn.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'index_version'"
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def bump_version(self, conn: Any) -> None:
+        conn.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+            "WHERE key = 'index_version'"
         )
 
     def mark_pending(self, doc: Any, now: str) -> None:
@@ -197,9 +233,7 @@ class Manifest:
                 self._complete(conn, doc, chunks, now)
             self.bump_version(conn)
 
-    def _complete(
-        self, conn: sqlite3.Connection, doc: Any, chunks: Sequence[Chunk], now: str
-    ) -> None:
+    def _complete(self, conn: Any, doc: Any, chunks: Sequence[Chunk], now: str) -> None:
         conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
         conn.executemany(
             "INSERT INTO chunks (chunk_id, doc_id, ord, text, section, page, char_start, "
@@ -244,15 +278,21 @@ class Manifest:
             conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
             self.bump_version(conn)
 
+    def copy_into(self, target: Manifest) -> dict[str, int]:
+        """Make ``target`` (on any engine) hold exactly this manifest's rows; rows per table.
 
-def _doc_row(row: sqlite3.Row) -> dict[str, Any]:
+        How a manifest kept in PostgreSQL is backed up to a SQLite file, and restored."""
+        return copy_tables(self.conn, target.conn, target.database, TABLES)
+
+
+def _doc_row(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["metadata"] = json.loads(out["metadata"])
     out["warnings"] = json.loads(out["warnings"])
     return out
 
 
-def _chunk_row(r: sqlite3.Row) -> Chunk:
+def _chunk_row(r: Any) -> Chunk:
     return Chunk(
         chunk_id=r["chunk_id"],
         doc_id=r["doc_id"],
