@@ -6,8 +6,13 @@ recorded the same way and linked the same way (``answer_id``, see ``audit.record
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.followup import resolve
@@ -75,17 +80,25 @@ def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
     (:func:`services.audit.attribution_coverage`) tells failed from still pending.
 
     Returns the attribution's record, or None when nothing was attributed (an abstention,
-    attribution switched off, or a failure recorded as such). On failure the answer keeps no
-    attribution: what is shown must be what is recorded. An error is re-raised once recorded.
+    attribution switched off, another process attributing the same answer right now, or a
+    failure recorded as such). On failure the answer keeps no attribution: what is shown must
+    be what is recorded. An error is re-raised once recorded.
     """
     require(actor, Operation.ASK)
     if answer.abstained or answer.audit_id is None or assistant.settings.attribution == "off":
         return None
+    with claim(assistant.settings, answer.audit_id) as mine:
+        if not mine:
+            return None
+        return _attribute(assistant, actor, answer, answer.audit_id)
+
+
+def _attribute(assistant: Assistant, actor: Actor, answer: Answer, answer_id: int) -> int | None:
     try:
         assistant.attribute(answer)
     except Exception as exc:
         answer.attribution = None
-        _record_failure(assistant, actor, answer.audit_id, f"{type(exc).__name__}: {exc}")
+        _record_failure(assistant, actor, answer_id, f"{type(exc).__name__}: {exc}")
         raise
     except BaseException:
         # interrupted (Ctrl-C, shutdown): nothing is recorded, so the answer stays pending
@@ -93,14 +106,86 @@ def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
         raise
     if answer.attribution is None:
         assistant.recorder.attribution_failed(
-            actor, answer.audit_id, reason=_unattributable(assistant, answer)
+            actor, answer_id, reason=unattributable(assistant, answer)
         )
         return None
     try:
-        return assistant.recorder.attribution(actor, answer.audit_id, answer)
+        return assistant.recorder.attribution(actor, answer_id, answer)
     except BaseException:
         answer.attribution = None
         raise
+
+
+# Claims: which answers a process is attributing now. A POSIX record lock on byte
+# ``answer_id`` of one file per home: the kernel drops it when the process dies (kill -9
+# included), so a claim never outlives its holder and a restart finds the answer pending again.
+# Record locks belong to the process, not the thread, and closing any descriptor of the file
+# drops them all: one descriptor per file stays open, and threads of one process are kept
+# apart by ``_claimed``.
+CLAIMS_FILE = "attribution-claims.lock"
+_claims_lock = threading.Lock()
+_claim_files: dict[Path, int] = {}
+# claim -> (holding thread, depth): re-entrant within a thread (the queue claims an answer,
+# then attributes it through :func:`attribute`, which claims it again)
+_claimed: dict[tuple[Path, int], tuple[int, int]] = {}
+
+
+@contextlib.contextmanager
+def claim(settings: Settings, answer_id: int) -> Iterator[bool]:
+    """Claim answer ``answer_id`` for attribution: yields True when this caller holds it (then
+    no other process or thread of this home attributes it until the block ends), False when
+    someone else is attributing it now. Without POSIX locks (Windows), other processes are
+    not kept out: the worst case is the same answer attributed twice, each recorded."""
+    path = Path(settings.home) / CLAIMS_FILE
+    key = (path, int(answer_id))
+    me = threading.get_ident()
+    with _claims_lock:
+        holder = _claimed.get(key)
+        if holder is not None:
+            mine = holder[0] == me
+            if mine:
+                _claimed[key] = (me, holder[1] + 1)
+        else:
+            mine = _lock_range(path, int(answer_id))
+            if mine:
+                _claimed[key] = (me, 1)
+    try:
+        yield mine
+    finally:
+        if mine:
+            with _claims_lock:
+                depth = _claimed[key][1] - 1
+                if depth:
+                    _claimed[key] = (me, depth)
+                else:
+                    del _claimed[key]
+                    _unlock_range(path, int(answer_id))
+
+
+def _lock_range(path: Path, answer_id: int) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return True
+    import fcntl
+
+    fd = _claim_files.get(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        _claim_files[path] = fd
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, answer_id)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock_range(path: Path, answer_id: int) -> None:
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return
+    import fcntl
+
+    fd = _claim_files.get(path)
+    if fd is not None:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, answer_id)
 
 
 def _record_failure(assistant: Assistant, actor: Actor, answer_id: int, reason: str) -> None:
@@ -112,7 +197,7 @@ def _record_failure(assistant: Assistant, actor: Actor, answer_id: int, reason: 
         log.warning("the attribution failure of answer %s could not be recorded", answer_id)
 
 
-def _unattributable(assistant: Assistant, answer: Answer) -> str:
+def unattributable(assistant: Assistant, answer: Answer) -> str:
     """Why the attributor returned nothing for an answer it was asked about."""
     from core.backends.base import LogProbScorer
 

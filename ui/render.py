@@ -11,6 +11,7 @@ import html
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from assistant.policy import explain
@@ -288,6 +289,152 @@ def attribution_scores(answer: Answer) -> dict[int, float]:
             return {}
         indices = [s.index for s in answer.source_sentences]
     return {i: float(s) for i, s in zip(indices, scores, strict=True) if s is not None}
+
+
+# ------------------------------------------------------------------ what drove each sentence
+
+# A source sentence is shown as driving an answer sentence when it has at least this share of
+# that sentence's largest score (and a positive one); at most DRIVERS_PER_SENTENCE of them.
+DRIVER_SHARE = 0.1
+DRIVERS_PER_SENTENCE = 3
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A source sentence that drove an answer sentence: its score and rank (1 = most)."""
+
+    index: int  # SourceSentence index
+    n: int  # source number
+    text: str
+    score: float
+    rank: int
+    strength: float  # score / the sentence's largest score, in (0, 1]
+
+
+@dataclass(frozen=True)
+class SentenceDrivers:
+    sentence: str
+    drivers: list[Driver]
+    whole_answer: bool = False  # the scores are the answer's, not this sentence's own
+
+    def by_source(self) -> dict[int, list[Driver]]:
+        """The drivers grouped by source number, sources in order of their best driver."""
+        out: dict[int, list[Driver]] = {}
+        for d in self.drivers:
+            out.setdefault(d.n, []).append(d)
+        return out
+
+
+def _sentence_rows(answer: Answer, n_sources: int) -> list[list[float] | None]:
+    """Each shown sentence's row of the attribution's per-sentence matrix, None where the
+    record has none for it. Rows follow the attributed targets (the shown sentences, split
+    again): by position when the split agrees, else by text."""
+    from assistant.attribute import answer_targets
+
+    attribution = answer.attribution or {}
+    matrix = attribution.get("per_sentence", attribution.get("per_target"))
+    shown = [s.text for s in answer.sentences]
+    if not isinstance(matrix, list) or not matrix:
+        return [None] * len(shown)
+    rows = [
+        [float(x) for x in row[:n_sources]] if isinstance(row, list) else None for row in matrix
+    ]
+    if len(rows) == len(shown):
+        return rows
+    targets = [t.strip() for t in answer_targets(" ".join(shown))]
+    by_text = {t: rows[i] for i, t in enumerate(targets) if i < len(rows)}
+    return [by_text.get(text.strip()) for text in shown]
+
+
+def sentence_drivers(answer: Answer) -> list[SentenceDrivers]:
+    """Under each shown answer sentence, the source sentences that drove it, strongest first.
+
+    From the attribution's per-sentence scores; an answer whose record has only whole-answer
+    scores gets those under every sentence (marked ``whole_answer``). Empty without scores.
+    """
+    scores = attribution_scores(answer)
+    if not scores:
+        return []
+    attribution = answer.attribution or {}
+    sources = attribution.get("sources")
+    indices = _source_indices(attribution, len(attribution.get("scores") or []))
+    if indices is None:
+        indices = [s.index for s in answer.source_sentences]
+    by_index = {s.index: s for s in answer.source_sentences}
+    rows = _sentence_rows(answer, len(indices)) if isinstance(sources, list) else []
+    out: list[SentenceDrivers] = []
+    for k, sentence in enumerate(answer.sentences):
+        row = rows[k] if k < len(rows) else None
+        whole = row is None
+        pairs = (
+            list(scores.items())
+            if row is None
+            else [(indices[j], v) for j, v in enumerate(row) if j < len(indices)]
+        )
+        ranked = sorted(((v, idx) for idx, v in pairs if idx in by_index and v > 0), reverse=True)
+        top = ranked[0][0] if ranked else 0.0
+        drivers = [
+            Driver(idx, by_index[idx].n, by_index[idx].text, v, rank, v / top)
+            for rank, (v, idx) in enumerate(
+                [(v, idx) for v, idx in ranked if v >= DRIVER_SHARE * top][:DRIVERS_PER_SENTENCE],
+                start=1,
+            )
+        ]
+        out.append(SentenceDrivers(sentence.text, drivers, whole))
+    return out
+
+
+def score_text(score: float) -> str:
+    return f"{score:.2f}" if abs(score) >= 0.01 else f"{score:.1e}"
+
+
+def driver_html(text: str, drivers: Sequence[Driver]) -> str:
+    """A passage as one escaped HTML block with the sentences that drove an answer sentence
+    marked, darker for a higher score, each followed by its score (and its rank and score
+    on hover). Safe for ``st.markdown(..., unsafe_allow_html=True)`` like
+    :func:`highlighted_html`: every character of ``text`` is escaped, and the only other
+    text is numbers this function formats."""
+    marks: dict[int, Driver] = {}
+    for d in sorted(drivers, key=lambda d: d.score):  # the stronger wins where two overlap
+        for start, end in _spans(text, [d.text]):
+            for i in range(start, end):
+                marks[i] = d
+    parts: list[str] = []
+    current: Driver | None = None
+
+    def close(d: Driver) -> None:
+        parts.append(
+            f'</mark><sup class="clinrag-score" style="color: #0b4f8a; font-weight: 600;">'
+            f"&#160;{html.escape(score_text(d.score))}</sup>"
+        )
+
+    for i, ch in enumerate(text):
+        mark = marks.get(i)
+        if mark is not current:
+            if current is not None:
+                close(current)
+            if mark is not None:
+                alpha = 0.12 + 0.5 * max(0.0, min(1.0, mark.strength))
+                title = html.escape(
+                    f"attribution score {score_text(mark.score)}: rank {mark.rank} for this answer "
+                    "sentence",
+                    quote=True,
+                )
+                parts.append(
+                    f'<mark class="clinrag-driver clinrag-rank-{mark.rank}" title="{title}" '
+                    f'style="background: rgba(28, 131, 225, {alpha:.2f}); color: inherit; '
+                    'padding: 0 0.1em; border-radius: 0.2em;">'
+                )
+            current = mark
+        parts.append(html_text(ch))
+    if current is not None:
+        close(current)
+    body = "".join(parts)
+    return (
+        '<div class="clinrag-chunk clinrag-drivers" style="white-space: normal; '
+        'line-height: 1.6; padding: 0.5rem; max-width: 72rem; border-left: 3px solid #1c83e1;">'
+        f"{body}</div>"
+    )
 
 
 # Vega-Lite cuts axis labels at 180 px by default, which made every bar of one document read

@@ -19,6 +19,7 @@ from services import accounts
 from services.access import Operation, allowed
 from services.accounts import ADMIN_PASSWORD_ENV, User, ensure_admin, get_user
 from services.ask import open_assistant
+from services.attribution_queue import AttributionQueue
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
@@ -39,6 +40,9 @@ PAGES: dict[str, Operation] = {
 
 # Test seam: a callable (settings) -> Assistant. None builds the real one.
 assistant_factory: Callable[[Settings], Any] | None = None
+# Whether a process's attribution queue starts by queueing the answers a previous process
+# left without attribution (tests that count records may turn it off).
+recover_on_start = True
 
 
 def _settings_env() -> dict[str, str]:
@@ -92,26 +96,55 @@ def _lock(_key: str) -> threading.Lock:
     return threading.Lock()
 
 
+def _ready(assistant: Assistant, warmed: set[int]) -> Assistant:
+    """``assistant`` with its models loaded (call with the model lock held)."""
+    if id(assistant) not in warmed:
+        assistant.warm_up()
+        warmed.add(id(assistant))
+    return assistant
+
+
 @contextlib.contextmanager
 def assistant_session(settings: Settings) -> Iterator[Assistant]:
     """The shared, warmed-up Assistant, used by one session at a time.
 
-    One question at a time suits an on-premise CPU model; the others wait their turn.
+    One question at a time suits an on-premise CPU model; the others wait their turn, and so
+    does a question asked while the attribution queue runs one attribution (never the queue).
     """
     lock = _lock(str(settings.home))
     if not lock.acquire(blocking=False):
-        with st.spinner("Waiting for another question to finish..."):
+        with st.spinner("Waiting for another question or an attribution to finish..."):
             lock.acquire()
     try:
         assistant = get_assistant(settings)
         warmed = _warmed()
         if id(assistant) not in warmed:
             with st.spinner("Loading the models (only after a restart)..."):
-                assistant.warm_up()
-            warmed.add(id(assistant))
+                _ready(assistant, warmed)
         yield assistant
     finally:
         lock.release()
+
+
+@st.cache_resource(show_spinner=False)
+def _attribution_queue(_key: str, _settings: Settings, _assistant: Any) -> AttributionQueue:
+    warmed = _warmed()
+    queue = AttributionQueue(
+        _settings,
+        lambda: _ready(_assistant, warmed),
+        _lock(str(_settings.home)),
+    )
+    if recover_on_start:
+        queue.recover()
+    return queue
+
+
+def attribution_queue(settings: Settings) -> AttributionQueue:
+    """This process's attribution queue, on the shared assistant and its lock; made on first
+    use, which queues the answers left pending by earlier processes (behind new answers)."""
+    assistant = get_assistant(settings)
+    key = settings.model_dump_json() + f"|{id(assistant)}"
+    return _attribution_queue(key, settings, assistant)
 
 
 # ------------------------------------------------------------------ who is signed in

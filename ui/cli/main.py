@@ -12,15 +12,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from textwrap import shorten
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
 from core.errors import ClinragError, NotFoundError
 from core.types import Actor, Answer
 from services.access import operator
-
-if TYPE_CHECKING:
-    from assistant.pipeline import Assistant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,11 +49,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print and record the answer without attributing it (it stays pending)",
     )
-    ask.add_argument(
-        "--no-service",
-        action="store_true",
-        help="answer in this process even when clinrag serve is running",
-    )
     # Self-asserted, like everything on this command line (whoever runs it can read
     # CLINRAG_HOME): the answer record also carries the operating-system account that ran it.
     ask.add_argument(
@@ -69,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         help="asker's role (clinician, auditor, admin): decides which restricted documents "
         "are searched; stated, not checked",
     )
+
+    att = sub.add_parser("attribution", help="attribution of recorded answers")
+    attsub = att.add_subparsers(dest="attribution_command", required=True)
+    resume = attsub.add_parser(
+        "resume",
+        help="attribute every answer recorded without its attribution (after a restart, or "
+        "asked with --no-attribution), or record why it cannot be",
+    )
+    resume.add_argument("--json", action="store_true")
 
     aud = sub.add_parser("audit", help="verify, list, show, export or replay audit records")
     asub = aud.add_subparsers(dest="audit_command", required=True)
@@ -120,10 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     rei.add_argument("--json", action="store_true")
 
     from ui.cli.eval import add_eval_parser
-    from ui.cli.serve import add_serve_parser
     from ui.cli.users import add_parser as add_users_parser
-
-    add_serve_parser(sub)
 
     add_eval_parser(sub)
     add_users_parser(sub)
@@ -143,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             "remove": cmd_remove,
             "ask": cmd_ask,
             "audit": cmd_audit,
+            "attribution": cmd_attribution,
             "eval": cmd_eval,
             "backup": cmd_maintenance,
             "restore": cmd_maintenance,
             "reindex": cmd_maintenance,
             "users": cmd_users,
-            "serve": cmd_serve,
         }[args.command]
         return handler(args, settings)
     except ClinragError as exc:
@@ -256,22 +254,11 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
-def cmd_ask(
-    args: argparse.Namespace, settings: Settings, assistant: Assistant | None = None
-) -> int:
-    """``assistant``: a warm one (``clinrag serve`` passes its own); without it the question
-    goes to the running service if there is one, else an assistant is loaded here."""
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     from services import ask
 
-    if assistant is None:
-        if not getattr(args, "no_service", False):
-            from ui.cli.serve import ask_via_service
-
-            code = ask_via_service(args, settings)
-            if code is not None:
-                return code
-        assistant = ask.open_assistant(settings)
-        assistant.warm_up()
+    assistant = ask.open_assistant(settings)
+    assistant.warm_up()
     # The draft is unchecked: it streams to stderr, so stdout carries only the checked answer
     # (what a script or a pipe takes as clinrag's answer).
     stream = None if args.json else (lambda t: print(t, end="", file=sys.stderr, flush=True))
@@ -375,16 +362,39 @@ def print_answer(answer: Answer) -> None:
         print(f"\naudit record: {answer.audit_id}")
 
 
+def cmd_attribution(args: argparse.Namespace, settings: Settings) -> int:
+    if args.attribution_command != "resume":  # other sub-commands are dispatched elsewhere
+        return 2
+    from services import ask
+    from services.attribution_queue import State, pending_answers, resume
+
+    pending = pending_answers(settings)
+    print(f"{len(pending)} answers await attribution.", file=sys.stderr)
+    counts = {str(s): 0 for s in (State.ATTRIBUTED, State.FAILED, State.SKIPPED)}
+    reasons: dict[int, str] = {}
+    if pending:
+        assistant = ask.open_assistant(settings)
+        assistant.warm_up()
+        for i, (record, outcome) in enumerate(resume(assistant, pending), start=1):
+            counts[str(outcome.state)] += 1
+            if outcome.reason:
+                reasons[record.seq] = outcome.reason
+            why = f": {outcome.reason}" if outcome.reason else ""
+            print(f"[{i}/{len(pending)}] answer {record.seq} {outcome.state}{why}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(counts | {"reasons": reasons}, indent=2))
+    else:
+        print(
+            f"attributed {counts['attributed']}, failed {counts['failed']}, "
+            f"skipped {counts['skipped']} (being attributed elsewhere, or settled meanwhile)"
+        )
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from ui.cli.maintenance import maintenance_command
 
     return maintenance_command(args, settings)
-
-
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from ui.cli.serve import serve_command
-
-    return serve_command(args, settings)
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:

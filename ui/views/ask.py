@@ -1,6 +1,9 @@
 """Ask: a question streams into an answer; each sentence carries its sources, checked.
 
 Answers stay in the session's history (newest last); a new question never replaces an old one.
+Each answer's attribution is computed in the background (``services.attribution_queue``) and
+appears by itself when ready: under each sentence, the source sentences that drove it,
+highlighted in their passage by score, and the faithfulness check in words.
 The history is one conversation: a question that leans on the previous one ("and when should
 they stop?") is answered as rewritten from it ("Understood as ..."), and "New conversation"
 clears it. Only checked sentences are shown; removed ones are counted, never displayed.
@@ -21,21 +24,28 @@ from core.types import Actor, Answer, Chunk, DecisionLabel, Hit, Mode
 from services import ask as asking
 from services import library
 from services.accounts import User
+from services.attribution_queue import State
 from ui.render import (
     NEGATIVE_SCORE_NOTE,
+    SentenceDrivers,
     abstain_reason_text,
     attribution_by_source,
     attribution_chart,
+    driver_html,
     faithfulness_text,
     has_negative,
     highlighted_html,
     md_escape,
+    score_text,
+    sentence_drivers,
     source_highlights,
 )
-from ui.session import actor, assistant_session, require
+from ui.session import actor, assistant_session, attribution_queue, require
 
 log = logging.getLogger("clinrag.ui")
 MAX_COMMENT_CHARS = asking.MAX_COMMENT_CHARS
+# How often a pending attribution is looked at (seconds): the page shows it by itself.
+POLL_SECONDS = 2.0
 _DECISION_WORDS = {
     DecisionLabel.YES: "Yes",
     DecisionLabel.NO: "No",
@@ -103,10 +113,12 @@ def _ask(
                     "sentence has been checked against the sources."
                 )
 
-            # attribution takes minutes on a CPU: offered afterwards, on request
             entry["answer"] = asking.ask(
                 assistant, actor(user), question, on_token=on_token, previous=previous
             )
+        # shown and recorded now; its attribution follows in the background, after the
+        # model lock is released
+        attribution_queue(settings).submit(actor(user), entry["answer"])
     except ClinragError as exc:
         entry["error"] = str(exc)
     except Exception as exc:  # shown, not raised: the history must survive
@@ -117,9 +129,37 @@ def _ask(
     return entry
 
 
+def _collect_attribution(settings: Settings, entry: dict[str, Any]) -> None:
+    """Put a finished background attribution into the history entry (before it is drawn)."""
+    answer = entry.get("answer")
+    if (
+        answer is None
+        or answer.attribution is not None
+        or answer.audit_id is None
+        or entry.get("attribution_failed")
+    ):
+        return
+    job = attribution_queue(settings).job(int(answer.audit_id))
+    if job is None or not job.done:
+        return
+    if job.state == State.ATTRIBUTED and job.result is not None:
+        entry["answer"] = job.result
+    else:
+        entry["attribution_failed"] = job.reason or str(job.state)
+
+
+def _fragment_run() -> bool:
+    """Whether this run redraws only fragments (their timer), not the whole page."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and getattr(ctx, "fragment_ids_this_run", None))
+
+
 def _render_entry(
     settings: Settings, user: User, entry: dict[str, Any], i: int, docs: list[dict[str, Any]]
 ) -> None:
+    _collect_attribution(settings, entry)
     with st.chat_message("user"):
         st.markdown(md_escape(entry["question"]))
     with st.chat_message("assistant"):
@@ -162,10 +202,13 @@ def _render_answer(
             st.caption("Each sentence was checked against the cited sources.")
         # Only the sentence flags decide what is shown: a sentence verification refused is
         # never displayed, whatever attribution later adds to the answer.
-        for s in answer.sentences:
+        drivers = sentence_drivers(answer)
+        for k, s in enumerate(answer.sentences):
             if s.supported:
                 chips = " ".join(f":blue-badge[{labels.get(n, n)}]" for n in s.citations)
                 st.markdown(f"{md_escape(s.text)} {chips}")
+                if k < len(drivers) and drivers[k].drivers:
+                    _render_drivers(answer, drivers[k], labels)
         numbers = [c.n for c in answer.citations]
         # evidence from a source no sentence cites still gets its panel, so every label shown
         # can be opened
@@ -274,11 +317,39 @@ def chart_rows(answer: Answer) -> list[dict[str, Any]]:
     return rows
 
 
+def _render_drivers(answer: Answer, found: SentenceDrivers, labels: dict[int, Any]) -> None:
+    """Under one answer sentence: the passages holding the source sentences that drove it,
+    those sentences highlighted darker the more credit they got, with their scores."""
+    hits = answer.hits or []
+    scores = ", ".join(f"{_label(labels, d.n)} {score_text(d.score)}" for d in found.drivers[:3])
+    with st.expander(md_escape(f"What drove this sentence: {scores}"), icon=":material/insights:"):
+        if found.whole_answer:
+            st.caption("Scores for the whole answer (this record has none per sentence).")
+        for n, drivers in found.by_source().items():
+            if not 0 < n <= len(hits):
+                continue
+            chunk = hits[n - 1].chunk
+            where = f" · {chunk.section}" if chunk.section else ""
+            st.caption(md_escape(f"{_label(labels, n)} {chunk.title}{where}"))
+            st.markdown(driver_html(chunk.text, drivers), unsafe_allow_html=True)
+        st.caption(
+            "Darker: more credit for this sentence. The number after a highlighted sentence "
+            "is its attribution score (hover it for its rank)."
+        )
+
+
+def _label(labels: dict[int, Any], n: int) -> str:
+    # a source the answer does not cite has no label; its retrieval rank would read as
+    # another source's label
+    return f"[{labels[n]}]" if n in labels else "[not cited]"
+
+
 def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i: int) -> None:
-    """The attribution chart, or a button computing it (slow on a CPU) and recording it.
+    """The attribution (chart and faithfulness in words), or its progress while the
+    background queue computes it; it replaces the progress by itself when ready.
 
     Attribution runs after the answer was shown and recorded, as its own ``attribution``
-    audit event pointing at the answer record, so no clinician waits minutes for an answer.
+    audit event pointing at the answer record, so no clinician waits for it.
     """
     answer = entry["answer"]
     rows = chart_rows(answer)
@@ -288,41 +359,57 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
             "**Which sources the answer relied on** "
             + md_escape(f"(attribution: {attribution.get('method', '')})")
         )
+        st.caption(md_escape(faithfulness_text(attribution.get("faithfulness"))))
         st.altair_chart(attribution_chart(rows), use_container_width=True)
         if has_negative(rows):
             st.caption(NEGATIVE_SCORE_NOTE)
-        st.caption(md_escape(faithfulness_text(attribution.get("faithfulness"))))
         return
-    if (
-        answer.abstained
-        or answer.generation is None
-        or answer.audit_id is None
-        or settings.attribution == "off"
-    ):
+    if entry.get("attribution_failed"):
+        st.caption(md_escape(f"No attribution for this answer: {entry['attribution_failed']}."))
         return
-    if entry.get("attribution_unavailable"):
-        st.caption("Attribution is not available for this model.")
+    if entry.get("attribution_elsewhere"):
+        st.caption(
+            "The attribution of this answer is computed in the background; its audit "
+            "record will hold it."
+        )
         return
-    if not st.button(
-        "Which sentences did the answer rely on? (slow)",
-        key=f"attribute-{i}",
-        icon=":material/insights:",
-        help="Re-runs the model with sources left out to measure each sentence's effect.",
-    ):
+    if answer.abstained or answer.audit_id is None or settings.attribution == "off":
         return
-    try:
-        with (
-            assistant_session(settings) as assistant,
-            st.spinner("Measuring attribution (this can take minutes on a CPU)..."),
-        ):
-            recorded = asking.attribute(assistant, actor(user), answer)
-        if recorded is None:
-            entry["attribution_unavailable"] = True
-    except Exception as exc:  # the attribution is dropped: not shown unless it is recorded
-        log.exception("attribution failed")
-        st.error(md_escape(f"Attribution failed: {exc}"))
+    _attribution_progress(settings, user, entry)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _attribution_progress(settings: Settings, user: User, entry: dict[str, Any]) -> None:
+    """Polls the queue while the answer's attribution is pending; once it is done, puts the
+    attributed answer into the history and reruns the page (the passages too get their
+    highlights)."""
+    answer: Answer = entry["answer"]
+    queue = attribution_queue(settings)
+    job = queue.job(int(answer.audit_id or 0))
+    if job is None:
+        # not on this process's queue (submitted before a restart): the next start's
+        # recovery attributes it; the audit record will hold it
+        entry["attribution_elsewhere"] = True
+    if job is None or job.done:
+        # Redraw the whole page (the sentences and passages get their highlights), but only
+        # from the timer's run: a rerun during a full run would drop a question just typed.
+        # A full run collects the result itself (_collect_attribution).
+        if _fragment_run():
+            st.rerun()
+        st.caption("Attribution ready: showing it…")
         return
-    st.rerun()
+    if job.state == State.QUEUED:
+        ahead = queue.ahead(job)
+        st.progress(
+            0.0,
+            text=f"Attribution waiting: {ahead} answer{'s' if ahead != 1 else ''} ahead of it.",
+        )
+        return
+    elapsed, typical = job.seconds(), queue.typical_seconds()
+    text = f"Measuring which source sentences drove this answer: {elapsed:.0f} s"
+    if typical:
+        text += f" (usually about {typical:.0f} s)"
+    st.progress(min(elapsed / typical, 0.95) if typical else 0.05, text=text + ".")
 
 
 def _source_panel(
