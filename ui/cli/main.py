@@ -12,12 +12,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from textwrap import shorten
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings, apply_offline_environment, ensure_home, load_settings
 from core.errors import ClinragError, NotFoundError
 from core.types import Actor, Answer
 from services.access import operator
+
+if TYPE_CHECKING:
+    from assistant.pipeline import Assistant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-attribution",
         action="store_true",
         help="print and record the answer without attributing it (it stays pending)",
+    )
+    ask.add_argument(
+        "--no-service",
+        action="store_true",
+        help="answer in this process even when clinrag serve is running",
     )
     # Self-asserted, like everything on this command line (whoever runs it can read
     # CLINRAG_HOME): the answer record also carries the operating-system account that ran it.
@@ -121,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     rei.add_argument("--json", action="store_true")
 
     from ui.cli.eval import add_eval_parser
+    from ui.cli.serve import add_serve_parser
     from ui.cli.users import add_parser as add_users_parser
+
+    add_serve_parser(sub)
 
     add_eval_parser(sub)
     add_users_parser(sub)
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "restore": cmd_maintenance,
             "reindex": cmd_maintenance,
             "users": cmd_users,
+            "serve": cmd_serve,
         }[args.command]
         return handler(args, settings)
     except ClinragError as exc:
@@ -254,11 +266,22 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
-def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_ask(
+    args: argparse.Namespace, settings: Settings, assistant: Assistant | None = None
+) -> int:
+    """``assistant``: a warm one (``clinrag serve`` passes its own); without it the question
+    goes to the running service if there is one, else an assistant is loaded here."""
     from services import ask
 
-    assistant = ask.open_assistant(settings)
-    assistant.warm_up()
+    if assistant is None:
+        if not getattr(args, "no_service", False):
+            from ui.cli.serve import ask_via_service
+
+            code = ask_via_service(args, settings)
+            if code is not None:
+                return code
+        assistant = ask.open_assistant(settings)
+        assistant.warm_up()
     # The draft is unchecked: it streams to stderr, so stdout carries only the checked answer
     # (what a script or a pipe takes as clinrag's answer).
     stream = None if args.json else (lambda t: print(t, end="", file=sys.stderr, flush=True))
@@ -395,6 +418,12 @@ def cmd_maintenance(args: argparse.Namespace, settings: Settings) -> int:
     from ui.cli.maintenance import maintenance_command
 
     return maintenance_command(args, settings)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ui.cli.serve import serve_command
+
+    return serve_command(args, settings)
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
