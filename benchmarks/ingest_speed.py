@@ -31,15 +31,35 @@ rest of the pipeline; "langchain" is the recipe (float32, as the tutorial runs i
 Options: --corpus guidelines|pubmedqa|all (default all), --limit N documents per corpus
 (0 = all), --repeat R (alternate which system goes first; the median time is kept), --json.
 Timings on a shared 2-core machine are noisy: compare the two systems within one run.
+
+--whole-process (default corpus pubmedqa): each system as its own process, timed end to end
+from start to exit (imports, model loads, parsing, embedding, storing), as a user runs it:
+  clinrag <backend>  `clinrag ingest LIBRARY` into a fresh CLINRAG_HOME with
+                     CLINRAG_EMBEDDER_BACKEND=<backend>; systems from --systems (default
+                     auto, onnx-int8, torch: auto as this machine resolves it; onnx-int8, what
+                     auto picks on a CPU without native bf16; torch with embedder_dtype float32,
+                     what such a CPU ran before). An ONNX export is a one-time first-use cost
+                     per home: it is built before timing (its seconds are reported) and copied
+                     into each fresh home.
+  langchain          `python -m benchmarks.ingest_speed --recipe-process LIBRARY DIR`: read the
+                     same files, RecursiveCharacterTextSplitter(1000, 200), HuggingFaceEmbeddings
+                     on the packaged MiniLM, Chroma.from_documents.
+Threads are left as the product uses them (OMP_NUM_THREADS is passed through, unset by
+default); the load average is recorded beside each run, and --repeat alternates the order.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +155,241 @@ def bench(name: str, limit: int | None, repeat: int, embeddings: Any) -> dict[st
     return out
 
 
+# --- whole process ------------------------------------------------------------------------------
+
+WHOLE_SYSTEMS = ("auto", "onnx-int8", "torch")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def recipe_process(library: Path, persist: Path) -> int:
+    """The recipe as its own script: the files of ``library``, split, embedded, stored."""
+    texts = [(p.stem, p.read_text(encoding="utf-8")) for p in sorted(library.glob("*.md"))]
+    chunks = baseline_langchain.split(texts)
+    baseline_langchain.build_store(chunks, baseline_langchain.embeddings(), persist)
+    print(f"{len(chunks)} chunks")
+    return 0
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    have = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have.update(line.split(":", 1)[1].split())
+    return [f for f in CPU_FLAGS if f in have]
+
+
+def _clinrag_env(home: Path, backend: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINRAG_")}
+    env |= {"CLINRAG_HOME": str(home), "CLINRAG_CONFIG": str(home / "no-config.toml")}
+    if backend == "torch":
+        env |= {"CLINRAG_EMBEDDER_BACKEND": "torch", "CLINRAG_EMBEDDER_DTYPE": "float32"}
+    else:
+        env["CLINRAG_EMBEDDER_BACKEND"] = backend
+    return env
+
+
+def _describe(home: Path, backend: str) -> str:
+    from core.backends.sentence_transformers import SentenceTransformerEmbedder
+    from core.config import load_settings
+
+    settings = load_settings(env=_clinrag_env(home, backend))
+    return SentenceTransformerEmbedder(settings).describe_path()
+
+
+def _prepare_export(template: Path) -> dict[str, Any]:
+    """Build the ONNX export once (the first-use cost a fresh home pays), timed."""
+    from core.backends import onnx_embedder
+    from core.backends.sentence_transformers import cached_weights_hash, packaged_embedder_dir
+
+    model_dir = packaged_embedder_dir()
+    t0 = time.perf_counter()
+    record = onnx_embedder.ensure_export(
+        model_dir, cached_weights_hash(model_dir), template / "models"
+    )
+    record["export_seconds"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    found = re.search(r"(\d+) chunks", out.decode())
+    return {
+        "seconds": seconds,
+        "chunks": int(found.group(1)) if found else None,
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def whole_process(name: str, limit: int | None, repeat: int, systems: list[str]) -> dict[str, Any]:
+    from core.backends.sentence_transformers import native_bf16_cpu
+
+    clinrag_bin = Path(sys.executable).with_name("clinrag")
+    clinrag_cmd = (
+        [str(clinrag_bin)] if clinrag_bin.exists() else [sys.executable, "-m", "ui.cli.main"]
+    )
+    names = [f"clinrag {s}" for s in systems] + ["langchain"]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    out: dict[str, Any] = {"corpus": name, "mode": "whole process", "systems": {}}
+    with tempfile.TemporaryDirectory(prefix=f"clinrag-whole-{name}-") as tmp:
+        work = Path(tmp)
+        paths, path_to_doc = _inputs(name, limit, work)
+        library = paths[0]
+        template = work / "template-home"
+        export = None
+        if any(s.startswith("onnx") or s == "auto" for s in systems):
+            log(f"[{name}] exporting the embedder to ONNX (first use; not timed) ...")
+            export = _prepare_export(template)
+            out["onnx_export"] = {
+                k: export[k] for k in ("export_seconds", "agreement", "sample_size")
+            }
+        out["documents"] = len(path_to_doc)
+        out["paths"] = {}
+        for i in range(repeat):
+            order = names if i % 2 == 0 else list(reversed(names))
+            for system in order:
+                home = work / f"home-{system.replace(' ', '-')}-{i}"
+                if system == "langchain":
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.ingest_speed",
+                        "--recipe-process",
+                        str(library),
+                        str(home),
+                    ]
+                    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINRAG_")}
+                else:
+                    backend = system.split(" ", 1)[1]
+                    if export is not None:
+                        shutil.copytree(template, home)
+                    env = _clinrag_env(home, backend)
+                    out["paths"].setdefault(system, _describe(home, backend))
+                    cmd = [*clinrag_cmd, "ingest", str(library)]
+                log(f"[{name}] {system} run {i + 1}/{repeat} (whole process) ...")
+                run = _timed(cmd, env)
+                runs[system].append(run)
+                log(
+                    f"[{name}] {system}: {run['chunks']} chunks in {run['seconds']:.1f} s "
+                    f"(load {run['load_before']} -> {run['load_after']})"
+                )
+                shutil.rmtree(home, ignore_errors=True)
+    for system, rs in runs.items():
+        out["systems"][system] = {
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "all_seconds": [round(r["seconds"], 1) for r in rs],
+            "chunks": rs[0]["chunks"],
+            "load": [(r["load_before"], r["load_after"]) for r in rs],
+        }
+    recipe = out["systems"]["langchain"]["seconds"]
+    out["ratio_recipe_seconds_over_clinrag"] = {
+        s: recipe / out["systems"][s]["seconds"] for s in names if s != "langchain"
+    }
+    # per repeat too: each pair ran back to back, so it shares the machine's load
+    out["ratio_per_repeat"] = {
+        s: [
+            round(r["seconds"] / c["seconds"], 2)
+            for r, c in zip(runs["langchain"], runs[s], strict=True)
+        ]
+        for s in names
+        if s != "langchain"
+    }
+    out["cpu"] = {"flags": cpu_flags(), "native_bf16": native_bf16_cpu()}
+    if export is not None:
+        from core.backends import onnx_embedder
+
+        out["auto_without_native_bf16"] = (
+            "onnx-int8"
+            if onnx_embedder.int8_meets_quality(export)
+            else "onnx-fp32"
+            if onnx_embedder.same_vectors(export, "float32")
+            else "torch float32"
+        )
+    out["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS", "(unset)")
+    return out
+
+
+def print_whole(r: dict[str, Any]) -> None:
+    print(f"\n{r['corpus']}: {r['documents']} documents, each system a whole process")
+    rows = []
+    for system, s in r["systems"].items():
+        ratio = r["ratio_recipe_seconds_over_clinrag"].get(system)
+        rows.append(
+            [
+                system,
+                r["paths"].get(system, "torch float32 (recipe)"),
+                s["chunks"],
+                s["seconds"],
+                s["all_seconds"],
+                ratio,
+                s["load"],
+            ]
+        )
+    print(
+        common.table(
+            [
+                "system",
+                "embedder path",
+                "chunks",
+                "seconds (median)",
+                "all",
+                "speed-up vs recipe",
+                "load avg (before, after)",
+            ],
+            rows,
+        )
+    )
+    print(f"speed-up per repeat (same pair, back to back): {r['ratio_per_repeat']}")
+    print(
+        f"CPU flags: {' '.join(r['cpu']['flags'])}; native bf16: {r['cpu']['native_bf16']}; "
+        f"OMP_NUM_THREADS {r['omp_num_threads']}"
+    )
+    if "onnx_export" in r:
+        e = r["onnx_export"]
+        print(
+            f"ONNX export (once per home, not timed above): {e['export_seconds']} s; "
+            f"agreement with torch float32 on {e['sample_size']} sentences: {e['agreement']}; "
+            f"auto on a CPU without native bf16: {r['auto_without_native_bf16']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_environment()
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--corpus", choices=["guidelines", "pubmedqa", "all"], default="all")
+    parser.add_argument("--corpus", choices=["guidelines", "pubmedqa", "all"], default=None)
     parser.add_argument("--limit", type=int, default=None, help="documents per corpus; 0 = all")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--whole-process", action="store_true", help="time whole processes")
+    parser.add_argument(
+        "--systems", default=",".join(WHOLE_SYSTEMS), help="clinrag embedder backends to time"
+    )
+    parser.add_argument("--recipe-process", nargs=2, metavar=("LIBRARY", "PERSIST_DIR"))
     args = parser.parse_args(argv)
+
+    if args.recipe_process:
+        return recipe_process(Path(args.recipe_process[0]), Path(args.recipe_process[1]))
+    if args.whole_process:
+        name = args.corpus if args.corpus in ("guidelines", "pubmedqa") else "pubmedqa"
+        limit = DEFAULT_LIMIT[name] if args.limit is None else (args.limit or None)
+        systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        result = whole_process(name, limit, max(args.repeat, 1), systems)
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            print_whole(result)
+        return 0
+    args.corpus = args.corpus or "all"
 
     corpora = ["guidelines", "pubmedqa"] if args.corpus == "all" else [args.corpus]
     embeddings = baseline_langchain.embeddings()

@@ -49,6 +49,14 @@ class Settings(BaseModel):
         description="auto: bfloat16 on a GPU or a CPU with native bf16 (about 2x faster ingest "
         "here, vectors within cosine 0.9999 of float32), float32 otherwise.",
     )
+    embedder_backend: Literal["auto", "torch", "onnx-int8", "onnx-fp32"] = Field(
+        "auto",
+        description="auto: torch where bf16 is native (see embedder_dtype) or embedder_dtype "
+        "is pinned; otherwise ONNX Runtime int8 (exported from the local weights on first use, "
+        "about 3x torch float32 here) when its vectors met the quality bar at export, else "
+        "float32. int8 vectors are an index identity of their own: an index built with one "
+        "is refused by the other (re-ingest, or set this back).",
+    )
     vector_store: str = "chroma"
     chroma_url: str | None = Field(None, description="Use a Chroma server instead of embedded.")
     database_url: str | None = Field(
@@ -249,6 +257,7 @@ class Settings(BaseModel):
 # weights. One list: every answer record carries their values, replay restores them, and the
 # evaluation cache keys answers by them. Add a setting here when it changes what is answered.
 ANSWER_SETTINGS: tuple[str, ...] = (
+    "embedder_backend",
     "top_k",
     "candidates",
     "rrf_k",

@@ -16,6 +16,8 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sentence_transformers": (
             "core.backends.sentence_transformers:SentenceTransformerEmbedder"
         ),
+        # int8 ONNX Runtime directly; embedder_backend reaches it through the one above
+        "onnx": "core.backends.onnx_embedder:OnnxEmbedder",
     },
     "vector_store": {
         "chroma": "core.backends.chroma:ChromaStore",

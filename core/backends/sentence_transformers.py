@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import sys
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -71,6 +73,7 @@ def weights_hash(model_dir: Path) -> str:
 
 
 _lock = threading.Lock()
+log = logging.getLogger("clinrag.embedder")
 
 
 @cache
@@ -112,8 +115,13 @@ class SentenceTransformerEmbedder:
         self._batch_size: int = settings.embed_batch_size
         self._device_setting: str = settings.device
         self._dtype_setting: str = settings.embedder_dtype
+        self._backend_setting: str = settings.embedder_backend
+        self._settings = settings
         self._model: Any = None
+        self._onnx: Any = None
         self._info: EmbedderInfo | None = None
+        # what embedder_backend resolved to: "torch", "onnx-int8" or "onnx-fp32"
+        self.backend: str | None = None
 
     def _model_dir(self) -> Path:
         if not self._model_setting:
@@ -126,9 +134,52 @@ class SentenceTransformerEmbedder:
             )
         return path
 
+    def _resolve_backend(self) -> tuple[str, Any]:
+        """(backend, its ONNX embedder or None). auto: torch where bf16 is native (a GPU, or a
+        CPU with bf16 instructions) or a precision is pinned; else int8 ONNX when its export
+        met the quality bar, float32 ONNX when it gives the same vectors, else torch."""
+        setting = self._backend_setting
+        if setting == "torch":
+            return "torch", None
+        # imported here, not at the top: only the ONNX paths load onnxruntime
+        from core.backends import onnx_embedder
+
+        if setting in ("onnx-int8", "onnx-fp32"):
+            precision: onnx_embedder.Precision = "int8" if setting == "onnx-int8" else "float32"
+            return setting, onnx_embedder.OnnxEmbedder(self._settings, precision)
+        if self._dtype_setting != "auto" or _cuda_possible(self._device_setting):
+            return "torch", None
+        if native_bf16_cpu():
+            return "torch", None
+        probe = onnx_embedder.OnnxEmbedder(self._settings)
+        try:
+            record = probe.prepare()
+        except (ConfigError, ImportError) as exc:
+            log.warning("The ONNX embedder is unavailable (%s); using torch float32.", exc)
+            return "torch", None
+        if onnx_embedder.int8_meets_quality(record):
+            return "onnx-int8", probe
+        if onnx_embedder.same_vectors(record, "float32"):
+            return "onnx-fp32", onnx_embedder.OnnxEmbedder(self._settings, "float32")
+        return "torch", None
+
+    def describe_path(self) -> str:
+        """The path auto (or the setting) takes on this machine, e.g. "torch bfloat16" or
+        "onnx-int8", without loading a model (an ONNX export may be built first)."""
+        backend, _ = self._resolve_backend()
+        if backend != "torch":
+            return backend
+        return f"torch {resolve_dtype(self._dtype_setting, self._device_setting)}"
+
     def warm_up(self) -> None:
-        if self._model is not None:
+        if self._model is not None or self._onnx is not None:
             return
+        backend, onnx = self._resolve_backend()
+        if onnx is not None:
+            onnx.warm_up()
+            self._info, self._onnx, self.backend = onnx.info, onnx, backend
+            return
+        self.backend = "torch"
         model_dir = self._model_dir()
         device = _device(self._device_setting)
         dtype = resolve_dtype(self._dtype_setting, device)
@@ -156,6 +207,8 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         self.warm_up()
+        if self._onnx is not None:
+            return np.asarray(self._onnx.embed(texts, query=query), dtype=np.float32)
         if not texts:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         vectors = self._model.encode(
@@ -172,6 +225,38 @@ class SentenceTransformerEmbedder:
 @cache
 def _cached_hash(model_dir: Path) -> str:
     return weights_hash(model_dir)
+
+
+def cached_weights_hash(model_dir: Path) -> str:
+    """:func:`weights_hash`, computed once per process and folder."""
+    return _cached_hash(model_dir)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), read from the
+    CPU's flags where Linux lists them, so the answer costs no torch import. Elsewhere torch's
+    own check, which also says yes for AVX-512 CPUs that only emulate bf16."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        import torch
+
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _cuda_possible(setting: str) -> bool:
+    """Whether the embedder may run on a GPU; without the NVIDIA driver torch cannot see one,
+    so on Linux that is known without importing torch."""
+    if setting != "auto":
+        return setting == "cuda"
+    if sys.platform.startswith("linux") and not Path("/proc/driver/nvidia").exists():
+        return False
+    return _device(setting) == "cuda"
 
 
 class CrossEncoderReranker:
