@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from assistant.cite import Embed, parse_markers
-from assistant.generate import build_messages
+from assistant.generate import build_messages, render_sources, source_header
 from assistant.prompts import PromptTemplate, load_template
-from core.backends.base import LLM, LogProbScorer
+from core.backends.base import LLM, AttentionReader, LogProbScorer, Message, Span
 from core.config import Settings
 from core.text import sentence_spans
 from core.types import Answer, Evidence, Hit, SourceSentence
@@ -56,6 +57,12 @@ class AnswerScorer:
         self.llm, self.template, self.question = llm, template, question
         self.hits, self.sources, self.targets = list(hits), list(sources), list(targets)
 
+    @property
+    def groups(self) -> list[int]:
+        """The retrieved passage (1-based) of each source sentence: what hierarchical
+        attribution ablates first (audit.attribution.source_groups reads it)."""
+        return [s.n for s in self.sources]
+
     def texts(self, mask: np.ndarray) -> list[str]:
         kept: list[list[str]] = [[] for _ in self.hits]
         for s, keep in zip(self.sources, mask, strict=True):
@@ -70,13 +77,89 @@ class AnswerScorer:
         return self.llm.logprobs(prompts, self.targets)
 
 
+def source_spans(
+    messages: Sequence[Message], hits: Sequence[Hit], sources: Sequence[SourceSentence]
+) -> list[Span]:
+    """Where each source sentence lies in the prompt: (message index, start, end) of its text.
+
+    Found by searching the user message in order (each source's header, then its sentences as
+    the prompt shows them), so the spans follow :func:`render_sources` whatever it changes. A
+    sentence that cannot be found gets an empty span (no attention, score 0).
+    """
+    m = len(messages) - 1
+    content = messages[m]["content"]
+    spans: list[Span] = []
+    cursor = 0
+    by_hit: dict[int, list[SourceSentence]] = {}
+    for s in sources:
+        by_hit.setdefault(s.n, []).append(s)
+    found: dict[int, Span] = {}
+    for n, hit in enumerate(hits, start=1):
+        header = source_header(hit, n)
+        at = content.find(header, cursor)
+        if at >= 0:
+            cursor = at + len(header)
+        for s in by_hit.get(n, []):
+            # the prompt defangs the passage as a whole: a sentence's marker at a line start
+            # may be rewritten or not, depending on its neighbours; take the first that appears
+            defanged = render_sources([s.text], [hit])[len(source_header(hit, 1)) + 1 :]
+            places = [(content.find(t, cursor), t) for t in (defanged, s.text)]
+            places = [(at, t) for at, t in places if at >= 0]
+            if not places:
+                found[s.index] = (m, 0, 0)
+                continue
+            at, shown = min(places)
+            found[s.index] = (m, at, at + len(shown))
+            cursor = at + len(shown)
+    for s in sources:
+        spans.append(found.get(s.index, (m, 0, 0)))
+    return spans
+
+
+def attention_features(llm: AttentionReader, scorer: AnswerScorer) -> np.ndarray:
+    """(T, S, layers * heads) attention mass over the full prompt, as ``scorer`` renders it."""
+    full = np.ones(len(scorer.sources), dtype=bool)
+    messages = build_messages(scorer.template, scorer.question, scorer.hits, scorer.texts(full))
+    spans = source_spans(messages, scorer.hits, scorer.sources)
+    return llm.attention(messages, spans, scorer.targets)
+
+
+def weights_dirs(settings: Settings) -> list[Path]:
+    """Where a site's own fitted attention weights live (before the shipped ones)."""
+    return [settings.home / "attribution"]
+
+
+def fallback_method() -> str:
+    """The ablation method used when the model has no fitted attention weights."""
+    from audit.attribution import METHODS
+
+    return "hierarchical" if "hierarchical" in METHODS else "surrogate"
+
+
+def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> str:
+    """The one place the method is picked: "auto" (and "attention") means attention when
+    weights were fitted for this model's weights, else the ablation fallback."""
+    from audit.attribution.attention import find_weights
+
+    method = method or settings.attribution
+    if method not in ("auto", "attention"):
+        return method
+    if (
+        isinstance(llm, AttentionReader)
+        and find_weights(llm.info.weights_hash, weights_dirs(settings)) is not None
+    ):
+        return "attention"
+    return fallback_method()
+
+
 def attribute_answer(
     answer: Answer, llm: LLM, settings: Settings, embed: Embed, method: str | None = None
 ) -> Answer:
     """Add causal attribution and faithfulness to ``answer``; only evidence order changes."""
     from audit.attribution import CachedScorer, faithfulness, make_attributor
 
-    method = method or settings.attribution
+    requested = method or settings.attribution
+    method = choose_method(settings, llm, requested) if requested != "off" else "off"
     gen = answer.generation
     # what is attributed is the shown sentences, so an answer the model did not write freely
     # (quoted, or a yes/no decision with its evidence) is attributed too
@@ -89,22 +172,27 @@ def attribute_answer(
     if not sources or not targets:
         return answer
     start = time.perf_counter()
-    scorer = CachedScorer(
-        AnswerScorer(
-            llm,
-            load_template(settings.prompt_template),
-            # the prompt the model answered: a follow-up was asked as rewritten
-            answer.resolved_question or answer.question,
-            answer.hits,
-            sources,
-            targets,
-        )
+    base = AnswerScorer(
+        llm,
+        load_template(settings.prompt_template),
+        # the prompt the model answered: a follow-up was asked as rewritten
+        answer.resolved_question or answer.question,
+        answer.hits,
+        sources,
+        targets,
     )
+    scorer = CachedScorer(base)
     kwargs: dict[str, Any] = {}
     if method == "surrogate":
         kwargs["n_ablations"] = settings.attribution_ablations
     elif method == "shap":
         kwargs["n_samples"] = settings.attribution_ablations
+    elif method == "attention":
+        from audit.attribution.attention import find_weights
+
+        kwargs["weights"] = find_weights(llm.info.weights_hash, weights_dirs(settings))
+        # choose_method picked attention only for an AttentionReader
+        kwargs["features"] = lambda: attention_features(llm, base)  # type: ignore[arg-type]
     elif method == "similarity":
         vectors = embed(list(targets) + [s.text for s in sources])
         kwargs["similarity"] = vectors[: len(targets)] @ vectors[len(targets) :].T
@@ -113,6 +201,8 @@ def attribute_answer(
     seconds = time.perf_counter() - start
     answer.attribution = {
         "method": method,
+        # "auto" resolved to a method; shown so an auditor knows it was not asked for by name
+        **({"requested": requested} if requested != method else {}),
         "n_ablations": settings.attribution_ablations,
         "scores": [round(float(x), 6) for x in result.scores],
         "per_sentence": [[round(float(x), 6) for x in row] for row in result.per_target],

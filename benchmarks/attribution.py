@@ -1,141 +1,399 @@
-"""Attribution benchmark: which method finds the source sentences the answer depends on?
+"""Attribution benchmark: which method finds what the answer rests on, and at what cost?
 
-    .venv/bin/python -m benchmarks.attribution --limit 50 [--k 3] [--json]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.attribution \\
+        [--limit 50] [--sets pubmedqa,medquad] [--methods surrogate,hierarchical,...] \\
+        [--json] [--output FILE]
 
-For a fixed seeded sample of PubMedQA questions (over its full corpus, through clinrag's real
-retrieval and the packaged model), generate an answer, then attribute it with the ablation
-surrogate (32 ablations), KernelSHAP (32 evaluations), leave-one-out, retrieval similarity and
-random scores. Each method's quality is the drop in log p(answer | context) when its top-1 and
-top-3 source sentences are removed (higher = it found what the answer relied on). Cost is the
-surrogate's wall time divided by the generation's wall time.
+For a fixed seeded sample of questions from each set (PubMedQA over its full corpus; MedQuAD
+over its first ``--medquad-docs`` passages, questions whose gold passage is among them),
+through clinrag's real retrieval and the packaged model: generate the answer, then attribute
+it with every method, each with a fresh scorer cache (each pays its own forward passes).
+
+- Quality: the drop in log p(answer | context), in nats, when a method's top-1 / top-3 source
+  sentences are removed (higher = it found what the answer relied on); mean over answers with
+  a 95% bootstrap interval (answers resampled).
+- Cost: the method's wall time per answer, and that time divided by the generation time of
+  the same answer (median over answers). For the fallback (``hierarchical``) and the default
+  (``attention``), also the time with the faithfulness check the app runs on every answer
+  (on the method's own cache, as ``assistant.attribute.attribute_answer`` does).
+
+``attention`` runs only where its fitted weights for the packaged model are found (otherwise
+it is skipped with a note). MedQuAD questions that the shipped attention weights were fitted
+on are excluded (the weights file lists its question ids or its sample).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import common
 from core.config import apply_offline_environment
-from evaluation.data import sample_questions
+from evaluation.data import Question, sample_questions, shared_doc_ids
 
-METHODS = ("surrogate", "shap", "loo", "similarity", "random")
+ALL_METHODS = (
+    "attention",
+    "hierarchical",
+    "surrogate",
+    "shap",
+    "loo",
+    "similarity",
+    "random",
+)
+CHECKED = ("attention", "hierarchical")  # methods also timed with the faithfulness check
+SETS = ("pubmedqa", "medquad")
 
 
-def main() -> int:
-    apply_offline_environment()
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--k", type=int, default=3, help="retrieved chunks per question")
-    parser.add_argument("--ablations", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def bootstrap_ci(
+    values: Sequence[float], n: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of the mean (answers resampled with replacement)."""
+    arr = np.asarray(values, dtype=float)
+    if len(arr) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, len(arr), size=(n, len(arr)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return round(float(lo), 3), round(float(hi), 3)
 
+
+def cpu_report() -> dict[str, Any]:
+    """What decides the speed of a float32 forward pass here: the CPU's vector flags and the
+    kernel path torch dispatches to."""
+    import torch
+
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+                flags = [f for f in wanted if f in have]
+                break
+    except OSError:
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "flags": flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **common.machine(),
+    }
+
+
+def attention_excluded() -> tuple[set[str], str]:
+    """MedQuAD question ids the shipped attention weights were fitted on, and a note."""
+    try:
+        from audit.attribution.attention import PACKAGED_WEIGHTS_DIR
+    except ImportError:
+        return set(), "no attention method in this build"
+    ids: set[str] = set()
+    notes = []
+    for path in sorted(Path(PACKAGED_WEIGHTS_DIR).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        fit = data.get("fit") or {}
+        for key in ("qids", "question_ids", "train_qids"):
+            ids.update(str(q) for q in fit.get(key, []) or data.get(key, []) or [])
+        notes.append(f"{path.name}: {data.get('command', '')} (data {data.get('data_hash', '')})")
+    return ids, "; ".join(notes) or "no shipped attention weights"
+
+
+def medquad_questions(n: int, docs: int, seed: int, exclude: set[str]) -> list[Question]:
+    """``n`` seeded MedQuAD questions with one clear gold passage among the first ``docs``."""
+    data = common.dataset("medquad")
+    inside = {str(r["doc_id"]) for r in data.corpus[:docs]}
+    shared = shared_doc_ids(data.corpus)
+    pool = [
+        q
+        for q in data.questions
+        if q.gold and all(g in inside and g not in shared for g in q.gold) and q.qid not in exclude
+    ]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def attention_options(llm: Any, settings: Any) -> Callable[..., dict[str, Any]] | str:
+    """A builder of the attention method's options for one answer, or why it cannot run."""
+    from audit.attribution import METHODS
+
+    if "attention" not in METHODS:
+        return "attention is not a registered method in this build"
+    try:
+        from assistant import attribute as glue
+        from audit.attribution.attention import find_weights
+    except ImportError as exc:
+        return f"attention glue missing: {exc}"
+    weights = find_weights(llm.info.weights_hash, [settings.home / "attribution"])
+    if weights is None:
+        return f"no fitted attention weights for {llm.info.model_id} ({llm.info.weights_hash[:16]})"
+    features = getattr(glue, "attention_features", None)
+    if features is None:
+        return "assistant.attribute has no attention_features"
+
+    def build(scorer: Any) -> dict[str, Any]:
+        return {"features": lambda: features(llm, scorer), "weights": weights}
+
+    return build
+
+
+def run_set(
+    name: str,
+    questions: Sequence[Question],
+    llm: Any,
+    methods: Sequence[str],
+    args: argparse.Namespace,
+    attention: Callable[..., dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
     from assistant.attribute import AnswerScorer, answer_targets
     from assistant.cite import source_sentences
     from assistant.generate import generate
     from assistant.pipeline import Assistant
     from assistant.prompts import load_template
-    from audit.attribution import CachedScorer, make_attributor, removal_drop
-    from core.backends.base import LogProbScorer
+    from audit.attribution import CachedScorer, faithfulness, make_attributor, removal_drop
 
-    built = common.build_corpus("pubmedqa", recipe=False)
+    built = common.build_corpus(
+        name, args.medquad_docs if name == "medquad" else None, recipe=False
+    )
     settings = built.settings.model_copy(
         update={"max_new_tokens": args.max_new_tokens, "attribution": "off"}
     )
-    assistant = Assistant(settings)
+    assistant = Assistant(settings, llm=llm)
     assistant.warm_up()
-    scorer_llm = assistant.llm
-    if not isinstance(scorer_llm, LogProbScorer):
-        raise SystemExit(f"{settings.llm}: attribution needs a model that scores log-probabilities")
     template = load_template(settings.prompt_template)
-    questions = sample_questions(common.dataset("pubmedqa").questions, args.limit, seed=0)
-
-    drops: dict[str, dict[int, list[float]]] = {m: {1: [], 3: []} for m in METHODS}
-    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
-    evaluations: dict[str, list[int]] = {m: [] for m in METHODS}
-    gen_seconds: list[float] = []
+    records: list[dict[str, Any]] = []
     for i, q in enumerate(questions, start=1):
         hits = assistant.retriever.retrieve(q.question, k=args.k)
-        generation = generate(assistant.llm, settings, q.question, hits)
+        generation = generate(llm, settings, q.question, hits)
         targets = answer_targets(generation.text)
         sources = source_sentences(hits)[: settings.attribution_max_sentences]
         if not targets or len(sources) < 4:
+            common.log(f"[{name} {i}/{len(questions)}] skipped: {len(sources)} source sentences")
             continue
-        gen_seconds.append(generation.seconds)
-        base = AnswerScorer(scorer_llm, template, q.question, hits, sources, targets)
+        base = AnswerScorer(llm, template, q.question, hits, sources, targets)
         vectors = assistant.embed(list(targets) + [s.text for s in sources])
         similarity = vectors[: len(targets)] @ vectors[len(targets) :].T
         shared = CachedScorer(base)  # for the drop measurements, shared by every method
-        # each method's own budget or input: ablations for the sampling ones, the retrieval
-        # similarity, a seed per question for random scores
-        options: dict[str, dict[str, Any]] = {
-            "surrogate": {"n_ablations": args.ablations},
-            "shap": {"n_samples": args.ablations},
-            "similarity": {"similarity": similarity},
-            "random": {"seed": i},
+        record: dict[str, Any] = {
+            "set": name,
+            "qid": q.qid,
+            "sources": len(sources),
+            "passages": len({s.n for s in sources}),
+            "targets": len(targets),
+            "generation_seconds": generation.seconds,
+            "methods": {},
         }
-        for method in METHODS:
+        for method in methods:
             scorer = CachedScorer(base)  # a fresh cache: each method pays its own evaluations
+            options: dict[str, Any] = {
+                "surrogate": {"n_ablations": args.ablations},
+                "shap": {"n_samples": args.ablations},
+                "similarity": {"similarity": similarity},
+                "random": {"seed": i},
+            }.get(method, {})
+            if method == "attention" and attention is not None:
+                options = attention(base)
             start = time.perf_counter()
-            attributor = make_attributor(method, **options.get(method, {}))
-            result = attributor.attribute(scorer, len(sources), len(targets))
-            seconds[method].append(time.perf_counter() - start)
-            evaluations[method].append(result.n_evaluations)
-            for k in (1, 3):
-                drops[method][k].append(removal_drop(shared, result.scores, k, len(sources)))
-        common.log(
-            f"[{i}/{len(questions)}] S={len(sources)} T={len(targets)} "
-            f"gen {generation.seconds:.1f}s surrogate {seconds['surrogate'][-1]:.1f}s"
+            result = make_attributor(method, **options).attribute(
+                scorer, len(sources), len(targets)
+            )
+            seconds = time.perf_counter() - start
+            entry: dict[str, Any] = {
+                "seconds": seconds,
+                "evaluations": result.n_evaluations,
+                "drop1": removal_drop(shared, result.scores, 1, len(sources)),
+                "drop3": removal_drop(shared, result.scores, 3, len(sources)),
+            }
+            if method in CHECKED:
+                start = time.perf_counter()
+                faithfulness(scorer, result, k=min(3, len(sources)))
+                entry["check_seconds"] = time.perf_counter() - start
+            record["methods"][method] = entry
+        records.append(record)
+        timing = " ".join(
+            f"{m} {e['seconds'] / generation.seconds:.2f}x" for m, e in record["methods"].items()
         )
+        common.log(
+            f"[{name} {i}/{len(questions)}] S={len(sources)} T={len(targets)} "
+            f"gen {generation.seconds:.1f}s; {timing}"
+        )
+    return records
 
-    if not gen_seconds:
-        raise SystemExit("No sampled question gave an answer with 4 or more source sentences.")
-    gen_total = sum(gen_seconds)
-    rows = []
-    summary: dict[str, Any] = {
-        "questions": len(gen_seconds),
-        "k": args.k,
-        "machine": common.machine(),
-        "generation_seconds_mean": round(statistics.mean(gen_seconds), 3),
+
+def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    gen = [r["generation_seconds"] for r in records]
+    out: dict[str, Any] = {
+        "answers": len(records),
+        "generation_seconds_median": round(statistics.median(gen), 3) if gen else None,
         "methods": {},
     }
-    for m in METHODS:
-        ratio = sum(seconds[m]) / gen_total if gen_total else float("nan")
-        entry = {
-            "top1_drop": round(float(np.mean(drops[m][1])), 4),
-            "top3_drop": round(float(np.mean(drops[m][3])), 4),
-            "seconds_mean": round(statistics.mean(seconds[m]), 3),
-            "evaluations_mean": round(statistics.mean(evaluations[m]), 1),
-            "time_over_generation": round(ratio, 3),
+    for m in methods:
+        rows = [r for r in records if m in r["methods"]]
+        if not rows:
+            continue
+        e = [r["methods"][m] for r in rows]
+        ratio = [x["seconds"] / r["generation_seconds"] for x, r in zip(e, rows, strict=True)]
+        entry: dict[str, Any] = {
+            "top1_drop": round(float(np.mean([x["drop1"] for x in e])), 3),
+            "top1_ci95": bootstrap_ci([x["drop1"] for x in e]),
+            "top3_drop": round(float(np.mean([x["drop3"] for x in e])), 3),
+            "top3_ci95": bootstrap_ci([x["drop3"] for x in e]),
+            "evaluations_mean": round(float(np.mean([x["evaluations"] for x in e])), 1),
+            "seconds_median": round(statistics.median(x["seconds"] for x in e), 3),
+            "time_over_generation_median": round(statistics.median(ratio), 3),
         }
-        summary["methods"][m] = entry
-        rows.append(
-            [
-                m,
-                entry["top1_drop"],
-                entry["top3_drop"],
-                entry["evaluations_mean"],
-                entry["seconds_mean"],
-                entry["time_over_generation"],
+        if all("check_seconds" in x for x in e):
+            checked = [
+                (x["seconds"] + x["check_seconds"]) / r["generation_seconds"]
+                for x, r in zip(e, rows, strict=True)
             ]
-        )
+            entry["with_check_over_generation_median"] = round(statistics.median(checked), 3)
+        out["methods"][m] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_environment()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--limit", type=int, default=50, help="questions per set")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--k", type=int, default=3, help="retrieved chunks per question")
+    parser.add_argument("--ablations", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--medquad-docs", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--output", type=Path, help="also write the JSON (with every answer)")
+    args = parser.parse_args(argv)
+
+    from audit.attribution import METHODS
+    from core import backends
+    from core.backends.base import LogProbScorer
+
+    sets = [s for s in args.sets.split(",") if s]
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        parser.error(f"unknown set(s) {unknown}; choose from {', '.join(SETS)}")
+    wanted = [m for m in args.methods.split(",") if m]
+    bad = [m for m in wanted if m not in ALL_METHODS]
+    if bad:
+        parser.error(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+
+    probe = common.build_corpus(
+        sets[0], args.medquad_docs if sets[0] == "medquad" else None, recipe=False
+    ).settings
+    llm = backends.create("llm", probe.llm, probe)
+    llm.warm_up()
+    if not isinstance(llm, LogProbScorer):
+        raise SystemExit(f"{probe.llm}: attribution needs a model that scores log-probabilities")
+    notes: dict[str, str] = {}
+    attention = None
+    methods = []
+    for m in wanted:
+        if m == "attention":
+            built = attention_options(llm, probe)
+            if isinstance(built, str):
+                notes["attention"] = f"skipped: {built}"
+                common.log(f"attention {notes['attention']}")
+                continue
+            attention = built
+        elif m not in METHODS:
+            notes[m] = "skipped: not a registered method"
+            continue
+        methods.append(m)
+    exclude, weights_note = attention_excluded()
+    notes["attention_weights"] = weights_note
+    cpu = cpu_report()
+    common.log(f"CPU {cpu['cpu']}; flags {cpu['flags']}; torch {cpu['torch_cpu_capability']}")
+    common.log(
+        f"code path: {llm.__class__.__module__}.{llm.__class__.__name__}, "
+        f"device {getattr(llm, 'device', '?')}; methods {', '.join(methods)}"
+    )
+
+    records: list[dict[str, Any]] = []
+    for name in sets:
+        if name == "pubmedqa":
+            questions = sample_questions(
+                common.dataset("pubmedqa").questions, args.limit, seed=args.seed
+            )
+        else:
+            questions = medquad_questions(args.limit, args.medquad_docs, args.seed, exclude)
+        records += run_set(name, questions, llm, methods, args, attention)
+    if not records:
+        raise SystemExit("No sampled question gave an answer with 4 or more source sentences.")
+
+    summary: dict[str, Any] = {
+        "limit_per_set": args.limit,
+        "k": args.k,
+        "ablations": args.ablations,
+        "max_new_tokens": args.max_new_tokens,
+        "medquad_docs": args.medquad_docs,
+        "machine": cpu,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "code_path": f"{llm.__class__.__module__}.{llm.__class__.__name__} "
+        f"({getattr(llm, 'device', '?')}, float32 on CPU)",
+        "notes": notes,
+        "all": summarize(records, methods),
+        "sets": {s: summarize([r for r in records if r["set"] == s], methods) for s in sets},
+    }
+    if args.output:
+        args.output.write_text(json.dumps({**summary, "answers": records}, indent=1) + "\n")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(
-        f"PubMedQA attribution, {len(gen_seconds)} questions, k={args.k} chunks, "
-        f"mean generation {summary['generation_seconds_mean']} s"
-    )
-    headers = ["method", "top-1 drop", "top-3 drop", "evals", "seconds", "time / generation"]
-    print(common.table(headers, rows))
+    for label, part in [("all", summary["all"]), *summary["sets"].items()]:
+        print(
+            f"\n{label}: {part['answers']} answers, k={args.k} chunks, "
+            f"median generation {part['generation_seconds_median']} s"
+        )
+        rows = [
+            [
+                m,
+                f"{e['top1_drop']} {e['top1_ci95']}",
+                f"{e['top3_drop']} {e['top3_ci95']}",
+                e["evaluations_mean"],
+                e["seconds_median"],
+                e["time_over_generation_median"],
+                e.get("with_check_over_generation_median", ""),
+            ]
+            for m, e in part["methods"].items()
+        ]
+        headers = [
+            "method",
+            "top-1 drop [95% CI]",
+            "top-3 drop [95% CI]",
+            "evals",
+            "s/answer (median)",
+            "time/gen (median)",
+            "with check",
+        ]
+        print(common.table(headers, rows))
+    for key, note in notes.items():
+        print(f"{key}: {note}")
     return 0
 
 

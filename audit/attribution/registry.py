@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .attention import AttentionAttributor
 from .base import Attributor
 from .baseline import RandomAttributor
+from .hierarchical import HierarchicalAttributor
 from .kernel_shap import ShapAttributor
 from .loo import LeaveOneOut
 from .similarity import SimilarityAttributor
@@ -16,9 +18,11 @@ __all__ = ["METHODS", "make_attributor"]
 
 # Each class's constructor takes its own keyword settings and builds an Attributor.
 METHODS: dict[str, Callable[..., Attributor]] = {
+    "attention": AttentionAttributor,
     "surrogate": AblationSurrogate,
     "shap": ShapAttributor,
     "loo": LeaveOneOut,
+    "hierarchical": HierarchicalAttributor,
     "similarity": SimilarityAttributor,
     "random": RandomAttributor,
 }

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["CachedScorer", "CountingScorer", "Scorer", "as_masks", "evaluate"]
+__all__ = ["CachedScorer", "CountingScorer", "Scorer", "as_masks", "evaluate", "source_groups"]
 
 
 @runtime_checkable
@@ -20,6 +20,24 @@ class Scorer(Protocol):
     """log p(target_t | prompt from kept sentences) for each mask row; shape (M, T)."""
 
     def __call__(self, masks: np.ndarray) -> np.ndarray: ...
+
+
+def source_groups(scorer: object) -> np.ndarray | None:
+    """The passage of each source sentence (one label per mask column), if the scorer says.
+
+    A scorer may expose ``groups`` (e.g. the retrieved passage number of each sentence);
+    wrappers (:class:`CachedScorer`, :class:`CountingScorer`) expose the wrapped one as
+    ``scorer`` and are looked through. Methods that do not need passages never ask, so the
+    Scorer protocol itself stays one call.
+    """
+    for _ in range(8):  # a wrapper chain is short; the bound guards against a cycle
+        groups = getattr(scorer, "groups", None)
+        if groups is not None:
+            return np.asarray(groups)
+        scorer = getattr(scorer, "scorer", None)
+        if scorer is None:
+            return None
+    return None
 
 
 def as_masks(masks: np.ndarray, n_sources: int | None = None) -> np.ndarray:
