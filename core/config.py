@@ -129,7 +129,14 @@ class Settings(BaseModel):
     )
 
     # attribution and audit
-    attribution: Literal["surrogate", "shap", "loo", "similarity", "off"] = "surrogate"
+    attribution: Literal[
+        "auto", "attention", "hierarchical", "surrogate", "shap", "loo", "similarity", "off"
+    ] = Field(
+        "auto",
+        description="auto: attention (one pass, per-head weights fitted for the answering "
+        "model: shipped for the packaged model, or `clinrag attribution fit`) when weights "
+        "exist for the model, else hierarchical ablation. The others are reference methods.",
+    )
     attribution_ablations: int = Field(32, gt=0, le=1024)
     attribution_max_sentences: int = Field(40, gt=0)
     audit_questions: Literal["verbatim", "redacted", "hashed"] = "verbatim"

@@ -451,7 +451,8 @@ def run_evaluation(
     if methods:
         from audit.attribution import METHODS as KNOWN
 
-        bad = [x for x in methods if x not in KNOWN]
+        # "auto" is resolved per answer by assistant.attribute.choose_method
+        bad = [x for x in methods if x not in KNOWN and x != "auto"]
         if bad:
             raise ValueError(f"unknown attribution methods {bad}; choose from {sorted(KNOWN)}")
     recipe = None

@@ -104,3 +104,27 @@ class LogProbScorer(Protocol):
     def logprobs(
         self, prompts: Sequence[Sequence[Message]], targets: Sequence[str]
     ) -> np.ndarray: ...
+
+
+# (message index, start, end): a character span of one message's content
+Span = tuple[int, int, int]
+
+
+@runtime_checkable
+class AttentionReader(Protocol):
+    """Optional LLM capability used by attention attribution: attention mass, one pass.
+
+    For a prompt and a completion split into consecutive ``targets``, returns an array of
+    shape (len(targets), len(spans), layers * heads): the attention that the positions
+    predicting target t's tokens pay to the tokens of span s, summed over those positions and
+    tokens, per (layer, head), from one teacher-forced forward pass.
+    """
+
+    @property
+    def attention_layout(self) -> tuple[int, int]:
+        """(layers, heads): the feature count is their product."""
+        ...
+
+    def attention(
+        self, messages: Sequence[Message], spans: Sequence[Span], targets: Sequence[str]
+    ) -> np.ndarray: ...

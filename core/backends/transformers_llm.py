@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.backends.base import Message
+from core.backends.base import Message, Span
 from core.errors import ConfigError, ModelUnavailableError
 from core.hashing import file_sha256
 from core.publish import publish_dir
@@ -320,9 +320,138 @@ class TransformersLLM:
         token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
         return token_lp.numpy()
 
+    def attention(
+        self, messages: Sequence[Message], spans: Sequence[Span], targets: Sequence[str]
+    ) -> np.ndarray:
+        """Attention mass from each target's tokens to each span, per (layer, head).
+
+        Shape (len(targets), len(spans), layers * heads), float32, layer-major (feature
+        ``layer * heads + head``). One teacher-forced forward pass of prompt + targets; the
+        queries are the positions that predict each target token (what the model looked at
+        while writing it). The model's own attention kernel (sdpa) returns no weights, so a
+        pre-hook on every attention module recomputes softmax(q k^T) for those query rows only:
+        (heads, answer tokens, prompt tokens) per layer, reduced to (targets, spans) at once, so
+        memory stays small whatever the prompt length. Assumes plain softmax attention with
+        rotary positions (the Llama family: SmolLM2, Llama, Mistral without a window, Qwen).
+        """
+        import torch
+
+        self.warm_up()
+        tok = self._tokenizer
+        text, starts = self._rendered_prompt(messages)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        prompt_ids = list(enc["input_ids"])
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
+        flat = [i for ids in target_ids for i in ids]
+        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        n_prompt, n_targets, n_spans = len(prompt_ids), len(targets), len(spans)
+        ids = prompt_ids + flat
+        # a token belongs to a span when their character ranges overlap
+        span_of = torch.zeros((len(ids), n_spans), dtype=torch.float32)
+        for s, (m, a, b) in enumerate(spans):
+            lo, hi = starts[m] + a, starts[m] + b
+            inside = (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
+            span_of[: len(offsets), s] = torch.from_numpy(inside.astype(np.float32))
+        # query row j (position n_prompt - 1 + j) predicts target token j
+        q0, q1 = n_prompt - 1, n_prompt - 1 + len(flat)
+        rows_of = torch.zeros((n_targets, len(flat)), dtype=torch.float32)
+        for t in range(n_targets):
+            rows_of[t, bounds[t] : bounds[t + 1]] = 1.0
+        modules = self._attention_modules()
+        n_heads = int(self._model.config.num_attention_heads)
+        out = np.zeros((len(modules), n_targets, n_spans, n_heads), dtype=np.float32)
+        if not flat or n_spans == 0:
+            return out.transpose(1, 2, 0, 3).reshape(n_targets, n_spans, -1)
+        owner = threading.get_ident()
+        layer_of = {id(m): i for i, m in enumerate(modules)}
+        causal = torch.arange(len(ids))[None, :] > torch.arange(q0, q1)[:, None]
+
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # the model is shared: a forward pass of another thread (generation) is not ours
+            if threading.get_ident() != owner:
+                return
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = kwargs["position_embeddings"]
+            weights = _attention_rows(module, hidden[0], cos, sin, q0, q1, causal)
+            dev = weights.device
+            mass = rows_of.to(dev) @ (weights @ span_of.to(dev))  # (H, T, S)
+            out[layer_of[id(module)]] = mass.permute(1, 2, 0).cpu().numpy()
+
+        handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+        try:
+            with torch.inference_mode():
+                self._model(
+                    input_ids=torch.tensor([ids], device=self._model.device),
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out.transpose(1, 2, 0, 3).reshape(n_targets, n_spans, -1)
+
+    @property
+    def attention_layout(self) -> tuple[int, int]:
+        self.warm_up()
+        return len(self._attention_modules()), int(self._model.config.num_attention_heads)
+
+    def _rendered_prompt(self, messages: Sequence[Message]) -> tuple[str, list[int]]:
+        """The prompt as text (what :meth:`_prompt_ids` tokenizes) and each content's offset."""
+        tok = self._tokenizer
+        if tok.chat_template:
+            text = tok.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = "\n\n".join(f"{m['role'].upper()}:\n{m['content']}" for m in messages)
+            text += "\n\nASSISTANT:\n"
+        starts, cursor = [], 0
+        for m in messages:
+            at = text.find(m["content"], cursor)
+            if at < 0:
+                raise ValueError("the chat template changes message text; cannot locate spans")
+            starts.append(at)
+            cursor = at + len(m["content"])
+        return str(text), starts
+
+    def _attention_modules(self) -> list[Any]:
+        layers = getattr(getattr(self._model, "model", None), "layers", None)
+        modules = [getattr(layer, "self_attn", None) for layer in layers or []]
+        if not modules or any(
+            m is None or not hasattr(m, "q_proj") or not hasattr(m, "k_proj") for m in modules
+        ):
+            raise NotImplementedError(
+                f"attention attribution does not know this model's layout ({type(self._model)})"
+            )
+        return modules
+
 
 # Below this many shared tokens a separate prefix pass costs more than it saves.
 MIN_PREFIX = 16
+
+
+def _attention_rows(
+    module: Any, hidden: Any, cos: Any, sin: Any, q0: int, q1: int, causal: Any
+) -> Any:
+    """softmax(q k^T) of query rows q0..q1 over all positions, (heads, rows, positions)."""
+    import sys
+
+    import torch
+
+    rope = sys.modules[type(module).__module__].apply_rotary_pos_emb
+    d = module.head_dim
+    q = module.q_proj(hidden[q0:q1]).view(q1 - q0, -1, d)
+    k = module.k_proj(hidden).view(hidden.shape[0], -1, d)
+    if hasattr(module, "q_norm"):  # Qwen3-style per-head norms
+        q, k = module.q_norm(q), module.k_norm(k)
+    q, k = q.transpose(0, 1)[None], k.transpose(0, 1)[None]
+    q, _ = rope(q, q, cos[:, q0:q1], sin[:, q0:q1])
+    _, k = rope(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query heads
+    scores = (q.float() @ k.float().transpose(-1, -2))[0] * module.scaling
+    scores = scores.masked_fill(causal.to(scores.device), float("-inf"))
+    return torch.softmax(scores, dim=-1)
 
 
 def _common_prefix_len(rows: Sequence[Sequence[int]], limit: int) -> int:

@@ -1,0 +1,155 @@
+"""Attention attribution in the manner of AT2 (Cohen-Wang et al. 2025, "Learning to Attribute
+with Attention"): one forward pass, one learned weight per attention head.
+
+The model reports, for each answer sentence t and source sentence s, how much attention the
+positions writing t paid to the tokens of s, per (layer, head): ``features[t, s]`` (layers x
+heads values). The score is ``features[t, s] @ w``, where ``w`` was fitted once per model so
+that scores predict what ablating sentences does to log p(answer) (``attention_fit``). No
+scorer rows are spent, so attribution costs one teacher-forced pass instead of 33; the
+faithfulness check on every answer still measures, by ablation, whether the scores are causal.
+
+Weights are JSON files, one per model weights hash: shipped ones in ``weights/`` beside this
+module (fitted by ``clinrag attribution fit``; each says on what data and by which command),
+a site's own in ``HOME/attribution/``. Without weights for the answering model, callers fall
+back to an ablation method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Method
+from .scorer import Scorer
+from .types import Attribution
+
+__all__ = [
+    "PACKAGED_WEIGHTS_DIR",
+    "AttentionAttributor",
+    "HeadWeights",
+    "find_weights",
+]
+
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT = 1
+
+
+@dataclass
+class HeadWeights:
+    """Per-head weights for one model, and where they came from."""
+
+    model_id: str
+    weights_hash: str  # the model's weights (ModelInfo.weights_hash), not this file's
+    layers: int
+    heads: int
+    w: np.ndarray
+    data_hash: str = ""
+    n_examples: int = 0
+    command: str = ""
+    date: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.w = np.asarray(self.w, dtype=float).reshape(-1)
+        if self.w.shape != (self.layers * self.heads,):
+            raise ValueError(
+                f"w must have layers * heads = {self.layers * self.heads} values; "
+                f"got {self.w.shape[0]}"
+            )
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["w"] = [round(float(x), 8) for x in self.w]
+        return json.dumps({"format": FORMAT, **data}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> HeadWeights:
+        data = json.loads(text)
+        if data.pop("format", None) != FORMAT:
+            raise ValueError("not a clinrag attention weights file (format 1)")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> HeadWeights:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)  # a reader never sees half a file
+        return path
+
+    def file_name(self) -> str:
+        return f"{self.weights_hash[:16]}.json"
+
+
+def find_weights(weights_hash: str, dirs: Iterable[Path] = ()) -> HeadWeights | None:
+    """Weights fitted for this model: ``dirs`` first (a site's own fit), then the shipped ones.
+
+    Files that do not parse are skipped: a broken file must not break answering, only fall
+    back to the ablation method.
+    """
+    for folder in [*dirs, PACKAGED_WEIGHTS_DIR]:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            try:
+                weights = HeadWeights.load(path)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if weights.weights_hash == weights_hash:
+                return weights
+    return None
+
+
+Features = np.ndarray | Callable[[], np.ndarray]
+
+
+@dataclass
+class AttentionAttributor(Method):
+    """score[t, s] = features[t, s] @ w; the whole answer's score is the sum over t.
+
+    ``features`` is the (T, S, layers * heads) array or a callable that computes it (so the
+    forward pass counts in ``seconds``). Per-target scores are in nats of log p(answer
+    sentence) when ``w`` was fitted on summed attention (as ``attention_fit`` does), so their
+    sum over targets is comparable to the ablation methods' whole-answer scores.
+    """
+
+    features: Features
+    weights: np.ndarray | HeadWeights
+
+    name: ClassVar[str] = "attention"
+
+    def _attribute(
+        self, scorer: Scorer | None, n_sources: int, n_targets: int, prior: np.ndarray | None
+    ) -> Attribution:
+        w = self.weights.w if isinstance(self.weights, HeadWeights) else self.weights
+        w = np.asarray(w, dtype=float).reshape(-1)
+        feats = np.asarray(
+            self.features() if callable(self.features) else self.features, dtype=float
+        )
+        if feats.shape != (n_targets, n_sources, w.shape[0]):
+            raise ValueError(
+                f"features must have shape (n_targets, n_sources, n_weights) = ({n_targets}, "
+                f"{n_sources}, {w.shape[0]}); got {feats.shape}"
+            )
+        per_target = feats @ w
+        info: dict[str, Any] = {"n_features": int(w.shape[0])}
+        if isinstance(self.weights, HeadWeights):
+            info["weights_data_hash"] = self.weights.data_hash
+        return Attribution(
+            method=self.name,
+            scores=per_target.sum(axis=0),
+            per_target=per_target,
+            n_evaluations=0,
+            seconds=0.0,
+            info=info,
+        )
