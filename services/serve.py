@@ -298,7 +298,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         return None  # questions are not logged outside the audit log
 
-    def _refuse(self, status: int, why: str) -> None:
+    def _reply(self, status: int, why: str) -> None:
         body = why.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -309,10 +309,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _checked(self) -> bool:
         service = self.server.service
         if self.client_address[0] != HOST:
-            self._refuse(403, "loopback clients only")
+            self._reply(403, "loopback clients only")
             return False
         if not service.authorized(self.headers.get("Authorization")):
-            self._refuse(401, "wrong or missing token")
+            self._reply(401, "wrong or missing token")
             return False
         return True
 
@@ -320,10 +320,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not self._checked():
             return
         if self.path != "/health":
-            self._refuse(404, "unknown path")
+            self._reply(404, "unknown path")
             return
         body = json.dumps({"pid": os.getpid(), "fingerprint": self.server.service.fingerprint})
-        self._refuse(200, body)
+        self._reply(200, body)
 
     def do_POST(self) -> None:  # noqa: N802 - the base's name
         if not self._checked():
@@ -331,24 +331,24 @@ class _RequestHandler(BaseHTTPRequestHandler):
         service = self.server.service
         handler = service.handlers.get(self.path.strip("/"))
         if handler is None:
-            self._refuse(404, "unknown request")
+            self._reply(404, "unknown request")
             return
         if self.headers.get("X-Clinrag-Settings") != service.fingerprint:
-            self._refuse(409, "the service runs with other settings")
+            self._reply(409, "the service runs with other settings")
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_REQUEST_BYTES:
-            self._refuse(413, f"a request is 1 to {MAX_REQUEST_BYTES} bytes")
+            self._reply(413, f"a request is 1 to {MAX_REQUEST_BYTES} bytes")
             return
         try:
             request = json.loads(self.rfile.read(length))
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            self._refuse(400, f"not a JSON object: {exc}")
+            self._reply(400, f"not a JSON object: {exc}")
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
