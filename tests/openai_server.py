@@ -4,6 +4,14 @@
 not) with ``reply(messages, max_tokens)``, and records every request. Tests point clinrag's
 ``openai`` backend at it: with a real model behind ``reply`` it exercises the adapter end to
 end; with fixed text it puts chosen content (hostile payloads) into an answer.
+
+Given a :class:`ModelEngine` (the real packaged model), it also speaks the scoring contracts
+attribution uses, as vLLM and TGI define them: vLLM's ``POST /tokenize`` (a text, or chat
+messages rendered with the model's template) and ``POST /v1/completions`` with a token-id
+prompt (or a list of them) and ``prompt_logprobs`` or ``echo`` + ``logprobs``; TGI's
+``POST /chat_tokenize`` and ``POST /generate`` with ``decoder_input_details``. ``features``
+switches contracts off, as a server that lacks them answers: 400 for an unknown parameter,
+404 for an unknown path.
 """
 
 from __future__ import annotations
@@ -17,6 +25,48 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Reply = Callable[[list[dict[str, str]], int], str]
+ALL_FEATURES = frozenset({"tokenize", "prompt_logprobs", "echo", "tgi"})
+
+
+class ModelEngine:
+    """Teacher-forced log-probabilities from a loaded TransformersLLM, one prompt at a time
+    (no shared prefix cache, no padding: computed independently of the in-process path)."""
+
+    def __init__(self, llm: Any) -> None:
+        llm.warm_up()
+        self.llm = llm
+        self.tokenizer = llm._tokenizer
+        self.lock = threading.Lock()  # one forward pass at a time on 2 cores
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return list(self.llm._prompt_ids(messages))
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def piece(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
+    def score(self, ids: list[int], top: int) -> tuple[list[float | None], list[dict[int, float]]]:
+        """log p(ids[i] | ids[:i]) for each i (None for the first), and each position's top
+        ``top`` alternatives; plus the greedy next token at the end under key -1."""
+        import torch
+
+        model = self.llm._model
+        with self.lock, torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+        target = torch.tensor(ids[1:], dtype=torch.long)
+        chosen = logp[:-1].gather(1, target.unsqueeze(1)).squeeze(1).tolist()
+        tops: list[dict[int, float]] = [{}]
+        if top > 0:
+            values, indices = logp[:-1].topk(top, dim=-1)
+            for v_row, i_row in zip(values.tolist(), indices.tolist(), strict=True):
+                tops.append(dict(zip(i_row, v_row, strict=True)))
+        else:
+            tops.extend({} for _ in chosen)
+        tops.append({-1: float(logp[-1].max()), int(logp[-1].argmax()): float(logp[-1].max())})
+        return [None, *chosen], tops
 
 
 @dataclass
@@ -31,16 +81,43 @@ def _chunks(text: str, size: int = 12) -> Iterator[str]:
 
 
 @contextmanager
-def serve_chat(reply: Reply, model: str = "test-model") -> Iterator[ChatServer]:
+def serve_chat(
+    reply: Reply,
+    model: str = "test-model",
+    *,
+    engine: ModelEngine | None = None,
+    features: frozenset[str] = ALL_FEATURES,
+) -> Iterator[ChatServer]:
     state = ChatServer(base_url="")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
             pass
 
+        def send_json(self, payload: Any, status: int = 200) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             state.requests.append({"path": self.path, "body": body})
+            scoring = {
+                "/tokenize": ("tokenize", self.tokenize),
+                "/v1/completions": ("", self.completions),
+                "/chat_tokenize": ("tgi", self.chat_tokenize),
+                "/generate": ("tgi", self.generate),
+            }.get(self.path)
+            if scoring is not None and engine is not None:
+                feature, handle = scoring
+                if feature and feature not in features:
+                    self.send_error(404)
+                    return
+                handle(engine, body)
+                return
             if not self.path.endswith("/chat/completions"):
                 self.send_error(404)
                 return
@@ -86,6 +163,98 @@ def serve_chat(reply: Reply, model: str = "test-model") -> Iterator[ChatServer]:
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
+
+        def tokenize(self, engine: ModelEngine, body: dict[str, Any]) -> None:
+            if "messages" in body:
+                ids = engine.chat_ids(body["messages"])
+            else:
+                ids = engine.encode(body["prompt"], bool(body.get("add_special_tokens", True)))
+            self.send_json({"tokens": ids, "count": len(ids), "max_model_len": 8192})
+
+        def completions(self, engine: ModelEngine, body: dict[str, Any]) -> None:
+            prompt = body["prompt"]
+            prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+            wants_prompt = body.get("prompt_logprobs") is not None
+            wants_echo = bool(body.get("echo"))
+            for name, wanted in (("prompt_logprobs", wants_prompt), ("echo", wants_echo)):
+                if wanted and name not in features:
+                    self.send_json({"error": {"message": f"Unrecognized argument: {name}"}}, 400)
+                    return
+            if int(body.get("max_tokens", 16)) > 1 or any(isinstance(p, str) for p in prompts):
+                self.send_json({"error": {"message": "test server: token ids, max_tokens 1"}}, 400)
+                return
+            top = int(body.get("prompt_logprobs") or body.get("logprobs") or 0)
+            choices = []
+            for index, ids in enumerate(prompts):
+                values, tops = engine.score(list(ids), top)
+                nxt = next(t for t in tops[-1] if t != -1)
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "text": engine.piece(nxt),
+                    "finish_reason": "length",
+                    "logprobs": None,
+                }
+                if wants_prompt:
+                    entries: list[Any] = [None]
+                    for i in range(1, len(ids)):
+                        entry = {
+                            str(t): {"logprob": v, "rank": r + 1, "decoded_token": engine.piece(t)}
+                            for r, (t, v) in enumerate(tops[i].items())
+                        }
+                        # vLLM always includes the prompt token itself, with its rank
+                        entry.setdefault(
+                            str(ids[i]),
+                            {
+                                "logprob": values[i],
+                                "rank": 0,
+                                "decoded_token": engine.piece(ids[i]),
+                            },
+                        )
+                        entries.append(entry)
+                    choice["prompt_logprobs"] = entries
+                if wants_echo:
+                    pieces = [engine.piece(t) for t in [*ids, nxt]]
+                    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+                    choice["logprobs"] = {
+                        "tokens": pieces,
+                        "token_logprobs": [*values, tops[-1][-1]],
+                        "top_logprobs": [None] + [{} for _ in range(len(ids))],
+                        "text_offset": offsets,
+                    }
+                choices.append(choice)
+            usage = {"prompt_tokens": sum(len(p) for p in prompts), "completion_tokens": 1}
+            self.send_json(
+                {
+                    "id": "cmpl-test",
+                    "object": "text_completion",
+                    "created": 0,
+                    "model": body.get("model", model),
+                    "choices": choices,
+                    "usage": usage,
+                }
+            )
+
+        def chat_tokenize(self, engine: ModelEngine, body: dict[str, Any]) -> None:
+            ids = engine.chat_ids(body["messages"])
+            tokens = [{"id": t, "text": engine.piece(t)} for t in ids]
+            # TGI renders the template as text; the model's tokenizer reads it back to the ids
+            text = engine.tokenizer.apply_chat_template(
+                body["messages"], add_generation_prompt=True, tokenize=False
+            )
+            self.send_json({"tokenize_response": tokens, "templated_text": text})
+
+        def generate(self, engine: ModelEngine, body: dict[str, Any]) -> None:
+            params = body.get("parameters") or {}
+            ids = engine.encode(body["inputs"], True)
+            values, tops = engine.score(ids, 0)
+            nxt = next(t for t in tops[-1] if t != -1)
+            details: dict[str, Any] = {"finish_reason": "length", "generated_tokens": 1}
+            if params.get("decoder_input_details"):
+                details["prefill"] = [
+                    {"id": t, "text": engine.piece(t), "logprob": v}
+                    for t, v in zip(ids, values, strict=True)
+                ]
+            self.send_json({"generated_text": engine.piece(nxt), "details": details})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -1,0 +1,157 @@
+"""Attribution through a model server: the `openai` backend's teacher-forced log-probabilities.
+
+The loopback server (tests/openai_server.py) runs the real packaged model and speaks vLLM's
+scoring contracts (/tokenize, /v1/completions with prompt_logprobs or echo + logprobs) and
+TGI's (/chat_tokenize, /generate with decoder_input_details). It computes each prompt on its
+own, in one forward pass, with no shared prefix cache or padding; the in-process backend
+batches, pads and reuses a prefix cache. Same weights, same float32 CPU arithmetic in a
+different order, so the two agree to rounding: a summed sentence log-probability here is a
+sum of ~10-40 token terms of magnitude 0.1-10, and float32 reassociation moves each by about
+1e-6 relative. TOLERANCE (1e-3 nats) leaves two orders of magnitude for that and is still
+far below any difference attribution reads (scores of a few tenths to several nats). A real
+vLLM on a GPU in bfloat16 differs from a float32 CPU run by more (about 1e-2): compare a GPU
+server with a GPU in-process run, not with this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from openai_server import ModelEngine, serve_chat
+
+from assistant.attribute import AnswerScorer, answer_targets
+from assistant.cite import source_sentences
+from assistant.prompts import load_template
+from audit.attribution import CachedScorer, make_attributor
+from core.backends.base import LLM, LogProbScorer
+from core.backends.openai_llm import _PROBED, LogProbsUnsupportedError, OpenAILLM
+from core.config import Settings
+from core.errors import ModelUnavailableError
+from core.types import Chunk, Hit
+
+TOLERANCE = 1e-3  # nats, on each sentence's summed log-probability (see the module docstring)
+QUESTION = "What is the starting dose of zorbamycin?"
+ANSWER = "The starting dose of zorbamycin is 40 mg once daily [2]. Take it with food [2]."
+
+
+def _hit(n: int, text: str) -> Hit:
+    chunk = Chunk(
+        f"doc{n}:c", f"doc{n}", text, f"Handbook {n}", "General", None, 0, len(text), "sha",
+        f"doc{n}.md", "now",
+    )  # fmt: skip
+    return Hit(chunk=chunk, score=0.03, dense_score=0.7)
+
+
+HITS = [
+    _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
+    _hit(2, "The starting dose of zorbamycin is 40 mg once daily. Take it with food."),
+    _hit(3, "Visitors must sign in at the front desk. The pharmacy closes at 6 pm."),
+]
+
+
+def _remote(settings: Settings, base_url: str) -> OpenAILLM:
+    _PROBED.clear()  # each test's server is new; the process cache is per URL and model
+    return OpenAILLM(
+        settings.model_copy(
+            update={"llm": "openai", "llm_base_url": base_url, "llm_model": "smollm2-135m"}
+        )
+    )
+
+
+def _no_chat(messages: list[dict[str, str]], max_tokens: int) -> str:
+    raise AssertionError("scoring must not generate")
+
+
+@pytest.fixture
+def clear_probes() -> Iterator[None]:
+    _PROBED.clear()
+    yield
+    _PROBED.clear()
+
+
+def test_a_server_without_a_scoring_contract_is_named_as_such(
+    settings: Settings, clear_probes: None
+) -> None:
+    """OpenAI's own API and Ollama answer chats but cannot score a given text."""
+    with serve_chat(lambda m, n: "Fine.") as server:
+        llm = _remote(settings, server.base_url)
+        llm.warm_up()  # probes, and does not fail: the server can still answer
+        assert "".join(llm.stream([{"role": "user", "content": "Hi"}], max_new_tokens=8,
+                                  temperature=0.0)) == "Fine."  # fmt: skip
+        assert isinstance(llm, LogProbScorer)
+        with pytest.raises(LogProbsUnsupportedError, match="cannot score a given text") as info:
+            llm.logprobs([[{"role": "user", "content": "Hi"}]], ["Fine."])
+        message = str(info.value)
+        assert "prompt_logprobs" in message and "decoder_input_details" in message
+        assert "/tokenize: HTTP 404" in message and "tgi: HTTP 404" in message
+        probes = [r["path"] for r in server.requests]
+    # probed once, at warm-up: the failing call did not ask again
+    assert probes.count("/tokenize") == 1
+    # with attribution off nothing is probed: the server sees only the chat
+    _PROBED.clear()
+    with serve_chat(lambda m, n: "Fine.") as server:
+        llm = _remote(settings.model_copy(update={"attribution": "off"}), server.base_url)
+        llm.warm_up()
+        "".join(llm.stream([{"role": "user", "content": "Hi"}], max_new_tokens=8, temperature=0))
+        assert [r["path"] for r in server.requests] == ["/v1/chat/completions"]
+
+
+def test_a_server_that_is_down_is_not_remembered_as_unable(
+    settings: Settings, clear_probes: None
+) -> None:
+    with serve_chat(lambda m, n: "Fine.") as server:
+        url = server.base_url
+    llm = _remote(settings, url)
+    llm.warm_up()  # nothing listens: warm-up still succeeds (the chat call reports it)
+    with pytest.raises(ModelUnavailableError, match="cannot be reached") as info:
+        llm.logprobs([[{"role": "user", "content": "Hi"}]], ["Fine."])
+    assert not isinstance(info.value, LogProbsUnsupportedError)
+    assert not _PROBED
+
+
+@pytest.mark.slow
+def test_server_logprobs_and_attribution_match_in_process(
+    library: Settings, packaged_llm: LLM, clear_probes: None
+) -> None:
+    """Each contract gives the in-process log-probabilities, and leave-one-out attribution
+    through the server gives the in-process scores and ranking."""
+    assert isinstance(packaged_llm, LogProbScorer)
+    sources = source_sentences(HITS)
+    targets = answer_targets(ANSWER)
+    template = load_template(library.prompt_template)
+    local = CachedScorer(AnswerScorer(packaged_llm, template, QUESTION, HITS, sources, targets))
+    # the full context, and without each source sentence: leave-one-out's rows
+    masks = np.ones((len(sources) + 1, len(sources)), dtype=bool)
+    masks[np.arange(1, len(sources) + 1), np.arange(len(sources))] = False
+    expected = local(masks)
+    dose = next(s.index for s in sources if "zorbamycin" in s.text)
+    # not trivially equal: removing the dose sentence lowers the answer's probability
+    assert expected[0, 0] - expected[dose + 1, 0] > 1.0
+    engine = ModelEngine(packaged_llm)
+    for features, mode, rows in (
+        (frozenset({"tokenize", "prompt_logprobs", "echo", "tgi"}), "vllm_prompt_logprobs", None),
+        (frozenset({"tokenize", "echo"}), "vllm_echo", [0, dose + 1]),
+        (frozenset({"tgi"}), "tgi", [0, dose + 1]),
+    ):
+        with serve_chat(_no_chat, engine=engine, features=features) as server:
+            remote_llm = _remote(library, server.base_url)
+            assert remote_llm.logprob_mode() == mode
+            remote = CachedScorer(
+                AnswerScorer(remote_llm, template, QUESTION, HITS, sources, targets)
+            )
+            picked = masks if rows is None else masks[rows]
+            got = remote(picked)
+            want = expected if rows is None else expected[rows]
+            assert got.shape == want.shape == (len(picked), len(targets))
+            assert np.abs(got - want).max() < TOLERANCE, (mode, np.abs(got - want).max())
+            if rows is None:
+                a = make_attributor("loo").attribute(local, len(sources), len(targets))
+                b = make_attributor("loo").attribute(remote, len(sources), len(targets))
+                # a loo score sums, over the two sentences, a difference of two rows
+                assert np.abs(a.scores - b.scores).max() < 4 * TOLERANCE, (a.scores, b.scores)
+                assert b.top(1) == a.top(1) == [dose]
+            paths = {r["path"] for r in server.requests}
+        assert ("/generate" if mode == "tgi" else "/v1/completions") in paths
+        assert "/v1/chat/completions" not in paths
