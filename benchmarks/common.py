@@ -287,6 +287,8 @@ def cache_key(name: str, data: Dataset, limit: int | None, settings: Settings) -
     dtype = resolved_embedder_dtype(settings)
     if dtype:
         parts["embedder_dtype"] = dtype
+    if settings.embedder_backend.startswith("onnx"):
+        parts["embedder_backend"] = settings.embedder_backend
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
     return f"{name}-{limit or 'all'}-{digest}"
 

@@ -44,6 +44,10 @@ Options:
                                   MedQuAD questions disjoint from the seeded test sample, so
                                   the shipped weights are not fitted to the reported figures
   --json                          print one JSON object instead of tables
+  --embedder-backends A,B         instead: the same questions over indexes embedded each way
+                                  (e.g. torch-float32,onnx-int8: torch float32 vs the int8
+                                  ONNX export), recall@5 / MRR@10 side by side and the
+                                  difference in points; no recipe
 """
 
 from __future__ import annotations
@@ -397,6 +401,55 @@ def scale(target: int, latency_n: int, seed: int, limit_docs: int | None = None)
     }
 
 
+_BACKEND_ENV = {
+    "torch-float32": {"CLINRAG_EMBEDDER_BACKEND": "torch", "CLINRAG_EMBEDDER_DTYPE": "float32"},
+    "torch-bfloat16": {"CLINRAG_EMBEDDER_BACKEND": "torch", "CLINRAG_EMBEDDER_DTYPE": "bfloat16"},
+    "onnx-int8": {"CLINRAG_EMBEDDER_BACKEND": "onnx-int8", "CLINRAG_EMBEDDER_DTYPE": "auto"},
+    "onnx-fp32": {"CLINRAG_EMBEDDER_BACKEND": "onnx-fp32", "CLINRAG_EMBEDDER_DTYPE": "auto"},
+}
+
+
+def compare_backends(
+    name: str,
+    backends: Sequence[str],
+    n: int | None,
+    seed: int,
+    limit_docs: int | None,
+    latency_n: int,
+) -> dict[str, Any]:
+    """One index per embedder backend (each cached under its own key), the same questions."""
+    import os
+
+    per: dict[str, Any] = {}
+    saved = {k: os.environ.get(k) for k in ("CLINRAG_EMBEDDER_BACKEND", "CLINRAG_EMBEDDER_DTYPE")}
+    try:
+        for backend in backends:
+            os.environ.update(_BACKEND_ENV[backend])
+            log(f"[{name}] embedder {backend} ...")
+            per[backend] = evaluate(name, n, seed, limit_docs, latency_n, recipe=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    base = backends[0]
+    diff = {
+        backend: {
+            system: {
+                metric: round(
+                    100 * (r["systems"][system][metric] - per[base]["systems"][system][metric]), 2
+                )
+                for metric in ("recall@5", "mrr@10")
+            }
+            for system in ("clinrag hybrid", "dense only")
+        }
+        for backend, r in per.items()
+        if backend != base
+    }
+    return {"corpus": name, "baseline": base, "backends": per, "difference_points": diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_environment()
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -412,7 +465,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=None, metavar="CHUNKS")
     parser.add_argument("--sweep", action="store_true", help="tune the RRF lexical weight")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--embedder-backends", default=None, metavar="A,B")
     args = parser.parse_args(argv)
+
+    if args.embedder_backends:
+        backends = [b.strip() for b in args.embedder_backends.split(",") if b.strip()]
+        unknown = set(backends) - set(_BACKEND_ENV)
+        if unknown or len(backends) < 2:
+            parser.error(f"--embedder-backends: two or more of {', '.join(_BACKEND_ENV)}")
+        name = "medquad" if args.corpus == "all" else args.corpus
+        n = args.questions if name == "medquad" else None
+        result = compare_backends(name, backends, n, args.seed, args.limit_docs, args.latency_n)
+        result["machine"] = common.machine()
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
+        first = result["backends"][backends[0]]
+        print(f"\n{name}: {first['questions']} questions over {first['documents']:,} documents")
+        rows = []
+        for backend, r in result["backends"].items():
+            for system in ("clinrag hybrid", "dense only"):
+                m = r["systems"][system]
+                d = result["difference_points"].get(backend, {}).get(system, {})
+                rows.append(
+                    [
+                        backend,
+                        system,
+                        r["clinrag_chunks"],
+                        m["recall@5"],
+                        d.get("recall@5"),
+                        m["mrr@10"],
+                        d.get("mrr@10"),
+                        m.get("latency_p50_ms"),
+                    ]
+                )
+        print(
+            common.table(
+                [
+                    "embedder",
+                    "system",
+                    "chunks",
+                    "recall@5",
+                    "diff (points)",
+                    "MRR@10",
+                    "diff (points)",
+                    "p50 ms",
+                ],
+                rows,
+            )
+        )
+        return 0
 
     if args.sweep:
         result = sweep("medquad", args.questions, args.questions, args.seed, args.limit_docs)
