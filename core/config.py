@@ -59,6 +59,11 @@ class Settings(BaseModel):
     )
     vector_store: str = "chroma"
     chroma_url: str | None = Field(None, description="Use a Chroma server instead of embedded.")
+    chroma_token: str | None = Field(
+        None,
+        description="Sent as 'Authorization: Bearer' to chroma_url, for the proxy in front of "
+        "the Chroma server (the server itself checks no token: docs/design.md).",
+    )
     database_url: str | None = Field(
         None,
         description="postgresql://user:password@host:port/db: keep the audit log, the manifest "

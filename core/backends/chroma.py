@@ -1,6 +1,13 @@
 """Chroma adapter: embedded PersistentClient by default, a Chroma server when chroma_url is set.
 
 The only module that imports chromadb. Vectors are computed by our embedder, never by Chroma.
+
+The Chroma server (``chroma run``, chromadb 1.x) checks no credentials of its own: its token
+settings are accepted and ignored (tests/test_chroma_server.py shows it). So it is bound to
+loopback or a private interface, and the hospital's TLS proxy in front of it checks a bearer
+token; ``chroma_token`` is sent to that proxy as ``Authorization: Bearer``. Before the client
+is built, one request to the heartbeat tells an unreachable server from refused credentials,
+so either is reported in words rather than as a client library traceback.
 """
 
 from __future__ import annotations
@@ -11,19 +18,25 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from core.errors import ConfigError, EmbedderMismatchError
+from core.errors import ClinragError, ConfigError, EmbedderMismatchError
 from core.types import Chunk, EmbedderInfo
 
 if TYPE_CHECKING:
     from core.config import Settings
 
 _BATCH = 4000  # below Chroma's max batch size
+_HEARTBEAT_TIMEOUT_S = 10.0
+
+
+class VectorStoreUnavailableError(ClinragError):
+    """The Chroma server cannot be reached, or it (or its proxy) refuses clinrag."""
 
 
 class ChromaStore:
     def __init__(self, settings: Settings) -> None:
         self._path = settings.store_dir
         self._url: str | None = settings.chroma_url
+        self._token: str | None = settings.chroma_token
         self._name: str = settings.collection
         self._client: Any = None
         self._collection: Any = None
@@ -35,16 +48,59 @@ class ChromaStore:
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
         if self._url:
             url = urlparse(self._url)
-            if not url.hostname:
+            if url.scheme not in ("http", "https") or not url.hostname:
                 raise ConfigError(f"chroma_url {self._url!r} is not a URL like http://host:8000.")
-            return chromadb.HttpClient(
-                host=url.hostname,
-                port=url.port or (443 if url.scheme == "https" else 8000),
-                ssl=url.scheme == "https",
-                settings=chroma_settings,
-            )
+            if url.path.strip("/"):
+                raise ConfigError(
+                    f"chroma_url {self._url!r} has a path; the Chroma client sends its requests "
+                    "to /api/v2 at the root, so give the proxy a host or port of its own."
+                )
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+            self._check_server(headers or {})
+            try:
+                return chromadb.HttpClient(
+                    host=url.hostname,
+                    port=url.port or (443 if url.scheme == "https" else 8000),
+                    ssl=url.scheme == "https",
+                    headers=headers,
+                    settings=chroma_settings,
+                )
+            except Exception as exc:  # chromadb raises bare Exception/ValueError here
+                raise VectorStoreUnavailableError(
+                    f"The Chroma server at {self._url} answered its heartbeat but refused the "
+                    f"client ({exc}). Check that it is a Chroma 1.x server."
+                ) from exc
         self._path.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(self._path), settings=chroma_settings)
+
+    def _check_server(self, headers: dict[str, str]) -> None:
+        """One heartbeat: refused credentials and an unreachable server, said in words."""
+        import urllib.error
+        import urllib.request
+
+        where = f"The Chroma server at {self._url}"
+        request = urllib.request.Request(
+            f"{str(self._url).rstrip('/')}/api/v2/heartbeat", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=_HEARTBEAT_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403, 407):
+                given = "the chroma_token given" if self._token else "no chroma_token"
+                raise VectorStoreUnavailableError(
+                    f"{where} (or the proxy in front of it) refused clinrag with {given} "
+                    f"(HTTP {exc.code}). Set chroma_token to the token the proxy expects."
+                ) from None
+            raise VectorStoreUnavailableError(
+                f"{where} answered its heartbeat with HTTP {exc.code}. Check chroma_url."
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise VectorStoreUnavailableError(
+                f"{where} cannot be reached ({reason}). Start it (chroma run --path DIR --host "
+                "127.0.0.1 --port PORT) or correct chroma_url."
+            ) from None
 
     def warm_up(self, embedder: EmbedderInfo) -> None:
         if self._collection is not None:
