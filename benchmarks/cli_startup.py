@@ -97,7 +97,7 @@ def _breakdown(home: Path, question: str) -> dict[str, float]:
 
     apply_offline_environment()
     settings = load_settings()
-    out["import and load settings"] = time.perf_counter() - t
+    out["load settings"] = time.perf_counter() - t
     t = time.perf_counter()
     from assistant import coverage
     from assistant.pipeline import Assistant
