@@ -145,14 +145,21 @@ class SqliteDatabase:
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: Path, *, timeout: float = 30.0, rows: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, timeout: float = 30.0, rows: bool = True, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
         self.label = str(self.path)
         self.timeout = timeout
         self.rows = rows
+        # Read-only: a backup is read without changing a byte (its sha256 is recorded).
+        self.read_only = read_only
 
     def connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        target = f"{self.path.resolve().as_uri()}?mode=ro" if self.read_only else str(self.path)
+        conn = sqlite3.connect(
+            target, timeout=self.timeout, isolation_level=None, uri=self.read_only
+        )
         if self.rows:
             conn.row_factory = sqlite3.Row
         return conn

@@ -34,14 +34,15 @@ from audit.log import AuditLog, history_path_for
 from audit.log.snapshot import head_of_copy
 from audit.record import Recorder
 from core.config import Settings, ensure_home
+from core.database import SqliteDatabase
 from core.errors import AuditError, ClinragError
 from core.hashing import file_sha256 as sha256_file
-from core.library.manifest import read_stats
+from core.library.manifest import Manifest, read_stats
 from core.types import Actor
 from services.access import Operation, require
-from services.accounts import users_path
+from services.accounts import copy_users, list_users, users_database, users_path
 from services.library import uploads_dir
-from services.private_files import copy_tree_private, sqlite_copy, write_private
+from services.private_files import copy_tree_private, create_private, sqlite_copy, write_private
 from services.reindex import rebuild
 
 # The backup folder's own layout (format 1). The live home's paths come from the settings and
@@ -69,12 +70,71 @@ def _audit_log(
     checkpoint: Path | None = None,
     key: Path | None = None,
 ) -> AuditLog:
+    """The live log (``db`` None: where the settings keep it), or the SQLite copy ``db``."""
     return AuditLog(
         db or settings.audit_db,
         checkpoint or settings.audit_checkpoint,
         key or settings.audit_key,
         checkpoint_every=settings.audit_checkpoint_every,
+        database_url=settings.database_url if db is None else None,
     )
+
+
+# With ``database_url`` the three stores live in PostgreSQL: a backup copies each into the same
+# SQLite file a home's backup holds (one format, verifiable with the standard library alone),
+# and a restore loads those files into the (empty) database.
+
+
+def _has_audit(settings: Settings) -> bool:
+    if settings.database_url is None:
+        return settings.audit_db.is_file()
+    with _audit_errors("Reading the audit log"):
+        return _audit_log(settings).count() > 0 or settings.audit_checkpoint.is_file()
+
+
+def _has_manifest(settings: Settings) -> bool:
+    if settings.database_url is None:
+        return settings.manifest_path.is_file()
+    return bool(_live_manifest(settings).documents(state=None))
+
+
+def _has_users(settings: Settings) -> bool:
+    if settings.database_url is None:
+        return users_path(settings).is_file()
+    return bool(list_users(settings))
+
+
+def _live_manifest(settings: Settings) -> Manifest:
+    return Manifest(settings.manifest_path, database_url=settings.database_url)
+
+
+def _copy_manifest(source: Manifest, target: Manifest) -> None:
+    try:
+        source.copy_into(target)
+    finally:
+        source.close()
+        target.close()
+
+
+def _check_database_empty(settings: Settings) -> None:
+    """With ``database_url``: refuse to restore into a database that holds any of the stores."""
+    if settings.database_url is None:
+        return
+    held = [
+        name
+        for name, present in (
+            ("audit records", _audit_log(settings).count() > 0),
+            ("documents", _has_manifest(settings)),
+            ("user accounts", _has_users(settings)),
+        )
+        if present
+    ]
+    if held:
+        raise MaintenanceError(
+            f"The database at database_url already holds {', '.join(held)}; restore only "
+            "writes into an empty one so nothing live is overwritten. Restore into a new "
+            "database, check it, then point database_url at it."
+        )
 
 
 def _now() -> str:
@@ -123,8 +183,8 @@ def backup(
             f"{dest} already exists and is not an empty folder; backups are never overwritten. "
             "Choose a new folder, e.g. one named after today's date."
         )
-    has_audit = settings.audit_db.is_file()
-    has_manifest = settings.manifest_path.is_file()
+    has_audit = _has_audit(settings)
+    has_manifest = _has_manifest(settings)
     if not has_audit and not has_manifest:
         raise MaintenanceError(
             f"Nothing to back up in {home}: no audit log and no manifest. Check CLINRAG_HOME "
@@ -155,7 +215,11 @@ def backup(
             }
         else:
             summary["audit"] = None
-        if has_manifest:
+        if has_manifest and settings.database_url is not None:
+            create_private(dest / MANIFEST_DB)
+            _copy_manifest(_live_manifest(settings), Manifest(dest / MANIFEST_DB))
+            summary["manifest"] = read_stats(dest / MANIFEST_DB)
+        elif has_manifest:
             check = sqlite_copy(settings.manifest_path, dest / MANIFEST_DB, journal_mode="DELETE")
             if check != "ok":
                 raise MaintenanceError(
@@ -167,8 +231,11 @@ def backup(
         else:
             summary["manifest"] = None
         users = users_path(settings)
-        summary["users"] = users.is_file()
-        if users.is_file():
+        summary["users"] = _has_users(settings)
+        if summary["users"] and settings.database_url is not None:
+            create_private(dest / USERS_DB)
+            copy_users(users_database(settings), SqliteDatabase(dest / USERS_DB))
+        elif users.is_file():
             sqlite_copy(users, dest / USERS_DB, journal_mode="DELETE")
         uploads = uploads_dir(settings)
         summary["uploads"] = (
@@ -319,6 +386,7 @@ def restore(
     home = settings.home
     key_in_home = _check_home_empty(settings)
     meta = read_backup(src)
+    _check_database_empty(settings)
     audit_meta = meta.get("audit")
     key_path = _resolve_key(settings, src, meta, Path(key) if key else None) if audit_meta else None
 
@@ -351,7 +419,11 @@ def restore(
                 raise MaintenanceError(
                     f"{settings.audit_key} differs from the key {key_path}; remove one of them."
                 )
-            _sqlite_restore(src / AUDIT_DB, settings.audit_db)
+            if settings.database_url is None:
+                _sqlite_restore(src / AUDIT_DB, settings.audit_db)
+            else:
+                with _audit_errors("Restoring the audit log"):
+                    _audit_log(settings).database.load_from(src / AUDIT_DB)
             copies = (
                 (src / AUDIT_CHECKPOINT, settings.audit_checkpoint),
                 (
@@ -364,9 +436,13 @@ def restore(
                     write_private(live, copy.read_bytes())
         if (src / QUESTION_KEY_FILE).is_file() and not settings.question_key.exists():
             write_private(settings.question_key, (src / QUESTION_KEY_FILE).read_bytes())
-        if meta.get("manifest"):
+        if meta.get("manifest") and settings.database_url is not None:
+            _copy_manifest(Manifest(src / MANIFEST_DB, read_only=True), _live_manifest(settings))
+        elif meta.get("manifest"):
             _sqlite_restore(src / MANIFEST_DB, settings.manifest_path)
-        if (src / USERS_DB).is_file():
+        if (src / USERS_DB).is_file() and settings.database_url is not None:
+            copy_users(SqliteDatabase(src / USERS_DB, read_only=True), users_database(settings))
+        elif (src / USERS_DB).is_file():
             _sqlite_restore(src / USERS_DB, users_path(settings))
         if (src / UPLOADS_DIR).is_dir():
             summary["uploads"] = copy_tree_private(src / UPLOADS_DIR, uploads_dir(settings))

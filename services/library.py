@@ -21,7 +21,7 @@ from core.config import Settings, ensure_home
 from core.errors import ClinragError, LoadError, NotFoundError
 from core.library import supersedes
 from core.library.index import Index, writer_lock
-from core.library.manifest import Manifest
+from core.library.manifest import Manifest, manifest_exists
 from core.library.restrictions import may_see
 from core.types import Actor
 from ingest.index import FileResult as FileResult
@@ -64,7 +64,7 @@ def visible_documents(settings: Settings, actor: Actor) -> list[dict[str, Any]]:
 
 def manifest_documents(settings: Settings) -> list[dict[str, Any]]:
     """Every complete document, unchecked: for services that filter by role themselves."""
-    if not settings.manifest_path.is_file():
+    if not manifest_exists(settings.manifest_path, settings.database_url):
         return []
     manifest = Manifest(settings.manifest_path, database_url=settings.database_url)
     try:
@@ -199,7 +199,7 @@ _VERIFIED_MAX = 1024
 def _original(settings: Settings, actor: Actor, doc_id: str) -> tuple[dict[str, Any], Path]:
     require(actor, Operation.READ_LIBRARY)
     doc = None
-    if settings.manifest_path.is_file():
+    if manifest_exists(settings.manifest_path, settings.database_url):
         manifest = Manifest(settings.manifest_path, database_url=settings.database_url)
         try:
             doc = manifest.document(doc_id)

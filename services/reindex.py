@@ -11,6 +11,7 @@ from audit.record import Recorder
 from core.config import Settings
 from core.errors import ClinragError
 from core.library.index import Index, writer_lock
+from core.library.manifest import manifest_exists
 from core.types import Actor
 from services.access import Operation, require
 
@@ -83,14 +84,14 @@ def rebuild_index(settings: Settings, actor: Actor, *, fresh: bool = False) -> d
     keep their old handle, so stop the app before ``fresh``; without it, answers given during
     the rebuild may miss passages that are not re-added yet.
     """
-    if not settings.manifest_path.is_file():
+    if not manifest_exists(settings.manifest_path, settings.database_url):
         raise ReindexError(
             f"There is no manifest in {settings.home}, so there is nothing to rebuild from. "
             "Ingest documents (clinrag ingest PATH) or restore a backup (clinrag restore SRC)."
         )
     require(actor, Operation.MAINTAIN)
     summary = rebuild(settings, fresh=fresh)
-    if settings.audit_db.is_file():
+    if settings.database_url is not None or settings.audit_db.is_file():
         with Recorder.open(settings) as recorder:
             recorder.reindex(
                 actor,

@@ -43,8 +43,9 @@ def _free_port() -> int:
 class PostgresServer:
     """One running cluster; ``url`` is a psycopg connection URL for its ``clinrag`` database."""
 
-    def __init__(self, bin_dir: Path, root: Path) -> None:
+    def __init__(self, bin_dir: Path, root: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable
         self.root = root
         self.data = root / "data"
         self.port = _free_port()
@@ -72,14 +73,16 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
-        # Loopback only, no Unix socket in a shared folder; fsync off: a test cluster holds
-        # nothing worth a crash-safe write, and 2 shared cores are slow enough.
+        # Loopback only, no Unix socket in a shared folder. fsync off for the tests: a test
+        # cluster holds nothing worth a crash-safe write; benchmarks ask for durable commits,
+        # to compare with SQLite's synchronous=FULL.
+        unsafe = "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 100\n"
+                + ("" if self.durable else unsafe)
+                + "max_connections = 100\n"
             )
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "start"
@@ -112,13 +115,13 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """A started server, stopped and deleted on exit."""
+def postgres_server(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """A started server, stopped and deleted on exit; ``durable``: fsync on every commit."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL is not installed (no initdb / pg_ctl)")
     root = Path(tempfile.mkdtemp(prefix="clinrag-pg-"))
-    server = PostgresServer(bin_dir, root)
+    server = PostgresServer(bin_dir, root, durable=durable)
     try:
         server.start()
         yield server

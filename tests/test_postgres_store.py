@@ -78,6 +78,22 @@ def test_audit_log_appends_and_verifies_on_postgres(database_url: str, tmp_path:
         ]
 
 
+def test_any_text_round_trips_and_verifies(database_url: str, tmp_path: Path) -> None:
+    # The verifier hashes a canonical payload's stored text without re-serialising it: every
+    # escape JSON has (quotes, controls, line separators, non-ASCII) must hash as appended.
+    tricky = ['é "quoted" \\ back', "\u2028\u2029\x00\x1f\t\n", "日本語 🙂", "\ud7ff"]
+    with _log(database_url, tmp_path) as log:
+        for i, text in enumerate(tricky):
+            # (PostgreSQL text cannot hold a NUL: in the payload JSON escapes it, a name not.)
+            user = f"dr {text}".replace("\x00", "")
+            log.append("answer", user, "clinician", {text: [text, i, 1.5, None]})
+        result = log.verify()
+        assert result.ok and result.count == len(tricky), result.reason
+        assert [r.payload for r in log.iter_records()] == [
+            {text: [text, i, 1.5, None]} for i, text in enumerate(tricky)
+        ]
+
+
 def test_postgres_refuses_update_delete_and_an_out_of_order_insert(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -331,3 +347,70 @@ def test_accounts_and_lockout_on_postgres(database_url: str, tmp_path: Path) -> 
     with psycopg.connect(database_url) as conn:
         events = conn.execute(f"SELECT event FROM {AUDIT_SCHEMA}.records").fetchall()
     assert len(events) >= accounts.MAX_FAILURES + 3
+
+
+# --------------------------------------------------------------------------- backup, restore
+
+
+def test_backup_and_restore_of_a_postgres_home(database_url: str, tmp_path: Path) -> None:
+    from audit.record import open_log
+    from core.config import load_settings
+    from core.library.manifest import Manifest
+    from core.types import Actor
+    from services import accounts
+    from services.backup import MaintenanceError, backup, restore
+
+    admin = Actor("admin", "admin")
+    source = load_settings(
+        env={"CLINRAG_HOME": str(tmp_path / "home"), "CLINRAG_DATABASE_URL": database_url}
+    )
+    accounts.add_user(source, "dr.b", "correct horse", "clinician")
+    assert accounts.sign_in(source, "dr.b", "correct horse") is not None
+    manifest = Manifest(source.manifest_path, database_url=database_url)
+    manifest.mark_pending(_doc("a"), "2026-12-02T08:00:00Z")
+    manifest.complete(_doc("a"), _chunks("a", 2), "2026-12-02T08:01:00Z")
+    manifest.close()
+    with open_log(source) as log:
+        _fill(log, 5)
+        records, head = log.count(), log.head()
+    assert head is not None
+
+    summary = backup(source, admin, tmp_path / "backup")
+    assert summary["audit"]["records"] == records and summary["audit"]["verify"]["ok"]
+    assert summary["audit"]["head_hash"] == head.hash
+    assert summary["manifest"]["documents"] == 1 and summary["manifest"]["chunks"] == 2
+    assert summary["users"]
+    # The same self-contained SQLite files a home's backup holds, nothing of the server.
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "audit.checkpoint.json",
+        "audit.sqlite",
+        "backup.json",
+        "manifest.sqlite",
+        "users.sqlite",
+    ]
+
+    # Restoring over the live database is refused: it holds the stores.
+    again = source.model_copy(update={"home": tmp_path / "again"})
+    with pytest.raises(MaintenanceError, match="already holds audit records"):
+        restore(again, admin, tmp_path / "backup", key=source.audit_key)
+
+    # Into an empty database (another one on the same server) and a new home.
+    empty_url = database_url.rsplit("/", 1)[0] + "/restored"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS restored")
+        conn.execute("CREATE DATABASE restored")
+    target = source.model_copy(update={"home": tmp_path / "restored", "database_url": empty_url})
+    result = restore(target, admin, tmp_path / "backup", key=source.audit_key)
+    # The backup's own record was written to the live log after the copy.
+    assert result["audit"]["records"] == records
+    assert result["index"]["chunks"] == 2
+    with open_log(target) as log:
+        check = log.verify()
+        restored_head = log.head()
+    assert check.ok and check.count == records + 1, check.reason  # + the restore record
+    assert restored_head is not None and restored_head.event == "restore"
+    assert accounts.sign_in(target, "dr.b", "correct horse") is not None
+    assert [
+        d["doc_id"] for d in Manifest(target.manifest_path, database_url=empty_url).documents()
+    ] == ["a"]
+    assert not target.audit_db.exists() and not target.manifest_path.exists()

@@ -180,6 +180,10 @@ class LogDatabase(Protocol):
         """Write every record into a new self-contained SQLite file ``dest`` (it exists, empty)."""
         ...
 
+    def load_from(self, src: Path) -> int:
+        """Copy every record of the SQLite log ``src`` into this empty log (a restore)."""
+        ...
+
 
 class SqliteLog:
     """The embedded default: records in one SQLite file, appends serialised by a lock file."""
@@ -243,6 +247,27 @@ class SqliteLog:
             target.execute("PRAGMA journal_mode = DELETE")
         finally:
             target.close()
+
+    def load_from(self, src: Path) -> int:
+        if self.db_path.exists():
+            raise ValueError(f"the audit log {self.db_path} already exists")
+        ensure_private_dir(self.db_path.parent)
+        os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        source = open_read_only(src)
+        try:
+            target = sqlite3.connect(str(self.db_path), isolation_level=None)
+            try:
+                source.backup(target)
+                target.execute("PRAGMA journal_mode = WAL")
+                check = str(target.execute("PRAGMA quick_check").fetchone()[0])
+                count = int(target.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+            finally:
+                target.close()
+        finally:
+            source.close()
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"the restored log fails SQLite's integrity check: {check}")
+        return count
 
 
 def log_database(db_path: Path, lock_path: Path, url: str | None = None) -> LogDatabase:

@@ -75,6 +75,11 @@ SCHEMA = "clinrag_manifest"
 TABLES: tuple[str, ...] = ("documents", "chunks", "meta")
 
 
+def manifest_exists(path: Path, database_url: str | None) -> bool:
+    """Whether there is a manifest to read: always on a server, else when its file exists."""
+    return database_url is not None or path.is_file()
+
+
 class _ManifestFile(SqliteDatabase):
     """The embedded manifest: a private WAL file with foreign keys on."""
 
@@ -91,10 +96,18 @@ class _ManifestFile(SqliteDatabase):
 
 
 class Manifest:
-    def __init__(self, path: Path, *, database_url: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, database_url: str | None = None, read_only: bool = False
+    ) -> None:
+        """``path``: the SQLite file, unless ``database_url`` names a server. ``read_only``:
+        a copy (a backup) to read from, never written to."""
         self.path = path
         self.database: Database = (
-            _ManifestFile(path) if database_url is None else open_database(database_url, SCHEMA)
+            open_database(database_url, SCHEMA)
+            if database_url is not None
+            else SqliteDatabase(path, read_only=True)
+            if read_only
+            else _ManifestFile(path)
         )
         # One connection per thread: sqlite3 connections refuse use from another thread, and
         # one Index (inside one Assistant) serves every session thread of the app.
@@ -282,7 +295,11 @@ class Manifest:
         """Make ``target`` (on any engine) hold exactly this manifest's rows; rows per table.
 
         How a manifest kept in PostgreSQL is backed up to a SQLite file, and restored."""
-        return copy_tables(self.conn, target.conn, target.database, TABLES)
+        counts = copy_tables(self.conn, target.conn, target.database, TABLES)
+        if isinstance(target.database, _ManifestFile):
+            # A copy is one self-contained file (no -wal beside it), like the home's backups.
+            target.conn.execute("PRAGMA journal_mode = DELETE")
+        return counts
 
 
 def _doc_row(row: Any) -> dict[str, Any]:
