@@ -151,6 +151,12 @@ class Settings(BaseModel):
         description="The audit signing key; empty = HOME/keys/audit.key. Put it outside the "
         "home, readable but not writable by the service, so it cannot be deleted with the log.",
     )
+    audit_checkpoint_file: Path | None = Field(
+        None,
+        description="The audit log's signed head checkpoint (its history beside it); empty = "
+        "HOME/audit.checkpoint.json. With database_url and several app servers: a path on a "
+        "private mount they all share, like the key.",
+    )
     audit_anchor: tuple[str, ...] = Field(
         (),
         description="Witness every signed audit head here: 'syslog[:FACILITY]' and/or "
@@ -194,7 +200,7 @@ class Settings(BaseModel):
             )
         return value.strip()
 
-    @field_validator("audit_key_file", mode="after")
+    @field_validator("audit_key_file", "audit_checkpoint_file", mode="after")
     @classmethod
     def _expand_key_file(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -247,6 +253,8 @@ class Settings(BaseModel):
 
     @property
     def audit_checkpoint(self) -> Path:
+        if self.audit_checkpoint_file is not None:
+            return self.audit_checkpoint_file
         return self.home / "audit.checkpoint.json"
 
     @property

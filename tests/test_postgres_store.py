@@ -414,3 +414,38 @@ def test_backup_and_restore_of_a_postgres_home(database_url: str, tmp_path: Path
         d["doc_id"] for d in Manifest(target.manifest_path, database_url=empty_url).documents()
     ] == ["a"]
     assert not target.audit_db.exists() and not target.manifest_path.exists()
+
+
+def test_two_app_homes_share_one_log_through_the_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    from audit.record import open_log
+    from core.config import load_settings
+
+    shared = tmp_path / "shared"  # the private mount both app servers see
+    replicas = [
+        load_settings(
+            env={
+                "CLINRAG_HOME": str(tmp_path / name),
+                "CLINRAG_DATABASE_URL": database_url,
+                "CLINRAG_AUDIT_KEY_FILE": str(shared / "audit.key"),
+                "CLINRAG_AUDIT_CHECKPOINT_FILE": str(shared / "audit.checkpoint.json"),
+            }
+        )
+        for name in ("app1", "app2")
+    ]
+    logs = [open_log(settings) for settings in replicas]
+    try:
+        for i in range(6):
+            logs[i % 2].append("answer", f"user{i}", "clinician", {"i": i})
+        for log in logs:
+            result = log.verify()
+            assert result.ok and result.count == 6, result.reason
+        assert [r.payload["i"] for r in logs[1].iter_records()] == list(range(6))
+    finally:
+        for log in logs:
+            log.close()
+    # Without the shared checkpoint a replica's own head would lag the chain: say so, loudly.
+    alone = replicas[0].model_copy(update={"audit_checkpoint_file": None})
+    with open_log(alone) as log:
+        assert not log.verify().ok
