@@ -707,3 +707,51 @@ def test_attribution_chart_names_sources_by_the_labels_the_answer_shows() -> Non
     )
     names = {row["n"]: row["source"] for row in chart_rows(answer)}
     assert names[3].startswith("[1] ") and names[1].startswith("[not cited] "), names
+
+
+def test_each_sentence_gets_the_source_sentences_that_drove_it_marked_by_score() -> None:
+    """Per-sentence rows pick each sentence's own drivers (not the answer's); the passage is
+    escaped whole (hostile text stays text) and a stronger score is marked darker."""
+    from core.types import Answer, AnswerSentence, SourceSentence
+    from ui.render import driver_html, sentence_drivers
+
+    hostile = "<script>alert(1)</script> [x](https://evil.example) **Bold**."
+    texts = ["Adults start at 45.", hostile, "Stop at 75.", "Unrelated sentence."]
+    sources = [SourceSentence(i, 1, "a:0", t) for i, t in enumerate(texts)]
+    shown = [
+        AnswerSentence("Start at 45.", [1], True, 1.0),
+        AnswerSentence("Stop at 75.", [1], True, 1.0),
+    ]
+    answer = Answer(
+        question="q",
+        answer="",
+        abstained=False,
+        sentences=shown,
+        citations=[],
+        evidence=[],
+        hits=[],
+        source_sentences=sources,
+        generation=None,
+        timings={},
+        attribution={
+            "scores": [0.9, 0.3, 0.8, -0.1],
+            "per_sentence": [[0.9, 0.3, 0.0, -0.1], [0.0, 0.01, 0.8, 0.0]],
+            "sources": [{"index": i, "n": 1} for i in range(4)],
+        },
+    )
+    first, second = sentence_drivers(answer)
+    assert [(d.index, d.rank) for d in first.drivers] == [(0, 1), (1, 2)]
+    assert [d.index for d in second.drivers] == [2]  # 0.01 is under a tenth of 0.8
+    assert not first.whole_answer
+    html = driver_html(" ".join(texts), first.drivers)
+    assert "<script" not in html and "](" not in html and "**" not in html
+    assert "&#60;script&#62;" in html
+    strong = html.index('class="clinrag-driver clinrag-rank-1"')
+    weak = html.index('class="clinrag-driver clinrag-rank-2"')
+    alpha = [float(html[i:].split("rgba(28, 131, 225, ")[1].split(")")[0]) for i in (strong, weak)]
+    assert alpha[0] > alpha[1]
+    assert "0.90</sup>" in html and "0.30</sup>" in html
+    assert 'title="attribution score 0.90: rank 1 for this answer sentence"' in html
+    # no per-sentence rows: the answer's scores under every sentence, said so
+    answer.attribution = {"scores": [0.9, 0.3, 0.8, -0.1], "sources": answer.attribution["sources"]}
+    assert all(s.whole_answer for s in sentence_drivers(answer))

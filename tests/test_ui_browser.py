@@ -436,25 +436,20 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         )
         page.shot("source-open")
 
-        # --- the attribution of the follow-up, computed on request, with faithfulness in words
-        buttons = page.wait(
-            "attribution buttons",
-            lambda: [
-                b
-                for b in page.css("button")
-                if b.is_displayed() and "did the answer rely on" in b.text
-            ],
-        )
-        page.click(buttons[-1])
-        page.wait(
-            "attribution record",
-            lambda: log.list(event="attribution"),
-            timeout=ANSWER_TIMEOUT_S,
-        )
+        # --- the attribution of the follow-up appears by itself (no button), with the
+        # faithfulness in words and, under a sentence, the source sentences that drove it
+        assert not [b for b in page.css("button") if "did the answer rely on" in b.text]
+
+        def attributed() -> list[Any]:
+            return [
+                r for r in log.list(event="attribution") if r.payload.get("answer_id") == second.seq
+            ]
+
+        page.wait("attribution record", attributed, timeout=ANSWER_TIMEOUT_S)
         page.wait_text("Which sources the answer relied on", timeout=60)
         page.wait_text("less likely")
-        attribution = log.list(event="attribution")[-1]
-        assert attribution.payload["answer_id"] == second.seq
+        page.wait_text("What drove this sentence")
+        attribution = attributed()[-1]
         # attribution adds information and changes no check: the same sentences, supported
         assert [s["text"] for s in attribution.payload["sentences"]] == [
             s["text"] for s in second.payload["sentences"]
