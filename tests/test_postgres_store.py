@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from audit.log import AuditLog, AuditWriteError
+from audit.log.anchor import read_anchors
 from audit.log.postgres import SCHEMA as AUDIT_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +145,7 @@ def test_postgres_log_backup_verifies_with_the_standard_library_alone(
     # checkpoint and the key are all an auditor needs.
     script = f"""
 import sys
+import time
 sys.path.insert(0, {str(REPO)!r})
 class Refuse:
     def find_spec(self, name, path=None, target=None):
@@ -197,13 +200,14 @@ def test_postgres_log_refuses_to_restart_over_a_deleted_log(
 
 
 def _append_many(url: str, folder: str, worker: int, count: int) -> None:
-    with _log(url, Path(folder)) as log:
+    with _log(url, Path(folder), anchor=f"file:{Path(folder) / 'anchor.log'}") as log:
         for i in range(count):
             log.append("answer", f"worker{worker}", "clinician", {"worker": worker, "i": i})
 
 
 def test_four_processes_appending_at_once_make_one_chain(database_url: str, tmp_path: Path) -> None:
-    with _log(database_url, tmp_path) as log:
+    anchor = tmp_path / "anchor.log"
+    with _log(database_url, tmp_path, anchor=f"file:{anchor}") as log:
         log.append("startup", "system", "system", {})
     # spawn: each process opens its own connections, as separate app servers would.
     context = multiprocessing.get_context("spawn")
@@ -216,7 +220,7 @@ def test_four_processes_appending_at_once_make_one_chain(database_url: str, tmp_
     for process in workers:
         process.join(120)
     assert [p.exitcode for p in workers] == [0, 0, 0, 0]
-    with _log(database_url, tmp_path) as log:
+    with _log(database_url, tmp_path, anchor=f"file:{anchor}") as log:
         result = log.verify()
         records = list(log.iter_records())
     assert result.ok and result.count == 201, result.reason
@@ -227,7 +231,12 @@ def test_four_processes_appending_at_once_make_one_chain(database_url: str, tmp_
     }
     assert all(per_worker[w] == list(range(50)) for w in range(4)), per_worker
     head = json.loads((tmp_path / "audit.checkpoint.json").read_text())
-    assert head["seq"] == 201 and "pending" not in head
+    assert head["seq"] == 201 and "pending" not in head and head["history"] == 20
+    # Each whole append (commit, signed head, history line, anchor) ran alone: the anchor
+    # witnessed every head once, in commit order, each with the history count of its time.
+    witnessed = read_anchors([anchor])
+    assert [entry.seq for entry in witnessed] == list(range(1, 202))
+    assert [entry.history for entry in witnessed] == [seq // 10 for seq in range(1, 202)]
 
 
 # --------------------------------------------------------------------------- manifest
@@ -449,3 +458,51 @@ def test_two_app_homes_share_one_log_through_the_database(
     alone = replicas[0].model_copy(update={"audit_checkpoint_file": None})
     with open_log(alone) as log:
         assert not log.verify().ok
+
+
+# --------------------------------------------------------------------------- writer lock
+
+
+def _hold_lock(url: str, held: Any, release: Any) -> None:
+    from core.database import database_lock
+
+    with database_lock(url, "writer"):
+        held.set()
+        release.wait(30)
+
+
+def test_database_lock_has_one_holder_across_processes(database_url: str) -> None:
+    from core.database import DatabaseLockBusy, database_lock
+
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(database_url, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(DatabaseLockBusy), database_lock(database_url, "writer", wait=False):
+            pass
+        with database_lock(database_url, "another name", wait=False):
+            pass  # names are independent
+    finally:
+        release.set()
+        holder.join(30)
+    with database_lock(database_url, "writer", wait=False):
+        pass
+    # A holder killed mid-work does not leave the lock behind: the server drops it with the
+    # connection.
+    held.clear()
+    release.clear()
+    holder = context.Process(target=_hold_lock, args=(database_url, held, release))
+    holder.start()
+    assert held.wait(30)
+    holder.kill()
+    holder.join(30)
+    for _ in range(50):
+        try:
+            with database_lock(database_url, "writer", wait=False):
+                break
+        except DatabaseLockBusy:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the killed holder's lock was never released")
