@@ -9,6 +9,9 @@ Safety, since the service answers as whoever asks and writes the audit log:
 
 - It listens on the loopback interface only (127.0.0.1, an ephemeral port by default) and
   refuses any other peer address.
+- Before sending anything, the client has the service prove it holds the token (an HMAC of
+  a fresh nonce), so a process that took the port of a service that died without removing
+  its file learns neither the question nor the token.
 - Every request carries a token from the service file ``CLINRAG_HOME/serve.json``, created
   owner-only (0600) in the owner-only home, so only the account that owns the home (the one
   whose processes could write its audit log directly anyway) can use the service. Clients
@@ -143,6 +146,7 @@ def call(
     info = info or read_service(settings)
     if info.host != HOST:
         raise ServiceUnavailable(f"the service file names {info.host}, not the loopback")
+    _check_proof(info)
     body = json.dumps(dict(request)).encode("utf-8")
     conn = http.client.HTTPConnection(info.host, info.port, timeout=CONNECT_TIMEOUT_S)
     try:
@@ -183,6 +187,35 @@ def call(
         )
     finally:
         conn.close()
+
+
+def proof(token: str, nonce: str) -> str:
+    """What the service answers to a client's nonce: shows it holds the token without
+    sending it (an HMAC, never the token, so the answer cannot be replayed as a token)."""
+    return hmac.new(token.encode(), f"clinrag-serve-proof:{nonce}".encode(), "sha256").hexdigest()
+
+
+def _check_proof(info: ServiceInfo) -> None:
+    """Make sure the process on the service file's port is the service before sending it a
+    question or the token: after a service dies without removing its file, any local
+    account could listen on that port and collect what clients send."""
+    nonce = secrets.token_hex(16)
+    conn = http.client.HTTPConnection(info.host, info.port, timeout=CONNECT_TIMEOUT_S)
+    try:
+        conn.request("GET", "/proof", headers={"X-Clinrag-Nonce": nonce})
+        response = conn.getresponse()
+        answer = response.read(200).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise ServiceUnavailable(
+            f"no clinrag service answers on {info.host}:{info.port} (a stale service file?): {exc}"
+        ) from exc
+    finally:
+        conn.close()
+    if response.status != 200 or not hmac.compare_digest(answer, proof(info.token, nonce)):
+        raise ServiceUnavailable(
+            f"the process on {info.host}:{info.port} cannot prove it is this home's service "
+            "(a stale service file?); nothing was sent to it"
+        )
 
 
 # ------------------------------------------------------------------ the service
@@ -317,6 +350,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802 - the base's name
+        if self.path == "/proof":  # before the token is sent: see _check_proof
+            nonce = self.headers.get("X-Clinrag-Nonce") or ""
+            if self.client_address[0] != HOST or not 16 <= len(nonce) <= 128:
+                self._reply(400, "a nonce of 16 to 128 characters, from the loopback")
+                return
+            self._reply(200, proof(self.server.service.token, nonce))
+            return
         if not self._checked():
             return
         if self.path != "/health":

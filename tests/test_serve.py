@@ -19,6 +19,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,36 @@ def test_ask_answers_in_process_without_a_usable_service(
     out, err = capsys.readouterr()
     assert "ANSWER (" in out and "not using the service" in err
     assert len(_records("answer")) == 2
+    # another account's process on that port (the service died, its file stayed) is sent
+    # neither the question nor the token: it cannot prove it holds the token
+    seen: list[tuple[str, str, str]] = []
+
+    class Impostor(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return None
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            seen.append((self.command, str(self.headers.get("Authorization")), body))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"0" * 64)
+
+        do_GET = do_POST = _any
+
+    impostor = HTTPServer(("127.0.0.1", port), Impostor)
+    thread = threading.Thread(target=impostor.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert main(["ask", QUESTION, "--no-attribution"]) == 0
+    finally:
+        impostor.shutdown()
+        impostor.server_close()
+    out, err = capsys.readouterr()
+    assert "ANSWER (" in out and "cannot prove" in err
+    assert seen and all(m == "GET" and a == "None" and not b for m, a, b in seen)
+    assert len(_records("answer")) == 3
 
 
 def test_the_service_refuses_a_wrong_token_other_settings_and_a_readable_file(
