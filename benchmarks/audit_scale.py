@@ -148,9 +148,9 @@ def run_engine(
             started = time.perf_counter()
             log.append("answer", "bench", "clinician", {"question": f"q{i}", "n": i})
             latencies.append(time.perf_counter() - started)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         result = log.verify()
-        verify_s = time.perf_counter() - t1
+        verify_s, verify_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     if not result.ok:
         raise SystemExit(f"{name}: verification failed: {result.reason}")
     return {
@@ -160,6 +160,10 @@ def run_engine(
         "append_p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
         "append_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2) if latencies else None,
         "verify_s": round(verify_s, 1),
+        # This process's CPU only (the server's own work is not in it): on a shared machine
+        # the wall time above depends on what else runs, this much less.
+        "verify_cpu_s": round(verify_cpu_s, 1),
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "verify_records_per_s": round(result.count / verify_s),
     }
 

@@ -21,6 +21,7 @@ import pytest
 
 from audit.log import AuditLog, AuditWriteError
 from audit.log.anchor import read_anchors
+from audit.log.export import to_jsonl
 from audit.log.postgres import SCHEMA as AUDIT_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,6 +142,8 @@ def test_postgres_log_backup_verifies_with_the_standard_library_alone(
     with _log(database_url, live) as log:
         _fill(log, 23)
         copy = log.backup(tmp_path / "copy" / "audit.sqlite")
+        with (tmp_path / "export.jsonl").open("w", encoding="utf-8") as fh:
+            to_jsonl(log.iter_records(), fh)
     # A fresh interpreter, isolated (-I), that refuses psycopg: the exported log, its
     # checkpoint and the key are all an auditor needs.
     script = f"""
@@ -159,13 +162,23 @@ key = Path({str(live / "keys" / "audit.key")!r})
 log = AuditLog(copy, copy.with_name("audit.checkpoint.json"), key)
 result = log.verify()
 print(result.ok, result.count, result.reason)
+# The JSONL export alone: every record re-hashed, every link followed.
+from audit.log.chain import GENESIS_HASH
+from audit.log.export import read_jsonl
+with open({str(tmp_path / "export.jsonl")!r}, encoding="utf-8") as fh:
+    records = list(read_jsonl(fh))
+prev = GENESIS_HASH
+for n, record in enumerate(records, start=1):
+    assert record.seq == n and record.prev_hash == prev and record.computed_hash() == record.hash
+    prev = record.hash
+print("export", len(records))
 assert not any(n.startswith("psycopg") for n in sys.modules)
 """
     out = subprocess.run(
         [sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("True 23 "), out.stdout
+    assert out.stdout.startswith("True 23 ") and "export 23" in out.stdout, out.stdout
 
 
 def test_postgres_log_restores_from_its_backup(database_url: str, tmp_path: Path) -> None:
