@@ -8,6 +8,7 @@ loopback only and a proxy in front checks ``chroma_token``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,10 +17,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +32,7 @@ from conftest import SAMPLES, start_chroma_server
 from assistant.retrieve import Retriever
 from core.backends.chroma import ChromaStore, VectorStoreUnavailableError
 from core.config import Settings, load_settings
+from core.errors import StoreLockedError
 from core.library.index import Index
 from core.types import Actor, Chunk, EmbedderInfo
 from services import library
@@ -52,12 +53,16 @@ def _server_settings(home: Path, url: str, collection: str, **extra: str) -> Set
     return load_settings(env={**env, **{f"CLINRAG_{k.upper()}": v for k, v in extra.items()}})
 
 
-def _server_count(url: str, collection: str) -> int:
-    """What the server itself holds, asked without clinrag."""
+def _client(url: str) -> Any:
     import chromadb
 
     host, port = url.removeprefix("http://").split(":")
-    client = chromadb.HttpClient(host=host, port=int(port))
+    return chromadb.HttpClient(host=host, port=int(port))
+
+
+def _server_count(url: str, collection: str, client: Any = None) -> int:
+    """What the server itself holds, asked without clinrag."""
+    client = client or _client(url)
     try:
         return int(client.get_collection(collection).count())
     except Exception:  # not created yet
@@ -115,50 +120,58 @@ def test_library_lifecycle_through_a_chroma_server(
 def test_kill_9_mid_ingest_recovers_on_the_server(
     chroma_server: str, _home: Path, tmp_path: Path
 ) -> None:
+    """The worst moment: the vectors are on the server, the manifest still says pending. A
+    proxy holds the answer to the ingest's upsert, and the ingest is killed while it waits."""
     folder = tmp_path / "many"
     folder.mkdir()
     for d in range(N_KILL_DOCS):
-        body = "\n\n".join(
-            f"## Part {p}\n\nAdults aged {40 + (d + p) % 30} should be offered test {d}-{p}. "
-            f"Repeat it every {1 + p % 5} years if the first is normal."
-            for p in range(6)
+        (folder / f"doc{d:02d}.md").write_text(
+            f"# Document {d}\n\nAdults aged {40 + d % 30} should be offered test {d}. "
+            f"Repeat it every {1 + d % 5} years if the first is normal.\n"
         )
-        (folder / f"doc{d:02d}.md").write_text(f"# Document {d}\n\n{body}\n")
     settings = _server_settings(_home, chroma_server, "killed")
-    env = {
-        **os.environ,
-        "CLINRAG_HOME": str(_home),
-        "CLINRAG_CHROMA_URL": chroma_server,
-        "CLINRAG_COLLECTION": "killed",
-    }
+    env = {**os.environ, "CLINRAG_HOME": str(_home), "CLINRAG_COLLECTION": "killed"}
     cmd = [sys.executable, "-m", "ui.cli.main", "ingest", str(folder)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # killed as soon as the server holds vectors: certainly mid-ingest
-        deadline = time.monotonic() + 180
-        while _server_count(chroma_server, "killed") == 0:
-            assert proc.poll() is None, "the ingest ended before it was killed"
-            assert time.monotonic() < deadline, "the ingest wrote nothing in 180 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    index = Index(settings)
-    complete = index.manifest.documents()
-    assert len(complete) < N_KILL_DOCS  # the kill interrupted the ingest
-    index.close()
+    upserted, killed = threading.Event(), threading.Event()
 
-    final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    def hold_upserts(path: str) -> None:
+        if path.endswith("/upsert"):
+            upserted.set()
+            killed.wait(timeout=120)  # the ingest is killed meanwhile
+
+    with proxy(chroma_server, after=hold_upserts) as slow:
+        proc = subprocess.Popen(
+            cmd,
+            env={**env, "CLINRAG_CHROMA_URL": slow},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert upserted.wait(timeout=240), "the ingest never wrote its vectors"
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+            killed.set()
+        index = Index(settings)
+        index.warm_up()
+        # orphans on the server, every document pending: what a crash there leaves
+        assert index.store.count() == N_KILL_DOCS and not index.manifest.documents()
+        assert len(index.manifest.documents(state=None)) == N_KILL_DOCS
+        index.close()
+
+    final = subprocess.run(
+        cmd, env={**env, "CLINRAG_CHROMA_URL": chroma_server}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
     assert final.returncode == 0, final.stderr
     index = Index(settings)
     index.warm_up()
     docs = index.manifest.documents(state=None)
     assert len(docs) == N_KILL_DOCS and all(d["state"] == "complete" for d in docs)
     chunk_ids = index.manifest.chunk_ids()
-    assert index.store.ids() == chunk_ids  # no orphan, no missing vector
-    assert _server_count(chroma_server, "killed") == len(chunk_ids)
-    assert len(chunk_ids) == sum(d["n_chunks"] for d in docs)
+    assert index.store.ids() == chunk_ids  # no orphan, no missing vector, no duplicate
+    assert _server_count(chroma_server, "killed") == len(chunk_ids) == N_KILL_DOCS
     index.close()
 
 
@@ -166,16 +179,19 @@ def test_kill_9_mid_ingest_recovers_on_the_server(
 
 
 @contextmanager
-def token_proxy(upstream: str, token: str) -> Iterator[str]:
+def proxy(
+    upstream: str, token: str | None = None, after: Callable[[str], None] | None = None
+) -> Iterator[str]:
     """What the hospital's proxy does in front of the Chroma server (nginx or the like, with
-    TLS there): refuse a request without the bearer token, forward the rest."""
+    TLS there): refuse a request without the bearer ``token``, forward the rest. ``after(path)``
+    runs once a request has been forwarded, before its answer goes back."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
         def forward(self) -> None:
-            if self.headers.get("Authorization") != f"Bearer {token}":
+            if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
                 self.send_response(401)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -191,11 +207,14 @@ def token_proxy(upstream: str, token: str) -> Iterator[str]:
                     status, body = response.status, response.read()
             except urllib.error.HTTPError as exc:
                 status, body = exc.code, exc.read()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if after is not None:
+                after(self.path)
+            with contextlib.suppress(OSError):  # the client may be gone (killed)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         do_GET = do_POST = do_PUT = do_DELETE = forward  # noqa: N815 (http.server's naming)
 
@@ -216,16 +235,16 @@ EMBEDDER = EmbedderInfo(name="test", model="test", weights_hash="0" * 64, dim=4)
 def test_chroma_token_reaches_the_proxy_and_a_wrong_one_is_refused_in_words(
     chroma_server: str, _home: Path
 ) -> None:
-    with token_proxy(chroma_server, "right-token") as proxy:
+    with proxy(chroma_server, "right-token") as guarded:
         for token in (None, "wrong-token"):
             extra = {"chroma_token": token} if token else {}
-            store = ChromaStore(_server_settings(_home, proxy, "guarded", **extra))
+            store = ChromaStore(_server_settings(_home, guarded, "guarded", **extra))
             with pytest.raises(VectorStoreUnavailableError, match="refused clinrag") as info:
                 store.warm_up(EMBEDDER)
             message = str(info.value)
             assert "HTTP 401" in message and "Set chroma_token" in message
             assert "wrong-token" not in message  # a token is never echoed
-        store = ChromaStore(_server_settings(_home, proxy, "guarded", chroma_token="right-token"))
+        store = ChromaStore(_server_settings(_home, guarded, "guarded", chroma_token="right-token"))
         store.warm_up(EMBEDDER)
         chunk = Chunk("d:1", "d", "text", "T", "S", None, 0, 4, "sha", "d.md", "now")
         store.upsert([chunk], np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32))
@@ -276,3 +295,56 @@ def _outward_address() -> str | None:
     except OSError:
         return None
     return None if address.startswith("127.") else address
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+# Holds the library's writer lock until its stdin closes (or it is killed).
+HOLD_LOCK_CHILD = r"""
+import os, sys
+from core.config import load_settings
+from core.library.index import writer_lock
+
+env = {"CLINRAG_HOME": sys.argv[1], "CLINRAG_DATABASE_URL": sys.argv[2]}
+with writer_lock(load_settings(env=env)):
+    print("locked", os.getpid(), flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_one_writer_across_hosts_with_a_database(
+    chroma_server: str, database_url: str, tmp_path: Path
+) -> None:
+    """Two app hosts share the database and the Chroma server but no disk (two homes): while
+    one writes, the other is refused; when the writer is killed, the lock goes with it."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    shutil.copy2(SAMPLES / DOCS[1], folder / DOCS[1])
+    host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
+    b = _server_settings(host_b, chroma_server, "shared", database_url=database_url)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK_CHILD, str(host_a), database_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().startswith("locked")
+        with pytest.raises(StoreLockedError, match="another clinrag process") as info:
+            library.add(b, ADMIN, [folder], source="cli", progress=False)
+        assert "host-a" not in str(info.value) and "password" not in str(info.value)
+        assert not host_a.joinpath("store.lock").exists()  # not a file lock on either disk
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = library.add(b, ADMIN, [folder], source="cli", progress=False)
+    assert summary.count("added") == 1
+    # host A sees what host B wrote: one manifest (the database), one store (the server)
+    a = _server_settings(host_a, chroma_server, "shared", database_url=database_url)
+    index = Index(a)
+    index.warm_up()
+    assert index.manifest.chunk_ids() == index.store.ids() and index.store.count() > 0
+    index.close()

@@ -35,9 +35,32 @@ def indexed_text(chunk: Chunk) -> str:
     )
 
 
+WRITER_LOCK = "library_writer"
+
+
 @contextmanager
 def writer_lock(settings: Settings) -> Iterator[None]:
-    """Exclusive, non-blocking: Chroma's embedded store is not safe with two writing processes."""
+    """Exclusive, non-blocking: one process writes the library (manifest and vectors) at a time.
+
+    With ``database_url`` the manifest is shared by every host, so the lock is an advisory lock
+    in that database (:func:`core.database.database_lock`), held by one process on any host and
+    dropped by the server if its holder dies; otherwise a file lock in the home, since Chroma's
+    embedded store is not safe with two writing processes either.
+    """
+    if settings.database_url:
+        from core.database import DatabaseLockBusy, database_lock, redact_url
+
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(database_lock(settings.database_url, WRITER_LOCK, wait=False))
+            except DatabaseLockBusy:
+                raise StoreLockedError(
+                    f"The library in {redact_url(settings.database_url)} is being written by "
+                    "another clinrag process (on this host or another). Wait for that ingest or "
+                    "removal to finish, then run this again (readers keep working meanwhile)."
+                ) from None
+            yield
+        return
     from filelock import FileLock, Timeout
 
     settings.home.mkdir(parents=True, exist_ok=True)
