@@ -1,4 +1,6 @@
-"""Local user accounts for the app: SQLite in ``CLINRAG_HOME/users.sqlite``, argon2 hashes.
+"""Local user accounts for the app: SQLite in ``CLINRAG_HOME/users.sqlite`` (or, with
+``database_url``, the ``clinrag_accounts`` schema of that PostgreSQL database, shared by every
+app server), argon2 hashes.
 
 Roles (``services.access``): ``clinician`` (asks questions), ``auditor`` (reads and exports
 the audit log) and ``admin`` (everything, plus the document library). Accounts are disabled,
@@ -9,7 +11,8 @@ enable, set or reset a password, change a role, unlock) check the role and recor
 event; the command line and the app's Accounts page call the same functions.
 
 Wrong passwords are counted in one write transaction per attempt, so parallel attempts
-(Streamlit runs each session in a thread) lock the account like sequential ones. Single
+(Streamlit runs each session in a thread, replicas share the database) lock the account like
+sequential ones. Single
 sign-on enters only accounts created for it. The generated first ``admin`` password must be
 changed at the first sign-in (``must_change_password``).
 """

@@ -12,6 +12,10 @@ What a backup holds (a new folder, never overwritten):
 - ``backup.json``: what was copied, each file's sha256, record and chunk counts, and where the
   audit signing key lives.
 
+With ``database_url`` the three stores live in PostgreSQL; the backup holds the same SQLite
+files, copied out of the database (so a backup is verified the same way, with the standard
+library alone), and a restore loads them into an empty database.
+
 What it does not hold: the vector store (``store/``), which :func:`restore` rebuilds from the
 manifest, the converted model and BM25 caches (rebuilt on first use), and, unless asked for,
 the audit signing key. The key is what makes the checkpoints unforgeable, so it belongs in a

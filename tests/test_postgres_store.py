@@ -519,3 +519,28 @@ def test_database_lock_has_one_holder_across_processes(database_url: str) -> Non
             time.sleep(0.1)
     else:
         pytest.fail("the killed holder's lock was never released")
+
+
+def _open_manifest(url: str, folder: str) -> None:
+    from core.library.manifest import Manifest
+
+    manifest = Manifest(Path(folder) / "unused.sqlite", database_url=url)
+    assert manifest.index_version() == 0
+    manifest.close()
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_open_manifest, args=(database_url, str(tmp_path))) for _ in range(4)
+    ]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    with psycopg.connect(database_url) as conn:
+        names = conn.execute("SELECT name FROM clinrag_manifest.migrations ORDER BY position")
+        assert [n for (n,) in names] == ["001_documents_and_chunks", "002_chunk_metadata"]
