@@ -89,11 +89,16 @@ def fit_weights(
     n_ablations: int = 32,
     k: int | None = None,
     seed: int = 0,
+    cached_only: bool = False,
     command: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> FitReport:
     """Collect (or read cached) ablation data for ``questions`` ((id, text) pairs) and write
-    fitted weights; the file lists the ids used, so a benchmark can leave them out."""
+    fitted weights; the file lists the ids used, so a benchmark can leave them out.
+
+    ``cached_only`` fits on the questions already collected and skips the rest (to fit while
+    a long collection is still running, or on what an interrupted one left).
+    """
     import time
 
     from assistant.attribute import AnswerScorer, answer_targets, attention_features
@@ -142,6 +147,8 @@ def fit_weights(
         record: dict[str, Any] | None = None
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
+        elif cached_only:
+            continue
         hits = retriever.retrieve(question, k=k)
         sources = source_sentences(hits)[: settings.attribution_max_sentences]
         if record is None:

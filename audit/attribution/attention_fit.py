@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["FitExample", "FitResult", "fit_head_weights", "group_correlation"]
 
-DEFAULT_RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass
@@ -147,5 +147,7 @@ def fit_head_weights(
             "groups": used,
             "cv_correlation": {str(r): round(v, 4) for r, v in cv.items()},
             "train_correlation": round(group_correlation(examples, w), 4),
+            # every head weighted alike (plain attention): what the fit must beat
+            "uniform_correlation": round(group_correlation(examples, np.ones(n_features)), 4),
         },
     )

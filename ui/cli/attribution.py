@@ -42,6 +42,11 @@ def add_fit_parser(
     fit.add_argument("--k", type=int, help="passages retrieved per question (default top_k)")
     fit.add_argument("--max-new-tokens", type=int, help="answer length (default the setting)")
     fit.add_argument("--out", type=Path, help="weights file or folder to write")
+    fit.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="fit on the questions already collected (cached) and skip the others",
+    )
     fit.add_argument("--json", action="store_true")
     return fit
 
@@ -58,6 +63,7 @@ def fit_command(args: argparse.Namespace, settings: Settings) -> int:
         out=args.out,
         n_ablations=args.ablations,
         k=args.k,
+        cached_only=args.cached_only,
         command="clinrag " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         progress=None if args.json else lambda m: print(m, file=sys.stderr, flush=True),
     )

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         "asked with --no-attribution), or record why it cannot be",
     )
     resume.add_argument("--json", action="store_true")
+    from ui.cli.attribution import add_fit_parser
+
+    add_fit_parser(attsub)
 
     aud = sub.add_parser("audit", help="verify, list, show, export or replay audit records")
     asub = aud.add_subparsers(dest="audit_command", required=True)
@@ -386,6 +389,10 @@ def print_answer(answer: Answer) -> None:
 
 
 def cmd_attribution(args: argparse.Namespace, settings: Settings) -> int:
+    if args.attribution_command == "fit":
+        from ui.cli.attribution import fit_command
+
+        return fit_command(args, settings)
     if args.attribution_command != "resume":  # other sub-commands are dispatched elsewhere
         return 2
     from services import ask
