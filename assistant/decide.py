@@ -1,16 +1,21 @@
-"""Yes/no questions: detect them, and decide yes / no / uncertain from the cited passages.
+"""Yes/no questions: detect them, and decide yes / no / uncertain from the cited passage.
 
-The decision reads only library text: the passages the answer cites, verbatim, never the
-model's free text. The answering model scores that evidence by teacher forcing
-(``LogProbScorer``) in the "channel" direction (Min et al. 2022, noisy channel prompting):
-how likely the evidence is after "The answer is yes" versus after "The answer is no". The
-forward direction (how likely "Yes" is after the evidence) carried no signal with the
-packaged 135M model on PubMedQA: it answers from its prior whatever the evidence says. In the
-channel direction the model must account for every word of the evidence, so "did not reduce"
-weighs towards no. Within ``yes_no_margin`` of the boundary (``yes_no_bias``) the decision is
-``uncertain``. Both were fitted on questions of one half of PubMedQA and measured on the
-other (``docs/benchmarks.md``); a count of negative-finding phrases in the evidence was tried
-beside the score and got no weight there.
+The decision reads only library text: the passage the best quote comes from, verbatim, never
+the model's free text. It combines, in a logistic model with five parameters
+(``decide_weights.json``, fitted by ``benchmarks/yes_no_fit.py``):
+
+- the answering model's "channel" score (Min et al. 2022, noisy channel prompting): how much
+  likelier the evidence is after "The answer is yes" than after "The answer is no", by teacher
+  forcing (``LogProbScorer``). The forward direction (how likely "Yes" is after the evidence)
+  carried no signal with the packaged 135M model on PubMedQA;
+- negative-finding phrases in the evidence ("no significant", "did not", "not associated",
+  "similar", "comparable", p > 0.05), and positive ones ("significantly", p < 0.05), counted;
+- whether the question doubts its own claim ("really", "still", "necessary", "myth").
+
+The model's output is the log-odds of "yes" against "no"; within ``yes_no_margin`` of
+``yes_no_bias`` the decision is ``uncertain``. The weights were fitted on one half of PubMedQA
+and measured on the other (``docs/benchmarks.md``); they belong to the model they were fitted
+with (its weights hash is in the file), and a warning is logged for another.
 
 An LLM without log-probabilities (an OpenAI-compatible server) gets no decision: the answer
 is generated as before and the reason logged, never guessed from the model's wording.
@@ -21,15 +26,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from core.backends.base import LogProbScorer, Message
 from core.config import Settings
-from core.types import Answer, Decision, DecisionLabel, Generation, SourceSentence
+from core.types import Answer, Decision, DecisionLabel, Generation, Hit, SourceSentence
 
 if TYPE_CHECKING:
     from assistant.cite import Quote
@@ -38,12 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHOD = "channel-logprob"
+METHOD = "logistic:channel+cues"
 OPTIONS = ("yes", "no")
-# Sentences quoted for a yes/no answer; the decision reads their whole passages, at most
-# MAX_PASSAGES of them, since the finding is rarely the sentence closest to the question.
+# Sentences quoted for a yes/no answer; the decision reads the best one's whole document (its
+# retrieved passages), since the finding is rarely the sentence closest to the question. One
+# document, not all the quotes' documents: on PubMedQA the others are other studies.
 EVIDENCE_SENTENCES = 3
-MAX_PASSAGES = 3
+WEIGHTS_FILE = "decide_weights.json"
 PROMPT_NAME = "yes_no_v2"
 _SYSTEM = "You report the findings of clinical studies and guidelines."
 _USER = "Question: {question}\nThe answer is {option}. What does the evidence say?"
@@ -111,6 +120,90 @@ class Scores:
         return self.yes - self.no
 
 
+# Findings against the claim, as abstracts and guidelines word them. Counted, not parsed: the
+# logistic model weighs them against the channel score.
+_NEGATIVE = re.compile(
+    r"\b(?:no|not|non)[- ](?:statistically[- ])?significant(?:ly)?\b"
+    r"|\bnonsignificant(?:ly)?\b"
+    r"|\b(?:did|does|do|was|were|is|are|could|would|has|have|had|may) not\b"
+    r"|\b(?:didn't|doesn't|don't|wasn't|weren't|isn't|aren't|hasn't|haven't)\b"
+    r"|\bno (?:\w+ ){0,2}?(?:differences?|associations?|correlations?|effects?|relationships?|"
+    r"relations?|improvements?|benefits?|changes?|increases?|reductions?|decreases?|"
+    r"advantages?|impact|evidence)\b"
+    r"|\bnot (?:associated|related|correlated|predictive|different|superior|effective|useful|"
+    r"necessary|improved|reduced|increased|recommended)\b"
+    r"|\b(?:similar|comparable|equivalent|unchanged|unaffected|unrelated)\b"
+    r"|\bfail(?:ed|s)? to\b|\bneither\b"
+    r"|\bp\s*(?:>|\u2265|=\s*0?\.(?:0[5-9]|[1-9]))",
+    re.I,
+)
+# Findings for it: significance not negated, and p below 0.05.
+_POSITIVE = re.compile(
+    r"(?<!\bno )(?<!\bnot )(?<!\bnon-)(?<!\bnon )\bsignificant(?:ly)?\b"
+    r"|\bp\s*(?:<|\u2264|=\s*0?\.0[0-4])",
+    re.I,
+)
+# Questions that doubt their own claim ("Is routine imaging really necessary?")
+_DOUBT = re.compile(
+    r"\b(?:really|still|truly|myth|necessary|mandatory|justified|worth|needed|obsolete)\b", re.I
+)
+FEATURES = ("shift", "negative", "positive", "doubt")
+
+
+def cues(question: str, evidence: Sequence[str]) -> dict[str, float]:
+    """The text features: log(1 + count) of negative and positive finding phrases in the
+    evidence, and 1.0 when the question doubts its claim."""
+    text = " ".join(evidence)
+    return {
+        "negative": math.log1p(len(_NEGATIVE.findall(text))),
+        "positive": math.log1p(len(_POSITIVE.findall(text))),
+        "doubt": 1.0 if _DOUBT.search(question) else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The fitted logistic model: log-odds(yes vs no) = intercept + sum(coef * feature)."""
+
+    coef: dict[str, float]
+    intercept: float
+    model_hash: str = ""  # the weights hash of the LLM whose channel score was fitted
+    sha256: str = ""  # of the weights file, recorded with each decision
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether a feature comes from the answering model (its log-probabilities)."""
+        return "shift" in self.coef
+
+    def log_odds(self, features: dict[str, float]) -> float:
+        return self.intercept + sum(w * features[name] for name, w in self.coef.items())
+
+
+@cache
+def shipped_weights() -> Weights:
+    """The coefficients shipped with clinrag (``assistant/decide_weights.json``)."""
+    raw = resources.files("assistant").joinpath(WEIGHTS_FILE).read_bytes()
+    data: dict[str, Any] = json.loads(raw)
+    unknown = set(data["coef"]) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"{WEIGHTS_FILE}: unknown features {sorted(unknown)}")
+    return Weights(
+        coef={k: float(v) for k, v in data["coef"].items()},
+        intercept=float(data["intercept"]),
+        model_hash=str(data.get("model_weights_hash", "")),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def features(llm: LogProbScorer | None, question: str, evidence: Sequence[str]) -> dict[str, float]:
+    """The decision's features: the text cues, and the channel scores when ``llm`` is given."""
+    out = cues(question, evidence)
+    if llm is not None:
+        scores = score(llm, question, evidence)
+        out.update(log_p_yes=scores.yes, log_p_no=scores.no, shift=scores.shift)
+    return out
+
+
 def messages(question: str, option: str) -> list[Message]:
     """The scoring prompt for one option; the evidence is what the model is scored on."""
     user = _USER.format(question=question.strip(), option=option)
@@ -124,39 +217,55 @@ def score(llm: LogProbScorer, question: str, evidence: Sequence[str]) -> Scores:
     return Scores(float(lp[0]), float(lp[1]))
 
 
-def label(shift: float, *, bias: float, margin: float) -> DecisionLabel:
+def label(log_odds: float, *, bias: float, margin: float) -> DecisionLabel:
     """yes above ``bias + margin``, no below ``bias - margin``, uncertain between."""
-    if shift > bias + margin:
+    if log_odds > bias + margin:
         return DecisionLabel.YES
-    if shift < bias - margin:
+    if log_odds < bias - margin:
         return DecisionLabel.NO
     return DecisionLabel.UNCERTAIN
 
 
 def decide(
-    llm: object, question: str, evidence: Sequence[SourceSentence], settings: Settings
+    llm: object,
+    question: str,
+    evidence: Sequence[SourceSentence],
+    settings: Settings,
+    weights: Weights | None = None,
 ) -> Decision | None:
     """The decision from these evidence sentences, or None when it cannot be made.
 
-    None when there is no evidence or the LLM cannot score options (no ``logprobs``); the
-    reason is logged. Nothing but the question and ``evidence`` reaches the model.
+    None when there is no evidence, or when the weights use the channel score and the LLM
+    cannot score options (no ``logprobs``); the reason is logged. Nothing but the question and
+    ``evidence`` reaches the model. ``weights``: the shipped ones unless given.
     """
+    weights = weights or shipped_weights()
     if not evidence:
         log.info("yes/no decision skipped: no verified evidence")
         return None
-    if not isinstance(llm, LogProbScorer):
-        log.info("yes/no decision skipped: %s has no log-probabilities", type(llm).__name__)
-        return None
-    scores = score(llm, question, [s.text for s in evidence])
+    scorer: LogProbScorer | None = None
+    if weights.needs_model:
+        if not isinstance(llm, LogProbScorer):
+            log.info("yes/no decision skipped: %s has no log-probabilities", type(llm).__name__)
+            return None
+        scorer = llm
+        info = getattr(llm, "info", None)
+        if weights.model_hash and getattr(info, "weights_hash", "") != weights.model_hash:
+            log.warning(
+                "yes/no weights were fitted with another model's channel score; refit them "
+                "(benchmarks/yes_no_fit.py) for this one"
+            )
+    found = features(scorer, question, [s.text for s in evidence])
+    z = weights.log_odds(found)
     return Decision(
-        label=label(scores.shift, bias=settings.yes_no_bias, margin=settings.yes_no_margin),
+        label=label(z, bias=settings.yes_no_bias, margin=settings.yes_no_margin),
         probabilities={
-            "log_p_yes": round(scores.yes, 4),
-            "log_p_no": round(scores.no, 4),
-            "shift": round(scores.shift, 4),
+            **{k: round(v, 4) for k, v in found.items()},
+            "log_odds": round(z, 4),
+            "p_yes": round(1.0 / (1.0 + math.exp(-z)), 4),
         },
         evidence=[s.index for s in evidence],
-        method=METHOD,
+        method=f"{METHOD}:{weights.sha256[:12]}" if weights.sha256 else METHOD,
     )
 
 
@@ -184,17 +293,30 @@ def describe(decision: Decision, answer: Answer) -> str:
 
 
 def passages_read(
-    quotes: Sequence[Quote], sources: Sequence[SourceSentence]
+    quotes: Sequence[Quote], sources: Sequence[SourceSentence], hits: Sequence[Hit]
 ) -> list[SourceSentence]:
-    """Every sentence of the passages the quotes come from (at most ``MAX_PASSAGES``), in
-    passage order: the cited passages, verbatim."""
-    passages: list[int] = []
-    for q in quotes:
-        for i in q.indices:
-            if sources[i].n not in passages:
-                passages.append(sources[i].n)
-    chosen = set(passages[:MAX_PASSAGES])
-    return [s for s in sources if s.n in chosen]
+    """Every sentence of the retrieved passages of the document the best quote comes from, in
+    the document's order, each sentence once: the cited document, verbatim.
+
+    The whole document, not only the quoted passage: the passage that best matches a question
+    is usually the one stating the study's aim, and the finding follows in the next one (on
+    PubMedQA, 2 to 3 passages per abstract).
+    """
+    if not quotes or not quotes[0].indices:
+        return []
+    doc = hits[sources[quotes[0].indices[0]].n - 1].chunk.doc_id
+    chosen = sorted(
+        (n for n, h in enumerate(hits, start=1) if h.chunk.doc_id == doc),
+        key=lambda n: hits[n - 1].chunk.char_start,
+    )
+    out: list[SourceSentence] = []
+    seen: set[str] = set()
+    for n in chosen:
+        for s in sources:
+            if s.n == n and s.text not in seen:  # passages may overlap
+                seen.add(s.text)
+                out.append(s)
+    return out
 
 
 def answer(assistant: Assistant, ctx: Context) -> Answer | None:
@@ -202,45 +324,53 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
 
     Called once the abstention checks before generation have passed. The decision and its
     evidence are the answer: the guideline's (or abstract's) sentences that best match the
-    question, quoted and cited, with the decision, read from their whole passages, on top.
-    The packaged 135M model's own wording is the less accurate one (it failed verification on
-    most PubMedQA questions, and parsed as "maybe" when quoted), and skipping it saves the
-    generation, about 6 of the 6.5 seconds of an answer on a CPU. Off when
-    ``yes_no_decisions`` is off or the LLM cannot score options; the quoting bar
-    (``quote_min_evidence``) applies: with no sentence that clearly answers, nothing is
-    decided.
+    question, quoted and cited, with the decision, read from the best one's whole document, on
+    top. The packaged 135M model's own wording is the less accurate one (it failed
+    verification on most PubMedQA questions, and parsed as "maybe" when quoted), and skipping
+    it saves the generation, about 6 of the 6.5 seconds of an answer on a CPU. Off when
+    ``yes_no_decisions`` is off, or when the weights use the channel score and the LLM cannot
+    score options.
     """
     from assistant import policy
     from assistant.cite import quote_answer, quotes_for
 
     settings, llm = assistant.settings, assistant.llm
     question, hits, timings = ctx.question, ctx.hits, ctx.timings
-    if not (settings.yes_no_decisions and is_yes_no(question)) or not isinstance(
-        llm, LogProbScorer
-    ):
+    weights = shipped_weights()
+    if not (settings.yes_no_decisions and is_yes_no(question)):
+        return None
+    if weights.needs_model and not isinstance(llm, LogProbScorer):
         return None
     t = time.perf_counter()
     quotes = quotes_for(question, hits, assistant.embed, ctx.sources, limit=EVIDENCE_SENTENCES)
     timings["citation"] = time.perf_counter() - t
-    evidence = [q.evidence for q in quotes]
-    if not policy.strong_evidence(evidence, settings):
-        # as in the policy's fallback: no passage clearly answers, so nothing is quoted
-        best = max((e.score for e in evidence), default=0.0)
-        weak = policy.Reason(policy.ReasonCode.WEAK_RETRIEVAL, f"best evidence sentence {best:.2f}")
-        return policy.abstained(ctx, weak, evidence=evidence)
+    if not quotes:
+        weak = policy.Reason(policy.ReasonCode.WEAK_RETRIEVAL, "no evidence sentence")
+        return policy.abstained(ctx, weak)
+    # No sentence-level bar (quote_min_evidence) here: the decision reads the document, whose
+    # passages passed the passage-level checks before this (relevance, the question's rare
+    # words). A yes/no question rarely matches its finding's sentence closely ("Does X improve
+    # Y?" against "Y was 12% higher with X"), so the bar declined answerable questions (9 of
+    # 430 on PubMedQA, 1 of the 10 clinician yes/no questions) and, on 12 off-library yes/no
+    # questions over data_samples, caught none the passage-level checks had let through
+    # (docs/benchmarks.md).
     quote = quote_answer(quotes, hits, limit=EVIDENCE_SENTENCES)
     t = time.perf_counter()
-    read = passages_read(quotes, ctx.sources)
-    prompts = [messages(question, option) for option in OPTIONS]
-    # The model's part in this answer is scoring the evidence under each option; it is
-    # recorded as its generation (empty text: it wrote nothing), so the record names the
-    # model and the prompt.
+    read = passages_read(quotes, ctx.sources, hits)
+    prompts = [messages(question, option) for option in OPTIONS] if weights.needs_model else []
+    # Recorded as the answer's generation (empty text: nothing was written), so the record
+    # names the model, the prompt when the model scored the evidence, and the weights.
     scoring = Generation(
         text="",
         model=llm.info,
         prompt_hash=hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(),
-        template=f"{PROMPT_NAME}:{PROMPT_SHA256}",
-        decoding={"teacher_forced": "evidence", "options": list(OPTIONS), "max_new_tokens": 0},
+        template=f"{PROMPT_NAME}:{PROMPT_SHA256}" if prompts else f"{METHOD}:no-prompt",
+        decoding={
+            "teacher_forced": "evidence" if prompts else None,
+            "options": list(OPTIONS),
+            "max_new_tokens": 0,
+            "weights_sha256": weights.sha256,
+        },
         seconds=0.0,
     )
     out = policy.quoted(
@@ -250,6 +380,6 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
         evidence=quote.evidence,
         unverified=[],
     )
-    out.decision = decide(llm, question, read, settings)
+    out.decision = decide(llm, question, read, settings, weights)
     scoring.seconds = timings["decision"] = time.perf_counter() - t
     return out

@@ -119,15 +119,15 @@ class Settings(BaseModel):
         "more accurate for the model (assistant/policy.py MEASURED_STYLES), else combined.",
     )
 
-    # yes/no questions (assistant/decide.py). Bias: the middle of the plateau of best accuracy
-    # (-0.8 to 0.0) on 82 questions of PubMedQA's dev half (even file positions); any margin
-    # lowered accuracy there (11% of its answers are "maybe"), so none is shipped.
+    # yes/no questions (assistant/decide.py). The fitted logistic model (decide_weights.json)
+    # gives the log-odds of yes against no; 0 is its own boundary. No uncertain band is
+    # shipped: "uncertain" is right only for PubMedQA's "maybe" (11% of its answers).
     yes_no_decisions: bool = Field(
         True, description="Decide yes / no / uncertain for yes/no questions, from the evidence."
     )
     yes_no_bias: float = Field(
-        -0.4,
-        description="The evidence's log-odds shift (yes vs no) at which the decision turns.",
+        0.0,
+        description="The fitted log-odds (yes vs no) at which the decision turns.",
     )
     yes_no_margin: float = Field(
         0.0, ge=0, description="Within this of the bias the decision is uncertain."

@@ -111,9 +111,19 @@ class ScoringLLM(ExtractiveLLM):
         return out
 
 
+# The channel score alone, unscaled: the fake's shift (log 4, either way) decides.
+CHANNEL_ONLY = decide.Weights(coef={"shift": 1.0}, intercept=0.0)
+
+
 def _decisive(settings: Settings) -> Settings:
     """Settings under which the fake's shift (log 4, either way) decides."""
     return settings.model_copy(update={"yes_no_bias": 0.0, "yes_no_margin": 0.5})
+
+
+@pytest.fixture
+def channel_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline decides with CHANNEL_ONLY instead of the shipped weights."""
+    monkeypatch.setattr(decide, "shipped_weights", lambda: CHANNEL_ONLY)
 
 
 def _sources(*texts: str) -> list[SourceSentence]:
@@ -125,12 +135,13 @@ def test_decision_reads_only_the_question_and_the_evidence(settings: Settings) -
     settings = _decisive(settings)
     evidence = _sources("Screening reduced mortality by 20%.", "It was a randomised trial.")
     question = "Does screening reduce mortality?"
-    decision = decide.decide(llm, question, evidence, settings)
+    decision = decide.decide(llm, question, evidence, settings, CHANNEL_ONLY)
     assert decision is not None
     assert decision.label is DecisionLabel.YES
     assert decision.evidence == [0, 1]
     assert decision.method == decide.METHOD
     assert decision.probabilities["shift"] == pytest.approx(np.log(4), abs=1e-3)
+    assert decision.probabilities["log_odds"] == pytest.approx(np.log(4), abs=1e-3)
     # one scoring per option: the evidence is the target, the prompt holds only the question
     assert {t for _, t in llm.scored} == {
         "Screening reduced mortality by 20%. It was a randomised trial."
@@ -139,17 +150,69 @@ def test_decision_reads_only_the_question_and_the_evidence(settings: Settings) -
     assert all(question in p and "Screening" not in p for p, _ in llm.scored)
 
     against = _sources("Screening did not change mortality.")
-    no = decide.decide(llm, question, against, settings)
+    no = decide.decide(llm, question, against, settings, CHANNEL_ONLY)
     assert no is not None and no.label is DecisionLabel.NO
     # within the margin of the bias: uncertain
-    close = decide.decide(llm, question, evidence, settings.model_copy(update={"yes_no_bias": 1.0}))
+    close = decide.decide(
+        llm, question, evidence, settings.model_copy(update={"yes_no_bias": 1.0}), CHANNEL_ONLY
+    )
     assert close is not None and close.label is DecisionLabel.UNCERTAIN
+    # a negative finding phrase weighs towards no when the weights say so
+    cue_weighted = decide.Weights(coef={"shift": 1.0, "negative": -4.0}, intercept=0.0)
+    hedged = _sources("Screening reduced mortality, but not significantly (p = 0.21).")
+    weighed = decide.decide(llm, question, hedged, settings, cue_weighted)
+    assert weighed is not None and weighed.label is DecisionLabel.NO
+
+
+def test_finding_cues_are_counted_and_negated_significance_is_not_positive() -> None:
+    found = decide.cues(
+        "Is routine imaging really necessary?",
+        [
+            "Outcomes were similar in both groups and did not differ (p = 0.42).",
+            "There was no significant difference in survival.",
+        ],
+    )
+    # "similar", "did not", "p = 0.42", "no significant (difference)"
+    assert found["negative"] == pytest.approx(np.log1p(4))
+    assert found["positive"] == 0.0  # "no significant" is not a significant finding
+    assert found["doubt"] == 1.0
+    found = decide.cues(
+        "Does screening reduce mortality?",
+        ["Mortality was significantly lower with screening (p < 0.001)."],
+    )
+    assert found == {"negative": 0.0, "positive": pytest.approx(np.log1p(2)), "doubt": 0.0}
+
+
+def test_shipped_weights_say_what_they_were_fitted_on() -> None:
+    import json
+    from importlib import resources
+
+    from core.backends.transformers_llm import PACKAGED_GGUF_SHA256
+
+    raw = json.loads(resources.files("assistant").joinpath(decide.WEIGHTS_FILE).read_text())
+    weights = decide.shipped_weights()
+    assert set(weights.coef) <= set(decide.FEATURES)
+    # a channel coefficient belongs to the model it was fitted with
+    assert weights.model_hash == (PACKAGED_GGUF_SHA256 if weights.needs_model else "")
+    assert len(raw["data"]["questions_sha256"]) == 64 and "yes_no_fit" in raw["command"]
+    # a negative finding in the evidence never pushes the decision towards yes
+    assert weights.coef["negative"] < 0
 
 
 def test_no_decision_without_log_probabilities_or_evidence(settings: Settings) -> None:
     evidence = _sources("Screening reduced mortality.")
-    assert decide.decide(ExtractiveLLM(), "Does screening help?", evidence, settings) is None
-    assert decide.decide(ScoringLLM("x"), "Does screening help?", [], settings) is None
+    question = "Does screening help?"
+    assert decide.decide(ExtractiveLLM(), question, evidence, settings, CHANNEL_ONLY) is None
+    assert decide.decide(ScoringLLM("x"), question, [], settings, CHANNEL_ONLY) is None
+    # weights on the text cues alone need no log-probabilities, and never call the model
+    cues_only = decide.Weights(coef={"negative": -2.0}, intercept=0.5)
+    llm = ScoringLLM("x")
+    against = _sources("Mortality did not differ (p = 0.40).")
+    decision = decide.decide(llm, question, against, settings, cues_only)
+    assert decision is not None and decision.label is DecisionLabel.NO
+    assert "shift" not in decision.probabilities and not llm.scored
+    plain = decide.decide(ExtractiveLLM(), question, evidence, settings, cues_only)
+    assert plain is not None and plain.label is DecisionLabel.YES
 
 
 # --- in the pipeline ----------------------------------------------------------------------------
@@ -166,7 +229,7 @@ def _assistant(library: Settings, llm: object) -> Any:
 
 
 def test_yes_no_answer_is_its_decision_and_quoted_evidence(
-    library: Settings, capsys: pytest.CaptureFixture[str]
+    library: Settings, capsys: pytest.CaptureFixture[str], channel_only: None
 ) -> None:
     from ui.cli.main import answer_json, print_answer
 
@@ -177,11 +240,13 @@ def test_yes_no_answer_is_its_decision_and_quoted_evidence(
     assert answer.mode is Mode.QUOTED and not answer.abstained
     assert answer.decision is not None
     assert answer.decision.label is DecisionLabel.NO
-    # the decision read the quoted sentences' whole passages, and nothing else
+    # the decision read every retrieved passage of one quoted document, and nothing else
     quoted = {i for s in answer.sentences for i in s.evidence}
-    assert quoted <= set(answer.decision.evidence)
-    passages = {answer.source_sentences[i].n for i in quoted}
-    assert {answer.source_sentences[i].n for i in answer.decision.evidence} == passages
+    doc = {n: answer.hits[n - 1].chunk.doc_id for n in range(1, len(answer.hits) + 1)}
+    docs = {doc[answer.source_sentences[i].n] for i in answer.decision.evidence}
+    assert len(docs) == 1 and docs <= {doc[answer.source_sentences[i].n] for i in quoted}
+    texts = {answer.source_sentences[i].text for i in answer.decision.evidence}
+    assert texts == {s.text for s in answer.source_sentences if doc[s.n] in docs}
     read = " ".join(answer.source_sentences[i].text for i in answer.decision.evidence)
     assert "not first line" in read
     assert answer.generation is not None and answer.generation.text == ""
@@ -199,7 +264,7 @@ def test_yes_no_answer_is_its_decision_and_quoted_evidence(
 
 
 def test_other_questions_and_models_without_log_probabilities_are_unchanged(
-    library: Settings,
+    library: Settings, channel_only: None
 ) -> None:
     scoring = ScoringLLM(cue="x")
     answer = _assistant(library, scoring).ask(
@@ -212,8 +277,18 @@ def test_other_questions_and_models_without_log_probabilities_are_unchanged(
     assert answer.generation is not None and answer.generation.text
 
 
+def test_the_shipped_cue_weights_decide_without_the_model(library: Settings) -> None:
+    # the shipped fit uses the text cues only (docs/benchmarks.md): any model can decide
+    assert not decide.shipped_weights().needs_model
+    plain = ExtractiveLLM()  # no log-probabilities
+    answer = _assistant(library, plain).ask(YES_NO, record=False)
+    assert answer.decision is not None and not answer.abstained
+    assert answer.generation is not None and answer.generation.text == ""
+    assert answer.generation.decoding["weights_sha256"] == decide.shipped_weights().sha256
+
+
 def test_the_record_carries_the_decision_and_replay_sees_no_change(
-    library: Settings,
+    library: Settings, channel_only: None
 ) -> None:
     from assistant.replay import compare
     from audit.record import answer_payload
@@ -233,6 +308,45 @@ def test_the_record_carries_the_decision_and_replay_sees_no_change(
     assert compare(stored, replayed) == []
     flipped = {**replayed, "decision": {**(replayed["decision"] or {}), "label": "yes"}}
     assert compare(stored, flipped) == ["decision changed: no -> yes"]
+
+
+def test_a_yes_no_question_whose_passage_was_found_is_decided_not_declined(
+    library: Settings, channel_only: None
+) -> None:
+    # No sentence reaches the quoting bar (set out of reach here; on PubMedQA a title-like
+    # question often matches its finding's sentence at 0.5): the old code declined as weak
+    # retrieval although the passage passed every passage-level check.
+    assistant = _assistant(library, ScoringLLM(cue="beta blockers are first line"))
+    assistant.settings = assistant.settings.model_copy(update={"quote_min_evidence": 0.99})
+    answer = assistant.ask(YES_NO, record=False)
+    assert not answer.abstained, answer.abstain_reason
+    assert answer.decision is not None and answer.decision.label is DecisionLabel.NO
+
+
+@pytest.mark.parametrize(
+    ("question", "reason"),
+    [
+        # nothing close in the library
+        (
+            "Should levothyroxine be started at a low dose in elderly patients with "
+            "hypothyroidism?",
+            "weak_retrieval",
+        ),
+        # close passages (diabetes screening), but none mentions the subject
+        (
+            "Should adults with type 2 diabetes be screened for diabetic retinopathy every year?",
+            "not_in_library",
+        ),
+    ],
+)
+def test_off_library_yes_no_questions_are_still_declined(
+    library: Settings, channel_only: None, question: str, reason: str
+) -> None:
+    llm = ScoringLLM(cue="x")
+    answer = _assistant(library, llm).ask(question, record=False)
+    assert answer.abstained and answer.decision is None
+    assert (answer.abstain_reason or "").startswith(reason)
+    assert not llm.scored and not llm.generated
 
 
 # --- the real model ------------------------------------------------------------------------------
@@ -279,7 +393,7 @@ def test_packaged_model_decides_from_clear_evidence(
     evidence: list[str],
     expected: DecisionLabel,
 ) -> None:
-    # the shipped settings: bias and margin as fitted on the PubMedQA dev half
+    # the shipped settings and weights, as fitted on the PubMedQA dev half
     decision = decide.decide(packaged_llm, question, _sources(*evidence), settings)
     assert decision is not None
     assert decision.label is expected, decision.probabilities
