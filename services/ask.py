@@ -1,7 +1,9 @@
 """Asking: the question, its answer and what is recorded about it afterwards.
 
 The CLI and the Ask page both come here, so an answer, its attribution and its feedback are
-recorded the same way and linked the same way (``answer_id``, see ``audit.record``).
+recorded the same way and linked the same way (``answer_id``, see ``audit.record``). The app
+attributes on a background queue (``services.attribution_queue``), the CLI after printing the
+answer; both through :func:`attribute`, which claims the answer first (:func:`claim`).
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ def render(settings: Settings, user: User | None) -> None:
     docs = library.visible_documents(settings, actor(user))
     if not docs:
         st.info("The library is empty. An administrator adds guidelines on the Library page.")
+    # the process's attribution queue: made by the first Ask page after a start, which
+    # queues the answers earlier processes left unattributed (in the background)
+    attribution_queue(settings)
     history: list[dict[str, Any]] = st.session_state.setdefault("history", [])
     if history and st.button(
         "New conversation",
@@ -360,7 +363,7 @@ def _render_attribution(settings: Settings, user: User, entry: dict[str, Any], i
             + md_escape(f"(attribution: {attribution.get('method', '')})")
         )
         st.caption(md_escape(faithfulness_text(attribution.get("faithfulness"))))
-        st.altair_chart(attribution_chart(rows), use_container_width=True)
+        st.altair_chart(attribution_chart(rows), width="stretch")
         if has_negative(rows):
             st.caption(NEGATIVE_SCORE_NOTE)
         return
