@@ -457,12 +457,15 @@ class AttributionQueue:
     def _work(self) -> None:
         while True:
             with self._mutex:
-                recover, self._recover = self._recover, False
-                closed = self._closed
+                recover, closed = self._recover, self._closed
             if closed:
                 return
             if recover:
                 self._enqueue_pending()
+                with self._mutex:
+                    # cleared only once the pending answers are queued, so :meth:`wait`
+                    # never sees an empty queue in between
+                    self._recover = False
             try:
                 _, _, job = self._queue.get(timeout=self._idle)
             except queue.Empty:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -457,8 +458,20 @@ def test_a_decision_is_shown_first_with_its_sentences(
     assert md_escape("Method: test (yes 0.20, no 0.80)") in [c.value for c in message.caption]
 
 
+_GATE = threading.Event()
+
+
 def _attributing_assistant(settings: Any) -> Any:
-    return attributing_assistant(settings, {"top_k_drop": 1.5, "random_drop": 0.2})
+    """The attribution stand-in, held at ``_GATE`` (to see the progress while it runs)."""
+    helper = attributing_assistant(settings, {"top_k_drop": 1.5, "random_drop": 0.2})
+    attribute = helper.attribute
+
+    def gated(answer: Any, method: str | None = None) -> Any:
+        _GATE.wait(30)
+        return attribute(answer, method)
+
+    helper.attribute = gated
+    return helper
 
 
 def _until(at: AppTest, done: Any, timeout: float = 60) -> AppTest:
@@ -486,10 +499,17 @@ def test_attribution_appears_by_itself_after_the_answer_and_is_recorded(
 
     monkeypatch.setattr(ui.session, "assistant_factory", _attributing_assistant)
     st.cache_resource.clear()
-    at = sign_in(start(), "carol")
-    ask(at, HTN_QUESTION)
-    answer = records(home, "answer")[-1]
-    assert answer.payload["attribution"] is None  # the answer did not wait for it
+    _GATE.clear()
+    try:
+        at = sign_in(start(), "carol")
+        ask(at, HTN_QUESTION)
+        answer = records(home, "answer")[-1]
+        assert answer.payload["attribution"] is None  # the answer did not wait for it
+        assert any("Stage 1 hypertension" in m.value for m in at.markdown)  # shown already
+        # while it runs: a progress bar, no button
+        _until(at, lambda at: any("Measuring" in p.text for p in at.get("progress")))
+    finally:
+        _GATE.set()
     _until(at, lambda at: any("Which sources the answer relied on" in m.value for m in at.markdown))
     event = records(home, "attribution")[-1]
     assert event.payload["answer_id"] == answer.seq and event.user == "carol"
@@ -753,5 +773,8 @@ def test_each_sentence_gets_the_source_sentences_that_drove_it_marked_by_score()
     assert "0.90</sup>" in html and "0.30</sup>" in html
     assert 'title="attribution score 0.90: rank 1 for this answer sentence"' in html
     # no per-sentence rows: the answer's scores under every sentence, said so
-    answer.attribution = {"scores": [0.9, 0.3, 0.8, -0.1], "sources": answer.attribution["sources"]}
+    answer.attribution = {
+        "scores": [0.9, 0.3, 0.8, -0.1],
+        "sources": [{"index": i, "n": 1} for i in range(4)],
+    }
     assert all(s.whole_answer for s in sentence_drivers(answer))
