@@ -115,43 +115,50 @@ def _coverage(home: Path) -> Any:
     return audit.attribution_coverage(settings, Actor("bench", "auditor"))
 
 
-def kill_mid_attribution(home: Path, question: str, env: dict[str, str]) -> int | None:
-    """``clinrag ask`` in its own process, killed (SIGKILL) once it starts attributing;
-    returns the answer record it left."""
+def kill_mid_attribution(
+    home: Path, questions: Sequence[str], env: dict[str, str]
+) -> tuple[int, int]:
+    """``clinrag ask`` in its own process, killed (SIGKILL) once it starts attributing.
+
+    Questions are tried in turn until one is attributed (an abstention has nothing to
+    attribute: that process ends by itself, its answer counted like any other). Returns the
+    answer record the killed process left and how many questions were asked."""
     from audit.record import open_log
     from core.config import load_settings
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("CLINRAG_")} | env
     child_env |= {"CLINRAG_ATTRIBUTION": "surrogate"}
     child_env |= {"CLINRAG_ATTRIBUTION_ABLATIONS": str(KILL_ABLATIONS)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ui.cli.main", "ask", question, "--user", "dave"]
-        + ["--role", "clinician"],
-        cwd=REPO,
-        env=child_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + KILL_TIMEOUT_S
-    seen: list[str] = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("attributing ("):
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            if time.monotonic() > deadline:
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    if proc.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"clinrag ask was not killed mid-attribution:\n{''.join(seen)[-3000:]}")
-    with open_log(load_settings(env={"CLINRAG_HOME": str(home)})) as log:
-        answers = log.list(event="answer", user="dave")
-    return answers[-1].seq if answers else None
+    for asked, question in enumerate(questions, start=1):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ui.cli.main", "ask", question, "--user", "dave"]
+            + ["--role", "clinician", "--no-service"],
+            cwd=REPO,
+            env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        seen: list[str] = []
+        try:
+            for line in proc.stderr:
+                seen.append(line)
+                if line.startswith("attributing ("):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+        finally:
+            try:
+                proc.wait(KILL_TIMEOUT_S)
+            finally:
+                proc.kill()
+        if proc.returncode == -signal.SIGKILL:
+            with open_log(load_settings(env={"CLINRAG_HOME": str(home)})) as log:
+                answers = log.list(event="answer", user="dave")
+            return answers[-1].seq, asked
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"clinrag ask failed:\n{''.join(seen)[-3000:]}")
+    raise RuntimeError("no question was answered with something to attribute")
 
 
 def ask_cli(questions: Sequence[str], assistant: Any) -> int:
@@ -241,16 +248,14 @@ def run(
     with environment(env):
         settings = load_settings(env=env)
         t = time.perf_counter()
-        killed = kill_mid_attribution(home, cli_questions[0], env)
+        killed, asked = kill_mid_attribution(home, cli_questions, env)
         report.seconds["killed_cli"] = time.perf_counter() - t
         report.killed_answer = killed
-        report.killed_pending_after_kill = killed is not None and killed in {
-            r.seq for r in pending_answers(settings)
-        }
+        report.killed_pending_after_kill = killed in {r.seq for r in pending_answers(settings)}
         t = time.perf_counter()
         assistant = Assistant(settings, llm=llm)
         assistant.warm_up()
-        report.cli_answers = 1 + ask_cli(cli_questions[1:], assistant)
+        report.cli_answers = asked + ask_cli(cli_questions[asked:], assistant)
         report.seconds["cli"] = time.perf_counter() - t
         t = time.perf_counter()
         report.app_answers = ask_app(app_questions, lambda s: Assistant(s, llm=llm), timeout)
