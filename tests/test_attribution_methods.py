@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,11 +301,23 @@ def test_single_sentence_and_constant_targets() -> None:
 
 
 def test_registry_builds_every_method() -> None:
-    assert set(METHODS) == {"surrogate", "shap", "loo", "similarity", "random"}
+    assert set(METHODS) == {
+        "attention",
+        "hierarchical",
+        "surrogate",
+        "shap",
+        "loo",
+        "similarity",
+        "random",
+    }
     assert isinstance(make_attributor("surrogate", n_ablations=8), AblationSurrogate)
     assert isinstance(make_attributor("similarity", similarity=np.zeros((2, S))), Attributor)
     for name in METHODS:
-        kwargs = {"similarity": np.zeros((2, S))} if name == "similarity" else {}
+        options: dict[str, dict[str, Any]] = {
+            "similarity": {"similarity": np.zeros((2, S))},
+            "attention": {"features": np.zeros((2, S, 3)), "weights": np.ones(3)},
+        }
+        kwargs = options.get(name, {})
         attributor = make_attributor(name, max_evaluations=12, **kwargs)
         result = attributor.attribute(LinearScorer(), S, 2)
         assert result.method == name
