@@ -19,7 +19,8 @@ it with every method, each with a fresh scorer cache (each pays its own forward 
 
 ``attention`` runs only where its fitted weights for the packaged model are found (otherwise
 it is skipped with a note). MedQuAD questions that the shipped attention weights were fitted
-on are excluded (the weights file lists its question ids or its sample).
+on are excluded (the weights file lists them as ``fit.train_qids``; ``clinrag attribution fit``
+leaves this benchmark's PubMedQA samples out of training in the first place).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,8 @@ def run_set(
     methods: Sequence[str],
     args: argparse.Namespace,
     attention: Callable[..., dict[str, Any]] | None,
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
+    """One record per answered question (the sets are interleaved by the caller)."""
     from assistant.attribute import AnswerScorer, answer_targets
     from assistant.cite import source_sentences
     from assistant.generate import generate
@@ -184,7 +186,6 @@ def run_set(
     assistant = Assistant(settings, llm=llm)
     assistant.warm_up()
     template = load_template(settings.prompt_template)
-    records: list[dict[str, Any]] = []
     for i, q in enumerate(questions, start=1):
         hits = assistant.retriever.retrieve(q.question, k=args.k)
         generation = generate(llm, settings, q.question, hits)
@@ -232,7 +233,6 @@ def run_set(
                 faithfulness(scorer, result, k=min(3, len(sources)))
                 entry["check_seconds"] = time.perf_counter() - start
             record["methods"][method] = entry
-        records.append(record)
         timing = " ".join(
             f"{m} {e['seconds'] / generation.seconds:.2f}x" for m, e in record["methods"].items()
         )
@@ -240,7 +240,7 @@ def run_set(
             f"[{name} {i}/{len(questions)}] S={len(sources)} T={len(targets)} "
             f"gen {generation.seconds:.1f}s; {timing}"
         )
-    return records
+        yield record
 
 
 def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
@@ -334,34 +334,52 @@ def main(argv: list[str] | None = None) -> int:
         f"device {getattr(llm, 'device', '?')}; methods {', '.join(methods)}"
     )
 
-    records: list[dict[str, Any]] = []
+    runs: list[Iterator[dict[str, Any]]] = []
     for name in sets:
         if name == "pubmedqa":
-            questions = sample_questions(
+            sampled = sample_questions(
                 common.dataset("pubmedqa").questions, args.limit, seed=args.seed
             )
+            # the seeded sample stays the same; any question the weights saw is left out
+            questions = [q for q in sampled if q.qid not in exclude]
+            if len(questions) < len(sampled):
+                notes["pubmedqa_left_out"] = f"{len(sampled) - len(questions)} fitted on"
         else:
             questions = medquad_questions(args.limit, args.medquad_docs, args.seed, exclude)
-        records += run_set(name, questions, llm, methods, args, attention)
+        runs.append(run_set(name, questions, llm, methods, args, attention))
+
+    def report(records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "limit_per_set": args.limit,
+            "k": args.k,
+            "ablations": args.ablations,
+            "max_new_tokens": args.max_new_tokens,
+            "medquad_docs": args.medquad_docs,
+            "machine": cpu,
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "code_path": f"{llm.__class__.__module__}.{llm.__class__.__name__} "
+            f"({getattr(llm, 'device', '?')}, float32 on CPU)",
+            "notes": notes,
+            "all": summarize(records, methods),
+            "sets": {s: summarize([r for r in records if r["set"] == s], methods) for s in sets},
+        }
+
+    # the sets take turns, and --output is rewritten after every answer: a run stopped early
+    # still reports on both sets
+    records: list[dict[str, Any]] = []
+    while runs:
+        for run in list(runs):
+            record = next(run, None)
+            if record is None:
+                runs.remove(run)
+                continue
+            records.append(record)
+            if args.output:
+                partial = {**report(records), "answers": records}
+                args.output.write_text(json.dumps(partial, indent=1) + "\n")
     if not records:
         raise SystemExit("No sampled question gave an answer with 4 or more source sentences.")
-
-    summary: dict[str, Any] = {
-        "limit_per_set": args.limit,
-        "k": args.k,
-        "ablations": args.ablations,
-        "max_new_tokens": args.max_new_tokens,
-        "medquad_docs": args.medquad_docs,
-        "machine": cpu,
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "code_path": f"{llm.__class__.__module__}.{llm.__class__.__name__} "
-        f"({getattr(llm, 'device', '?')}, float32 on CPU)",
-        "notes": notes,
-        "all": summarize(records, methods),
-        "sets": {s: summarize([r for r in records if r["set"] == s], methods) for s in sets},
-    }
-    if args.output:
-        args.output.write_text(json.dumps({**summary, "answers": records}, indent=1) + "\n")
+    summary = report(records)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
