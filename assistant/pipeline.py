@@ -136,6 +136,11 @@ class Assistant:
         if decided is not None:
             return decided
         t = time.perf_counter()
+        quotes = quotes_for(question, hits, self.embed, ctx.sources, limit=policy.QUOTE_LIMIT * 2)
+        timings["citation"] = time.perf_counter() - t
+        if not policy.draft_needed(quotes, self.llm.info, self.settings):
+            return policy.undrafted(ctx, self.llm.info, quotes)
+        t = time.perf_counter()
         generation = generate(self.llm, self.settings, question, hits, on_token)
         timings["generation"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -147,8 +152,7 @@ class Assistant:
             sources=ctx.sources,
             question=question,
         )
-        quotes = quotes_for(question, hits, self.embed, ctx.sources, limit=policy.QUOTE_LIMIT * 2)
-        timings["citation"] = time.perf_counter() - t
+        timings["citation"] += time.perf_counter() - t
         return policy.compose(
             ctx,
             generation,

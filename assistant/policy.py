@@ -374,6 +374,39 @@ def compose(
     )
 
 
+# The template named in the record of an answer made without a draft.
+NO_DRAFT_TEMPLATE = "none:no draft (quoted style)"
+
+
+def draft_needed(quotes: Sequence[Quote], model: ModelInfo | None, settings: Settings) -> bool:
+    """Whether the model's free-text draft can change what the reader is shown.
+
+    With a quoted style on strong evidence it cannot: :func:`compose` quotes whether the draft
+    is verified or not, and a declined draft falls back to the same quotes
+    (``unsupported_fallback`` quote). The draft was then only kept for auditors (its refused
+    sentences) at about 6 s of CPU per answer, so it is skipped unless ``quoted_draft``.
+    """
+    if settings.quoted_draft or settings.unsupported_fallback != "quote":
+        return True
+    strong = strong_evidence([q.evidence for q in quotes], settings)
+    return not (strong and answer_style(settings, model) is Style.QUOTED)
+
+
+def undrafted(ctx: Context, model: ModelInfo, quotes: Sequence[Quote]) -> Answer:
+    """The quoted answer when no draft was made (:func:`draft_needed`). The record names the
+    model but no prompt or decoding of a draft: nothing was generated."""
+    none = Generation(
+        text="",
+        model=model,
+        prompt_hash="",
+        template=NO_DRAFT_TEMPLATE,
+        decoding={"draft": "none (quoted style)", "max_new_tokens": 0},
+        seconds=0.0,
+    )
+    quote = quote_answer(quotes, ctx.hits, limit=QUOTE_LIMIT)
+    return quoted(ctx, none, sentences=quote.sentences, evidence=quote.evidence, unverified=[])
+
+
 def _combine(
     verified: Sequence[AnswerSentence],
     quotes: Sequence[Quote],

@@ -92,6 +92,14 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(96, gt=0, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     prompt_template: str = "answer_v1"
+    generation_batching: bool = Field(
+        True,
+        description="In the app, one worker runs the model for every session: drafts asked "
+        "within generation_batch_wait_ms of each other are generated as one batch "
+        "(services/generation_worker.py). Off: one generation at a time.",
+    )
+    generation_batch_wait_ms: int = Field(50, ge=0, le=5000)
+    generation_batch_max: int = Field(8, ge=1, le=64)
     max_question_chars: int = Field(2000, gt=0)
     questions_per_minute: int = Field(20, gt=0, description="Per user, counted in the audit log.")
 
@@ -111,6 +119,12 @@ class Settings(BaseModel):
         "quote", description="When the model's wording fails verification: quote or abstain."
     )
     quote_min_evidence: float = Field(0.55, ge=-1, le=1)
+    quoted_draft: bool = Field(
+        False,
+        description="With a quoted answer on strong evidence, still have the model draft a "
+        "free-text answer that is never shown (kept for auditors as removed sentences). Off: "
+        "no draft is made and the record says so; the answer shown is the same.",
+    )
     answer_style: Literal["auto", "quoted", "combined", "generated"] = Field(
         "auto",
         description="What an answer is made of: the guideline's sentences (quoted), the "
@@ -296,6 +310,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "abstain_rare_term_zipf",
     "unsupported_fallback",
     "quote_min_evidence",
+    "quoted_draft",
     "answer_style",
     "yes_no_decisions",
     "yes_no_bias",
@@ -308,6 +323,8 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     # answers before the setting showed the model's wording whenever most of it verified
     "answer_style": "generated",
     "yes_no_decisions": False,
+    # answers before the setting drafted even when the guideline's words were the answer
+    "quoted_draft": True,
 }
 
 
