@@ -324,8 +324,13 @@ def _render_drivers(answer: Answer, found: SentenceDrivers, labels: dict[int, An
     """Under one answer sentence: the passages holding the source sentences that drove it,
     those sentences highlighted darker the more credit they got, with their scores."""
     hits = answer.hits or []
-    scores = ", ".join(f"{_label(labels, d.n)} {score_text(d.score)}" for d in found.drivers[:3])
-    with st.expander(md_escape(f"What drove this sentence: {scores}"), icon=":material/insights:"):
+    # no source label in the title: it would read as (and be found as) a source panel
+    count = len(found.drivers)
+    title = (
+        f"What drove this sentence: {count} source sentence{'s' if count != 1 else ''}, "
+        f"best score {score_text(found.drivers[0].score)}"
+    )
+    with st.expander(md_escape(title), icon=":material/insights:"):
         if found.whole_answer:
             st.caption("Scores for the whole answer (this record has none per sentence).")
         for n, drivers in found.by_source().items():
