@@ -157,3 +157,40 @@ def test_server_logprobs_and_attribution_match_in_process(
             paths = {r["path"] for r in server.requests}
         assert ("/generate" if mode == "tgi" else "/v1/completions") in paths
         assert "/v1/chat/completions" not in paths
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_score_leaves_an_attribution_failed_record(
+    library: Settings, clear_probes: None
+) -> None:
+    """The app's path (services.ask, then services.ask.attribute) with the model on a server
+    that only chats: the answer is given and recorded, and its attribution_failed record says
+    why. (The scoring itself is compared with in-process above, through the same AnswerScorer
+    that attribute_answer uses.)"""
+    from assistant.pipeline import Assistant
+    from audit.record import open_log
+    from core.types import Actor
+    from services import ask as ask_service
+
+    actor = Actor("carol", "clinician")
+    question = "At what age should average-risk adults start colorectal cancer screening?"
+    text = "Average-risk adults should start colorectal cancer screening at age 45 [1]."
+    with serve_chat(lambda m, n: text) as server:
+        settings = library.model_copy(
+            update={
+                "llm": "openai",
+                "llm_model": "smollm2-135m",
+                "llm_base_url": server.base_url,
+                "attribution": "loo",
+            }
+        )
+        plain = Assistant(settings)
+        answer = ask_service.ask(plain, actor, question)
+        assert not answer.abstained and answer.audit_id is not None
+        with pytest.raises(LogProbsUnsupportedError):
+            ask_service.attribute(plain, actor, answer)
+    assert answer.attribution is None
+    head = open_log(library).head()
+    assert head is not None and head.event == "attribution_failed"
+    assert head.payload["answer_id"] == answer.audit_id
+    assert "cannot score a given text" in head.payload["reason"]
