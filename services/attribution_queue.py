@@ -48,6 +48,7 @@ from core.types import (
     Origin,
 )
 from services import ask as asking
+from services.generation_worker import low_priority
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
@@ -491,7 +492,9 @@ class AttributionQueue:
         with self._mutex:
             job.state, job.started = State.RUNNING, time.monotonic()
         try:
-            with self._model_lock:
+            # low_priority: with the generation worker, each model call of the attribution
+            # waits while an answer's call is queued
+            with self._model_lock, low_priority():
                 assistant = self._open()
                 outcome = attribute_answer(
                     assistant,

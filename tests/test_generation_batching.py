@@ -216,3 +216,30 @@ def test_a_quoted_answer_makes_no_draft_and_says_so(library: Settings, packaged_
     assert skipped.generation.template == policy.NO_DRAFT_TEMPLATE
     assert skipped.generation.text == "" and skipped.unverified == []
     assert drafted.generation.text  # the old behaviour: a draft nobody is shown
+
+
+def test_app_sessions_share_the_worker_without_the_one_question_lock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ui import session
+
+    class FakeAssistant:
+        def __init__(self, s: Settings) -> None:
+            self.settings, self.llm = s, FakeModel()
+
+        def warm_up(self) -> None:
+            pass
+
+    monkeypatch.setattr(session, "assistant_factory", FakeAssistant)
+    lock = session._lock(str(settings.home))
+    try:
+        for batching in (True, False):
+            session._assistant.clear()
+            s = settings.model_copy(update={"generation_batching": batching})
+            with session.assistant_session(s) as assistant:
+                assert isinstance(assistant.llm, GenerationWorker) is batching
+                # with the worker another session may ask meanwhile; without it, it waits
+                assert lock.locked() is not batching
+            assert not lock.locked()
+    finally:
+        session._assistant.clear()

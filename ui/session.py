@@ -20,6 +20,7 @@ from services.access import Operation, allowed
 from services.accounts import ADMIN_PASSWORD_ENV, User, ensure_admin, get_user
 from services.ask import open_assistant
 from services.attribution_queue import AttributionQueue
+from services.generation_worker import GenerationWorker
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
@@ -74,9 +75,21 @@ def get_settings() -> Settings:
 
 @st.cache_resource(show_spinner=False)
 def _assistant(_key: str, _settings: Settings, _factory: Any) -> Assistant:
-    if _factory is not None:
-        return _factory(_settings)
-    return open_assistant(_settings)
+    assistant = _factory(_settings) if _factory is not None else open_assistant(_settings)
+    if _settings.generation_batching and hasattr(assistant.llm, "generate_batch"):
+        # one model thread for every session: concurrent drafts are batched, answers go
+        # before attribution (services/generation_worker.py)
+        assistant.llm = GenerationWorker(
+            assistant.llm,
+            wait_s=_settings.generation_batch_wait_ms / 1000,
+            max_batch=_settings.generation_batch_max,
+        )
+    return assistant
+
+
+def _shares_model(assistant: Assistant) -> bool:
+    """Whether the model takes calls from several sessions at once (the generation worker)."""
+    return isinstance(assistant.llm, GenerationWorker)
 
 
 def get_assistant(settings: Settings) -> Assistant:
@@ -106,34 +119,48 @@ def _ready(assistant: Assistant, warmed: set[int]) -> Assistant:
 
 @contextlib.contextmanager
 def assistant_session(settings: Settings) -> Iterator[Assistant]:
-    """The shared, warmed-up Assistant, used by one session at a time.
+    """The shared, warmed-up Assistant.
 
-    One question at a time suits an on-premise CPU model; the others wait their turn, and so
-    does a question asked while the attribution queue runs one attribution (never the queue).
+    With the generation worker (``generation_batching``) sessions ask at the same time and
+    the worker orders their model calls (a waiting clinician sees a queue position). Without
+    it, one question at a time: the others wait their turn, and so does a question asked
+    while the attribution queue runs one attribution (never the queue).
     """
     lock = _lock(str(settings.home))
+    assistant = get_assistant(settings)
     if not lock.acquire(blocking=False):
         with st.spinner("Waiting for another question or an attribution to finish..."):
             lock.acquire()
     try:
-        assistant = get_assistant(settings)
         warmed = _warmed()
         if id(assistant) not in warmed:
             with st.spinner("Loading the models (only after a restart)..."):
                 _ready(assistant, warmed)
+    finally:
+        if _shares_model(assistant):
+            lock.release()  # held only to load the models once
+    try:
         yield assistant
     finally:
-        lock.release()
+        if not _shares_model(assistant):
+            lock.release()
 
 
 @st.cache_resource(show_spinner=False)
 def _attribution_queue(_key: str, _settings: Settings, _assistant: Any) -> AttributionQueue:
     warmed = _warmed()
-    queue = AttributionQueue(
-        _settings,
-        lambda: _ready(_assistant, warmed),
-        _lock(str(_settings.home)),
-    )
+    lock = _lock(str(_settings.home))
+    if _shares_model(_assistant):
+        # the worker puts answers before attribution; the lock would hold every session for
+        # a whole attribution, so it is taken only to load the models
+        def ready() -> Assistant:
+            with lock:
+                return _ready(_assistant, warmed)
+
+        queue = AttributionQueue(_settings, ready, contextlib.nullcontext())
+    else:
+        # without the worker the lock is what keeps the model to one caller
+        queue = AttributionQueue(_settings, lambda: _ready(_assistant, warmed), lock)
     if recover_on_start:
         queue.recover()
     return queue

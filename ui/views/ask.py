@@ -25,6 +25,7 @@ from services import ask as asking
 from services import library
 from services.accounts import User
 from services.attribution_queue import State
+from services.generation_worker import queue_updates
 from ui.render import (
     NEGATIVE_SCORE_NOTE,
     SentenceDrivers,
@@ -116,9 +117,17 @@ def _ask(
                     "sentence has been checked against the sources."
                 )
 
-            entry["answer"] = asking.ask(
-                assistant, actor(user), question, on_token=on_token, previous=previous
-            )
+            def on_wait(ahead: int) -> None:
+                if ahead:
+                    placeholder.caption(
+                        f"Waiting for the model: {ahead} question{'s' * (ahead != 1)} ahead "
+                        "of yours (attribution of earlier answers waits for yours)."
+                    )
+
+            with queue_updates(on_wait):
+                entry["answer"] = asking.ask(
+                    assistant, actor(user), question, on_token=on_token, previous=previous
+                )
         # shown and recorded now; its attribution follows in the background, after the
         # model lock is released
         attribution_queue(settings).submit(actor(user), entry["answer"])
