@@ -20,6 +20,14 @@ came back with an audit id, and each of those records must hold that user and qu
 waiting for the model included), the wait for the model, and audit append p50/p99 (timed
 around ``AuditLog.append`` alone).
 
+``--batching on`` (the app's way since issue 17) puts the model behind one
+``services.generation_worker.GenerationWorker`` (concurrent drafts batched, answers first) and
+makes no draft for a quoted answer on strong evidence (``quoted_draft`` off); ``--batching
+off`` is the way before: one lock around the model and a draft for every answer. ``--compare``
+runs off then on in one process, same home, users and duration, and prints both with their
+ratios and the load average. ``--generation N`` times N drafts (prompts of the first N sample
+questions) one by one, then all N at once through the worker: time to first piece and tokens/s.
+
 Attribution is off by default (``--attribution surrogate`` turns the configured method on; on
 2 shared cores it costs minutes per answer). The home defaults to
 ``benchmarks/.cache/load/home`` (git-ignored; data_samples is ingested into it once and the
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -78,9 +87,24 @@ class SerialLLM:
             return self._inner.logprobs(*args, **kwargs)
 
 
-def settings_for(home: Path, attribution: str) -> Any:
-    overrides = {} if attribution == "settings" else {"attribution": attribution}
+def settings_for(home: Path, attribution: str, batching: bool = True) -> Any:
+    overrides: dict[str, Any] = {} if attribution == "settings" else {"attribution": attribution}
+    # before issue 17 every answer had a draft, shown or not
+    overrides |= {"generation_batching": batching, "quoted_draft": not batching}
     return common.clinrag_settings(home, **overrides)
+
+
+def model_for(llm: Any, settings: Any) -> Any:
+    """The model as the users share it: behind one lock, or behind the generation worker."""
+    from services.generation_worker import GenerationWorker
+
+    if not settings.generation_batching:
+        return SerialLLM(llm, threading.Lock())
+    return GenerationWorker(
+        llm,
+        wait_s=settings.generation_batch_wait_ms / 1000,
+        max_batch=settings.generation_batch_max,
+    )
 
 
 def prepare(home: Path, fresh: bool) -> None:
@@ -113,6 +137,7 @@ def serve(
     attribution: str,
     seed: int,
     wait_for_go: bool = False,
+    batching: bool = True,
 ) -> dict[str, Any]:
     """Run ``users`` as threads of this process for ``seconds``; return what each ask did."""
     from assistant.pipeline import Assistant
@@ -120,7 +145,7 @@ def serve(
     from core import backends
     from core.errors import InputLimitError
 
-    settings = settings_for(home, attribution)
+    settings = settings_for(home, attribution, batching)
     audit = audit_log(settings)
     append_seconds: list[float] = []
     plain_append = audit.append
@@ -136,7 +161,8 @@ def serve(
     audit.append = timed_append  # type: ignore[method-assign]
     llm = backends.create("llm", settings.llm, settings)
     llm.warm_up()
-    model = SerialLLM(llm, threading.Lock())
+    tokenizer: Any = llm._tokenizer  # type: ignore[attr-defined]  # transformers backend
+    model = model_for(llm, settings)
     one = Assistant(settings, llm=model, audit_log=audit) if shared else None
     if one is not None:
         one.warm_up()  # in this thread, as the app warms its shared assistant in one session
@@ -181,6 +207,13 @@ def serve(
                     attribute=attribute,
                 )
                 row.update(audit_id=answer.audit_id, mode=answer.mode)
+                gen = answer.generation
+                if gen is not None and gen.text and gen.first_token_seconds is not None:
+                    row["draft"] = {
+                        "seconds": gen.seconds,
+                        "first": gen.first_token_seconds,
+                        "tokens": len(tokenizer(gen.text)["input_ids"]),
+                    }
             except InputLimitError as exc:
                 row["refused"] = str(exc)
             except Exception as exc:  # every other failure is an error of the run
@@ -206,24 +239,35 @@ def serve(
     start.set()
     for thread in threads:
         thread.join()
+    wall = time.perf_counter() - t0
+    if hasattr(model, "close"):
+        model.close()
     return {
         "rows": results,
         "append_seconds": append_seconds,
-        "model_waits": model.waits,
-        "seconds": time.perf_counter() - t0,
+        "model_waits": getattr(model, "waits", []),
+        "batches": list(getattr(getattr(model, "stats", None), "batches", [])),
+        "seconds": wall,
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from audit.record import open_log as audit_log
-
     home = Path(args.home)
     prepare(home, args.fresh)
-    settings = settings_for(home, args.attribution)
+    return measure(args, home, args.batching == "on")
+
+
+def measure(args: argparse.Namespace, home: Path, batching: bool) -> dict[str, Any]:
+    from audit.record import open_log as audit_log
+
+    settings = settings_for(home, args.attribution, batching)
     audit = audit_log(settings)
     before = audit.count()
     users = [f"user{n:02d}" for n in range(1, args.users + 1)]
-    log(f"{len(users)} users for {args.seconds:.0f} s ({args.processes} process(es)) ...")
+    log(
+        f"{len(users)} users for {args.seconds:.0f} s ({args.processes} process(es)), "
+        f"batching {'on' if batching else 'off'} ..."
+    )
     if args.processes <= 1:
         parts = [
             serve(
@@ -233,10 +277,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 shared=args.shared,
                 attribution=args.attribution,
                 seed=args.seed,
+                batching=batching,
             )
         ]
     else:
-        parts = run_processes(args, home, users)
+        parts = run_processes(args, home, users, batching)
     after = audit.count()
     rows = [r for p in parts for r in p["rows"]]
     answered = [r for r in rows if r.get("audit_id") is not None]
@@ -257,7 +302,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     appends = [s for p in parts for s in p["append_seconds"]]
     waits = [s for p in parts for s in p["model_waits"]]
     wall = max(p["seconds"] for p in parts)
+    drafts = [r["draft"] for r in answered if "draft" in r]
+    batches = [b for p in parts for b in p.get("batches", [])]
     return {
+        "batching": batching,
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "users": args.users,
         "processes": max(args.processes, 1),
         "shared_assistant": args.shared,
@@ -283,11 +332,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "append_ms_p50": percentile([s * 1000 for s in appends], 50),
         "append_ms_p99": percentile([s * 1000 for s in appends], 99),
         "answers_per_minute": round(len(answered) / wall * 60, 2) if wall else 0.0,
+        "drafts": len(drafts),
+        "draft_first_s_p50": percentile([d["first"] for d in drafts], 50),
+        "draft_tokens_per_s_p50": percentile(
+            [d["tokens"] / d["seconds"] for d in drafts if d["seconds"] > 0], 50
+        ),
+        "drafted_tokens_per_s": round(sum(d["tokens"] for d in drafts) / wall, 2) if wall else 0,
+        "batch_sizes": dict(Counter(batches)),
         "machine": common.machine(),
     }
 
 
-def run_processes(args: argparse.Namespace, home: Path, users: list[str]) -> list[dict[str, Any]]:
+def run_processes(
+    args: argparse.Namespace, home: Path, users: list[str], batching: bool
+) -> list[dict[str, Any]]:
     groups = [users[i :: args.processes] for i in range(args.processes)]
     procs = []
     for group in groups:
@@ -305,6 +363,8 @@ def run_processes(args: argparse.Namespace, home: Path, users: list[str]) -> lis
             args.attribution,
             "--seed",
             str(args.seed),
+            "--batching",
+            "on" if batching else "off",
         ] + (["--shared"] if args.shared else [])
         procs.append(
             subprocess.Popen(
@@ -345,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="empty the home first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batching", choices=["on", "off"], default="on")
+    p.add_argument("--compare", action="store_true", help="batching off, then on, one run")
+    p.add_argument("--generation", type=int, default=0, metavar="N", help="time N drafts")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: comma-separated users
     args = p.parse_args(argv)
     if args.worker:
@@ -356,15 +419,33 @@ def main(argv: list[str] | None = None) -> int:
             attribution=args.attribution,
             seed=args.seed,
             wait_for_go=True,
+            batching=args.batching == "on",
         )
         print(json.dumps(part))
         return 0
+    if args.generation:
+        g = generation(Path(args.home), args.generation)
+        print(json.dumps(g, indent=2))
+        return 0
+    if args.compare:
+        return compare(args)
     r = run(args)
     ok = r["errors"] == 0 and r["lost_records"] == 0 and r["verify"]["ok"] and r["answers"] > 0
     if args.json:
         print(json.dumps(r | {"ok": ok}, indent=2))
         return 0 if ok else 1
-    rows = [
+    print(table(["metric", "value"], report_rows(r)))
+    for kind, n in r["error_types"].items():
+        print(f"  {n} x {kind}")
+    for e in r["first_errors"]:
+        print(f"  e.g. {e}")
+    return 0 if ok else 1
+
+
+def report_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        ("batching (and no unshown drafts)", "on" if r["batching"] else "off"),
+        ("load average (1, 5, 15 min) at the end", r["load_average"]),
         ("users / processes", f"{r['users']} / {r['processes']}"),
         ("assistants", "one shared" if r["shared_assistant"] else "one per user"),
         ("attribution", r["attribution"]),
@@ -384,13 +465,114 @@ def main(argv: list[str] | None = None) -> int:
         ("audit append p99 (ms)", r["append_ms_p99"]),
         ("answers per minute", r["answers_per_minute"]),
         ("modes", ", ".join(f"{k} {v}" for k, v in sorted(r["modes"].items()))),
+        ("drafts made", r["drafts"]),
+        ("draft: first piece p50 (s)", r["draft_first_s_p50"]),
+        ("draft: tokens/s per session p50", r["draft_tokens_per_s_p50"]),
+        ("drafted tokens/s, all sessions", r["drafted_tokens_per_s"]),
+        ("drafts per model run", r["batch_sizes"]),
     ]
-    print(table(["metric", "value"], rows))
-    for kind, n in r["error_types"].items():
-        print(f"  {n} x {kind}")
-    for e in r["first_errors"]:
-        print(f"  e.g. {e}")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Batching off, then on: same home, users, duration, one process (ratios comparable)."""
+    home = Path(args.home)
+    prepare(home, args.fresh)
+    before = measure(args, home, batching=False)
+    after = measure(args, home, batching=True)
+    ok = all(
+        r["errors"] == 0 and r["lost_records"] == 0 and r["verify"]["ok"] and r["answers"] > 0
+        for r in (before, after)
+    )
+
+    def ratio(key: str) -> float | None:
+        return round(after[key] / before[key], 2) if before[key] and after[key] else None
+
+    if args.json:
+        print(json.dumps({"before": before, "after": after, "ok": ok}, indent=2))
+        return 0 if ok else 1
+    rows = [
+        (name, b, a)
+        for (name, b), (_, a) in zip(report_rows(before), report_rows(after), strict=True)
+    ]
+    print(table(["metric", "before (off)", "after (on)"], rows))
+    print(
+        f"answers per minute x{ratio('answers_per_minute')}, p50 latency x{ratio('answer_s_p50')}"
+    )
     return 0 if ok else 1
+
+
+def generation(home: Path, n: int) -> dict[str, Any]:
+    """N drafts one by one through the model, then all N at once through the worker."""
+    from assistant.generate import build_messages
+    from assistant.prompts import load_template
+    from assistant.retrieve import Retriever
+    from core import backends
+    from services.generation_worker import GenerationWorker
+
+    prepare(home, False)
+    settings = settings_for(home, "off")
+    retriever = Retriever(settings)
+    template = load_template(settings.prompt_template)
+    prompts = [build_messages(template, q, retriever.retrieve(q)) for q in questions()[:n]]
+    llm = backends.create("llm", settings.llm, settings)
+    llm.warm_up()
+    tokenizer = llm._tokenizer  # type: ignore[attr-defined]
+
+    def draft(model: Any, messages: Any, t0: float) -> dict[str, float]:
+        first, pieces = None, []
+        for piece in model.stream(
+            messages, max_new_tokens=settings.max_new_tokens, temperature=0.0
+        ):
+            first = time.perf_counter() - t0 if first is None else first
+            pieces.append(piece)
+        text = "".join(pieces)
+        return {
+            "first": first or 0.0,
+            "seconds": time.perf_counter() - t0,
+            "tokens": len(tokenizer(text)["input_ids"]),
+        }
+
+    load = [round(x, 1) for x in os.getloadavg()]
+    t = time.perf_counter()
+    serial = [draft(llm, p, time.perf_counter()) for p in prompts]
+    serial_wall = time.perf_counter() - t
+    worker = GenerationWorker(
+        llm,
+        wait_s=settings.generation_batch_wait_ms / 1000,
+        max_batch=settings.generation_batch_max,
+    )
+    out: list[dict[str, float]] = [{} for _ in prompts]
+    t = time.perf_counter()
+
+    def one(i: int) -> None:
+        out[i] = draft(worker, prompts[i], t)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batched_wall = time.perf_counter() - t
+    worker.close()
+
+    def summary(rows: list[dict[str, float]], wall: float) -> dict[str, Any]:
+        tokens = sum(r["tokens"] for r in rows)
+        return {
+            "wall_s": round(wall, 1),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 2),
+            "first_piece_s_p50": percentile([r["first"] for r in rows], 50),
+            "draft_done_s_p50": percentile([r["seconds"] for r in rows], 50),
+        }
+
+    return {
+        "drafts": len(prompts),
+        "max_new_tokens": settings.max_new_tokens,
+        "load_average_at_start": load,
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        "one_by_one": summary(serial, serial_wall),
+        "batched": summary(out, batched_wall) | {"batches": worker.stats.batches},
+    }
 
 
 if __name__ == "__main__":
