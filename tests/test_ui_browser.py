@@ -445,7 +445,8 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
                 r for r in log.list(event="attribution") if r.payload.get("answer_id") == second.seq
             ]
 
-        page.wait("attribution record", attributed, timeout=ANSWER_TIMEOUT_S)
+        # the queue attributes the first answer first: two attributions to wait for
+        page.wait("attribution record", attributed, timeout=3 * ANSWER_TIMEOUT_S)
         page.wait_text("Which sources the answer relied on", timeout=60)
         page.wait_text("less likely")
         page.wait_text("What drove this sentence")
