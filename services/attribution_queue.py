@@ -179,10 +179,13 @@ def answer_from_record(assistant: Assistant, record: Record) -> Answer:
             f"runs {current.backend} {current.model_id}: attributing it with another model "
             "would not say what drove the answer"
         )
+    from assistant.policy import NO_DRAFT_TEMPLATE
     from assistant.prompts import load_template
 
     template = load_template(assistant.settings.prompt_template)
-    if prompt.get("template") != f"{template.name}:{template.sha256}":
+    # a quoted answer given without a draft used no prompt: it is attributed with the
+    # current one, as the process that gave it would have
+    if prompt.get("template") not in (f"{template.name}:{template.sha256}", NO_DRAFT_TEMPLATE):
         # the same name with other words is another prompt too
         raise Unattributable(
             f"the answer used prompt template {prompt.get('template')!r}, this process uses "

@@ -165,6 +165,17 @@ def test_a_recorded_answer_is_rebuilt_as_it_was_given(home: Path) -> None:
     assert rebuilt.generation.text == given.generation.text
     assert rebuilt.generation.prompt_hash == given.generation.prompt_hash
     assert rebuilt.mode == given.mode and rebuilt.citations[0].text == given.citations[0].text
+    # a quoted answer given without a draft (no prompt used) is rebuilt too
+    from assistant.policy import NO_DRAFT_TEMPLATE
+
+    quoted = attributing_assistant(
+        _settings(home, answer_style="quoted", quoted_draft=False), FAITH
+    )
+    undrafted = asking.ask(quoted, CLINICIAN, HTN)
+    assert undrafted.generation is not None
+    assert undrafted.generation.template == NO_DRAFT_TEMPLATE
+    [record] = [r for r in _records(home, "answer") if r.seq == undrafted.audit_id]
+    assert answer_from_record(quoted, record).sentences == undrafted.sentences
 
 
 def test_recovery_marks_what_cannot_be_attributed_with_the_reason(home: Path) -> None:
