@@ -188,7 +188,9 @@ def run_set(
     template = load_template(settings.prompt_template)
     for i, q in enumerate(questions, start=1):
         hits = assistant.retriever.retrieve(q.question, k=args.k)
+        cpu0 = time.process_time()
         generation = generate(llm, settings, q.question, hits)
+        gen_cpu = time.process_time() - cpu0
         targets = answer_targets(generation.text)
         sources = source_sentences(hits)[: settings.attribution_max_sentences]
         if not targets or len(sources) < 4:
@@ -205,6 +207,9 @@ def run_set(
             "passages": len({s.n for s in sources}),
             "targets": len(targets),
             "generation_seconds": generation.seconds,
+            # CPU time of this process (all its threads): with OMP_NUM_THREADS=1 it measures
+            # the work done, which a loaded machine stretches far less than wall time
+            "generation_cpu_seconds": gen_cpu,
             "methods": {},
         }
         for method in methods:
@@ -217,21 +222,24 @@ def run_set(
             }.get(method, {})
             if method == "attention" and attention is not None:
                 options = attention(base)
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), time.process_time()
             result = make_attributor(method, **options).attribute(
                 scorer, len(sources), len(targets)
             )
             seconds = time.perf_counter() - start
+            cpu = time.process_time() - cpu0
             entry: dict[str, Any] = {
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "evaluations": result.n_evaluations,
                 "drop1": removal_drop(shared, result.scores, 1, len(sources)),
                 "drop3": removal_drop(shared, result.scores, 3, len(sources)),
             }
             if method in CHECKED:
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 faithfulness(scorer, result, k=min(3, len(sources)))
                 entry["check_seconds"] = time.perf_counter() - start
+                entry["check_cpu_seconds"] = time.process_time() - cpu0
             record["methods"][method] = entry
         timing = " ".join(
             f"{m} {e['seconds'] / generation.seconds:.2f}x" for m, e in record["methods"].items()
@@ -271,6 +279,21 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict
                 for x, r in zip(e, rows, strict=True)
             ]
             entry["with_check_over_generation_median"] = round(statistics.median(checked), 3)
+        if all("cpu_seconds" in x for x in e):
+            cpu_ratio = [
+                x["cpu_seconds"] / max(r["generation_cpu_seconds"], 1e-9)
+                for x, r in zip(e, rows, strict=True)
+            ]
+            entry["cpu_over_generation_median"] = round(statistics.median(cpu_ratio), 3)
+            if all("check_cpu_seconds" in x for x in e):
+                checked_cpu = [
+                    (x["cpu_seconds"] + x["check_cpu_seconds"])
+                    / max(r["generation_cpu_seconds"], 1e-9)
+                    for x, r in zip(e, rows, strict=True)
+                ]
+                entry["with_check_cpu_over_generation_median"] = round(
+                    statistics.median(checked_cpu), 3
+                )
         out["methods"][m] = entry
     return out
 
@@ -397,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                 e["seconds_median"],
                 e["time_over_generation_median"],
                 e.get("with_check_over_generation_median", ""),
+                e.get("cpu_over_generation_median", ""),
+                e.get("with_check_cpu_over_generation_median", ""),
             ]
             for m, e in part["methods"].items()
         ]
@@ -408,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             "s/answer (median)",
             "time/gen (median)",
             "with check",
+            "CPU/gen",
+            "CPU with check",
         ]
         print(common.table(headers, rows))
     for key, note in notes.items():

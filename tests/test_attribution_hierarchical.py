@@ -3,12 +3,21 @@ the prefix-KV reuse of the transformers scorer that makes its sentence stage che
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+from assistant.attribute import AnswerScorer, answer_targets
+from assistant.cite import source_sentences
+from assistant.generate import build_messages
+from assistant.prompts import load_template
 from audit.attribution import CachedScorer, CountingScorer, make_attributor
 from audit.attribution.hierarchical import HierarchicalAttributor, block_groups
 from audit.attribution.scorer import source_groups
+from core.backends.base import LLM
+from core.config import Settings
+from core.types import Chunk, Hit
 
 # 12 source sentences in 3 passages of 4; the answer (2 sentences) rests on sentence 6 (in
 # passage 1), and a little on sentence 9; passage 0 is noise.
@@ -108,3 +117,82 @@ def test_budget_and_bad_groups() -> None:
         HierarchicalAttributor(max_passages=0)
     assert source_groups(CountingScorer(CachedScorer(scorer))) is not None
     assert source_groups(PlantedScorer(WEIGHTS)) is None
+
+
+def _hit(n: int, text: str) -> Hit:
+    chunk = Chunk(
+        f"doc{n}:c",
+        f"doc{n}",
+        text,
+        f"Clinic handbook {n}",
+        "General",
+        None,
+        0,
+        len(text),
+        "sha",
+        f"doc{n}.md",
+        "now",
+    )
+    return Hit(chunk=chunk, score=0.03, dense_score=0.7)
+
+
+@pytest.mark.slow
+def test_prefix_reuse_gives_the_same_scores_and_hierarchical_finds_the_dose(
+    library: Settings, packaged_llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.backends import transformers_llm
+
+    llm: Any = packaged_llm  # the transformers backend: its private helpers are used below
+    hits = [
+        _hit(
+            1,
+            "The clinic opens at 8 in the morning. Parking is free on weekends. "
+            "Visitors sign in at the desk.",
+        ),
+        _hit(
+            2,
+            "Zorbamycin treats mild infections. The starting dose of zorbamycin is 40 mg "
+            "once daily. The cafeteria serves soup.",
+        ),
+        _hit(3, "Staff badges are renewed yearly. The library closes at noon on Fridays."),
+    ]
+    sources = source_sentences(hits)
+    scorer = AnswerScorer(
+        llm,
+        load_template(library.prompt_template),
+        "What is the starting dose of zorbamycin?",
+        hits,
+        sources,
+        answer_targets("The starting dose is 40 mg. It is taken once daily."),
+    )
+    runs: list[int] = []  # tokens run per row after the reused prefix
+    real = llm._target_logprobs
+
+    def counting(rows: list[list[int]], *args: object) -> np.ndarray:
+        runs.extend(len(r) for r in rows)
+        return real(rows, *args)
+
+    monkeypatch.setattr(llm, "_target_logprobs", counting)
+    counted = CountingScorer(CachedScorer(scorer))
+    result = make_attributor("hierarchical").attribute(counted, len(sources), 2)
+    dose = next(s.index for s in sources if "40 mg" in s.text)
+    assert result.info["groups_from"] == "scorer"
+    assert result.info["refined"][0] == 1  # passage 2 holds the dose
+    assert dose in result.top(2)
+    assert counted.rows == result.n_evaluations < 33
+    reused = list(runs)
+    # every sentence-stage row reused the prompt up to its removed sentence: far fewer tokens
+    # than whole prompts
+    full = build_messages(
+        scorer.template, scorer.question, hits, scorer.texts(~np.zeros(len(sources), bool))
+    )
+    full_len = len(llm._prompt_ids(full))
+    assert sum(reused) < 0.6 * full_len * len(reused)
+    masks = np.ones((5, len(sources)), dtype=bool)
+    masks[1, dose] = masks[2, 0] = masks[3, -1] = False
+    masks[4, [1, dose, len(sources) - 2]] = False
+    with_reuse = scorer(masks)
+    monkeypatch.setattr(transformers_llm, "MIN_PREFIX", 10**9)
+    without = scorer(masks)
+    np.testing.assert_allclose(with_reuse, without, atol=1e-4)
+    assert with_reuse[0].sum() > with_reuse[1].sum() + 1  # removing the dose lowers log p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -105,6 +107,8 @@ def test_shared_prefix_cache_gives_the_same_logprobs(
     masks = np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 0], [1, 0, 0, 1]], dtype=bool)
     prompts = [scorer.texts(m) for m in masks]
     assert len({p[0] for p in prompts}) > 1  # the rows really differ after the shared prefix
+    # a reference prefix left by an earlier test would be reused and no new one computed
+    monkeypatch.setattr(llm, "_scoring", threading.local())
     calls: list[int] = []
     real = llm._prefix_cache
     monkeypatch.setattr(llm, "_prefix_cache", lambda ids: calls.append(len(ids)) or real(ids))

@@ -153,6 +153,8 @@ class TransformersLLM:
         self._tokenizer: Any = None
         self._identity: dict[str, Any] = {}
         self.device = "cpu"
+        # per thread: the reference prefix (token ids, KV cache) logprobs last reused
+        self._scoring = threading.local()
 
     def _source(self) -> tuple[Path, str | None]:
         if not self._setting:
@@ -301,24 +303,75 @@ class TransformersLLM:
         keep = len(flat) + 1
         flat_t = torch.tensor(flat, dtype=torch.long)
         encoded = [self._prompt_ids(p) + flat for p in prompts]
-        # Ablated prompts share everything before the first removed source sentence (system
-        # prompt, chat header, first source's heading): that prefix is run once and its KV
-        # cache reused by every row, instead of recomputed per ablation.
-        shared = _common_prefix_len(encoded, limit=min(len(r) for r in encoded) - keep)
-        prefix_cache = self._prefix_cache(encoded[0][:shared]) if shared >= MIN_PREFIX else None
-        if prefix_cache is None:
-            shared = 0
-        # batch similar lengths together so little compute goes to padding
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        # An ablated prompt equals the full one up to its first removed sentence (a removed
+        # passage 3 leaves the system prompt, question and passages 1-2 as they were), so one
+        # reference prompt's KV cache is computed once and each row runs only its tokens after
+        # the prefix it shares with that reference.
+        ref_cache, shares = self._reference(encoded, keep)
+        # On a CPU compute grows with the tokens run, not the batch, so rows go one by one, each
+        # from its own shared prefix; a GPU gains more from batching (the batch shares the
+        # shortest prefix of its rows). Without reuse, similar lengths are batched together so
+        # little compute goes to padding.
+        step = 1 if ref_cache is not None and self.device == "cpu" else batch_size
+        order = sorted(range(len(encoded)), key=lambda i: (-shares[i], len(encoded[i])))
+        for start in range(0, len(order), step):
+            batch = order[start : start + step]
+            shared = min(shares[i] for i in batch)
             token_lp = self._target_logprobs(
-                [encoded[i][shared:] for i in batch], shared, prefix_cache, keep, flat_t
+                [encoded[i][shared:] for i in batch],
+                shared,
+                ref_cache if shared else None,
+                keep,
+                flat_t,
             )
             for j, row in enumerate(batch):
                 for t in range(len(targets)):
                     out[row, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
         return out
+
+    def _reference(self, encoded: list[list[int]], keep: int) -> tuple[Any, list[int]]:
+        """The KV cache of a reference prefix, and how many of its tokens each row shares.
+
+        Candidates: the last reference this thread used (an earlier call's full-context row is
+        the best reference for the next call's ablations: hierarchical attribution's sentence
+        stage, the faithfulness check) and every row of this call (at the cost of one extra
+        prefix pass). The one that saves the most tokens is taken; none below MIN_PREFIX. Each
+        row keeps its answer tokens (and the token before them) to run itself.
+        """
+        limits = np.array([len(r) - keep for r in encoded])
+        width = max(len(r) for r in encoded)
+        rows = np.full((len(encoded), width), -1, dtype=np.int64)
+        for i, r in enumerate(encoded):
+            rows[i, : len(r)] = r
+
+        def shared_with(ids: np.ndarray) -> np.ndarray:
+            n = min(len(ids), width)
+            same = rows[:, :n] == ids[None, :n]
+            lcp = np.where(same.all(axis=1), n, same.argmin(axis=1))
+            return np.clip(np.minimum(lcp, limits), 0, None)
+
+        stored: tuple[np.ndarray, Any] | None = getattr(self._scoring, "reference", None)
+        best_gain, best, best_shares = 0, -1, np.zeros(len(encoded), dtype=np.int64)
+        if stored is not None:
+            best_shares = shared_with(stored[0])
+            best_gain = int(best_shares.sum())
+        for i in range(len(encoded)):
+            s = shared_with(rows[i, : max(int(limits[i]), 0)])
+            gain = int(s.sum()) - int(limits[i])  # the reference's own prefix pass is extra
+            if gain > best_gain:
+                best_gain, best, best_shares = gain, i, s
+        if best_gain < MIN_PREFIX:
+            return None, [0] * len(encoded)
+        if best >= 0:
+            ids = rows[best, : int(limits[best])].copy()
+            cache = self._prefix_cache(ids.tolist())
+            if cache is None:
+                return None, [0] * len(encoded)
+            self._scoring.reference = (ids, cache)
+        else:
+            assert stored is not None
+            cache = stored[1]
+        return cache, [int(x) for x in best_shares]
 
     def _prefix_cache(self, prefix: list[int]) -> Any:
         import torch
@@ -348,7 +401,11 @@ class TransformersLLM:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         kwargs: dict[str, Any] = {}
         if prefix_cache is not None:
+            # a copy: the reference cache is reused by later rows and calls
             cache = copy.deepcopy(prefix_cache)
+            extra = cache.get_seq_length() - shared
+            if extra > 0:
+                cache.crop(-extra)  # this transformers takes the tokens to drop, negated
             cache.batch_repeat_interleave(len(rows))
             kwargs["cache"] = cache
         device = self._model.device
@@ -540,15 +597,3 @@ def _attention_rows(
     scores = (q.float() @ k.float().transpose(-1, -2))[0] * module.scaling
     scores = scores.masked_fill(causal.to(scores.device), float("-inf"))
     return torch.softmax(scores, dim=-1)
-
-
-def _common_prefix_len(rows: Sequence[Sequence[int]], limit: int) -> int:
-    """Length of the token prefix all rows share, at most ``limit`` (each row keeps a tail)."""
-    first = rows[0]
-    n = max(0, min(limit, len(first)))
-    for r in rows[1:]:
-        i = 0
-        while i < n and r[i] == first[i]:
-            i += 1
-        n = i
-    return n
