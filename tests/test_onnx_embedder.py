@@ -136,6 +136,30 @@ def test_index_built_with_torch_float32_is_refused_with_int8(
         Retriever(int8).retrieve("stage 1 hypertension")
 
 
+def test_auto_follows_an_index_built_by_torch_float32(
+    onnx_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade on a CPU without bf16: the index was built by torch float32 before the ONNX
+    paths existed; auto now prefers int8, whose identity differs, and must follow the index
+    (float32 ONNX, same vectors) instead of refusing it."""
+    from assistant.retrieve import Retriever
+    from ingest.index import ingest
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(onnx_home / "models", target_is_directory=True)
+    torch32 = Settings(home=home, embedder_backend="torch", embedder_dtype="float32")
+    ingest([_write_library(tmp_path / "lib")], torch32, progress=False)
+
+    monkeypatch.setattr(st, "_cuda_possible", lambda setting: False)
+    monkeypatch.setattr(st, "native_bf16_cpu", lambda: False)
+    auto = Settings(home=home)
+    assert _embedder(home, "auto").describe_path() == "onnx-int8"
+    retriever = Retriever(auto)
+    assert retriever.retrieve("stage 1 hypertension", k=1)[0].chunk.doc_id == "bp"
+    assert retriever.index.embedder.backend == "onnx-fp32"  # type: ignore[attr-defined]
+
+
 def test_auto_picks_int8_only_without_native_bf16(
     onnx_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,7 +92,8 @@ def test_embedder_precision_is_recorded_and_vectors_agree(tmp_path: Path) -> Non
     texts = ["Stage 1 hypertension is 130 to 139 mmHg systolic.", "Screen adults from age 45."]
     infos, vectors = {}, {}
     for dtype in ("float32", "auto"):
-        settings = Settings(home=tmp_path / dtype, embedder_dtype=dtype)
+        # torch pinned: on a CPU without bf16, auto would choose the ONNX int8 path
+        settings = Settings(home=tmp_path / dtype, embedder_dtype=dtype, embedder_backend="torch")
         embedder = backends.create("embedder", "sentence_transformers", settings)
         vectors[dtype] = embedder.embed(texts)
         infos[dtype] = embedder.info

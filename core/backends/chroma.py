@@ -120,8 +120,9 @@ class ChromaStore:
             raise EmbedderMismatchError(
                 f"The index '{self._name}' was built with embedder {have.get('embedder_model')!r} "
                 f"(weights {str(have.get('embedder_hash'))[:12]}), but {embedder.model!r} "
-                f"(weights {embedder.weights_hash[:12]}) is configured. Set embedder_model back, "
-                "or re-ingest into a fresh CLINRAG_HOME or another collection."
+                f"(weights {embedder.weights_hash[:12]}) is configured. Set embedder_model and "
+                "embedder_backend back to what built it, or re-ingest into a fresh "
+                "CLINRAG_HOME or another collection."
             )
         self._collection = collection
 

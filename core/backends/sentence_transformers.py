@@ -163,6 +163,32 @@ class SentenceTransformerEmbedder:
             return "onnx-fp32", onnx_embedder.OnnxEmbedder(self._settings, "float32")
         return "torch", None
 
+    def follow(self, recorded_hash: str) -> bool:
+        """Under ``embedder_backend = auto``, switch to the path whose identity is
+        ``recorded_hash`` (the index's), if one gives it; True when the identity now matches.
+
+        An index built by torch float32 on a CPU without bf16 (before the ONNX paths existed)
+        must keep working after an upgrade: auto would now pick int8, whose identity differs.
+        float32 ONNX gives the same vectors as torch float32 and is tried first; it is faster.
+        """
+        if self._backend_setting != "auto" or self.info.weights_hash == recorded_hash:
+            return self.info.weights_hash == recorded_hash
+        for backend in ("onnx-fp32", "torch"):
+            candidate = SentenceTransformerEmbedder(
+                self._settings.model_copy(update={"embedder_backend": backend})
+            )
+            try:
+                matches = candidate.info.weights_hash == recorded_hash
+            except (ConfigError, ImportError) as exc:
+                log.warning("The %s embedder is unavailable (%s).", backend, exc)
+                continue
+            if matches:
+                log.info("Following the index's embedder identity: %s.", backend)
+                self._model, self._onnx = candidate._model, candidate._onnx
+                self._info, self.backend = candidate._info, candidate.backend
+                return True
+        return False
+
     def describe_path(self) -> str:
         """The path auto (or the setting) takes on this machine, e.g. "torch bfloat16" or
         "onnx-int8", without loading a model (an ONNX export may be built first)."""

@@ -110,11 +110,18 @@ class Index:
         info = self.embedder.info
         recorded = self.manifest.get_meta("embedder_hash")
         if recorded and recorded != info.weights_hash:
-            raise EmbedderMismatchError(
-                f"This index was built with embedder {self.manifest.get_meta('embedder_model')!r}; "
-                f"the configured one is {info.model!r} with other weights. Set embedder_model "
-                "back, or ingest into a fresh CLINRAG_HOME."
-            )
+            # embedder_backend = auto may reach the recorded identity by another path
+            follow = getattr(self.embedder, "follow", None)
+            if follow is not None and follow(recorded):
+                info = self.embedder.info
+            else:
+                raise EmbedderMismatchError(
+                    "This index was built with embedder "
+                    f"{self.manifest.get_meta('embedder_model')!r}; the configured one is "
+                    f"{info.model!r}, whose vectors differ. Set embedder_model and "
+                    "embedder_backend back to what built it (embedder_backend = auto follows "
+                    "the index where it can), or ingest into a fresh CLINRAG_HOME."
+                )
         self.store.warm_up(info)
         self._warm = True
 
