@@ -94,12 +94,21 @@ class Settings(BaseModel):
     prompt_template: str = "answer_v1"
     generation_batching: bool = Field(
         True,
-        description="In the app, one worker runs the model for every session: drafts asked "
-        "within generation_batch_wait_ms of each other are generated as one batch "
-        "(services/generation_worker.py). Off: one generation at a time.",
+        description="In the app, one worker runs the model for every session, answers before "
+        "attribution, and sessions ask at the same time (services/generation_worker.py); "
+        "drafts asked within generation_batch_wait_ms of each other are generated as one "
+        "batch of up to generation_batch_max. Off: one question at a time.",
     )
     generation_batch_wait_ms: int = Field(50, ge=0, le=5000)
-    generation_batch_max: int = Field(8, ge=1, le=64)
+    generation_batch_max: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Most drafts in one batch. 1: the worker runs drafts one at a time (still "
+        "answers before attribution). On a 2-core CPU a batch of 8 drafts measured no more "
+        "tokens/s than one by one (the long prompt passes dominate) and every row ended with "
+        "the batch (docs/benchmarks.md); raise it where the measurement says it pays.",
+    )
     max_question_chars: int = Field(2000, gt=0)
     questions_per_minute: int = Field(20, gt=0, description="Per user, counted in the audit log.")
 
