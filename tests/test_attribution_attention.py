@@ -320,3 +320,22 @@ def test_attention_scores_the_copied_sentence_first(library: Settings, packaged_
     desk = next(s.index for s in sources if "front desk" in s.text)
     assert result.top(1, target=0) == [dose], result.per_target[0]
     assert result.top(1, target=1) == [desk], result.per_target[1]
+
+    # after a generation from this prompt, the pass reuses its keys and values: same features
+    reused: list[int] = []
+    find = packaged_llm._generation_cache  # type: ignore[attr-defined]
+
+    def spy(ids: list[int], limit: int) -> tuple[Any, int]:
+        cache, start = find(ids, limit)
+        reused.append(start)
+        return cache, start
+
+    messages = build_messages(
+        scorer.template, scorer.question, hits, scorer.texts(np.ones(len(sources), bool))
+    )
+    list(packaged_llm.stream(messages, max_new_tokens=2, temperature=0.0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packaged_llm, "_generation_cache", spy)
+        again = attention_features(packaged_llm, scorer)
+    assert reused and reused[0] > 100  # the whole prompt but its last token
+    assert np.allclose(again, features, atol=1e-4)

@@ -228,10 +228,14 @@ class TransformersLLM:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         errors: list[BaseException] = []
 
+        kwargs["return_dict_in_generate"] = True
+
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    self._model.generate(**kwargs)
+                    out = self._model.generate(**kwargs)
+                # attention attribution of this answer reuses the prompt's keys and values
+                self._generated = (ids[0].tolist(), getattr(out, "cache", None))
             except BaseException as exc:  # surfaced in the caller's thread below
                 errors.append(exc)
                 streamer.end()
@@ -469,6 +473,10 @@ class TransformersLLM:
         owner = threading.get_ident()
         layer_of = {id(m): i for i, m in enumerate(modules)}
         causal = torch.arange(len(ids))[None, :] > torch.arange(q0, q1)[:, None]
+        # The generation that wrote this answer already ran the prompt: its keys and values
+        # are reused up to the first token that differs, so the pass runs only the rest
+        # (the answer, at best) instead of the whole prompt again.
+        cache, start = self._generation_cache(ids, q0)
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             # the model is shared: a forward pass of another thread (generation) is not ours
@@ -476,23 +484,63 @@ class TransformersLLM:
                 return
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             cos, sin = kwargs["position_embeddings"]
-            weights = _attention_rows(module, hidden[0], cos, sin, q0, q1, causal)
+            cached = None
+            if cache is not None:
+                layer = cache.layers[module.layer_idx]
+                cached = layer.keys[0, :, :start] if layer.keys is not None else None
+            weights = _attention_rows(
+                module, hidden[0], cos, sin, q0 - start, q1 - start, causal, cached
+            )
             dev = weights.device
             mass = rows_of.to(dev) @ (weights @ span_of.to(dev))  # (H, T, S)
             out[layer_of[id(module)]] = mass.permute(1, 2, 0).cpu().numpy()
 
         handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+        device = self._model.device
+        extra: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            extra = {
+                "use_cache": True,
+                "cache": cache,
+                "position_ids": torch.arange(start, len(ids), device=device)[None],
+            }
         try:
             with torch.inference_mode():
                 self._model(
-                    input_ids=torch.tensor([ids], device=self._model.device),
-                    use_cache=False,
+                    input_ids=torch.tensor([ids[start:]], device=device),
                     logits_to_keep=1,
+                    **extra,
                 )
         finally:
             for handle in handles:
                 handle.remove()
         return out.transpose(1, 2, 0, 3).reshape(n_targets, n_spans, -1)
+
+    def _generation_cache(self, ids: list[int], limit: int) -> tuple[Any, int]:
+        """A private copy of the last generation's KV cache cut to the prefix it shares with
+        ``ids`` (at most ``limit`` tokens), and that length; (None, 0) when too little is
+        shared to be worth it."""
+        generated = getattr(self, "_generated", None)
+        if generated is None or generated[1] is None:
+            return None, 0
+        prompt, cache = generated
+        shared = 0
+        for a, b in zip(prompt, ids[:limit], strict=False):
+            if a != b:
+                break
+            shared += 1
+        if shared < MIN_PREFIX:
+            return None, 0
+        try:
+            cache = copy.deepcopy(cache)
+            surplus = cache.get_seq_length() - shared
+            if surplus > 0:
+                cache.crop(-surplus)  # this transformers takes the tokens to remove
+            if cache.get_seq_length() != shared or not hasattr(cache, "layers"):
+                return None, 0
+        except (AttributeError, TypeError, ValueError):
+            return None, 0
+        return cache, shared
 
     @property
     def attention_layout(self) -> tuple[int, int]:
@@ -577,9 +625,20 @@ MIN_PREFIX = 16
 
 
 def _attention_rows(
-    module: Any, hidden: Any, cos: Any, sin: Any, q0: int, q1: int, causal: Any
+    module: Any,
+    hidden: Any,
+    cos: Any,
+    sin: Any,
+    q0: int,
+    q1: int,
+    causal: Any,
+    cached: Any = None,
 ) -> Any:
-    """softmax(q k^T) of query rows q0..q1 over all positions, (heads, rows, positions)."""
+    """softmax(q k^T) of query rows q0..q1 over all positions, (heads, rows, positions).
+
+    ``hidden``, ``cos`` and ``sin`` cover the positions this pass runs; ``cached`` holds the
+    keys (already rotated) of the positions before them, from a reused cache. Row indices are
+    relative to this pass."""
     import sys
 
     import torch
@@ -593,6 +652,8 @@ def _attention_rows(
     q, k = q.transpose(0, 1)[None], k.transpose(0, 1)[None]
     q, _ = rope(q, q, cos[:, q0:q1], sin[:, q0:q1])
     _, k = rope(k, k, cos, sin)
+    if cached is not None:
+        k = torch.cat([cached[None].to(k.dtype), k], dim=2)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query heads
     scores = (q.float() @ k.float().transpose(-1, -2))[0] * module.scaling
     scores = scores.masked_fill(causal.to(scores.device), float("-inf"))
