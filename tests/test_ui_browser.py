@@ -450,6 +450,19 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         page.wait_text("Which sources the answer relied on", timeout=60)
         page.wait_text("less likely")
         page.wait_text("What drove this sentence")
+        page.wait(
+            "every attribution shown",
+            lambda: "Measuring which source sentences" not in page.text(),
+        )
+        # under a sentence: the source sentences that drove it, marked by score in their passage
+        drove = [e for e in page.css('[data-testid="stExpander"] summary') if "drove" in e.text]
+        page.click(drove[-1])
+        marks = page.wait(
+            "source sentences marked by score",
+            lambda: [m for m in page.css("mark.clinrag-driver") if m.is_displayed()],
+        )
+        assert all(m.get_attribute("title").startswith("attribution score ") for m in marks)
+        page.shot("attribution-drivers")
         attribution = attributed()[-1]
         # attribution adds information and changes no check: the same sentences, supported
         assert [s["text"] for s in attribution.payload["sentences"]] == [
