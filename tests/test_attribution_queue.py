@@ -292,7 +292,7 @@ def test_every_answer_ends_attributed_after_a_kill_mid_attribution(
     )
     add_accounts(home)
     try:
-        report = run(home, questions(2), questions(2, skip=2), packaged_llm, max_new_tokens=48)
+        report = run(home, questions(2), questions(2, skip=2), packaged_llm, max_new_tokens=32)
     finally:
         st.cache_resource.clear()
     print(report.line(), report.reasons, report.seconds)
