@@ -273,6 +273,16 @@ class GenerationWorker:
             batch[row].pieces.put(("piece", text) if text is not None else ("end", None))
 
         try:
+            if len(batch) == 1:
+                # alone: the model's own stream, exactly as without the worker (it also keeps
+                # the prompt's KV cache that attention attribution reuses)
+                job = batch[0]
+                for piece in self.inner.stream(
+                    job.messages, max_new_tokens=job.max_new_tokens, temperature=0.0
+                ):
+                    job.pieces.put(("piece", piece))
+                job.pieces.put(("end", None))
+                return
             self.inner.generate_batch(
                 [j.messages for j in batch],
                 max_new_tokens=batch[0].max_new_tokens,

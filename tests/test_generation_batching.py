@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,16 @@ class FakeModel:
             for word in f"answer to {q}".split()[:max_new_tokens]:
                 on_piece(row, word + " ")
             on_piece(row, None)
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        # a draft alone goes through the model's own stream: here a batch of one
+        pieces: list[str | None] = []
+        self.generate_batch(
+            [messages], max_new_tokens=max_new_tokens, on_piece=lambda _r, t: pieces.append(t)
+        )
+        yield from (p for p in pieces if p is not None)
 
     def logprobs(
         self, prompts: Sequence[Sequence[Message]], targets: Sequence[str], batch_size: int = 8
