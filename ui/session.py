@@ -73,8 +73,10 @@ def get_settings() -> Settings:
     return _load_settings(tuple(sorted(_settings_env().items())))
 
 
+# Streamlit hashes only the parameters not named with a leading underscore: ``key`` is what
+# tells one cached object from another; the others are carried, not hashed.
 @st.cache_resource(show_spinner=False)
-def _assistant(_key: str, _settings: Settings, _factory: Any) -> Assistant:
+def _assistant(key: str, _settings: Settings, _factory: Any) -> Assistant:
     assistant = _factory(_settings) if _factory is not None else open_assistant(_settings)
     if _settings.generation_batching and hasattr(assistant.llm, "generate_batch"):
         # one model thread for every session: concurrent drafts are batched, answers go
@@ -105,7 +107,7 @@ def _warmed() -> set[int]:
 
 
 @st.cache_resource(show_spinner=False)
-def _lock(_key: str) -> threading.Lock:
+def _lock(key: str) -> threading.Lock:
     return threading.Lock()
 
 
@@ -147,7 +149,7 @@ def assistant_session(settings: Settings) -> Iterator[Assistant]:
 
 
 @st.cache_resource(show_spinner=False)
-def _attribution_queue(_key: str, _settings: Settings, _assistant: Any) -> AttributionQueue:
+def _attribution_queue(key: str, _settings: Settings, _assistant: Any) -> AttributionQueue:
     warmed = _warmed()
     lock = _lock(str(_settings.home))
     if _shares_model(_assistant):
