@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from core.migrations import SqliteDialect
+
 # Scheme -> adapter module; each module has ``open_database(url, schema) -> Database``.
 ADAPTERS: dict[str, str] = {
     "postgresql": "core.postgres",
@@ -138,10 +140,9 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-class SqliteDatabase:
+class SqliteDatabase(SqliteDialect):
     """A SQLite file: the embedded default. Connections are autocommit with a busy timeout."""
 
-    engine = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
 
@@ -163,28 +164,6 @@ class SqliteDatabase:
         if self.rows:
             conn.row_factory = sqlite3.Row
         return conn
-
-    def begin(self, conn: Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-
-    def table_exists(self, conn: Connection, name: str) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        return row is not None
-
-    def split_statements(self, sql: str) -> list[str]:
-        from core.migrations import split_statements
-
-        return split_statements(sql)
-
-    def migrations_table_sql(self, table: str) -> str:
-        return (
-            f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-
-    def migration_order(self) -> str:
-        return "rowid"
 
     @contextlib.contextmanager
     def lock(self, name: str, *, wait: bool = True) -> Iterator[None]:

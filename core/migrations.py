@@ -67,9 +67,9 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
-class _Sqlite:
-    """SQLite's side of the runner (the default). ``core.database.SqliteDatabase`` is the same
-    dialect; this copy keeps the runner importable by the audit log without that module."""
+class SqliteDialect:
+    """SQLite's side of the runner (the default). ``core.database.SqliteDatabase`` inherits it;
+    it lives here so the audit log can run migrations without importing that module."""
 
     engine = "sqlite"
 
@@ -94,7 +94,7 @@ class _Sqlite:
         return "rowid"
 
 
-_SQLITE: Any = _Sqlite()
+_SQLITE: Any = SqliteDialect()
 
 
 def for_engine(
