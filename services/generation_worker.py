@@ -132,15 +132,7 @@ class GenerationWorker:
             yield from self._submit_call(sampled)
             return
         job = self._put("draft", messages=messages, max_new_tokens=max_new_tokens)
-        self._wait_start(job)
-        while True:
-            kind, value = job.pieces.get()
-            if kind == "piece":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        yield from self._pieces(job)
 
     def logprobs(
         self, prompts: Sequence[Sequence[Message]], targets: Sequence[str], batch_size: int = 8
@@ -171,6 +163,10 @@ class GenerationWorker:
 
     def _submit_call(self, fn: Callable[[], list[Any]]) -> Iterator[Any]:
         job = self._put("call", call=fn)
+        yield from self._pieces(job)
+
+    def _pieces(self, job: _Job) -> Iterator[Any]:
+        """What the worker hands ``job``, once it starts: its pieces, then its end or error."""
         self._wait_start(job)
         while True:
             kind, value = job.pieces.get()
