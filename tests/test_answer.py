@@ -235,10 +235,15 @@ def test_openai_backend_answers_through_a_compatible_server(
     def reply(messages: list[dict[str, str]], max_tokens: int) -> str:
         return "".join(local.stream(messages, max_new_tokens=max_tokens, temperature=0.0))
 
-    in_process = assistant.ask(ANSWERABLE, record=False)
+    # both draft, so the drafts can be compared: with the packaged model a quoted answer on
+    # strong evidence is otherwise given without one (quoted_draft)
+    drafting = library.model_copy(update={"quoted_draft": True, "answer_style": "quoted"})
+    in_process = Assistant(drafting, retriever=assistant.retriever, llm=local).ask(
+        ANSWERABLE, record=False
+    )
     with serve_chat(reply) as server:
         remote = Assistant(
-            library.model_copy(
+            drafting.model_copy(
                 update={
                     "llm": "openai",
                     "llm_base_url": server.base_url,
