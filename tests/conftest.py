@@ -12,9 +12,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from cluster_parts import start_chroma_server, stop
 from pg import PostgresServer, pg_bin_dir
 from pg import postgres_server as start_postgres
 
@@ -135,52 +136,9 @@ def warm_assistant(library: Settings, packaged_llm: LLM) -> Assistant:
     return assistant
 
 
-def start_chroma_server(path: Path, env: dict[str, str] | None = None) -> tuple[str, Any]:
-    """A real Chroma server (the ``chroma`` command chromadb installs) on a free loopback port,
-    persisting under ``path``. Returns (url, process); the caller terminates the process."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    chroma = Path(sys.executable).with_name("chroma")
-    assert chroma.is_file(), f"{chroma} is missing: chromadb installs it (pip install chromadb)"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(path.with_suffix(".log"), "wb")  # noqa: SIM115 (the server's, closed with it)
-    process = subprocess.Popen(
-        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "ANONYMIZED_TELEMETRY": "False", **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2):
-                return url, process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                tail = path.with_suffix(".log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"chroma run did not start:\n{tail}") from None
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a real Chroma server for the session; each test uses its own collection."""
-    import subprocess
-
     url, process = start_chroma_server(tmp_path_factory.mktemp("chroma") / "data")
     yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop(process)
