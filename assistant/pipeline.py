@@ -130,6 +130,9 @@ class Assistant:
             if on_token:
                 on_token(policy.ABSTAIN_TEXT)
             return policy.abstained(ctx, reason)
+        # the JSON contract always has a generation time once an answer is given: 0 when the
+        # answer needed no draft (a decision, or quotes on strong evidence)
+        timings["generation"] = 0.0
         # a yes/no question is answered by its decision and the evidence it read, when the
         # model can score the options; anything else by the model's draft, checked
         decided = decide.answer(self, ctx)
