@@ -171,6 +171,10 @@ class _OnlyPublic:
         self._inner = Assistant(settings, llm=ExtractiveLLM())
         self.retriever = self._inner.retriever
 
+    def __getattr__(self, name: str) -> Any:
+        # the app reaches the model, settings and audit log too (generation worker, queue)
+        return getattr(self._inner, name)
+
     def warm_up(self) -> None:
         self._inner.warm_up()
 
