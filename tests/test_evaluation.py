@@ -516,8 +516,10 @@ def test_answer_metrics_with_the_real_model(
     assert sum(c["modes"].values()) == 3 and c["modes"]["abstained"] >= 1
     assert {"retrieval", "total"} <= set(c["latency"])
     if c["modes"].get("abstained", 0) < 3:
+        # 0 s where no draft was needed (a yes/no decision, quotes on strong evidence)
         assert "generation" in c["latency"]
-        assert c["latency"]["generation"]["p95"] >= c["latency"]["generation"]["p50"] > 0
+        assert c["latency"]["generation"]["p95"] >= c["latency"]["generation"]["p50"] >= 0
+        assert c["latency"]["total"]["p50"] > 0
     # the rerun answers from the cache: no model call
     again = run_json(argv, settings, capsys)
     assert again["cache"]["computed"] == {}
