@@ -282,6 +282,10 @@ class _Only2016:
         self._inner = Assistant(settings, llm=ExtractiveLLM())
         self.retriever = self._inner.retriever
 
+    def __getattr__(self, name: str) -> Any:
+        # the app reaches the model, settings and audit log too (generation worker, queue)
+        return getattr(self._inner, name)
+
     def warm_up(self) -> None:
         self._inner.warm_up()
 
@@ -427,6 +431,10 @@ class _Deciding:
 
         self._inner = Assistant(settings, llm=ExtractiveLLM())
         self.retriever = self._inner.retriever
+
+    def __getattr__(self, name: str) -> Any:
+        # the app reaches the model, settings and audit log too (generation worker, queue)
+        return getattr(self._inner, name)
 
     def warm_up(self) -> None:
         self._inner.warm_up()
