@@ -13,9 +13,9 @@ tests/cluster_parts.py, tests/openai_server.py):
 - two clinrag app replicas, each its own process with its own CLINRAG_HOME but the same
   ``database_url``, ``chroma_url``, model server, audit key and shared audit checkpoint
   (the settings of :func:`replica_environment`, the ones deploy/compose.yaml names). Each
-  runs the Ask page's path: ``services.accounts.sign_in``, ``services.ask.ask`` under the
-  app's per-process model lock (``ui/session.py``: the ``openai`` backend has no generation
-  worker), then the answer on an ``AttributionQueue``.
+  runs the Ask page's path: ``services.accounts.sign_in``, ``services.ask.ask`` (sessions
+  call the model server at once, as ``ui/session.py`` lets them for a backend with
+  ``concurrent_calls``), then the answer on an ``AttributionQueue``.
 
 data_samples is ingested once (into the database and the Chroma server), accounts are
 created once, then ``--users`` clinicians, split over both replicas, sign in and ask questions
@@ -143,8 +143,10 @@ class Replica:
         self.settings = settings
         self.assistant = open_assistant(settings)
         self.assistant.warm_up()
-        # ui/session.py without a generation worker: one question or attribution at a time
-        self.lock = threading.Lock()
+        # as ui/session.py: a backend that takes concurrent calls (the model server) is asked
+        # by every session at once; any other one question or attribution at a time
+        concurrent = getattr(self.assistant.llm, "concurrent_calls", False) is True
+        self.lock: Any = contextlib.nullcontext() if concurrent else threading.Lock()
         self.queue = AttributionQueue(settings, lambda: self.assistant, self.lock)
 
     def sign_in(self, user: str, password: str) -> bool:

@@ -31,3 +31,34 @@ def test_each_settings_gets_its_own_assistant_and_lock(
     assert a.settings.home == first.home and b.settings.home == second.home
     assert session.get_assistant(first) is a  # still one per settings
     assert session._lock(str(first.home)) is not session._lock(str(second.home))
+
+
+def test_sessions_ask_a_model_server_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: with the openai backend the app held one lock per process for a whole answer
+    or attribution, so a cluster replica's users waited for each other (p95 132 s), although
+    the model server takes concurrent requests."""
+    import threading
+
+    from core.backends.openai_llm import OpenAILLM
+
+    settings = Settings(home=tmp_path / "h", llm="openai", llm_base_url="http://127.0.0.1:9/v1")
+    server_backed = SimpleNamespace(
+        settings=settings, llm=OpenAILLM(settings), warm_up=lambda: None
+    )
+    monkeypatch.setattr(session, "assistant_factory", lambda s: server_backed)
+    assert session._shares_model(server_backed)  # type: ignore[arg-type]
+
+    second_in = threading.Event()
+
+    def second_session() -> None:
+        with session.assistant_session(settings):
+            second_in.set()
+
+    with session.assistant_session(settings):
+        other = threading.Thread(target=second_session, daemon=True)
+        other.start()
+        # the first session still holds its answer: the second must not wait for it
+        assert second_in.wait(timeout=20)
+    other.join(timeout=20)

@@ -90,8 +90,10 @@ def _assistant(key: str, _settings: Settings, _factory: Any) -> Assistant:
 
 
 def _shares_model(assistant: Assistant) -> bool:
-    """Whether the model takes calls from several sessions at once (the generation worker)."""
-    return isinstance(assistant.llm, GenerationWorker)
+    """Whether the model takes calls from several sessions at once: the generation worker,
+    or a backend that says it may be called concurrently (a model server)."""
+    llm = assistant.llm
+    return isinstance(llm, GenerationWorker) or getattr(llm, "concurrent_calls", False) is True
 
 
 def get_assistant(settings: Settings) -> Assistant:

@@ -55,6 +55,10 @@ _probe_lock = threading.Lock()
 
 
 class OpenAILLM:
+    # A model server queues and batches its own requests: the app lets sessions (and the
+    # attribution queue) call it at once instead of one at a time (ui/session.py).
+    concurrent_calls = True
+
     def __init__(self, settings: Settings) -> None:
         self._base_url: str | None = settings.llm_base_url
         self._model: str = settings.llm_model
