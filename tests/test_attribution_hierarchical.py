@@ -17,7 +17,7 @@ from audit.attribution.hierarchical import HierarchicalAttributor, block_groups
 from audit.attribution.scorer import source_groups
 from core.backends.base import LLM
 from core.config import Settings
-from core.types import Chunk, Hit
+from tests.test_attribution_model import _hit
 
 # 12 source sentences in 3 passages of 4; the answer (2 sentences) rests on sentence 6 (in
 # passage 1), and a little on sentence 9; passage 0 is noise.
@@ -117,23 +117,6 @@ def test_budget_and_bad_groups() -> None:
         HierarchicalAttributor(max_passages=0)
     assert source_groups(CountingScorer(CachedScorer(scorer))) is not None
     assert source_groups(PlantedScorer(WEIGHTS)) is None
-
-
-def _hit(n: int, text: str) -> Hit:
-    chunk = Chunk(
-        f"doc{n}:c",
-        f"doc{n}",
-        text,
-        f"Clinic handbook {n}",
-        "General",
-        None,
-        0,
-        len(text),
-        "sha",
-        f"doc{n}.md",
-        "now",
-    )
-    return Hit(chunk=chunk, score=0.03, dense_score=0.7)
 
 
 @pytest.mark.slow
