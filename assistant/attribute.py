@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from core.backends.base import LLM, AttentionReader, LogProbScorer, Message, Spa
 from core.config import Settings
 from core.text import sentence_spans
 from core.types import Answer, Evidence, Hit, SourceSentence
+
+if TYPE_CHECKING:
+    from audit.attribution.attention import HeadWeights
 
 
 def answer_targets(text: str) -> list[str]:
@@ -64,17 +68,81 @@ class AnswerScorer:
         return [s.n for s in self.sources]
 
     def texts(self, mask: np.ndarray) -> list[str]:
-        kept: list[list[str]] = [[] for _ in self.hits]
-        for s, keep in zip(self.sources, mask, strict=True):
-            if keep:
-                kept[s.n - 1].append(s.text)
-        return [" ".join(parts) if parts else "(removed)" for parts in kept]
+        """Each passage as the prompt shows it with only the kept source sentences.
+
+        The full mask gives each passage's own text, exactly as the generation prompt showed
+        it, so the generation's prompt KV cache (attention attribution) and the full-context
+        reference (ablations) cover the whole prompt. Removing a sentence removes its text and
+        the whitespace after it (before it, for a passage's last kept sentence); everything
+        else keeps its spacing, so an ablated prompt equals the full one up to the removed
+        sentence. A passage with nothing left reads "(removed)".
+        """
+        keep = np.asarray(mask, dtype=bool)
+        if keep.shape != (len(self.sources),):
+            raise ValueError(f"mask must have shape ({len(self.sources)},); got {keep.shape}")
+        out = []
+        for n, (hit, layout) in enumerate(zip(self.hits, self._layout, strict=True), start=1):
+            if layout is not None:
+                out.append(_passage_text(hit.chunk.text, layout, keep))
+                continue
+            parts = [s.text for s, k in zip(self.sources, keep, strict=True) if k and s.n == n]
+            out.append(" ".join(parts) if parts else "(removed)")
+        return out
+
+    @cached_property
+    def _layout(self) -> list[Layout | None]:
+        """Per passage, its sentences as (start, end, mask column or None)."""
+        by_hit: dict[int, list[tuple[int, SourceSentence]]] = {}
+        for column, s in enumerate(self.sources):
+            by_hit.setdefault(s.n, []).append((column, s))
+        return [
+            _sentence_layout(hit.chunk.text, by_hit.get(n, []))
+            for n, hit in enumerate(self.hits, start=1)
+        ]
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         prompts = [
             build_messages(self.template, self.question, self.hits, self.texts(m)) for m in masks
         ]
         return self.llm.logprobs(prompts, self.targets)
+
+
+Layout = list[tuple[int, int, int | None]]
+
+
+def _sentence_layout(text: str, sources: Sequence[tuple[int, SourceSentence]]) -> Layout | None:
+    """Where each sentence of ``text`` lies, and which mask column (source) it is.
+
+    The passage's own sentence split (``cite.source_sentences`` made the sources from it)
+    gives the pieces; sentences past the attribution cap have no column and are always kept,
+    as the generation prompt kept them. None when the sources are not the passage's own
+    sentences in order (a caller that built its own): the kept ones are then joined.
+    """
+    pieces: Layout = []
+    queue = list(sources)
+    for start, end in sentence_spans(text):
+        column = None
+        if queue and text[start:end] == queue[0][1].text:
+            column = queue.pop(0)[0]
+        pieces.append((start, end, column))
+    return None if queue else pieces
+
+
+def _passage_text(text: str, layout: Layout, keep: np.ndarray) -> str:
+    """``text`` without the sentences whose column ``keep`` drops (see AnswerScorer.texts)."""
+    kept = [i for i, (_, _, column) in enumerate(layout) if column is None or keep[column]]
+    if len(kept) == len(layout):
+        return text
+    if not kept:
+        return "(removed)"
+    parts = [text[: layout[0][0]]]
+    for j, i in enumerate(kept):
+        parts.append(text[layout[i][0] : layout[i][1]])
+        if j + 1 < len(kept):
+            # the whitespace that followed this sentence in the passage
+            parts.append(text[layout[i][1] : layout[i + 1][0]])
+    parts.append(text[layout[-1][1] :])
+    return "".join(parts)
 
 
 def source_spans(
@@ -129,27 +197,38 @@ def weights_dirs(settings: Settings) -> list[Path]:
     return [settings.home / "attribution"]
 
 
+# the ablation method used when the model has no fitted attention weights (hierarchical is
+# registered in audit.attribution; tests/test_attribution_attention.py checks it stays so)
+FALLBACK_METHOD = "hierarchical"
+
+
 def fallback_method() -> str:
     """The ablation method used when the model has no fitted attention weights."""
-    from audit.attribution import METHODS
-
-    return "hierarchical" if "hierarchical" in METHODS else "surrogate"
+    return FALLBACK_METHOD
 
 
-def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> str:
-    """The one place the method is picked: "auto" (and "attention") means attention when
-    weights were fitted for this model's weights, else the ablation fallback."""
+def resolve_method(
+    settings: Settings, llm: LLM, method: str | None = None
+) -> tuple[str, HeadWeights | None]:
+    """The one place the method is picked, with the attention weights it will use: "auto"
+    (and "attention") means attention when weights were fitted for this model's weights,
+    else the ablation fallback. The weights are looked up once per answer (a directory scan
+    and JSON parse), here."""
     from audit.attribution.attention import find_weights
 
     method = method or settings.attribution
     if method not in ("auto", "attention"):
-        return method
-    if (
-        isinstance(llm, AttentionReader)
-        and find_weights(llm.info.weights_hash, weights_dirs(settings)) is not None
-    ):
-        return "attention"
-    return fallback_method()
+        return method, None
+    if isinstance(llm, AttentionReader):
+        weights = find_weights(llm.info.weights_hash, weights_dirs(settings))
+        if weights is not None:
+            return "attention", weights
+    return fallback_method(), None
+
+
+def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> str:
+    """The method :func:`resolve_method` picks."""
+    return resolve_method(settings, llm, method)[0]
 
 
 def attribute_answer(
@@ -159,7 +238,9 @@ def attribute_answer(
     from audit.attribution import CachedScorer, faithfulness, make_attributor
 
     requested = method or settings.attribution
-    method = choose_method(settings, llm, requested) if requested != "off" else "off"
+    method, weights = (
+        resolve_method(settings, llm, requested) if requested != "off" else ("off", None)
+    )
     gen = answer.generation
     # what is attributed is the shown sentences, so an answer the model did not write freely
     # (quoted, or a yes/no decision with its evidence) is attributed too
@@ -188,10 +269,8 @@ def attribute_answer(
     elif method == "shap":
         kwargs["n_samples"] = settings.attribution_ablations
     elif method == "attention":
-        from audit.attribution.attention import find_weights
-
-        kwargs["weights"] = find_weights(llm.info.weights_hash, weights_dirs(settings))
-        # choose_method picked attention only for an AttentionReader
+        kwargs["weights"] = weights
+        # resolve_method picked attention only for an AttentionReader with weights
         kwargs["features"] = lambda: attention_features(llm, base)  # type: ignore[arg-type]
     elif method == "similarity":
         vectors = embed(list(targets) + [s.text for s in sources])

@@ -1,24 +1,27 @@
-"""Yes/no questions: detect them, and decide yes / no / uncertain from the cited passage.
+"""Yes/no questions: detect them, and decide yes / no / uncertain from the cited document.
 
-The decision reads only library text: the passage the best quote comes from, verbatim, never
-the model's free text. It combines, in a logistic model with five parameters
-(``decide_weights.json``, fitted by ``benchmarks/yes_no_fit.py``):
+The decision reads only library text and the question: the whole document the best quote
+comes from (every chunk of it, from the library, in order), verbatim, never the model's free
+text. A logistic model (``decide_weights.json``, fitted by ``benchmarks/yes_no_fit.py`` on
+one half of PubMedQA, measured on the other; ``docs/benchmarks.md``) weighs text features:
 
-- the answering model's "channel" score (Min et al. 2022, noisy channel prompting): how much
-  likelier the evidence is after "The answer is yes" than after "The answer is no", by teacher
-  forcing (``LogProbScorer``). The forward direction (how likely "Yes" is after the evidence)
-  carried no signal with the packaged 135M model on PubMedQA;
-- negative-finding phrases in the evidence ("no significant", "did not", "not associated",
-  "similar", "comparable", p > 0.05), and positive ones ("significantly", p < 0.05), counted;
-- whether the question doubts its own claim ("really", "still", "necessary", "myth").
+- negative-finding phrases ("no significant", "did not", "similar", p > 0.05) and positive
+  ones ("significantly", p < 0.05), counted in the whole document and in its results (the last
+  third of its sentences, where abstracts report findings);
+- "no difference" comparisons in the results, negations whose scope holds one of the
+  question's terms ("aspirin did not reduce stroke"), 95% CIs of ratios that include 1;
+- negative phrases in the sentences closest to the question (embedding similarity);
+- whether the question doubts its claim ("really", "necessary"), or asks for a link
+  ("associated", "predict"), crossed with the negative results;
+- optionally the answering model's "channel" score (Min et al. 2022): how much likelier the
+  evidence is after "The answer is yes" than after "no" (``LogProbScorer``; not shipped).
 
-The model's output is the log-odds of "yes" against "no"; within ``yes_no_margin`` of
-``yes_no_bias`` the decision is ``uncertain``. The weights were fitted on one half of PubMedQA
-and measured on the other (``docs/benchmarks.md``); they belong to the model they were fitted
-with (its weights hash is in the file), and a warning is logged for another.
-
-An LLM without log-probabilities (an OpenAI-compatible server) gets no decision: the answer
-is generated as before and the reason logged, never guessed from the model's wording.
+A guideline's recommendation statement ("Do not start aspirin...", "Fasting is not required")
+is advice, not a study's negative finding: it is left out of the counts. The model's output
+is the log-odds of "yes" against "no"; within ``yes_no_margin`` of ``yes_no_bias`` the
+decision is ``uncertain``. Weights with a channel coefficient belong to the model they were
+fitted with (its weights hash is in the file); an LLM without log-probabilities then gets no
+decision and the answer is generated as before, never guessed from the model's wording.
 """
 
 from __future__ import annotations
@@ -29,15 +32,26 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from core.backends.base import LogProbScorer, Message
 from core.config import Settings
-from core.types import Answer, Decision, DecisionLabel, Generation, Hit, SourceSentence
+from core.text import STOPWORDS, split_sentences
+from core.types import (
+    Answer,
+    Chunk,
+    Decision,
+    DecisionLabel,
+    Generation,
+    Hit,
+    SourceSentence,
+)
 
 if TYPE_CHECKING:
     from assistant.cite import Quote
@@ -121,7 +135,7 @@ class Scores:
 
 
 # Findings against the claim, as abstracts and guidelines word them. Counted, not parsed: the
-# logistic model weighs them against the channel score.
+# logistic model weighs the counts.
 _NEGATIVE = re.compile(
     r"\b(?:no|not|non)[- ](?:statistically[- ])?significant(?:ly)?\b"
     r"|\bnonsignificant(?:ly)?\b"
@@ -143,21 +157,189 @@ _POSITIVE = re.compile(
     r"|\bp\s*(?:<|\u2264|=\s*0?\.0[0-4])",
     re.I,
 )
+# Two groups found alike: the commonest way a comparison says "no".
+_NO_DIFFERENCE = re.compile(
+    r"\b(?:no|not|without)\b(?:\s+[\w-]+){0,5}?\s+(?:differ\w*|superior|inferior|better|worse|"
+    r"advantage\w*|benefit\w*)\b"
+    r"|\b(?:similar|comparable|equivalent|equally|identical|the same)\b",
+    re.I,
+)
+# A negation that can scope over the question's terms: "X did not reduce Y", "no Y", "failed to"
+_NEGATOR = re.compile(
+    r"\b(?:not|no|nor|neither|without|fail(?:ed|s)?\s+to|"
+    r"(?:did|does|do|was|were|is|are|has|have|had)n't)\b",
+    re.I,
+)
+# 95% confidence intervals of ratios: "(95% CI 0.80-2.46)", "95% CI, 1.3 to 3.0"
+_CI = re.compile(
+    r"\b(?:CI|confidence interval)\b[\s,:;=]*(?:of\s+)?\(?\s*(\d+(?:\.\d+)?)\s*"
+    r"(?:-|\u2013|to|,)\s*(\d+(?:\.\d+)?)",
+    re.I,
+)
 # Questions that doubt their own claim ("Is routine imaging really necessary?")
 _DOUBT = re.compile(
     r"\b(?:really|still|truly|myth|necessary|mandatory|justified|worth|needed|obsolete)\b", re.I
 )
-FEATURES = ("shift", "negative", "positive", "doubt")
+# "Is X associated with Y?", "Does X predict Y?": asks for a link, not an effect
+_ASKS_LINK = re.compile(
+    r"\b(?:associat\w*|relat(?:ed|ion\w*)|correlat\w*|predict\w*|link\w*|marker|risk factor)\b",
+    re.I,
+)
+# Words too common to tie a negation to the question's subject
+_LIGHT = frozenset(
+    [
+        "there",
+        "their",
+        "they",
+        "them",
+        "patients",
+        "patient",
+        "study",
+        "studies",
+        "group",
+        "groups",
+        "after",
+        "before",
+        "during",
+        "between",
+        "among",
+        "within",
+        "about",
+        "using",
+        "used",
+        "other",
+        "more",
+        "less",
+        "than",
+        "into",
+        "does",
+        "have",
+        "were",
+    ]
+)
+SCOPE_WORDS = 6  # a negation reaches this many words either side
+RESULTS_SHARE = 1 / 3  # the last third of the document's sentences: where abstracts put results
+CLOSEST = 3  # sentences most similar to the question
+TEXT_FEATURES = (
+    "negative",
+    "positive",
+    "doubt",
+    "negative_results",
+    "positive_results",
+    "negative_closest",
+    "no_difference_results",
+    "negation_of_question_terms",
+    "ci_includes_1",
+    "ci_excludes_1",
+    "last_sentence_negative",
+    "link_question_x_negative_results",
+)
+FEATURES = ("shift", *TEXT_FEATURES)
 
 
-def cues(question: str, evidence: Sequence[str]) -> dict[str, float]:
-    """The text features: log(1 + count) of negative and positive finding phrases in the
-    evidence, and 1.0 when the question doubts its claim."""
-    text = " ".join(evidence)
+def _stem(word: str) -> str:
+    # a crude stem: "reduced", "reduces", "reduction" meet at "reduc"
+    return word.lower()[:5]
+
+
+def question_terms(question: str) -> set[str]:
+    """The question's subject words, stemmed: content words of 4 letters or more."""
+    words = re.findall(r"[A-Za-z][A-Za-z-]{3,}", question)
+    return {_stem(w) for w in words if w.lower() not in _LIGHT and w.lower() not in STOPWORDS}
+
+
+def negations_of_question_terms(question: str, sentence: str) -> int:
+    """How many negations in the sentence have one of the question's terms within
+    ``SCOPE_WORDS`` words: "aspirin did not reduce stroke" for "Does aspirin reduce stroke?"."""
+    terms = question_terms(question)
+    words = re.findall(r"[\w'-]+", sentence)
+    stems = [_stem(w) for w in words]
+    count = 0
+    for m in _NEGATOR.finditer(sentence):
+        at = len(re.findall(r"[\w'-]+", sentence[: m.start()]))
+        window = stems[max(0, at - SCOPE_WORDS) : at + SCOPE_WORDS + 1]
+        if terms.intersection(window):
+            count += 1
+    return count
+
+
+def confidence_intervals(text: str) -> tuple[int, int]:
+    """(intervals that include 1, intervals that exclude it): a ratio's 95% CI crossing 1 is
+    a finding of no effect; below 0.3 or a reversed pair it is not a ratio's, and skipped."""
+    includes = excludes = 0
+    for m in _CI.finditer(text):
+        low, high = float(m.group(1)), float(m.group(2))
+        if not 0 < low < high or high > 100:
+            continue
+        if low < 1 < high:
+            includes += 1
+        elif high < 1 or low > 1:
+            excludes += 1
+    return includes, excludes
+
+
+def is_recommendation(sentence: str) -> bool:
+    """A guideline's recommendation statement ("Do not start aspirin...", "Fasting is not
+    required"): its negation says what to do, not that a study found nothing."""
+    from core import recommendations
+
+    body = sentence.strip()
+    if not recommendations.find(body):
+        return False
+    return recommendations.describe(body, 0, len(body)).recommends
+
+
+def cues(
+    question: str, evidence: Sequence[str], similarity: Sequence[float] | None = None
+) -> dict[str, float]:
+    """The text features of the evidence (sentences in the document's order; ``similarity``:
+    each one's match to the question, when known). Counts are log(1 + count).
+
+    Recommendation statements are left out of the finding counts: "Do not screen..." in a
+    guideline is advice, not a study's negative finding. The results are the last third of
+    the sentences (abstracts state aims and methods first); the closest sentences are the
+    ``CLOSEST`` most similar to the question (by shared question terms without similarity).
+    """
+    order = list(range(len(evidence)))
+    findings = [i for i in order if not is_recommendation(evidence[i])]
+    results = findings[-max(1, math.ceil(len(findings) * RESULTS_SHARE)) :] if findings else []
+    if similarity is not None and len(similarity) == len(evidence):
+        ranked = sorted(findings, key=lambda i: -similarity[i])
+    else:
+        terms = question_terms(question)
+        ranked = sorted(
+            findings,
+            key=lambda i: -len(terms & {_stem(w) for w in re.findall(r"\w+", evidence[i])}),
+        )
+    closest = ranked[:CLOSEST]
+
+    def text(ids: Sequence[int]) -> str:
+        return " ".join(evidence[i] for i in ids)
+
+    def count(pattern: re.Pattern[str], ids: Sequence[int]) -> float:
+        return math.log1p(len(pattern.findall(text(ids))))
+
+    includes, excludes = confidence_intervals(text(findings))
+    negative_results = count(_NEGATIVE, results)
     return {
-        "negative": math.log1p(len(_NEGATIVE.findall(text))),
-        "positive": math.log1p(len(_POSITIVE.findall(text))),
+        "negative": count(_NEGATIVE, findings),
+        "positive": count(_POSITIVE, findings),
         "doubt": 1.0 if _DOUBT.search(question) else 0.0,
+        "negative_results": negative_results,
+        "positive_results": count(_POSITIVE, results),
+        "negative_closest": count(_NEGATIVE, closest),
+        "no_difference_results": count(_NO_DIFFERENCE, results),
+        "negation_of_question_terms": math.log1p(
+            sum(negations_of_question_terms(question, evidence[i]) for i in results)
+        ),
+        "ci_includes_1": math.log1p(includes),
+        "ci_excludes_1": math.log1p(excludes),
+        "last_sentence_negative": 1.0
+        if results and _NEGATIVE.search(evidence[results[-1]])
+        else 0.0,
+        "link_question_x_negative_results": negative_results
+        if _ASKS_LINK.search(question)
+        else 0.0,
     }
 
 
@@ -195,9 +377,22 @@ def shipped_weights() -> Weights:
     )
 
 
-def features(llm: LogProbScorer | None, question: str, evidence: Sequence[str]) -> dict[str, float]:
+def similarities(
+    embed: Callable[[list[str]], Any], question: str, texts: Sequence[str]
+) -> list[float]:
+    """Each sentence's cosine similarity to the question (the embedder's vectors are unit)."""
+    vectors = np.asarray(embed([question, *texts]), dtype=float)
+    return [round(float(v), 4) for v in vectors[1:] @ vectors[0]]
+
+
+def features(
+    llm: LogProbScorer | None,
+    question: str,
+    evidence: Sequence[str],
+    similarity: Sequence[float] | None = None,
+) -> dict[str, float]:
     """The decision's features: the text cues, and the channel scores when ``llm`` is given."""
-    out = cues(question, evidence)
+    out = cues(question, evidence, similarity)
     if llm is not None:
         scores = score(llm, question, evidence)
         out.update(log_p_yes=scores.yes, log_p_no=scores.no, shift=scores.shift)
@@ -232,12 +427,16 @@ def decide(
     evidence: Sequence[SourceSentence],
     settings: Settings,
     weights: Weights | None = None,
+    similarity: Sequence[float] | None = None,
+    document: Sequence[str] | None = None,
 ) -> Decision | None:
     """The decision from these evidence sentences, or None when it cannot be made.
 
     None when there is no evidence, or when the weights use the channel score and the LLM
     cannot score options (no ``logprobs``); the reason is logged. Nothing but the question and
-    ``evidence`` reaches the model. ``weights``: the shipped ones unless given.
+    the text read reaches the model. ``weights``: the shipped ones unless given. ``document``:
+    the text read, when more than the evidence (the whole cited document, in order);
+    ``similarity``: each of its sentences' match to the question.
     """
     weights = weights or shipped_weights()
     if not evidence:
@@ -255,7 +454,8 @@ def decide(
                 "yes/no weights were fitted with another model's channel score; refit them "
                 "(benchmarks/yes_no_fit.py) for this one"
             )
-    found = features(scorer, question, [s.text for s in evidence])
+    text = list(document) if document else [s.text for s in evidence]
+    found = features(scorer, question, text, similarity)
     z = weights.log_odds(found)
     return Decision(
         label=label(z, bias=settings.yes_no_bias, margin=settings.yes_no_margin),
@@ -316,6 +516,19 @@ def passages_read(
             if s.n == n and s.text not in seen:  # passages may overlap
                 seen.add(s.text)
                 out.append(s)
+    return out
+
+
+def whole_document(chunks: Sequence[Chunk]) -> list[str]:
+    """The sentences of a document's chunks, in the document's order, each once (chunks may
+    overlap)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for chunk in sorted(chunks, key=lambda c: c.char_start):
+        for text in split_sentences(chunk.text):
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
     return out
 
 
@@ -380,6 +593,16 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
         evidence=quote.evidence,
         unverified=[],
     )
-    out.decision = decide(llm, question, read, settings, weights)
+    # The decision reads the whole cited document from the library, not only its retrieved
+    # passages: the retrieved ones missed an abstract's last (results) sentence on about a
+    # third of PubMedQA questions, and the results are where the finding is.
+    document: list[str] = []
+    if read:
+        doc = hits[read[0].n - 1].chunk.doc_id
+        document = whole_document(assistant.retriever.index.manifest.chunks([doc]))
+    document = document or [s.text for s in read]
+    # each sentence's match to the question picks the closest ones, as in the fit
+    sims = similarities(assistant.embed, question, document) if document else None
+    out.decision = decide(llm, question, read, settings, weights, sims, document)
     scoring.seconds = timings["decision"] = time.perf_counter() - t
     return out

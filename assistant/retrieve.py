@@ -22,6 +22,36 @@ if TYPE_CHECKING:
     from core.backends.base import LexicalIndex, Reranker
 
 
+# Chroma binds each listed id as one SQLite variable (at most 32,766 a statement); a longer
+# $in is split by the store adapter, a $nin cannot be.
+_MAX_EXCLUDED = 30_000
+# Up to this many chunks hidden from the asker, the dense query runs unfiltered and asks for
+# that many more candidates, then drops them: exactly the filtered result, at the unfiltered
+# cost. At 100k chunks (docs/benchmarks.md) one hidden document made a filtered query take
+# 727 ms ($in of every visible document) or 458 ms ($nin of the hidden one) against 2.6 ms.
+_POST_FILTER_CHUNKS = 1_000
+
+
+def dense_query_plan(
+    allowed: set[str], docs: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any] | None, int]:
+    """How to ask the vector store for the chunks of ``allowed`` (of ``docs``, the library's
+    documents by id): its filter, and how many candidates to fetch beyond the wanted ones.
+
+    Few hidden chunks (a hospital's handful of restricted documents): no filter, that many
+    extra candidates, dropped afterwards. Else a filter naming the shorter side: the hidden
+    documents excluded, or the visible ones listed."""
+    hidden = sorted(set(docs) - allowed)
+    if not hidden:
+        return None, 0
+    hidden_chunks = sum(int(docs[d].get("n_chunks") or 0) for d in hidden)
+    if hidden_chunks <= _POST_FILTER_CHUNKS:
+        return None, hidden_chunks
+    if len(hidden) < len(allowed) and len(hidden) <= _MAX_EXCLUDED:
+        return {"doc_id": {"$nin": hidden}}, 0
+    return {"doc_id": {"$in": sorted(allowed)}}, 0
+
+
 @dataclass(frozen=True)
 class Filters:
     """Restrict retrieval by document metadata; empty means everything the user may see."""
@@ -130,9 +160,9 @@ class Retriever:
             return []
         restricted = len(allowed) < len(docs)
         n = self.settings.candidates
-        where = {"doc_id": {"$in": sorted(allowed)}} if restricted else None
+        where, extra = dense_query_plan(allowed, docs)
         vector = self.index.embedder.embed([question], query=True)[0]
-        dense = self.index.store.query(vector, n, where)
+        dense = self.index.store.query(vector, n + extra, where)
         # BM25 cannot filter inside the index: over-fetch, then drop what the filter forbids
         lexical = self.lexical.search(question, n * (4 if restricted else 1))
 

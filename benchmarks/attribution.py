@@ -130,11 +130,12 @@ def medquad_questions(n: int, docs: int, seed: int, exclude: set[str]) -> list[Q
     inside = {str(r["doc_id"]) for r in data.corpus[:docs]}
     shared = shared_doc_ids(data.corpus)
     pool = [
-        q
-        for q in data.questions
-        if q.gold and all(g in inside and g not in shared for g in q.gold) and q.qid not in exclude
+        q for q in data.questions if q.gold and all(g in inside and g not in shared for g in q.gold)
     ]
-    return random.Random(seed).sample(pool, min(n, len(pool)))
+    # sampled before the fitted-on questions are dropped, so the seeded sample stays the same
+    # whatever the weights were fitted on (as for PubMedQA)
+    sampled = random.Random(seed).sample(pool, min(n, len(pool)))
+    return [q for q in sampled if q.qid not in exclude]
 
 
 def attention_options(llm: Any, settings: Any) -> Callable[..., dict[str, Any]] | str:

@@ -1,6 +1,7 @@
 """Two app replicas, one deployment: PostgreSQL, a Chroma server, a model server, N users.
 
-    .venv/bin/python -m benchmarks.cluster [--users 20] [--seconds 120] [--json]
+    .venv/bin/python -m benchmarks.cluster [--users 20] [--seconds 120] [--think 0]
+        [--questions 0] [--drain 600] [--prefix-cache 8] [--json]
 
 Starts on loopback, as ``deploy/compose.yaml`` lays out for a hospital (tests/pg.py,
 tests/cluster_parts.py, tests/openai_server.py):
@@ -9,7 +10,11 @@ tests/cluster_parts.py, tests/openai_server.py):
 - a Chroma server (``chroma run``): the vectors;
 - the model server: the real packaged model behind the OpenAI-compatible vLLM contract
   (chat completions, ``/tokenize``, ``/v1/completions`` with ``prompt_logprobs``), so
-  attribution runs through the server's teacher-forced log-probabilities;
+  attribution runs through the server's teacher-forced log-probabilities. ``--prefix-cache N``
+  (default 8, 0 = off) lets it reuse the KV cache of the last N scored prompts for a shared
+  token prefix: a speed-up of this CPU stand-in (an attribution's ablated prompts share most
+  of the full one), standing in for a GPU's capacity; vLLM itself recomputes the whole prompt
+  for a request that asks for prompt_logprobs, prefix caching on or not;
 - two clinrag app replicas, each its own process with its own CLINRAG_HOME but the same
   ``database_url``, ``chroma_url``, model server, audit key and shared audit checkpoint
   (the settings of :func:`replica_environment`, the ones deploy/compose.yaml names). Each
@@ -19,9 +24,13 @@ tests/cluster_parts.py, tests/openai_server.py):
 
 data_samples is ingested once (into the database and the Chroma server), accounts are
 created once, then ``--users`` clinicians, split over both replicas, sign in and ask questions
-back to back for ``--seconds`` (questions in flight then finish, and so does every queued
-attribution). Before that, a lock-out: five wrong passwords on replica A, then the right
-password on replica B, which must be refused (one accounts table, not two).
+for ``--seconds``: back to back, or with ``--think`` S a clinician's pause (seeded, exponential
+with mean S: before the first question too, so users do not all arrive at once) between
+receiving an answer and asking again; at most ``--questions`` each (0: no bound); everyone
+asks at least once. Questions in flight then finish, and each replica waits at most
+``--drain`` seconds for its queued attributions. Before that, a lock-out: five wrong
+passwords on replica A, then the right password on replica B, which must be refused (one
+accounts table, not two).
 
 Pass (``report["passed"]``): 0 errors; audit records expected vs found, 0 lost and 0
 duplicated (every answer, sign-in and failed sign-in a replica reported is in the log exactly
@@ -29,7 +38,9 @@ once, with its user and question); one valid chain (``AuditLog.verify`` on the P
 what ``clinrag audit verify`` runs); every answer attributed or its failure recorded with a
 reason (no answer pending); the lock-out seen by both replicas. Figures: answers per minute,
 p50/p95 latency per stage (sign-in, waiting for the replica's model lock, retrieval,
-generation, citation checks, the whole answer, attribution), and the load average.
+generation, citation checks, the whole answer, attribution: the queue job's run, and from the
+answer to its attribution recorded), the model server's prefix-cache use, and the load
+average.
 
 The per-user rate limit (``questions_per_minute``) is raised for the run: simulated users ask
 back to back, faster than the 20 a minute a clinician is allowed. The model server's models
@@ -53,6 +64,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +77,7 @@ MODEL_NAME = "smollm2-135m"  # what the replicas ask the model server for
 COLLECTION = "clinrag"
 PASSWORD = "cluster-pass-1234"  # the simulated users' (a fresh database per run)
 LOCKED_USER = "locked.user"
+PREFIX_CACHE = 8  # tests/openai_server.PREFIX_CACHE_ENTRIES (not imported: tests/ is no package)
 STAGES = (
     "sign_in",
     "lock_wait",
@@ -73,7 +86,9 @@ STAGES = (
     "citation",
     "answer",
     "attribution",
+    "attribution_delay",
 )
+DRAIN_S = 600.0
 
 
 def _tests_on_path() -> None:
@@ -154,7 +169,16 @@ class Replica:
 
         return sign_in(self.settings, user, password) is not None
 
-    def run(self, users: list[str], seconds: float, seed: int) -> dict[str, Any]:
+    def run(
+        self,
+        users: list[str],
+        seconds: float,
+        seed: int,
+        *,
+        think: float = 0.0,
+        per_user: int = 0,
+        drain: float = DRAIN_S,
+    ) -> dict[str, Any]:
         from core.types import Actor
         from services import ask as asking
 
@@ -178,8 +202,16 @@ class Replica:
                     return
                 actor = Actor(name, "clinician")
                 asked = 0
+                if think > 0:  # arrivals spread over the window, not all at its start
+                    time.sleep(min(rng.expovariate(1 / think), seconds))
                 # every user who signed in asks at least once, however short the run
-                while not asked or time.monotonic() < deadline:
+                while not asked or (
+                    time.monotonic() < deadline and (not per_user or asked < per_user)
+                ):
+                    if asked and think > 0:
+                        time.sleep(rng.expovariate(1 / think))  # reading, seeing a patient
+                        if time.monotonic() >= deadline:
+                            break
                     asked += 1
                     question = rng.choice(pool)
                     t0 = time.perf_counter()
@@ -217,10 +249,17 @@ class Replica:
         for thread in threads:
             thread.join()
         asked = time.monotonic()
-        # a bound, not a target: attributions queued behind a short run finish here
-        drained = self.queue.wait(timeout=max(600.0, seconds * 5))
+        # a bound, not a target: attributions queued behind the run finish here
+        drained = self.queue.wait(timeout=drain)
         jobs = [
-            {"answer_id": j.answer_id, "state": str(j.state), "reason": j.reason, "s": j.seconds()}
+            {
+                "answer_id": j.answer_id,
+                "state": str(j.state),
+                "reason": j.reason,
+                "s": j.seconds(),
+                # what a clinician waits for the attribution: queued, then run
+                "delay": (j.finished or time.monotonic()) - j.submitted,
+            }
             for j in self.queue.jobs()
         ]
         return {
@@ -245,7 +284,14 @@ def serve_replica() -> int:
         if command["cmd"] == "sign_in":
             reply: dict[str, Any] = {"ok": replica.sign_in(command["user"], command["password"])}
         elif command["cmd"] == "run":
-            reply = replica.run(command["users"], command["seconds"], command["seed"])
+            reply = replica.run(
+                command["users"],
+                command["seconds"],
+                command["seed"],
+                think=command.get("think", 0.0),
+                per_user=command.get("questions", 0),
+                drain=command.get("drain", DRAIN_S),
+            )
         else:
             replica.queue.close()
             return 0
@@ -295,20 +341,30 @@ class ReplicaProcess:
 # ------------------------------------------------------------------ the deployment
 
 
+@dataclass
+class Cluster:
+    """A started deployment: the replicas' environments by name, and the model server's
+    engine (its prefix-cache counts go into the report)."""
+
+    envs: dict[str, dict[str, str]]
+    server: Any
+
+
 @contextlib.contextmanager
-def model_server(llm: Any) -> Iterator[str]:
-    """The real packaged model behind the vLLM contract (tests/openai_server.py); the URL."""
+def model_server(llm: Any, prefix_cache: int) -> Iterator[tuple[str, Any]]:
+    """The real packaged model behind the vLLM contract (tests/openai_server.py): the URL and
+    the engine."""
     _tests_on_path()
     from openai_server import ModelEngine, serve_chat
 
-    engine = ModelEngine(llm)
+    engine = ModelEngine(llm, prefix_cache)
 
     def reply(messages: list[dict[str, str]], max_tokens: int) -> str:
         with engine.lock:
             return "".join(llm.stream(messages, max_new_tokens=max_tokens, temperature=0.0))
 
     with serve_chat(reply, MODEL_NAME, engine=engine) as server:
-        yield server.base_url
+        yield server.base_url, engine
 
 
 @contextlib.contextmanager
@@ -320,9 +376,10 @@ def deployment(
     database_url: str | None = None,
     chroma_url: str | None = None,
     collection: str = COLLECTION,
-) -> Iterator[dict[str, Any]]:
+    prefix_cache: int = PREFIX_CACHE,
+) -> Iterator[Cluster]:
     """PostgreSQL, a Chroma server and the model server (each started here unless given),
-    data_samples ingested, the accounts created: the replicas' environments, by name."""
+    data_samples ingested: the replicas' environments, by name, and the model server."""
     _tests_on_path()
     from cluster_parts import start_chroma_server, stop
     from pg import postgres_server
@@ -334,7 +391,7 @@ def deployment(
             (root / "chroma").mkdir(parents=True, exist_ok=True)
             chroma_url, process = start_chroma_server(root / "chroma" / "data")
             stack.callback(stop, process)
-        base_url = stack.enter_context(model_server(llm))
+        base_url, engine = stack.enter_context(model_server(llm, prefix_cache))
         shared = root / "shared"
         shared.mkdir(parents=True, exist_ok=True)
         envs = {
@@ -350,7 +407,7 @@ def deployment(
             for name in ("ingest", "a", "b")
         }
         prepare(envs["ingest"])
-        yield envs
+        yield Cluster(envs, engine)
 
 
 def prepare(env: dict[str, str]) -> None:
@@ -371,8 +428,18 @@ def create_accounts(env: dict[str, str], names: list[str]) -> None:
         add_user(settings, name, PASSWORD, "clinician")
 
 
-def drive(envs: dict[str, dict[str, str]], users: int, seconds: float, seed: int) -> dict[str, Any]:
+def drive(
+    cluster: Cluster,
+    users: int,
+    seconds: float,
+    seed: int,
+    *,
+    think: float = 0.0,
+    per_user: int = 0,
+    drain: float = DRAIN_S,
+) -> dict[str, Any]:
     """Both replicas started, the lock-out checked across them, the users run; the report."""
+    envs = cluster.envs
     names = [f"user{n:02d}" for n in range(users)]
     create_accounts(envs["ingest"], [*names, LOCKED_USER])
     replicas = [ReplicaProcess(name, envs[name]) for name in ("a", "b")]
@@ -395,13 +462,29 @@ def drive(envs: dict[str, dict[str, str]], users: int, seconds: float, seed: int
         }
         started = time.monotonic()
         for i, replica in enumerate(replicas):
-            replica.send({"cmd": "run", "users": names[i::2], "seconds": seconds, "seed": seed})
+            replica.send(
+                {
+                    "cmd": "run",
+                    "users": names[i::2],
+                    "seconds": seconds,
+                    "seed": seed,
+                    "think": think,
+                    "questions": per_user,
+                    "drain": drain,
+                }
+            )
         parts = {r.name: r.read() for r in replicas}
         wall = time.monotonic() - started
     finally:
         for replica in replicas:
             replica.close()
-    return report(envs["ingest"], parts, lockout, wall, seconds, users)
+    result = report(envs["ingest"], parts, lockout, wall, seconds, users)
+    result["user_model"] = {"think_s": think, "questions_per_user": per_user, "drain_s": drain}
+    result["model_server"] = dict(cluster.server.stats) | {
+        "prefix_cache_entries": cluster.server.prefix_cache,
+        "scoring_s": cluster.server.scoring_s,
+    }
+    return result
 
 
 def report(
@@ -479,6 +562,7 @@ def report(
     stage_values: dict[str, list[float]] = {
         "sign_in": [s["s"] for s in sign_ins],
         "attribution": [j["s"] for j in jobs if j["state"] == "attributed"],
+        "attribution_delay": [j["delay"] for j in jobs if j["state"] == "attributed"],
     }
     for stage in ("lock_wait", "retrieval", "generation", "citation", "answer"):
         stage_values[stage] = [a[stage] for a in answers if stage in a]
@@ -511,6 +595,8 @@ def report(
         "answers_per_replica": {n: len(p["answers"]) for n, p in parts.items()},
         "abstained": sum(1 for a in answers if a["abstained"]),
         "answers_per_minute": len(answers) / (seconds / 60),
+        # attributions recorded per minute of the whole run (asking window and drain)
+        "attributions_per_minute": sum(1 for j in jobs if j["state"] == "attributed") / (wall / 60),
         "errors": errors[:20],
         "n_errors": len(errors),
         "audit_expected": expected,
@@ -549,7 +635,17 @@ def packaged_llm() -> Any:
     return llm
 
 
-def run(users: int, seconds: float, seed: int, attribution: str) -> dict[str, Any]:
+def run(
+    users: int,
+    seconds: float,
+    seed: int,
+    attribution: str,
+    *,
+    think: float = 0.0,
+    per_user: int = 0,
+    drain: float = DRAIN_S,
+    prefix_cache: int = PREFIX_CACHE,
+) -> dict[str, Any]:
     from core.config import apply_offline_environment
 
     apply_offline_environment()
@@ -558,9 +654,9 @@ def run(users: int, seconds: float, seed: int, attribution: str) -> dict[str, An
     root = Path(tempfile.mkdtemp(prefix="clinrag-cluster-"))
     try:
         log("starting PostgreSQL, the Chroma server and the model server; ingesting ...")
-        with deployment(root, llm, attribution=attribution) as envs:
+        with deployment(root, llm, attribution=attribution, prefix_cache=prefix_cache) as cluster:
             log(f"{users} users on two replicas for {seconds:.0f} s ...")
-            return drive(envs, users, seconds, seed)
+            return drive(cluster, users, seconds, seed, think=think, per_user=per_user, drain=drain)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -570,13 +666,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="mean pause between questions, s (0: none)"
+    )
+    parser.add_argument(
+        "--questions", type=int, default=0, help="at most this many per user (0: no bound)"
+    )
+    parser.add_argument(
+        "--drain", type=float, default=DRAIN_S, help="bound on the attribution backlog wait, s"
+    )
+    parser.add_argument(
+        "--prefix-cache",
+        type=int,
+        default=PREFIX_CACHE,
+        help="prompts the model server keeps for prefix reuse (0: off)",
+    )
     parser.add_argument("--attribution", default="hierarchical")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--app", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.app:
         return serve_replica()
-    result = run(args.users, args.seconds, args.seed, args.attribution)
+    result = run(
+        args.users,
+        args.seconds,
+        args.seed,
+        args.attribution,
+        think=args.think,
+        per_user=args.questions,
+        drain=args.drain,
+        prefix_cache=args.prefix_cache,
+    )
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

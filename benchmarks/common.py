@@ -267,13 +267,13 @@ def _timed_embeddings(inner: Any) -> Any:
 # --- cached indexes for the retrieval, abstention and attribution benchmarks -------------------
 
 
-def resolved_embedder_dtype(settings: Settings) -> str:
-    """The precision the embedder will actually run in on this machine ("" for float32, so
-    indexes built before the setting existed keep their cache key)."""
-    from core.backends.sentence_transformers import resolve_dtype
+def embedder_path(settings: Settings) -> str:
+    """The embedder path these settings take on this machine ("torch bfloat16", "onnx-int8",
+    ...): ``auto`` resolves per CPU, and an index cached by one path must not be opened by
+    another (EmbedderMismatchError), so the cache key carries it."""
+    from core.backends.sentence_transformers import SentenceTransformerEmbedder
 
-    dtype = resolve_dtype(settings.embedder_dtype, settings.device)
-    return dtype if dtype != "float32" else ""
+    return SentenceTransformerEmbedder(settings).describe_path()
 
 
 def cache_key(name: str, data: Dataset, limit: int | None, settings: Settings) -> str:
@@ -283,12 +283,8 @@ def cache_key(name: str, data: Dataset, limit: int | None, settings: Settings) -
         "limit": limit,
         "ingest": ingest_key(settings),
         "recipe": baseline_langchain.recipe_key(),
+        "embedder": embedder_path(settings),
     }
-    dtype = resolved_embedder_dtype(settings)
-    if dtype:
-        parts["embedder_dtype"] = dtype
-    if settings.embedder_backend.startswith("onnx"):
-        parts["embedder_backend"] = settings.embedder_backend
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
     return f"{name}-{limit or 'all'}-{digest}"
 

@@ -32,29 +32,62 @@ from typing import Any
 
 import numpy as np
 
+from assistant.decide import TEXT_FEATURES
 from core.backends.base import LogProbScorer
 from core.config import Settings, answer_settings, apply_offline_environment
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "channel only": ("shift",),
-    "cues only (shipped)": ("negative", "positive", "doubt"),
-    "channel + cues": ("shift", "negative", "positive", "doubt"),
+    "cues, whole passages (previous)": ("negative", "positive", "doubt"),
+    "cues in the results": ("negative_results", "positive_results", "doubt"),
+    "results + scoped negation": (
+        "negative_results",
+        "positive_results",
+        "doubt",
+        "negation_of_question_terms",
+        "no_difference_results",
+        "last_sentence_negative",
+    ),
+    "all text features": TEXT_FEATURES,
+    "channel + results": ("shift", "negative_results", "positive_results", "doubt"),
 }
-SHIPPED = "cues only (shipped)"
 FOLDS = 10
-C = 1.0  # sklearn's default L2 strength; not tuned
+REPEATS = 5  # cross-validation repeated with 5 seeds: one 10-fold split of 226 rows is noisy
+# L2 strengths tried; the one with the best dev cross-validated accuracy is kept
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _cache_key(settings: Settings, model_hash: str) -> str:
     from assistant import decide
 
     relevant = {k: v for k, v in answer_settings(settings).items() if not k.startswith("yes_no")}
-    parts = [relevant, decide.PROMPT_SHA256, model_hash, 2]
+    parts = [relevant, decide.PROMPT_SHA256, model_hash, 3]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _read_rows(path: Path, key: str | None = None) -> dict[str, dict[str, Any]]:
+    """Cached rows by qid (a cut-off last line from a stopped run is skipped); with ``key``,
+    only the rows computed under it."""
+    cached: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if key is None or row.get("key") == key:
+                cached[row["qid"]] = row
+    return cached
+
+
 def compute_rows(
-    folder: Path, settings: Settings, *, dev_only: bool = False, channel: bool = False
+    folder: Path,
+    settings: Settings,
+    *,
+    dev_only: bool = False,
+    test_only: bool = False,
+    channel: bool = False,
+    shard: tuple[int, int] = (1, 1),
 ) -> tuple[list[dict[str, Any]], Any, str]:
     """Per question: gold, file position, the checks' verdict, the evidence and its scores;
     then the data set and the scoring model's weights hash."""
@@ -69,24 +102,20 @@ def compute_rows(
     llm = assistant.llm
     key = _cache_key(settings, llm.info.weights_hash)
     path = eval_root(settings, dataset) / "yes_no_features.jsonl"
-    cached: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("key") == key and (row["log_p_yes"] is not None or not channel):
-                cached[row["qid"]] = row
+    cached = _read_rows(path, key)
     rows = []
     t0 = time.perf_counter()
     # the dev half first: the fit needs only it
-    order = [*range(0, len(dataset.questions), 2)]
+    order = [] if test_only else [*range(0, len(dataset.questions), 2)]
     if not dev_only:
         order += range(1, len(dataset.questions), 2)
+    k, n = shard
+    mine = set(order[k - 1 :: n])  # the others are left to the other shards
     for pos in order:
         q = dataset.questions[pos]
         row = cached.get(q.qid)
+        if pos not in mine:
+            continue
         if row is None or row.get("question") != q.question:
             hits = assistant.retriever.retrieve(q.question)
             ctx_sources = source_sentences(hits)
@@ -97,17 +126,14 @@ def compute_rows(
                 q.question, hits, assistant.embed, ctx_sources, limit=decide.EVIDENCE_SENTENCES
             )
             read = [s.text for s in decide.passages_read(quotes, ctx_sources, hits)]
-            scores = None
-            if read and channel and isinstance(llm, LogProbScorer):
-                scores = decide.score(llm, q.question, read)
             row = {
                 "key": key,
                 "qid": q.qid,
                 "question": q.question,
                 "declined": None if reason is None else str(reason.code),
                 "evidence": read,
-                "log_p_yes": None if scores is None else scores.yes,
-                "log_p_no": None if scores is None else scores.no,
+                "log_p_yes": None,
+                "log_p_no": None,
             }
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -116,7 +142,106 @@ def compute_rows(
             {**row, "gold": q.answer, "pos": pos, "is_yes_no": decide.is_yes_no(q.question)}
         )
     rows.sort(key=lambda r: r["pos"])
+    if shard == (1, 1):
+        add_documents(rows, assistant, eval_root(settings, dataset), key, channel)
     return rows, dataset, llm.info.weights_hash
+
+
+def gold_document_rows(folder: Path, settings: Settings) -> tuple[list[dict[str, Any]], Any]:
+    """Per question, the decision's reading if retrieval cites the gold document: its whole
+    text from the library, as ``add_documents`` reads it, with each sentence's match to the
+    question. No retrieval and no LLM (minutes, not hours, on shared cores); the checks
+    before the decision are not run (``declined`` is None). Cached like the rows."""
+    from assistant import decide
+    from core.library.index import Index
+    from evaluation.data import build_library, eval_root, load_dataset
+
+    dataset = load_dataset(folder, settings)
+    library = build_library(dataset, settings, progress=False)
+    index = Index(library.settings)
+    index.warm_up()
+
+    def _embed(texts: Any) -> Any:
+        return index.embedder.embed(list(texts))
+
+    clinrag_id = {corpus: ours for ours, corpus in library.doc_map.items()}
+    path = eval_root(settings, dataset) / "yes_no_gold_documents.jsonl"
+    cached = _read_rows(path)
+    rows = []
+    for pos, q in enumerate(dataset.questions):
+        row = cached.get(q.qid)
+        if row is None or row.get("question") != q.question:
+            doc = clinrag_id.get(q.gold[0], q.gold[0])
+            document = decide.whole_document(index.manifest.chunks([doc]))
+            sims = decide.similarities(_embed, q.question, document)
+            row = {
+                "qid": q.qid,
+                "question": q.question,
+                "declined": None,
+                "evidence": document,
+                "document": document,
+                "document_similarity": sims,
+                "log_p_yes": None,
+                "log_p_no": None,
+            }
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        rows.append(
+            {**row, "gold": q.answer, "pos": pos, "is_yes_no": decide.is_yes_no(q.question)}
+        )
+    return rows, dataset
+
+
+def add_documents(
+    rows: list[dict[str, Any]], assistant: Any, root: Path, key: str, channel: bool
+) -> None:
+    """Each row's ``document``: the whole cited document as the answer reads it (the sentences
+    of all its chunks, from the library), with each sentence's match to the question, and
+    with ``channel`` the model's channel scores on it. Cached beside the rows."""
+    from assistant import decide
+    from core.text import split_sentences
+
+    path = root / "yes_no_documents.jsonl"
+    cached = {
+        qid: row
+        for qid, row in _read_rows(path, key).items()
+        if row["log_p_yes"] is not None or not channel
+    }
+    chunks = assistant.retriever.index.manifest.chunks()
+    by_doc: dict[str, list[Any]] = {}
+    owner: dict[str, str] = {}  # sentence -> the document it was read from
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
+        for text in split_sentences(c.text):
+            owner.setdefault(text, c.doc_id)
+    llm = assistant.llm
+    for r in rows:
+        got = cached.get(r["qid"])
+        if got is None:
+            # the evidence is the cited document's retrieved sentences: its first one names it
+            doc = owner.get(r["evidence"][0]) if r["evidence"] else None
+            document = decide.whole_document(by_doc[doc]) if doc else []
+            sims = decide.similarities(assistant.embed, r["question"], document) if doc else []
+            scores = None
+            if document and channel and isinstance(llm, LogProbScorer):
+                scores = decide.score(llm, r["question"], document)
+            got = {
+                "key": key,
+                "qid": r["qid"],
+                "doc_id": doc,
+                "document": document,
+                "document_similarity": sims,
+                "log_p_yes": None if scores is None else scores.yes,
+                "log_p_no": None if scores is None else scores.no,
+            }
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(got) + "\n")
+        r.update(
+            document=got["document"],
+            document_similarity=got["document_similarity"],
+            log_p_yes=got["log_p_yes"],
+            log_p_no=got["log_p_no"],
+        )
 
 
 def feature_matrix(rows: list[dict[str, Any]], names: tuple[str, ...]) -> np.ndarray:
@@ -127,18 +252,20 @@ def feature_matrix(rows: list[dict[str, Any]], names: tuple[str, ...]) -> np.nda
         f: dict[str, float] = {}
         if r["log_p_yes"] is not None:
             f["shift"] = r["log_p_yes"] - r["log_p_no"]
-        f.update(decide.cues(r["question"], r["evidence"]))
+        # what the answer reads: the whole cited document (``add_documents``)
+        f.update(decide.cues(r["question"], r["document"], r["document_similarity"]))
         out.append([f[n] for n in names])
     return np.asarray(out, dtype=float)
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Logistic regression on standardised features; coefficients back on the raw scale."""
+def fit(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression on standardised features (``c``: inverse
+    strength); coefficients back on the raw scale."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[std == 0] = 1.0
-    model = LogisticRegression(C=C).fit((x - mean) / std, y)
+    model = LogisticRegression(C=c).fit((x - mean) / std, y)
     coef = model.coef_[0] / std
     return coef, float(model.intercept_[0] - (coef * mean).sum())
 
@@ -160,20 +287,35 @@ def _trainable(rows: list[dict[str, Any]]) -> list[int]:
     return [i for i, r in enumerate(rows) if r["gold"] in ("yes", "no") and r["evidence"]]
 
 
-def cross_validated(rows: list[dict[str, Any]], x: np.ndarray, seed: int = 0) -> np.ndarray:
+def cross_validated(
+    rows: list[dict[str, Any]], x: np.ndarray, c: float, seed: int = 0
+) -> np.ndarray:
     """Each question predicted by the model fitted on the other nine folds."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(rows))
     pred = np.empty(len(rows), dtype=object)
     for k in range(FOLDS):
-        held = order[k::FOLDS]
-        train = [i for i in _trainable(rows) if i not in set(held)]
-        coef, b = fit(x[train], np.array([rows[i]["gold"] == "yes" for i in train]))
-        pred[held] = predict(x[held], coef, b)
+        held = set(order[k::FOLDS].tolist())
+        train = [i for i in _trainable(rows) if i not in held]
+        coef, b = fit(x[train], np.array([rows[i]["gold"] == "yes" for i in train]), c)
+        ids = sorted(held)
+        pred[ids] = predict(x[ids], coef, b)
     return pred
 
 
+def cv_accuracy(rows: list[dict[str, Any]], x: np.ndarray, c: float) -> float:
+    """10-fold cross-validated accuracy, the mean of ``REPEATS`` seeded splits."""
+    return float(np.mean([accuracy(rows, cross_validated(rows, x, c, s)) for s in range(REPEATS)]))
+
+
+def choose_c(rows: list[dict[str, Any]], x: np.ndarray) -> float:
+    """The L2 strength with the best cross-validated accuracy on these rows (the dev half)."""
+    return max(C_GRID, key=lambda c: (cv_accuracy(rows, x, c), -c))
+
+
 def evaluate(rows: list[dict[str, Any]], channel: bool) -> dict[str, dict[str, float]]:
+    """Per feature set: C chosen on the dev half, dev in-sample and cross-validated, the test
+    half held out (fitted on dev), and 10-fold cross-validation over all rows."""
     dev = [r for r in rows if r["pos"] % 2 == 0]
     test = [r for r in rows if r["pos"] % 2 == 1]
     out: dict[str, dict[str, float]] = {}
@@ -181,21 +323,30 @@ def evaluate(rows: list[dict[str, Any]], channel: bool) -> dict[str, dict[str, f
         if "shift" in names and not channel:
             continue
         xd = feature_matrix(dev, names)
+        c = choose_c(dev, xd)
         train = _trainable(dev)
-        coef, b = fit(xd[train], np.array([dev[i]["gold"] == "yes" for i in train]))
+        coef, b = fit(xd[train], np.array([dev[i]["gold"] == "yes" for i in train]), c)
         out[name] = {
+            "C": c,
             "dev in-sample": accuracy(dev, predict(xd, coef, b)),
-            "dev 10-fold CV": accuracy(dev, cross_validated(dev, xd)),
+            "dev 10-fold CV": cv_accuracy(dev, xd, c),
         }
         if test:
             xt, xa = feature_matrix(test, names), feature_matrix(rows, names)
             out[name]["test held out"] = accuracy(test, predict(xt, coef, b))
-            out[name][f"all {len(rows)}, 10-fold CV"] = accuracy(rows, cross_validated(rows, xa))
+            out[name][f"all {len(rows)}, 10-fold CV"] = cv_accuracy(rows, xa, c)
     for label, part in (("dev", dev), ("test", test), ("all", rows)):
         if not part:
             continue
         out.setdefault("always yes", {})[label] = accuracy(part, np.array(["yes"] * len(part)))
     return out
+
+
+def best_text_set(results: dict[str, dict[str, float]]) -> str:
+    """The feature set to ship: the best dev cross-validated accuracy among those that need
+    no log-probabilities (any backend can then decide); the test half plays no part."""
+    text_only = [n for n in results if n in FEATURE_SETS and "shift" not in FEATURE_SETS[n]]
+    return max(text_only, key=lambda n: results[n]["dev 10-fold CV"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +355,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write assistant/decide_weights.json")
     parser.add_argument(
         "--dev-only", action="store_true", help="score only the dev half (enough to fit)"
+    )
+    parser.add_argument(
+        "--test-only",
+        action="store_true",
+        help="only compute the test half's rows (to run beside --dev-only); prints nothing",
+    )
+    parser.add_argument(
+        "--gold-documents",
+        action="store_true",
+        help="read each question's gold document instead of retrieving (retrieval assumed "
+        "right; no checks, no LLM): fast, and what --write fits on when given",
+    )
+    parser.add_argument(
+        "--shard",
+        default="1/1",
+        help="K/N: compute only every N-th row from the K-th (run K=1..N side by side, then "
+        "once without it to fit); prints nothing",
     )
     parser.add_argument(
         "--channel",
@@ -217,19 +385,33 @@ def main(argv: list[str] | None = None) -> int:
     from core.config import load_settings
 
     settings = load_settings()
-    rows, dataset, model_hash = compute_rows(
-        args.folder, settings, dev_only=args.dev_only, channel=args.channel
-    )
+    if args.gold_documents:
+        rows, dataset = gold_document_rows(args.folder, settings)
+        model_hash = ""
+    else:
+        rows, dataset, model_hash = compute_rows(
+            args.folder,
+            settings,
+            dev_only=args.dev_only,
+            test_only=args.test_only,
+            channel=args.channel,
+            shard=(int(args.shard.split("/")[0]), int(args.shard.split("/")[1])),
+        )
+    if args.test_only or args.shard != "1/1":
+        return 0
     results = evaluate(rows, args.channel)
     print(json.dumps(results, indent=2))
     declined = sum(r["declined"] is not None for r in rows)
     print(f"declined by the checks before the decision: {declined} of {len(rows)}")
+    shipped = best_text_set(results)
+    print(f"best dev cross-validated text feature set: {shipped}")
     if args.write:
         dev = [r for r in rows if r["pos"] % 2 == 0]
-        names = FEATURE_SETS[SHIPPED]
+        names = FEATURE_SETS[shipped]
         train = _trainable(dev)
         x = feature_matrix(dev, names)
-        coef, b = fit(x[train], np.array([dev[i]["gold"] == "yes" for i in train]))
+        c = results[shipped]["C"]
+        coef, b = fit(x[train], np.array([dev[i]["gold"] == "yes" for i in train]), c)
         questions = (args.folder / "questions.jsonl").read_bytes()
         payload = {
             "description": "Logistic model of the yes/no decision (assistant/decide.py): "
@@ -237,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             "coef": {n: round(float(c), 6) for n, c in zip(names, coef, strict=True)},
             "intercept": round(b, 6),
             "model_weights_hash": model_hash if "shift" in names else "",
+            "feature_set": shipped,
+            "C": c,
             "fitted_on": f"PubMedQA dev half: even file positions of questions.jsonl, gold yes "
             f"or no ({len(train)} questions)",
             "data": {
@@ -244,8 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                 "corpus_sha256": dataset.corpus_sha256,
             },
             "command": "CLINRAG_HOME=H .venv/bin/python -m benchmarks.yes_no_fit "
-            "../shared/eval/pubmedqa --write",
-            "accuracy": {k: round(v, 4) for k, v in results[SHIPPED].items()},
+            "../shared/eval/pubmedqa --write"
+            + (" --gold-documents" if args.gold_documents else ""),
+            "rows": "the gold document, whole (retrieval assumed right)"
+            if args.gold_documents
+            else "the retrieved cited document, whole",
+            "accuracy": {k: round(v, 4) for k, v in results[shipped].items() if k != "C"},
             "always_yes": {k: round(v, 4) for k, v in results["always yes"].items()},
         }
         out = Path(decide.__file__).with_name(decide.WEIGHTS_FILE)

@@ -89,6 +89,13 @@ class Settings(BaseModel):
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    llm_quantization: Literal["none", "int8-dynamic"] = Field(
+        "none",
+        description="int8-dynamic: the transformers model's linear layers run with int8 "
+        "weights on a CPU (torch dynamic quantization at load; docs/benchmarks.md, generation "
+        "speed). The model's identity says so (model_id), so its answers are never taken for "
+        "float32 ones. A GPU runs bfloat16 either way.",
+    )
     max_new_tokens: int = Field(96, gt=0, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     prompt_template: str = "answer_v1"
@@ -310,6 +317,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "llm",
     "llm_model",
     "llm_base_url",
+    "llm_quantization",
     "max_new_tokens",
     "temperature",
     "prompt_template",
@@ -334,6 +342,8 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "yes_no_decisions": False,
     # answers before the setting drafted even when the guideline's words were the answer
     "quoted_draft": True,
+    # answers before the setting ran the model in float32
+    "llm_quantization": "none",
 }
 
 

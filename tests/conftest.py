@@ -41,6 +41,36 @@ def share_models(home: Path, cache: Path) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def _shared_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("shared-models")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_embedder_export(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _shared_models: Path
+) -> None:
+    """Every home of this process reads one ONNX export of the embedder, as every home reads
+    one converted LLM through :func:`share_models`.
+
+    On a CPU without native bf16 the embedder is exported per home (15-30 s, and ~0.9 GB that
+    the process never hands back): a suite of fresh homes ran out of memory in CI. Tests of the
+    export itself are marked ``own_embedder_export``; child processes export into their own home.
+    """
+    if request.node.get_closest_marker("own_embedder_export"):
+        return
+    from core.backends import onnx_embedder
+
+    per_home = onnx_embedder.export_dir
+
+    def shared(models_dir: Path, model_dir: Path, base_hash: str) -> Path:
+        return per_home(_shared_models, model_dir, base_hash)
+
+    monkeypatch.setattr(onnx_embedder, "export_dir", shared)
+
+
 @pytest.fixture(autouse=True)
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

@@ -16,8 +16,13 @@ switches contracts off, as a server that lacks them answers: 400 for an unknown 
 
 from __future__ import annotations
 
+import copy
 import json
+import select
+import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,15 +33,50 @@ Reply = Callable[[list[dict[str, str]], int], str]
 ALL_FEATURES = frozenset({"tokenize", "prompt_logprobs", "echo", "tgi"})
 
 
-class ModelEngine:
-    """Teacher-forced log-probabilities from a loaded TransformersLLM, one prompt at a time
-    (no shared prefix cache, no padding: computed independently of the in-process path)."""
+# Prefix-cache entries the cluster benchmark and test give the server (each holds the KV of one
+# scored prompt: about 46 kB a token for the packaged model, so ~50 MB for a 1,100-token prompt)
+PREFIX_CACHE_ENTRIES = 8
+MIN_SHARED = 16  # a shorter common prefix is not worth copying a cache for
 
-    def __init__(self, llm: Any) -> None:
+
+@dataclass
+class _Scored:
+    """A scored prompt kept for reuse: its ids, its KV cache and its per-position results."""
+
+    ids: list[int]
+    top: int
+    cache: Any
+    values: list[float | None]
+    tops: list[dict[int, float]]
+
+
+class ModelEngine:
+    """Teacher-forced log-probabilities from a loaded TransformersLLM, one prompt at a time.
+
+    With ``prefix_cache=0`` (the default) each prompt is computed on its own, in one forward
+    pass with no shared cache and no padding: independently of the in-process path, which is
+    what tests/test_openai_logprobs.py's agreement check needs.
+
+    With ``prefix_cache=N`` the last N scored prompts are kept (LRU, an entry used as a prefix
+    counts as used) and a prompt reuses the KV cache of the one it shares the longest token
+    prefix with: only the tokens after that prefix are run. An attribution's ablated prompts
+    equal the full one up to their first removed sentence, so most of each is shared. This is a
+    *speed-up of the CPU stand-in*, not vLLM's behaviour: vLLM's automatic prefix caching is not
+    read for a request that asks for prompt_logprobs (or echo + logprobs); it recomputes the
+    whole prompt (its docs, "Prompt Logprobs with Prefix Caching"). Results equal the
+    uncached ones to float32 rounding (tests/test_openai_logprobs.py checks within 1e-4).
+    """
+
+    def __init__(self, llm: Any, prefix_cache: int = 0) -> None:
         llm.warm_up()
         self.llm = llm
         self.tokenizer = llm._tokenizer
         self.lock = threading.Lock()  # one forward pass at a time on 2 cores
+        self.prefix_cache = prefix_cache
+        self._scored: list[_Scored] = []  # least recently used first
+        # prompts scored, their tokens, and the tokens taken from the prefix cache
+        self.stats: Counter[str] = Counter()
+        self.scoring_s = 0.0  # time spent scoring (lock held): with the tokens run, the cost
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return list(self.llm._prompt_ids(messages))
@@ -52,21 +92,98 @@ class ModelEngine:
         ``top`` alternatives; plus the greedy next token at the end under key -1."""
         import torch
 
+        with self.lock, torch.inference_mode(), self._timed():
+            self.stats["prompts"] += 1
+            self.stats["tokens"] += len(ids)
+            if not self.prefix_cache:
+                logits = self._forward(ids, 0, None).logits[0]
+                values, tops = _read(logits, ids, top)
+                return [None, *values], [{}, *tops]
+            found, shared = self._longest_prefix(ids, top)
+            cache = None
+            if found is not None:
+                cache = copy.deepcopy(found.cache)
+                surplus = cache.get_seq_length() - shared
+                if surplus > 0:
+                    cache.crop(-surplus)  # this transformers takes the tokens to drop, negated
+                self.stats["cached_tokens"] += shared
+                self.stats["hits"] += 1
+            out = self._forward(ids[shared:], shared, cache)
+            values, tops = _read(out.logits[0], ids[shared:], top)
+            merged: list[float | None] = [None, *values]
+            tops = [{}, *tops]
+            if found is not None:
+                # positions 1..shared predict tokens both prompts have, from the same prefix
+                merged = [None, *found.values[1 : shared + 1], *values]
+                tops = [{}, *found.tops[1 : shared + 1], *tops[1:]]
+            entry = _Scored(list(ids), top, out.cache, merged, tops)
+            self._remember(entry)
+            return entry.values, entry.tops
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.scoring_s += time.perf_counter() - start
+
+    def _forward(self, ids: list[int], start: int, cache: Any) -> Any:
+        import torch
+
         model = self.llm._model
-        with self.lock, torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-        target = torch.tensor(ids[1:], dtype=torch.long)
-        chosen = logp[:-1].gather(1, target.unsqueeze(1)).squeeze(1).tolist()
-        tops: list[dict[int, float]] = [{}]
-        if top > 0:
-            values, indices = logp[:-1].topk(top, dim=-1)
-            for v_row, i_row in zip(values.tolist(), indices.tolist(), strict=True):
-                tops.append(dict(zip(i_row, v_row, strict=True)))
-        else:
-            tops.extend({} for _ in chosen)
-        tops.append({-1: float(logp[-1].max()), int(logp[-1].argmax()): float(logp[-1].max())})
-        return [None, *chosen], tops
+        tensor = torch.tensor([ids], device=model.device)
+        if cache is None and not self.prefix_cache:
+            return model(input_ids=tensor)
+        positions = torch.arange(start, start + len(ids), device=model.device)[None, :]
+        return model(input_ids=tensor, position_ids=positions, cache=cache, use_cache=True)
+
+    def _longest_prefix(self, ids: list[int], top: int) -> tuple[_Scored | None, int]:
+        """The kept prompt sharing the longest prefix with ``ids``, and how many of its tokens
+        to reuse: one less than the common prefix, so that the position predicting the first
+        differing token is run (its distribution is shared, the token read from it is not),
+        and never all of ``ids`` (the last position's logits are always computed)."""
+        best, best_len = None, 0
+        for entry in self._scored:
+            if entry.top != top:
+                continue
+            n = 0
+            for a, b in zip(entry.ids, ids, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best, best_len = entry, n
+        shared = min(best_len - 1, len(ids) - 1)
+        if best is None or shared < MIN_SHARED:
+            return None, 0
+        self._scored.remove(best)  # used: now the most recent
+        self._scored.append(best)
+        return best, shared
+
+    def _remember(self, entry: _Scored) -> None:
+        self._scored = [e for e in self._scored if e.ids != entry.ids]
+        self._scored.append(entry)
+        del self._scored[: -self.prefix_cache]
+
+
+def _read(logits: Any, ids: list[int], top: int) -> tuple[list[float], list[dict[int, float]]]:
+    """From logits over ``ids`` (row i predicts ids[i+1]): each next token's log-probability,
+    each position's ``top`` alternatives, then the greedy next token at the end (key -1)."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    target = torch.tensor(ids[1:], dtype=torch.long)
+    chosen = logp[:-1].gather(1, target.unsqueeze(1)).squeeze(1).tolist()
+    tops: list[dict[int, float]] = []
+    if top > 0:
+        values, indices = logp[:-1].topk(top, dim=-1)
+        for v_row, i_row in zip(values.tolist(), indices.tolist(), strict=True):
+            tops.append(dict(zip(i_row, v_row, strict=True)))
+    else:
+        tops.extend({} for _ in chosen)
+    tops.append({-1: float(logp[-1].max()), int(logp[-1].argmax()): float(logp[-1].max())})
+    return chosen, tops
 
 
 @dataclass
@@ -164,6 +281,17 @@ def serve_chat(
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
+        def client_gone(self) -> bool:
+            # the client sends nothing more while it waits for this reply: a readable socket
+            # means it has closed the connection
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def tokenize(self, engine: ModelEngine, body: dict[str, Any]) -> None:
             if "messages" in body:
                 ids = engine.chat_ids(body["messages"])
@@ -186,6 +314,11 @@ def serve_chat(
             top = int(body.get("prompt_logprobs") or body.get("logprobs") or 0)
             choices = []
             for index, ids in enumerate(prompts):
+                if index and self.client_gone():
+                    # as vLLM aborts a request whose client disconnected (a timed-out scorer):
+                    # the rest of it would only hold up the requests still waiting
+                    engine.stats["aborted_prompts"] += len(prompts) - index
+                    return
                 values, tops = engine.score(list(ids), top)
                 nxt = next(t for t in tops[-1] if t != -1)
                 choice: dict[str, Any] = {

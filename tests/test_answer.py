@@ -85,8 +85,11 @@ def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
     assert wording_only[0] > wording_only[1]  # the sentences alone point at the neighbour
     evidence = question_evidence(question, hits, assistant.embed, sources)
     assert evidence[0].doc_id == "oculoecto"
-    # the score shown is the sentence's own match to the question, not lifted by its title
-    assert evidence[0].score == pytest.approx(float(vectors[2] @ vectors[0]), abs=1e-3)
+    # the score shown is the sentence's own match to the question, not lifted by its title.
+    # The int8 embedder (auto on a CPU without bf16) quantizes activations per batch, so the
+    # same sentence embedded beside other texts moves by up to ~0.03; a title's lift is larger.
+    tolerance = 0.03 if assistant.retriever.index.embedder.info.dtype == "int8" else 1e-3
+    assert evidence[0].score == pytest.approx(float(vectors[2] @ vectors[0]), abs=tolerance)
 
 
 @pytest.mark.usefixtures("packaged_llm")

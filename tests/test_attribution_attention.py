@@ -31,6 +31,7 @@ from audit.attribution.attention_fit import FitExample, fit_head_weights, group_
 from core.backends.base import LLM, AttentionReader
 from core.config import Settings, load_settings
 from core.types import Chunk, Hit, ModelInfo
+from tests.conftest import SHARED_EVAL
 
 
 def _hit(n: int, text: str, title: str = "Clinic handbook") -> Hit:
@@ -85,6 +86,51 @@ def test_fit_weights_sentences_equally_whatever_their_length() -> None:
     assert np.allclose(result.w, w_true, atol=0.05), result.w
 
 
+def test_fit_on_whole_answers_recovers_known_head_weights() -> None:
+    w_true = np.array([0.8, -0.3, 0.0, 1.5, 0.2, -0.7])
+    examples = _synthetic(w_true, 40, seed=5)
+    result = fit_head_weights(examples, target="answer")
+    assert np.allclose(result.w, w_true, atol=0.05), result.w
+    assert result.stats["target"] == "answer"
+    # one group per answer, where the sentence target has one per answer sentence
+    assert result.stats["groups"] == len(examples)
+    assert fit_head_weights(examples).stats["groups"] == sum(
+        ex.features.shape[0] for ex in examples
+    )
+    with pytest.raises(ValueError, match="target must be one of"):
+        fit_head_weights(examples, target="token")
+
+
+def test_nonnegative_fit_keeps_weights_at_zero_or_above() -> None:
+    # a head that only subtracts: the free fit gives it a negative weight, the non-negative
+    # fit zero, and keeps the order of the positive heads
+    w_true = np.array([1.0, 0.5, -0.8])
+    examples = _synthetic(w_true, 40, seed=6)
+    free = fit_head_weights(examples, ridges=(1e-3,))
+    assert free.w[2] < -0.5
+    fit = fit_head_weights(examples, ridges=(1e-3,), nonneg=True)
+    assert (fit.w >= 0).all() and fit.w[2] == 0.0 and fit.stats["nonneg"] is True
+    assert fit.w[0] > fit.w[1] > 0
+    assert 0.5 < group_correlation(examples, fit.w) < group_correlation(examples, free.w)
+    # where the truth is non-negative, the constraint changes nothing
+    w_pos = np.array([0.8, 0.0, 1.5, 0.2])
+    pos = fit_head_weights(_synthetic(w_pos, 40, seed=7), nonneg=True)
+    assert np.allclose(pos.w, w_pos, atol=0.05), pos.w
+
+
+def test_fit_shrinks_towards_prior_weights() -> None:
+    # a strong ridge pulls towards zero, or towards weights fitted before on other answers
+    w_true = np.array([0.8, -0.3, 1.5, 0.2])
+    examples = _synthetic(w_true, 3, seed=8, noise=0.5)
+    plain = fit_head_weights(examples, ridges=(100.0,))
+    prior = w_true + 0.1
+    shrunk = fit_head_weights(examples, ridges=(100.0,), prior=prior)
+    assert np.abs(plain.w).max() < 0.2  # all but zero
+    assert np.allclose(shrunk.w, prior, atol=0.1) and shrunk.stats["prior"] is True
+    with pytest.raises(ValueError, match="prior must have 4 weights"):
+        fit_head_weights(examples, prior=np.ones(3))
+
+
 def test_fit_refuses_what_it_cannot_fit() -> None:
     with pytest.raises(ValueError, match="no training examples"):
         fit_head_weights([])
@@ -99,6 +145,94 @@ def test_fit_refuses_what_it_cannot_fit() -> None:
     mixed.append(FitExample(np.ones((1, 3, 4)), np.ones((5, 3)), np.zeros((5, 1))))
     with pytest.raises(ValueError, match="same number of features"):
         fit_head_weights(mixed)
+
+
+# --- the fit's data: which questions, which cached examples ------------------------------
+
+
+@pytest.mark.skipif(not (SHARED_EVAL / "medquad").is_dir(), reason="no ../shared/eval")
+def test_fit_questions_leave_out_every_benchmark_sample() -> None:
+    from benchmarks.attribution import medquad_questions
+    from benchmarks.common import dataset
+    from evaluation.data import sample_questions
+    from services.attribution_fit import load_questions
+
+    # MedQuAD: a library of the first 300 passages, the benchmark's sample drawn over 2,000
+    med = load_questions(SHARED_EVAL / "medquad", corpus_docs=300)
+    ids = {qid for qid, _ in med}
+    assert len(ids) == len(med) > 100
+    gold = {q.qid: q.gold for q in dataset("medquad").questions}
+    first = {str(r["doc_id"]) for r in dataset("medquad").corpus[:300]}
+    assert all(set(gold[q]) <= first for q in ids)  # answerable from that library
+    for n in (20, 50, 100):
+        sample = {q.qid for q in medquad_questions(n, 2000, 0, set())}
+        assert len(sample) == n and not ids & sample
+    pub = {qid for qid, _ in load_questions(SHARED_EVAL / "pubmedqa")}
+    for n in (20, 50, 100):
+        sample = {q.qid for q in sample_questions(dataset("pubmedqa").questions, n, seed=0)}
+        assert not pub & sample
+    # the benchmark's MedQuAD sample stays the same whatever the weights were fitted on
+    drawn = medquad_questions(50, 2000, 0, set())
+    fitted = {drawn[0].qid, "not-a-question"}
+    assert medquad_questions(50, 2000, 0, fitted) == drawn[1:]
+
+
+def test_pooled_cache_keeps_only_complete_examples_of_this_model(tmp_path: Path) -> None:
+    from services.attribution_fit import CACHE_FORMAT, read_cache
+
+    config = {"k": 3, "n_ablations": 16}
+    good = {
+        "format": CACHE_FORMAT,
+        "weights_hash": "m1",
+        "config": config,
+        "qid": "q1",
+        "corpus": "medquad",
+        "features": [[[1.0]]],
+        "masks": [[1]],
+        "logprobs": [[-1.0]],
+    }
+    variants = {
+        "good": good,
+        "other_model": {**good, "weights_hash": "m2"},
+        "other_settings": {**good, "config": {**config, "k": 5}},
+        "old_format": {**good, "format": CACHE_FORMAT - 1},
+        "no_answer": {k: v for k, v in good.items() if k not in ("masks", "features")},
+    }
+    for name, record in variants.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    (tmp_path / "half.json").write_text("{")
+    assert read_cache(tmp_path, "m1", config) == [good]
+
+
+def test_cached_example_is_checked_against_the_manifest_without_retrieval(
+    tmp_path: Path,
+) -> None:
+    # a fit from cached examples reads their passages back by chunk id: no embedder, so it
+    # still works after an embedder change that makes retrieval refuse the index
+    from types import SimpleNamespace
+
+    from core.library.manifest import Manifest
+    from services.attribution_fit import _chunks, cached_hits
+
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)})
+    tmp_path.mkdir(exist_ok=True)
+    hits = [_hit(1, "Aspirin lowers fever. It is cheap."), _hit(2, "Fever is common.")]
+    manifest = Manifest(settings.manifest_path)
+    for h in hits:
+        doc = SimpleNamespace(
+            doc_id=h.chunk.doc_id, source_path="x.md", sha256="s", title="t", metadata={},
+            warnings=[],
+        )  # fmt: skip
+        manifest.mark_pending(doc, "now")
+        manifest.complete(doc, [h.chunk], "now")
+    manifest.close()
+    record = {"chunks": _chunks(list(reversed(hits)))}
+    got = cached_hits(settings, record)
+    assert got is not None
+    assert [h.chunk.text for h in got] == ["Fever is common.", "Aspirin lowers fever. It is cheap."]
+    changed = {"chunks": [[hits[0].chunk.chunk_id, "0" * 16]]}
+    assert cached_hits(settings, changed) is None  # its text is not what was answered from
+    assert cached_hits(settings, {"chunks": [["gone:c", "0" * 16]]}) is None
 
 
 # --- the method -----------------------------------------------------------------------------
@@ -180,7 +314,9 @@ def test_auto_picks_attention_only_with_weights_for_the_model(tmp_path: Path) ->
     llm = _FakeReader("f" * 64)
     assert isinstance(llm, AttentionReader)
     assert choose_method(settings, llm) == fallback_method()
-    assert fallback_method() in ("hierarchical", "surrogate")  # hierarchical once registered
+    from audit.attribution import METHODS
+
+    assert fallback_method() == "hierarchical" and "hierarchical" in METHODS
     HeadWeights("fake", "f" * 64, 1, 2, np.array([0.5, 1.0])).save(
         tmp_path / "attribution" / "w.json"
     )
@@ -243,7 +379,19 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     HeadWeights("fake", "e" * 64, 1, 2, np.array([2.0, 0.1])).save(
         tmp_path / "attribution" / "fake.json"
     )
-    attribute_answer(answer, llm, settings, _bag_of_words)
+    from audit.attribution import attention
+
+    lookups: list[str] = []
+    real_find = attention.find_weights
+
+    def counting_find(weights_hash: str, dirs: Any = ()) -> Any:
+        lookups.append(weights_hash)
+        return real_find(weights_hash, dirs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "find_weights", counting_find)
+        attribute_answer(answer, llm, settings, _bag_of_words)
+    assert lookups == ["e" * 64]  # the weights are looked up once per answer
     record = answer.attribution
     assert record is not None
     assert record["method"] == "attention" and record["requested"] == "auto"
@@ -271,7 +419,7 @@ def test_source_spans_point_at_each_sentence_as_the_prompt_shows_it() -> None:
     assert [m for m, _, _ in spans] == [len(messages) - 1] * len(sources)
     assert shown == [
         "Aspirin lowers fever.",
-        "[2] It is cheap.",  # mid-line in the joined passage, so the prompt keeps it
+        "(2) It is cheap.",  # at a line start in the passage, as the generation showed it
         "Take two tablets.",  # a chat-turn marker is removed wherever it stands
         "(1) Fever is common.",  # at the passage's start: rewritten
         "Aspirin lowers fever.",

@@ -58,13 +58,42 @@ def test_finds_the_planted_passage_and_sentence_with_fewer_rows_than_the_surroga
     assert result.top(1) == [6]
     assert result.top(1, target=1) == [6]
     assert result.info["groups_from"] == "scorer"  # read through the cache wrapper
-    assert result.info["refined"][0] == 1  # the passage holding the planted sentence
-    assert 9 in result.top(2)  # the second planted sentence, in passage 2
+    # the passage holding the planted sentence; passage 2 (1.5 nats against 7) is not close
+    # enough to earn its 4 rows: its effect is spread over its sentences
+    assert result.info["refined"] == [1]
+    np.testing.assert_allclose(result.scores[8:12], 1.5 / 4)
     surrogate = CountingScorer(PlantedScorer(WEIGHTS, GROUPS))
     make_attributor("surrogate", n_ablations=32).attribute(surrogate, 12, 2)
     assert counting.rows == result.n_evaluations < surrogate.rows
-    # 1 full + 3 passage ablations + 4 sentences of each of the refined passages
-    assert result.n_evaluations == 4 + 4 * len(result.info["refined"])
+    # 1 full + 3 passage ablations + 4 sentences of the refined passage
+    assert result.n_evaluations == 4 + 4
+
+
+def test_a_close_second_passage_is_refined_too() -> None:
+    weights = WEIGHTS.copy()
+    weights[1, 9] = 4.0  # passage 2 now holds 4 of the 11 nats of passage 1's 7
+    result = HierarchicalAttributor(groups=GROUPS).attribute(PlantedScorer(weights), 12, 2)
+    assert result.info["refined"] == [1, 2]
+    assert result.top(2) == [6, 9] and result.n_evaluations == 4 + 8
+    # close=0 restores the rule before (any positive passage, up to max_passages, coverage)
+    weights[1, 9] = 1.5
+    old = HierarchicalAttributor(groups=GROUPS, close=0.0).attribute(PlantedScorer(weights), 12, 2)
+    assert old.info["refined"] == [1, 2] and 9 in old.top(2)
+    with pytest.raises(ValueError, match="close"):
+        HierarchicalAttributor(close=1.5)
+
+
+def test_a_one_sentence_passage_needs_no_row_and_takes_no_place() -> None:
+    # passage 0 is one sentence and matters most; passage 1 (4 sentences) is close behind
+    groups = [0, 1, 1, 1, 1, 2, 2, 2]
+    weights = np.zeros((1, 8))
+    weights[0, 0], weights[0, 3], weights[0, 6] = 5.0, 4.0, 0.5
+    counting = CountingScorer(PlantedScorer(weights))
+    result = HierarchicalAttributor(groups=groups, max_passages=1).attribute(counting, 8, 1)
+    assert result.info["refined"] == [1]  # the one-sentence passage did not use the one place
+    assert result.n_evaluations == counting.rows == 4 + 4
+    np.testing.assert_allclose(result.scores[:5], weights[0, :5], atol=1e-9)
+    assert result.info["unrefined"] == [5, 6, 7]
 
 
 def test_refined_scores_are_exact_leave_one_out_for_an_additive_answer() -> None:

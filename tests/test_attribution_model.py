@@ -109,6 +109,7 @@ def test_shared_prefix_cache_gives_the_same_logprobs(
     assert len({p[0] for p in prompts}) > 1  # the rows really differ after the shared prefix
     # a reference prefix left by an earlier test would be reused and no new one computed
     monkeypatch.setattr(llm, "_scoring", threading.local())
+    monkeypatch.setattr(llm, "_generated", None, raising=False)  # nor an earlier generation's
     calls: list[int] = []
     real = llm._prefix_cache
     monkeypatch.setattr(llm, "_prefix_cache", lambda ids: calls.append(len(ids)) or real(ids))

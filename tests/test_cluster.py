@@ -81,17 +81,24 @@ def test_two_replicas_one_deployment(
         database_url=database_url,
         chroma_url=chroma_server,
         collection="cluster",
-    ) as envs:
-        # one user per replica, one question each (every user asks at least once): each answer
-        # and its attribution through the server cost about a minute on 2 loaded cores, and
-        # the replicas serialise a question behind an attribution as the app does
-        report = drive(envs, users=2, seconds=1, seed=0)
+    ) as cluster:
+        # one user per replica, one question each (every user asks at least once, and the
+        # bound stops a second): an answer and its attribution through the server cost about
+        # a minute on 2 loaded cores; a short think time exercises the user model
+        report = drive(cluster, users=2, seconds=1, seed=0, think=0.2, per_user=1, drain=900)
     assert report["checks"] == {k: True for k in report["checks"]}, report
     assert report["passed"]
     assert report["answers"] > 0 and min(report["answers_per_replica"].values()) > 0
     # attribution ran through the model server's log-probabilities, not only failed
     assert report["attribution"]["attributed"] > 0, report["attribution"]
     assert report["audit_found"]["login_failed"] == 6
+    assert report["answers"] == 2, "one question per user: the bound holds"
+    # the model server reused prefixes: cold are at most each replica's probe and each
+    # attribution's first (full) prompt
+    server = report["model_server"]
+    assert server["prefix_cache_entries"] > 0
+    assert server["prompts"] - server["hits"] <= 2 + report["attribution"]["attributed"], server
+    assert server["cached_tokens"] > 0
     assert report["lockout"] == {
         "wrong_on_a_refused": True,
         "right_password_refused_on_b": True,

@@ -194,3 +194,101 @@ def test_a_server_that_cannot_score_leaves_an_attribution_failed_record(
     assert head is not None and head.event == "attribution_failed"
     assert head.payload["answer_id"] == answer.audit_id
     assert "cannot score a given text" in head.payload["reason"]
+
+
+CACHE_TOLERANCE = 1e-4  # nats: a cached prefix changes only the order of float32 sums
+
+
+@pytest.mark.slow
+def test_the_servers_prefix_cache_gives_the_uncached_scores(
+    library: Settings, packaged_llm: LLM, clear_probes: None
+) -> None:
+    """The model server's optional prefix cache (what benchmarks/cluster.py runs with) scores an
+    attribution exactly as the independent path does, and is used: the adapter sends the full
+    prompt first, so every later row of the attribution starts from a kept prefix."""
+    from audit.attribution import faithfulness
+
+    sources = source_sentences(HITS)
+    targets = answer_targets(ANSWER)
+    template = load_template(library.prompt_template)
+    results = {}
+    engines = {"plain": ModelEngine(packaged_llm), "cached": ModelEngine(packaged_llm, 4)}
+    for name, engine in engines.items():
+        with serve_chat(_no_chat, engine=engine) as server:
+            remote = CachedScorer(
+                AnswerScorer(_remote(library, server.base_url), template, QUESTION, HITS,
+                             sources, targets)
+            )  # fmt: skip
+            # the app's path: hierarchical attribution, then its faithfulness check
+            result = make_attributor("hierarchical").attribute(remote, len(sources), len(targets))
+            check = faithfulness(remote, result, k=min(3, len(sources)))
+            results[name] = (result, check, remote.misses)
+    (plain, plain_check, rows), (cached, cached_check, cached_rows) = results.values()
+    assert rows == cached_rows and rows >= 8
+    assert np.abs(plain.scores - cached.scores).max() < CACHE_TOLERANCE
+    assert np.abs(plain.per_target - cached.per_target).max() < CACHE_TOLERANCE
+    for field in ("top_k_drop", "random_drop", "context_reliance"):
+        a, b = getattr(plain_check, field), getattr(cached_check, field)
+        assert abs(a - b) < CACHE_TOLERANCE * len(targets), (field, a, b)
+    stats = engines["cached"].stats
+    # each scored prompt once (the probe's too); only the first attribution row starts cold
+    assert stats["prompts"] == engines["plain"].stats["prompts"] == rows + 1
+    assert stats["hits"] == rows - 1, stats
+    assert engines["plain"].stats["cached_tokens"] == 0
+    assert stats["cached_tokens"] > 0.5 * stats["tokens"], stats
+
+
+@pytest.mark.slow
+def test_a_prefix_cache_hit_reads_each_token_after_the_prefix_afresh(packaged_llm: LLM) -> None:
+    """Per token: a prompt that shares a prefix with a kept one gets the uncached
+    log-probabilities everywhere, the first differing token included (its position's
+    distribution is shared, the token read from it is not); the LRU keeps the N most recently
+    used, a prefix it lent counting as used."""
+    plain, cached = ModelEngine(packaged_llm), ModelEngine(packaged_llm, 2)
+    base = plain.encode(" ".join(h.chunk.text for h in HITS), False)
+    other = [*base[:30], *plain.encode(" The pharmacy closes at noon.", False)]
+    common = next(i for i, (a, b) in enumerate(zip(base, other, strict=False)) if a != b)
+    assert common >= 30
+    for ids in (base, other, other, base[:20]):
+        want, want_tops = plain.score(ids, 2)
+        got, got_tops = cached.score(ids, 2)
+        assert got[0] is None and want[0] is None and len(got) == len(want) == len(ids)
+        diff = max(abs(float(a) - float(b)) for a, b in zip(got[1:], want[1:], strict=True))  # type: ignore[arg-type]
+        assert diff < 1e-4
+        assert [set(t) for t in got_tops] == [set(t) for t in want_tops]
+    assert cached.stats["hits"] == 3 and plain.stats["hits"] == 0
+    # other from base's prefix, other again (all but its last token), base[:20] from base
+    assert cached.stats["cached_tokens"] == (common - 1) + (len(other) - 1) + 19
+    assert [e.ids for e in cached._scored] == [base, base[:20]]
+
+
+def test_the_model_server_stops_scoring_for_a_client_that_has_gone() -> None:
+    """A scorer that timed out does not leave the server computing its other prompts (vLLM
+    aborts a request whose client disconnects): in the 20-user cluster run the abandoned
+    requests held up everyone else's."""
+    import time
+    from types import SimpleNamespace
+
+    import httpx
+    import torch
+
+    class SlowModel:
+        device = "cpu"
+
+        def __call__(self, input_ids: torch.Tensor, **kwargs: object) -> SimpleNamespace:
+            time.sleep(0.3)
+            return SimpleNamespace(logits=torch.zeros(1, input_ids.shape[1], 8), cache=None)
+
+    fake = SimpleNamespace(warm_up=lambda: None, _tokenizer=None, _model=SlowModel())
+    engine = ModelEngine(fake)
+    engine.piece = lambda token: "x"  # type: ignore[method-assign]
+    body = {"model": "m", "prompt": [[1, 2, 3]] * 10, "max_tokens": 1, "prompt_logprobs": 0}
+    with serve_chat(_no_chat, engine=engine) as server:
+        # a client that waits gets its reply
+        reply = httpx.post(f"{server.base_url}/completions", json={**body, "prompt": [[1, 2]]})
+        assert reply.status_code == 200 and len(reply.json()["choices"]) == 1
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.base_url}/completions", json=body, timeout=0.45)
+        time.sleep(1.5)  # what the server does after the client has gone
+    assert engine.stats["aborted_prompts"] >= 7, engine.stats
+    assert engine.stats["prompts"] <= 1 + 3, engine.stats

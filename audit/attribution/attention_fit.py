@@ -27,6 +27,7 @@ import numpy as np
 __all__ = ["FitExample", "FitResult", "fit_head_weights", "group_correlation"]
 
 DEFAULT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+TARGETS = ("sentence", "answer")
 
 
 @dataclass
@@ -51,14 +52,18 @@ class FitExample:
                 f"logprobs must have shape ({self.masks.shape[0]}, {t}); got {self.logprobs.shape}"
             )
 
-    def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per answer sentence: centered design (K, P) and centered log-probabilities (K,)."""
-        out = []
-        for t in range(self.features.shape[0]):
-            x = self.masks @ self.features[t]
-            y = self.logprobs[:, t]
-            out.append((x - x.mean(axis=0), y - y.mean()))
-        return out
+    def groups(self, target: str = "sentence") -> list[tuple[np.ndarray, np.ndarray]]:
+        """Centered design (K, P) and centered log-probabilities (K,): per answer sentence
+        (``target="sentence"``), or one for the whole answer (``"answer"``: log p of all its
+        sentences together, which is what top-k removal measures and what the method's
+        whole-answer score, the sum over sentences, predicts)."""
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
+        designs = [self.masks @ self.features[t] for t in range(self.features.shape[0])]
+        ys = [self.logprobs[:, t] for t in range(self.features.shape[0])]
+        if target == "answer":
+            designs, ys = [np.sum(designs, axis=0)], [self.logprobs.sum(axis=1)]
+        return [(x - x.mean(axis=0), y - y.mean()) for x, y in zip(designs, ys, strict=True)]
 
 
 @dataclass
@@ -69,13 +74,13 @@ class FitResult:
 
 
 def _normal_equations(
-    examples: Sequence[FitExample], n_features: int
+    examples: Sequence[FitExample], n_features: int, target: str = "sentence"
 ) -> tuple[np.ndarray, np.ndarray, int]:
     a = np.zeros((n_features, n_features))
     b = np.zeros(n_features)
     used = 0
     for ex in examples:
-        for x, y in ex.groups():
+        for x, y in ex.groups(target):
             var = float(y @ y) / len(y)
             # a sentence whose log-probability no ablation moved carries no signal
             if var <= 1e-12:
@@ -86,17 +91,48 @@ def _normal_equations(
     return a, b, used
 
 
-def _solve(a: np.ndarray, b: np.ndarray, ridge: float) -> np.ndarray:
+def _solve(
+    a: np.ndarray,
+    b: np.ndarray,
+    ridge: float,
+    nonneg: bool = False,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
     # ridge relative to the mean diagonal, so one grid fits any feature scale
     scale = float(np.trace(a)) / max(len(b), 1) or 1.0
-    return np.linalg.solve(a + ridge * scale * np.eye(len(b)), b)
+    a = a + ridge * scale * np.eye(len(b))
+    if prior is not None:
+        # shrink towards the prior weights instead of towards zero
+        b = b + ridge * scale * prior
+    if not nonneg:
+        return np.linalg.solve(a, b)
+    # min w'Aw/2 - b'w subject to w >= 0, by cyclic coordinate descent: A is positive
+    # definite (the ridge), so each step is exact and the sweeps converge
+    w = np.zeros(len(b))
+    grad = -b.copy()  # A w - b
+    diag = np.diag(a)
+    for _ in range(500):
+        moved = 0.0
+        for j in range(len(b)):
+            new = max(0.0, w[j] - grad[j] / diag[j])
+            step = new - w[j]
+            if step:
+                grad += step * a[:, j]
+                w[j] = new
+                moved = max(moved, abs(step))
+        if moved <= 1e-10 * max(1.0, float(np.abs(w).max())):
+            break
+    return w
 
 
-def group_correlation(examples: Sequence[FitExample], w: np.ndarray) -> float:
-    """Mean Pearson correlation, over (answer, sentence) groups, of prediction and truth."""
+def group_correlation(
+    examples: Sequence[FitExample], w: np.ndarray, target: str = "sentence"
+) -> float:
+    """Mean Pearson correlation, over (answer, sentence) groups (or answers, with
+    ``target="answer"``), of prediction and truth."""
     values = []
     for ex in examples:
-        for x, y in ex.groups():
+        for x, y in ex.groups(target):
             pred = x @ w
             denom = float(np.linalg.norm(pred) * np.linalg.norm(y))
             if denom > 1e-12:
@@ -108,20 +144,37 @@ def fit_head_weights(
     examples: Sequence[FitExample],
     ridges: Sequence[float] = DEFAULT_RIDGES,
     folds: int = 4,
+    target: str = "sentence",
+    nonneg: bool = False,
+    prior: np.ndarray | None = None,
 ) -> FitResult:
-    """Weights w (P,) from ablation data; the ridge strength by cross-validation over answers."""
+    """Weights w (P,) from ablation data; the ridge strength by cross-validation over answers.
+
+    ``target``: fit each answer sentence's log-probability (``"sentence"``) or the whole
+    answer's (``"answer"``); cross-validation scores the same one. ``nonneg`` keeps every
+    head's weight at zero or above (attention to a sentence can then only add to its score).
+    ``prior``: weights fitted before (on other answers) that the ridge shrinks towards.
+    """
     if not examples:
         raise ValueError("no training examples")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
     n_features = examples[0].features.shape[2]
     if any(ex.features.shape[2] != n_features for ex in examples):
         raise ValueError("every example must have the same number of features (layers x heads)")
     if not ridges or any(r <= 0 for r in ridges):
         raise ValueError("ridges must be positive")
+    if prior is not None:
+        prior = np.asarray(prior, dtype=float).reshape(-1)
+        if prior.shape != (n_features,):
+            raise ValueError(f"prior must have {n_features} weights; got {prior.shape[0]}")
     folds = max(1, min(folds, len(examples)))
     cv: dict[float, float] = {}
     if folds > 1 and len(ridges) > 1:
         parts = [list(range(i, len(examples), folds)) for i in range(folds)]
-        stacked = [_normal_equations([examples[i] for i in p], n_features)[:2] for p in parts]
+        stacked = [
+            _normal_equations([examples[i] for i in p], n_features, target)[:2] for p in parts
+        ]
         for ridge in ridges:
             scores = []
             for f, held in enumerate(parts):
@@ -129,25 +182,30 @@ def fit_head_weights(
                     (stacked[g][0] for g in range(folds) if g != f), np.zeros_like(stacked[0][0])
                 )
                 b = sum((stacked[g][1] for g in range(folds) if g != f), np.zeros(n_features))
-                w = _solve(a, b, ridge)
-                scores.append(group_correlation([examples[i] for i in held], w))
+                w = _solve(a, b, ridge, nonneg, prior)
+                scores.append(group_correlation([examples[i] for i in held], w, target))
             cv[ridge] = float(np.nanmean(scores))
         best = max(ridges, key=lambda r: (np.nan_to_num(cv[r], nan=-np.inf), -r))
     else:
         best = float(ridges[0])
-    a, b, used = _normal_equations(examples, n_features)
+    a, b, used = _normal_equations(examples, n_features, target)
     if used == 0:
         raise ValueError("no ablation moved any answer's log-probability: nothing to fit")
-    w = _solve(a, b, best)
+    w = _solve(a, b, best, nonneg, prior)
     return FitResult(
         w=w,
         ridge=float(best),
         stats={
             "examples": len(examples),
             "groups": used,
+            "target": target,
+            "nonneg": nonneg,
+            "prior": prior is not None,
             "cv_correlation": {str(r): round(v, 4) for r, v in cv.items()},
-            "train_correlation": round(group_correlation(examples, w), 4),
+            "train_correlation": round(group_correlation(examples, w, target), 4),
             # every head weighted alike (plain attention): what the fit must beat
-            "uniform_correlation": round(group_correlation(examples, np.ones(n_features)), 4),
+            "uniform_correlation": round(
+                group_correlation(examples, np.ones(n_features), target), 4
+            ),
         },
     )

@@ -6,10 +6,15 @@ that sentences of irrelevant passages do nothing. Here:
 
 1. **Passages.** One ablation per passage (the whole passage removed) plus the full context:
    ``1 + G`` scorer rows, giving each passage's exact removal effect per answer sentence.
-2. **Sentences.** Leave-one-out inside the passages that matter -- the top one always, then
-   further passages in order of effect while their effect is positive, the refined passages
-   hold less than ``coverage`` of the total positive passage effect, and at most
-   ``max_passages`` are refined: one row per sentence of each refined passage.
+2. **Sentences.** Leave-one-out inside the passages that matter -- the top one always; a
+   further passage (in order of effect) only while its effect is at least ``close`` times the
+   top one's, the refined passages hold less than ``coverage`` of the total positive passage
+   effect, and at most ``max_passages`` are refined: one row per sentence of each refined
+   passage. A one-sentence passage needs no row (its ablation is the sentence's) and takes no
+   place among the refined. Rows cost the tokens after the removed sentence (the scorer reuses
+   the prompt before it), so a second passage is refined only where it earns its rows: on the
+   benchmark the answer usually rests on one passage, and refining a second near-tie costs
+   as much as the first again (docs/benchmarks.md, "Attribution").
 
 Scores. In a refined passage a sentence gets its leave-one-out drop plus an even share of the
 part of the passage's effect that single removals do not explain (redundant or interacting
@@ -61,6 +66,7 @@ class HierarchicalAttributor(Method):
 
     groups: Sequence[int] | np.ndarray | None = None
     max_passages: int = 2
+    close: float = 0.5
     coverage: float = 0.8
 
     name: ClassVar[str] = "hierarchical"
@@ -70,6 +76,8 @@ class HierarchicalAttributor(Method):
             raise ValueError(f"max_passages must be >= 1; got {self.max_passages}")
         if not 0.0 < self.coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1]; got {self.coverage}")
+        if not 0.0 <= self.close <= 1.0:
+            raise ValueError(f"close must be in [0, 1]; got {self.close}")
 
     def _groups(self, scorer: Scorer, n_sources: int) -> tuple[np.ndarray, str]:
         for labels, origin in ((self.groups, "given"), (source_groups(scorer), "scorer")):
@@ -113,27 +121,34 @@ class HierarchicalAttributor(Method):
         whole = passage_effect.sum(axis=1)
 
         # 2. which passages to refine: the top one always (a sentence ranking is what the
-        # clinician sees), more while they add positive effect and the budget allows
-        order = np.argsort(-whole, kind="stable")
+        # clinician sees); further ones while they are close to it, add positive effect and
+        # the budget allows. A one-sentence passage is exact already: no row, no place.
+        order = np.argsort(-whole, kind="stable").tolist()
+        top = float(whole[order[0]])
         positive = float(np.clip(whole, 0.0, None).sum())
         left = budget - len(stage1)
         refined: list[int] = []
         covered = 0.0
-        for g in order.tolist():
-            if refined and (
+        for g in order:
+            if g != order[0] and (
                 len(refined) >= self.max_passages
                 or whole[g] <= 0.0
+                or whole[g] < self.close * top
                 or covered >= self.coverage * positive
             ):
                 break
-            cost = len(members[g]) if len(members[g]) > 1 else 0
-            if cost > left:
+            if len(members[g]) < 2:
+                covered += max(float(whole[g]), 0.0)
+                continue
+            if len(members[g]) > left:
                 continue
             refined.append(g)
-            left -= cost
+            left -= len(members[g])
             covered += max(float(whole[g]), 0.0)
 
-        rows = [s for g in refined if len(members[g]) > 1 for s in members[g].tolist()]
+        # one call, so the scorer orders the rows by how much prompt each shares (late
+        # sentences first costs nothing extra: every row runs from its own removed sentence)
+        rows = [s for g in refined for s in members[g].tolist()]
         loo = np.zeros((n_targets, n_sources))
         if rows:
             stage2 = np.ones((len(rows), n_sources), dtype=bool)
@@ -145,7 +160,7 @@ class HierarchicalAttributor(Method):
         unrefined: list[int] = []
         for g, sentences in enumerate(members):
             share = passage_effect[g][:, None] / len(sentences)  # (T, 1)
-            if g in refined:
+            if g in refined or len(sentences) == 1:
                 # leave-one-out plus an even share of what single removals leave unexplained
                 inside = loo[:, sentences]
                 residual = passage_effect[g][:, None] - inside.sum(axis=1, keepdims=True)
@@ -168,6 +183,7 @@ class HierarchicalAttributor(Method):
                 "refined": [int(g) for g in refined],
                 "unrefined": sorted(unrefined),
                 "max_passages": self.max_passages,
+                "close": self.close,
                 "coverage": self.coverage,
             },
         )

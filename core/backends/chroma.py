@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 _BATCH = 4000  # below Chroma's max batch size
+# Chroma's local metadata store (SQLite, embedded and `chroma run` alike) binds each value of
+# an $in as one SQL variable and refuses a statement with more than 32,766 (chromadb 1.5.9:
+# "too many SQL variables"). Retrieval names every document the asker may see when one is
+# hidden, so a library past ~32k documents needs the filter split (docs/benchmarks.md).
+_MAX_IN_VALUES = 30000
 _HEARTBEAT_TIMEOUT_S = 10.0
 
 
@@ -163,16 +168,20 @@ class ChromaStore:
     ) -> list[tuple[str, float]]:
         if k <= 0:
             return []
-        result = self._col.query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32)],
-            n_results=k,
-            where=where or None,
-            include=["distances"],
-        )
-        ids = result["ids"][0]
-        distances = result["distances"][0]
+        found: list[tuple[str, float]] = []
+        parts = _split_in(where)
+        for part in parts:
+            result = self._col.query(
+                query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                n_results=k,
+                where=part,
+                include=["distances"],
+            )
+            found += zip(result["ids"][0], map(float, result["distances"][0]), strict=True)
+        if len(parts) > 1:  # each part's k nearest, merged: the k nearest of them all
+            found = sorted(found, key=lambda hit: hit[1])[:k]
         # cosine distance -> cosine similarity, so thresholds read naturally
-        return [(i, 1.0 - float(d)) for i, d in zip(ids, distances, strict=True)]
+        return [(i, 1.0 - d) for i, d in found]
 
     def ids(self) -> set[str]:
         out: set[str] = set()
@@ -186,3 +195,20 @@ class ChromaStore:
 
     def count(self) -> int:
         return int(self._col.count())
+
+
+def _split_in(where: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+    """A filter ``{key: {"$in": values}}`` with more values than Chroma binds, as filters of
+    at most :data:`_MAX_IN_VALUES` values each; any other filter as it is."""
+    if not where:
+        return [None]
+    if len(where) == 1:
+        ((key, condition),) = where.items()
+        if isinstance(condition, dict) and set(condition) == {"$in"}:
+            values = list(condition["$in"])
+            if len(values) > _MAX_IN_VALUES:
+                return [
+                    {key: {"$in": values[start : start + _MAX_IN_VALUES]}}
+                    for start in range(0, len(values), _MAX_IN_VALUES)
+                ]
+    return [where]

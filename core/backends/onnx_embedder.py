@@ -45,9 +45,17 @@ Precision = Literal["int8", "float32"]
 
 # Bump when the export or the quantization changes what vectors come out: the cache folder
 # and the int8 identity both carry it, so an index built by an older recipe is not reused.
-RECIPE = 1
+# 2: eager attention traced (no per-layer mask Where/IsNaN of the SDPA decomposition), fused
+# by ONNX Runtime's transformer optimizer (Attention, SkipLayerNorm, BiasGelu), Attention
+# quantized too; batches capped by tokens. int8 vectors differ from recipe 1 within int8 noise.
+RECIPE = 2
 EXPORT_FILE = "export.json"
 FILES: dict[Precision, str] = {"float32": "model.fp32.onnx", "int8": "model.int8.onnx"}
+# Rows per ONNX run are capped so a batch holds at most this many tokens (rows x padded
+# width), keeping activations in the CPU caches: on the AVX2 box, one thread, 64 rows of ~130
+# tokens took ~1.3x the CPU time of 16-row batches; with two threads the gain was within the
+# noise of a loaded machine (docs/benchmarks.md), so the cap is kept moderate.
+BATCH_TOKENS = 2048
 # Vectors this close to torch float32 (minimum cosine over the sample) are the same vectors:
 # bf16 torch reaches 0.99992, float32 ONNX 0.9999999. Below it the identity changes.
 SAME_VECTORS_MIN_COSINE = 0.9995
@@ -186,15 +194,24 @@ def _build(model_dir: Path, base_hash: str, tmp: Path) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    # eager attention traces to matmul + additive mask + softmax, which ONNX Runtime fuses
+    # into one Attention op; SDPA's decomposition adds mask Where/IsNaN passes per layer
+    # (13% of int8 time on the AVX2 box). Same vectors (the agreement check measures it).
     model = SentenceTransformer(
-        str(model_dir), device="cpu", local_files_only=True, model_kwargs={"dtype": torch.float32}
+        str(model_dir),
+        device="cpu",
+        local_files_only=True,
+        model_kwargs={"dtype": torch.float32, "attn_implementation": "eager"},
     )
     reference = np.asarray(
         model.encode(list(AGREEMENT_SAMPLE), convert_to_numpy=True, show_progress_bar=False),
         dtype=np.float32,
     )
     reference /= np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
-    _export(model, tmp / FILES["float32"])
+    traced = tmp / "traced.onnx"
+    _export(model, traced)
+    fused = _fuse(traced, tmp / FILES["float32"], model[0].auto_model.config)
+    traced.unlink()
     _quantize(tmp / FILES["float32"], tmp / FILES["int8"])
     tokenizer = _tokenizer(str(model_dir))
     agreement: dict[str, dict[str, float]] = {}
@@ -211,6 +228,7 @@ def _build(model_dir: Path, base_hash: str, tmp: Path) -> None:
         "files": {p: {"file": n, "sha256": _file_sha256(tmp / n)} for p, n in FILES.items()},
         "agreement": agreement,
         "sample_size": len(AGREEMENT_SAMPLE),
+        "fused": fused,
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
     }
     (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -264,9 +282,29 @@ def _export(model: Any, path: Path) -> None:
         )
 
 
+def _fuse(source: Path, dest: Path, config: Any) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer, offline fusions only (opt_level 0: the file stays
+    hardware-independent): embedding + LayerNorm, Attention, SkipLayerNorm, BiasGelu. Returns
+    the count of each fused op; a graph it does not recognise is saved unfused, and the
+    agreement check judges the result either way."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(
+        str(source),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+        opt_level=0,
+    )
+    model.save_model_to_file(str(dest))
+    stats = model.get_fused_operator_statistics()
+    return {op: int(n) for op, n in stats.items() if n}
+
+
 def _quantize(source: Path, dest: Path) -> None:
     """int8 weights per output channel, activations quantized per batch at run time; only the
-    linear layers (MatMul with a constant weight), never the attention products."""
+    linear layers (MatMul with a constant weight, and the fused Attention's Q/K/V projection),
+    never the attention products."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -277,10 +315,11 @@ def _quantize(source: Path, dest: Path) -> None:
         quantize_dynamic(
             str(source),
             str(dest),
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Attention"],
             per_channel=True,
             weight_type=QuantType.QInt8,
-            extra_options={"MatMulConstBOnly": True},
+            # the fused contrib ops defeat ONNX shape inference; their outputs are float32
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},
         )
     finally:
         root.setLevel(level)
@@ -317,15 +356,34 @@ def _session(path: str) -> Any:
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _embed(session: Any, tokenizer: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def _batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Row indices, longest texts first, in batches of at most ``batch_size`` rows and
+    ``max_tokens`` padded tokens (at least one row each)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        width = max(int(lengths[order[start]]), 1)  # the longest of the batch: sorted
+        rows = max(1, min(batch_size, max_tokens // width))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def _embed(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    max_tokens: int = BATCH_TOKENS,
+) -> np.ndarray:
     """Unit vectors, in the order given. Texts are stripped (as sentence-transformers does),
-    grouped by token count so a batch pads little, and run ``batch_size`` at a time."""
+    grouped by token count so a batch pads little, and run in batches of at most
+    ``batch_size`` rows and ``max_tokens`` tokens."""
     encodings = tokenizer.encode_batch([t.strip() for t in texts])
     lengths = np.array([len(e.ids) for e in encodings])
-    order = np.argsort(-lengths, kind="stable")
     out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in _batches(lengths, batch_size, max_tokens):
         width = int(lengths[rows].max())
         ids = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)

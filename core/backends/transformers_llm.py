@@ -93,7 +93,7 @@ _load_lock = threading.Lock()
 
 @cache
 def _load(
-    source: str, gguf_name: str | None, cache_root: str, device: str
+    source: str, gguf_name: str | None, cache_root: str, device: str, quantization: str = "none"
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load (model, tokenizer, identity) once per process for these parameters."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,10 +123,47 @@ def _load(
     # instance: it expects the model itself as the first argument.
     model.to("cuda" if device == "cuda" else "cpu")  # type: ignore[arg-type]
     model.eval()
+    if quantization != "none" and device != "cuda":
+        _quantize(model, quantization)
+        # weights_hash stays the file's (an auditor can hash it); model_id says how it ran, so
+        # an int8 answer is never attributed, replayed or reported as a float32 one
+        identity = {**identity, "model_id": f"{identity['model_id']}+{quantization}"}
+        timings["quantization"] = quantization
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     timings["load_seconds"] = time.perf_counter() - t0
     return model, tokenizer, {**identity, **timings}
+
+
+def _quantize(model: Any, quantization: str) -> None:
+    """int8 dynamic quantization of the output projection (lm_head), in place (CPU only).
+
+    Why only the output projection (SmolLM2-135M on an AVX2 CPU, docs/benchmarks.md,
+    generation speed): the lm_head (49k x 576, tied to the embedding) is the largest product of
+    a decoding step and gains most in int8; the layers' own projections are too small to gain
+    at one token a step and cost more agreement with float32 (down_proj most). Weights int8 per
+    output channel, activations quantized per call: nothing needs calibration.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if quantization != "int8-dynamic":
+        raise ConfigError(f"unknown llm_quantization {quantization!r}")
+    head = model.get_output_embeddings()
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is None or type(head) is not torch.nn.Linear:
+        raise ConfigError(
+            "llm_quantization int8-dynamic: this model has no plain linear output layer to "
+            "quantize; set llm_quantization = 'none'."
+        )
+    with warnings.catch_warnings():
+        # torch deprecates its quantized tensors in favour of torchao, not installed here
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_dynamic(
+            model, {name: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
 
 
 def _convert_gguf(src: Path, gguf_name: str, dest: Path) -> None:
@@ -148,6 +185,7 @@ class TransformersLLM:
     def __init__(self, settings: Settings) -> None:
         self._setting: str = settings.llm_model
         self._device_setting: str = settings.device
+        self._quantization: str = settings.llm_quantization
         self._cache_root = settings.models_dir
         self._model: Any = None
         self._tokenizer: Any = None
@@ -178,7 +216,7 @@ class TransformersLLM:
         self._cache_root.mkdir(parents=True, exist_ok=True)
         with _load_lock:
             self._model, self._tokenizer, self._identity = _load(
-                str(source), gguf_name, str(self._cache_root), self.device
+                str(source), gguf_name, str(self._cache_root), self.device, self._quantization
             )
 
     @property
@@ -338,8 +376,9 @@ class TransformersLLM:
 
         Candidates: the last reference this thread used (an earlier call's full-context row is
         the best reference for the next call's ablations: hierarchical attribution's sentence
-        stage, the faithfulness check) and every row of this call (at the cost of one extra
-        prefix pass). The one that saves the most tokens is taken; none below MIN_PREFIX. Each
+        stage, the faithfulness check), the last generation's prompt (free: :meth:`stream` kept
+        its KV cache) and every row of this call (at the cost of one extra prefix pass). The
+        one that saves the most tokens is taken; none below MIN_PREFIX. Each
         row keeps its answer tokens (and the token before them) to run itself.
         """
         limits = np.array([len(r) - keep for r in encoded])
@@ -359,6 +398,15 @@ class TransformersLLM:
         if stored is not None:
             best_shares = shared_with(stored[0])
             best_gain = int(best_shares.sum())
+        # The generation that wrote the answer already holds the full prompt's keys and values
+        # (the attribution prompt renders the context exactly as it did): a free reference.
+        generated = getattr(self, "_generated", None)
+        if generated is not None and generated[1] is not None:
+            prompt = np.asarray(generated[0], dtype=np.int64)
+            shares = shared_with(prompt)
+            if int(shares.sum()) > best_gain:
+                best_gain, best_shares, stored = int(shares.sum()), shares, (prompt, generated[1])
+                self._scoring.reference = stored
         for i in range(len(encoded)):
             s = shared_with(rows[i, : max(int(limits[i]), 0)])
             gain = int(s.sum()) - int(limits[i])  # the reference's own prefix pass is extra
