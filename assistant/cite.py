@@ -24,7 +24,7 @@ import numpy as np
 from assistant import verify
 from core import recommendations
 from core.recommendations import Statement
-from core.text import content_tokens, sentence_spans, split_sentences
+from core.text import content_tokens, sentence_spans, split_sentences, tokens
 from core.types import AnswerSentence, Citation, Evidence, Hit, Origin, SourceSentence
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
@@ -237,6 +237,17 @@ _ASKS_INTERVAL = re.compile(
 _ASKS_GRADE = re.compile(r"\b(?:grade|strength|level of evidence)\b", re.I)
 _ASKS_DOSE = re.compile(r"\b(?:dose|doses|dosage|dosing|how much)\b", re.I)
 _ASKS_START = re.compile(r"\b(?:start|starts|begin|begins|initiate)\b", re.I)
+_ASKS_DRUG = re.compile(
+    r"\b(?:drugs?|medications?|medicines?|pharmacotherapy|pharmacologic\w*|first[- ]line)\b",
+    re.I,
+)
+# A numbered category of a staging or stepping scheme: "stage 1", "step 3", "type 2",
+# "class II". Passages for the neighbouring category share almost every word with the one
+# asked about ("Stage 2 hypertension: systolic 140 or higher"), so similarity alone cannot
+# tell them apart: the category named decides.
+_CATEGORY = re.compile(
+    r"\b(stage|step|type|class|phase|tier|category)\s+(\d+[a-c]?|iv|v|i{1,3})\b", re.I
+)
 _NEGATIVE = re.compile(r"\b(?:not|no|never|insufficient)\b", re.I)
 _META = re.compile(
     r"^\s*(?:this|the)\s+(?:is\s+an?\s+)?(?:short\s+)?(?:summary|document|page)\b|"
@@ -321,11 +332,39 @@ def _units(hits: Sequence[Hit], sources: list[SourceSentence]) -> list[_Unit]:
     return units
 
 
+def _categories(text: str) -> dict[str, set[str]]:
+    """The numbered categories a text names, by kind: {"stage": {"1"}}."""
+    out: dict[str, set[str]] = {}
+    for kind, value in _CATEGORY.findall(text):
+        out.setdefault(kind.lower(), set()).add(value.lower())
+    return out
+
+
+def names_drug(text: str) -> bool:
+    """Whether the text names a drug or a drug class (verify's lexicon)."""
+    return any(verify.is_drug(w) or w in verify.DRUG_CLASSES for w in tokens(text))
+
+
+def _category_bonus(asked: dict[str, set[str]], text: str) -> float:
+    """Lift a passage naming the category asked about; lower one naming only another
+    category of the same kind (stage 2 when stage 1 was asked)."""
+    named = _categories(text)
+    for kind, values in asked.items():
+        if named.get(kind, set()) & values:
+            return ASPECT_BONUS
+    if any(named.get(kind) for kind in asked):
+        return -ASPECT_BONUS
+    return 0.0
+
+
 def _bonuses(
     question: str, hits: Sequence[Hit], units: list[_Unit], ranking: np.ndarray
 ) -> np.ndarray:
     """What lifts a passage beyond its match: it recommends, it states what the question asks
-    (an age, who, an interval, a grade, a dose) for the population asked about."""
+    (an age, who, an interval, a grade, a dose, a drug, the category named) for the population
+    asked about."""
+    asks_category = _categories(question)
+    asks_drug = bool(_ASKS_DRUG.search(question))
     asks_age = bool(_ASKS_AGE.search(question))
     asks_who = bool(_ASKS_WHO.search(question))
     asks_interval = bool(_ASKS_INTERVAL.search(question))
@@ -345,8 +384,11 @@ def _bonuses(
             or (asks_interval and facts.interval)
             or (asks_grade and facts.grade is not None)
             or (asks_dose and facts.dose)
+            or (asks_drug and names_drug(text))
         ):
             bonus[j] += ASPECT_BONUS
+        if asks_category:
+            bonus[j] += _category_bonus(asks_category, text)
         if population is not None and facts.ages is not None:
             # the question names its population's ages: a statement for other ages is about
             # someone else

@@ -145,6 +145,27 @@ def test_quoted_answer_leads_with_the_recommendation_not_its_rationale() -> None
     assert answer.answer.startswith("Ages 45 to 49: screen all adults (grade B). [1]")
 
 
+def test_a_question_naming_a_stage_quotes_that_stage_not_its_neighbour() -> None:
+    # a near-tie by words: the stage 2 line repeats more of the question than the stage 1 line
+    question = "What blood pressure defines stage 1 hypertension?"
+    hits = [
+        _hit("htn", "Stage 2 hypertension: what blood pressure defines it, 140. Stage 1 "
+             "hypertension: blood pressure 130 to 139.", "Definitions"),
+    ]  # fmt: skip
+    quotes = quotes_for(question, hits, bow_embed, source_sentences(hits), limit=2)
+    assert quotes[0].evidence.text == "Stage 1 hypertension: blood pressure 130 to 139."
+
+
+def test_a_drug_question_quotes_the_passage_that_names_the_drugs() -> None:
+    hits = [
+        _hit("htn", "Adults without compelling indications far above target start with two. "
+             "First-line drug treatment: thiazide diuretics, ACE inhibitors, ARBs or calcium "
+             "channel blockers.", "Treatment"),
+    ]  # fmt: skip
+    quotes = quotes_for(HYPERTENSION, hits, bow_embed, source_sentences(hits), limit=2)
+    assert quotes[0].evidence.text.startswith("First-line drug treatment: thiazide diuretics")
+
+
 def _compose(
     settings: Settings, style: str, drafted: list[AnswerSentence], quotes: list[Quote]
 ) -> Any:
