@@ -241,6 +241,47 @@ class Page:
 
         return self.wait(f"button {label!r}", find, timeout)
 
+    def settled(self, seconds: float = 1.5, timeout: float = 60) -> None:
+        """Wait until the panels stop moving (their titles and places): a click made while a
+        rerun is still redrawing lands on whatever moved under the pointer (a neighbouring
+        panel). The attribution's progress text below them may still tick."""
+        last = {"text": "", "since": time.monotonic()}
+
+        def still() -> bool:
+            text = repr(
+                [
+                    (e.text, e.location["y"], e.get_attribute("open"))
+                    for e in self.css('[data-testid="stExpander"] details')
+                ]
+            )
+            now = time.monotonic()
+            if text != last["text"]:
+                last.update(text=text, since=now)
+                return False
+            return now - float(last["since"]) >= seconds
+
+        self.wait("the page to settle", still, timeout)
+
+    def panel(self, label: str) -> Any:
+        """The source panel (an expander's ``details`` element) whose title starts with
+        ``label`` as the reader sees it, once the page has settled."""
+        self.settled()
+
+        def find() -> Any:
+            for details in self.css('[data-testid="stExpander"] details'):
+                summary = details.find_element(self.by.TAG_NAME, "summary")
+                # (the summary's text starts with the arrow icon's ligature name)
+                if any(line.startswith(f"{label} ") for line in summary.text.splitlines()):
+                    return details
+            return None
+
+        return self.wait(f"source panel {label}", find)
+
+    def marks(self, label: str) -> list[str]:
+        """The highlighted evidence shown inside the source panel ``label``."""
+        found = self.panel(label).find_elements(self.by.CSS_SELECTOR, "mark.clinrag-evidence")
+        return [m.text for m in found if m.is_displayed()]
+
     def sign_in(self, username: str) -> None:
         def fill() -> bool:
             # After a sign-out the rerun may still replace the form (seen on a loaded machine:
@@ -310,20 +351,32 @@ def test_clinician_asks_and_auditor_verifies_in_a_real_browser(
     badges = [b.text.strip() for b in page.css('[data-testid="stMarkdownContainer"] span')]
     assert any(b in {str(n) for n in cited} for b in badges), badges
 
-    # open the first citation: the chunk, escaped, with its evidence highlighted
-    expanders = page.css('[data-testid="stExpander"] summary')
-    # (the summary's text starts with the arrow icon's ligature name)
-    first = next(e for e in expanders if f"[{min(cited)}]" in e.text)
+    # open the source the reader sees as [1]: its chunk, escaped, with its evidence highlighted
+    first = page.panel("[1]")
     assert "High Blood Pressure in Adults" in first.text
-    page.click(first)
-    marks = page.wait(
-        "highlighted evidence",
-        lambda: [m for m in page.css("mark.clinrag-evidence") if m.is_displayed()],
-    )
-    assert any("130" in m.text or "Stage 1" in m.text for m in marks), [m.text for m in marks]
+    page.click(first.find_element(page.by.TAG_NAME, "summary"))
+    marks = page.wait("highlighted evidence in [1]", lambda: page.marks("[1]"))
+    assert any("Stage 1 hypertension" in m for m in marks), marks
     page.wait_text("Issued by: American College of Cardiology")
     assert page.button("Original file")
     page.shot("citation-open")
+
+    # the background attribution redraws the page (its "what drove" panels come above the
+    # sources): the panel the clinician opened stays open, with its highlights
+    page.wait(
+        "attribution record",
+        lambda: [
+            r for r in log.list(event="attribution") if r.payload.get("answer_id") == answer.seq
+        ],
+        timeout=ANSWER_TIMEOUT_S,
+    )
+    page.wait_text("Which sources the answer relied on", timeout=60)
+    assert page.panel("[1]").get_attribute("open") is not None, (
+        "source panel [1] closed when the attribution came"
+    )
+    marks = page.wait("evidence in [1] after the attribution", lambda: page.marks("[1]"))
+    assert any("Stage 1 hypertension" in m for m in marks), marks
+    page.shot("citation-open-after-attribution")
 
     page.click(page.button("Sign out"))
     page.wait_text("Sign in with your hospital account")

@@ -220,7 +220,7 @@ def _render_answer(
                 chips = " ".join(f":blue-badge[{labels.get(n, n)}]" for n in s.citations)
                 st.markdown(f"{md_escape(s.text)} {chips}")
                 if k < len(drivers) and drivers[k].drivers:
-                    _render_drivers(answer, drivers[k], labels)
+                    _render_drivers(answer, drivers[k], labels, key=f"drv-{i}-{k}")
         numbers = [c.n for c in answer.citations]
         # evidence from a source no sentence cites still gets its panel, so every label shown
         # can be opened
@@ -329,7 +329,9 @@ def chart_rows(answer: Answer) -> list[dict[str, Any]]:
     return rows
 
 
-def _render_drivers(answer: Answer, found: SentenceDrivers, labels: dict[int, Any]) -> None:
+def _render_drivers(
+    answer: Answer, found: SentenceDrivers, labels: dict[int, Any], key: str
+) -> None:
     """Under one answer sentence: the passages holding the source sentences that drove it,
     those sentences highlighted darker the more credit they got, with their scores."""
     hits = answer.hits or []
@@ -339,7 +341,8 @@ def _render_drivers(answer: Answer, found: SentenceDrivers, labels: dict[int, An
         f"What drove this sentence: {count} source sentence{'s' if count != 1 else ''}, "
         f"best score {score_text(found.drivers[0].score)}"
     )
-    with st.expander(md_escape(title), icon=":material/insights:"):
+    # keyed and tracked, like the source panels: an open panel stays open across redraws
+    with st.expander(md_escape(title), icon=":material/insights:", key=key, on_change="rerun"):
         if found.whole_answer:
             st.caption("Scores for the whole answer (this record has none per sentence).")
         for n, drivers in found.by_source().items():
@@ -443,7 +446,10 @@ def _source_panel(
     where = ", ".join(x for x in (chunk.section, f"p. {chunk.page}" if chunk.page else "") if x)
     shown = (labels or {}).get(n, n)
     label = md_escape(f"[{shown}] {chunk.title}" + (f" · {where}" if where else ""))
-    with st.expander(label):
+    # Keyed and tracked: when the background attribution arrives the page redraws with its
+    # "what drove this sentence" panels above the sources, and an untracked expander is then
+    # a new element that starts closed, closing the panel the clinician was reading.
+    with st.expander(label, key=f"src-{i}-{n}", on_change="rerun"):
         facts = [
             ("Issued by", meta.get("issuing_body")),
             ("Published", meta.get("publication_date")),
