@@ -174,6 +174,18 @@ class Settings(BaseModel):
     )
     attribution_ablations: int = Field(32, gt=0, le=1024)
     attribution_max_sentences: int = Field(40, gt=0)
+    attribution_retries: int = Field(
+        3,
+        ge=0,
+        description="How many times the background queue tries an attribution again when the "
+        "model server is busy (timeout, dropped connection, HTTP 5xx) before it records the "
+        "attribution as failed.",
+    )
+    attribution_retry_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Wait before the first retry of a busy attribution; doubled at each retry.",
+    )
     audit_questions: Literal["verbatim", "redacted", "hashed"] = "verbatim"
     audit_checkpoint_every: int = Field(100, gt=0)
     audit_key_file: Path | None = Field(

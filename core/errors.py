@@ -29,6 +29,12 @@ class ModelUnavailableError(ClinragError):
     """A configured model file, directory or server cannot be used."""
 
 
+class ModelServerBusyError(ModelUnavailableError):
+    """The model server timed out, dropped the connection or failed with HTTP 5xx: it may be
+    overloaded or restarting, so the same request may succeed later (the attribution queue
+    tries again; a clinician can ask again)."""
+
+
 class LoadError(ClinragError):
     """One input file cannot be ingested. `reason` is a short stable code for summaries."""
 

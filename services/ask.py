@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from assistant.followup import resolve
 from audit.record import Recorder
 from core.config import Settings
-from core.errors import AuditError
+from core.errors import AuditError, ModelServerBusyError
 from core.types import Actor, Answer
 from services.access import Operation, require
 
@@ -72,7 +72,9 @@ def ask(
     )
 
 
-def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
+def attribute(
+    assistant: Assistant, actor: Actor, answer: Answer, *, busy_is_failure: bool = True
+) -> int | None:
     """Compute the causal attribution of a recorded answer and record it, linked to it.
 
     The one way an answer gets its attribution, from the CLI, the app or any other caller:
@@ -84,7 +86,8 @@ def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
     Returns the attribution's record, or None when nothing was attributed (an abstention,
     attribution switched off, another process attributing the same answer right now, or a
     failure recorded as such). On failure the answer keeps no attribution: what is shown must
-    be what is recorded. An error is re-raised once recorded.
+    be what is recorded. An error is re-raised once recorded; with ``busy_is_failure``
+    false, a busy model server's error is re-raised unrecorded (the caller tries again).
     """
     require(actor, Operation.ASK)
     if answer.abstained or answer.audit_id is None or assistant.settings.attribution == "off":
@@ -92,15 +95,18 @@ def attribute(assistant: Assistant, actor: Actor, answer: Answer) -> int | None:
     with claim(assistant.settings, answer.audit_id) as mine:
         if not mine:
             return None
-        return _attribute(assistant, actor, answer, answer.audit_id)
+        return _attribute(assistant, actor, answer, answer.audit_id, busy_is_failure)
 
 
-def _attribute(assistant: Assistant, actor: Actor, answer: Answer, answer_id: int) -> int | None:
+def _attribute(
+    assistant: Assistant, actor: Actor, answer: Answer, answer_id: int, busy_is_failure: bool
+) -> int | None:
     try:
         assistant.attribute(answer)
     except Exception as exc:
         answer.attribution = None
-        _record_failure(assistant, actor, answer_id, f"{type(exc).__name__}: {exc}")
+        if busy_is_failure or not isinstance(exc, ModelServerBusyError):
+            _record_failure(assistant, actor, answer_id, f"{type(exc).__name__}: {exc}")
         raise
     except BaseException:
         # interrupted (Ctrl-C, shutdown): nothing is recorded, so the answer stays pending

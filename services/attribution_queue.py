@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit.record import Event, answer_link, open_log
 from core.config import Settings
+from core.errors import ModelServerBusyError
 from core.types import (
     Actor,
     Answer,
@@ -68,6 +69,8 @@ class State(StrEnum):
     ATTRIBUTED = "attributed"
     FAILED = "failed"  # recorded as failed, with the reason
     SKIPPED = "skipped"  # nothing to do here: attributed already, elsewhere, or switched off
+    # the model server was busy: nothing recorded, tried again after a wait
+    RETRYING = "retrying"
 
 
 FINISHED = frozenset({State.ATTRIBUTED, State.FAILED, State.SKIPPED})
@@ -97,6 +100,8 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
+    tries: int = 0  # busy-server tries so far
+    retry_at: float | None = None  # monotonic time of the next try, while RETRYING
 
     @property
     def done(self) -> bool:
@@ -293,10 +298,14 @@ def attribute_answer(
     answer_id: int,
     answer: Answer | None = None,
     record: Record | None = None,
+    *,
+    retry: bool = False,
 ) -> Outcome:
     """Attribute answer ``answer_id`` (given, or rebuilt from its ``record``) unless another
     process is at it or it was settled meanwhile; every failure ends recorded with its
-    reason, unless the log itself refuses the write (then the answer stays pending)."""
+    reason, unless the log itself refuses the write (then the answer stays pending), or
+    ``retry`` is set and the model server was busy (then nothing is recorded and the outcome
+    says to try again)."""
     settings = assistant.settings
     if settings.attribution == "off":
         return Outcome(State.SKIPPED, "attribution is switched off (setting attribution)")
@@ -318,9 +327,11 @@ def attribute_answer(
             # the caller's answer stays as shown until the attributed copy replaces it
             answer = copy.deepcopy(answer)
         try:
-            seq = asking.attribute(assistant, actor, answer)
+            seq = asking.attribute(assistant, actor, answer, busy_is_failure=not retry)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if retry and isinstance(exc, ModelServerBusyError):
+                return Outcome(State.RETRYING, reason)
             if _settled(settings, answer_id) is None:
                 # refused before the attributor ran (the asker's role, say): record it anyway,
                 # else the answer would be retried at every start
@@ -480,6 +491,28 @@ class AttributionQueue:
                 continue
             self._run(job)
 
+    def _retry_later(self, job: Job, reason: str) -> None:
+        """Queue ``job`` again after a wait that doubles with each busy try; the worker is
+        free for other answers meanwhile."""
+        delay = self.settings.attribution_retry_seconds * 2**job.tries
+        with self._mutex:
+            job.tries += 1
+            job.state, job.reason = State.RETRYING, reason
+            job.started, job.retry_at = None, time.monotonic() + delay
+        log.warning("model server busy for answer %s; trying again in %.0f s", job.answer_id, delay)
+        timer = threading.Timer(delay, self._requeue, args=(job,))
+        timer.daemon = True
+        timer.start()
+
+    def _requeue(self, job: Job) -> None:
+        with self._mutex:
+            if self._closed or job.state != State.RETRYING:
+                return
+            job.state, job.retry_at = State.QUEUED, None
+            self._counter += 1
+            self._queue.put((job.priority, self._counter, job))
+            self._start()
+
     def _enqueue_pending(self) -> None:
         try:
             records = pending_answers(self.settings)
@@ -505,10 +538,14 @@ class AttributionQueue:
                     job.answer_id,
                     job.answer,
                     job.record,
+                    retry=job.tries < self.settings.attribution_retries,
                 )
         except Exception as exc:  # the worker must outlive any one answer
             log.exception("attribution of answer %s failed", job.answer_id)
             outcome = Outcome(State.FAILED, f"{type(exc).__name__}: {exc}")
+        if outcome.state == State.RETRYING:
+            self._retry_later(job, outcome.reason)
+            return
         with self._mutex:
             job.state, job.reason, job.result = outcome.state, outcome.reason, outcome.answer
             job.finished = time.monotonic()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -168,48 +166,6 @@ def test_replay_unchanged_then_changed_after_document_edit(
     assert not report.unchanged
     assert any("sources changed" in d for d in report.differences)
     assert assistant.audit.verify().ok
-
-
-@pytest.mark.usefixtures("packaged_llm")
-def test_eight_processes_asking_at_once_keep_a_valid_chain(
-    library: Settings, tmp_path: Path, models_cache: Path
-) -> None:
-    from tests.conftest import share_models
-
-    home = tmp_path / "shared-home"
-    # packaged_llm has converted the model into the cache: the eight only read it
-    ignore = shutil.ignore_patterns("audit*", "keys", "models")
-    share_models(shutil.copytree(library.home, home, ignore=ignore), models_cache)
-    env = {
-        **os.environ,
-        "CLINRAG_HOME": str(home),
-        "CLINRAG_ATTRIBUTION": "off",
-        "CLINRAG_MAX_NEW_TOKENS": "24",
-    }
-    questions = [ANSWERABLE, UNANSWERABLE] * 4
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ui.cli.main", "ask", q, "--json", "--user", f"user{i}"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, q in enumerate(questions)
-    ]
-    ids = []
-    for p in procs:
-        out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err
-        ids.append(json.loads(out)["audit_id"])
-    from audit.record import open_log as audit_log
-
-    log = audit_log(library.model_copy(update={"home": home}))
-    result = log.verify()
-    assert result.ok, result.reason
-    answers = log.list(event="answer")
-    assert len(answers) == 8 and sorted(ids) == sorted(r.seq for r in answers)
-    assert {r.user for r in answers} == {f"user{i}" for i in range(8)}
 
 
 def test_audit_unwritable_fails_closed(library: Settings, tmp_path: Path) -> None:

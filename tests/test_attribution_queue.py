@@ -302,3 +302,41 @@ def test_every_answer_ends_attributed_after_a_kill_mid_attribution(
     assert all(report.reasons.values()), report.reasons
     linked = {r.payload["answer_id"] for r in _records(home, "attribution")}
     assert report.killed_answer in linked  # recovered: attributed by the restarted app
+
+
+def test_a_busy_model_server_is_tried_again_then_recorded_failed(home: Path) -> None:
+    """A timeout or HTTP 5xx from the model server is not the answer's fault: the queue
+    records nothing and tries again after a growing wait; only after its last try does it
+    record the failure."""
+    from core.errors import ModelServerBusyError
+
+    settings = _settings(home, attribution_retries=2, attribution_retry_seconds=0.05)
+    helper = attributing_assistant(settings, FAITH)
+    first = asking.ask(helper, CLINICIAN, HTN)
+    second = asking.ask(helper, CLINICIAN, CRC)
+    calls: dict[int, int] = {}
+    busy_until = {int(first.audit_id or 0): 1, int(second.audit_id or 0): 99}
+    inner = helper.attribute
+
+    def busy(answer: Answer, method: str | None = None) -> Answer:
+        n = int(answer.audit_id or 0)
+        calls[n] = calls.get(n, 0) + 1
+        if calls[n] <= busy_until[n]:
+            raise ModelServerBusyError("the model server did not answer (ReadTimeout)")
+        return inner(answer, method)
+
+    helper.attribute = busy
+    queue = _queue(helper)
+    jobs = [queue.submit(CLINICIAN, first), queue.submit(CLINICIAN, second)]
+    assert queue.wait(30)
+    ok, failed = jobs
+    assert ok is not None and failed is not None
+    # the first: busy once, then attributed; one attribution record, no failure for it
+    assert ok.state == State.ATTRIBUTED and calls[int(first.audit_id or 0)] == 2
+    # the second: the first try and its two retries busy, then recorded failed
+    assert failed.state == State.FAILED and calls[int(second.audit_id or 0)] == 3
+    assert "ModelServerBusyError" in failed.reason
+    [attributed] = _records(home, "attribution")
+    assert attributed.payload["answer_id"] == first.audit_id
+    [recorded] = _records(home, "attribution_failed")
+    assert recorded.payload["answer_id"] == second.audit_id

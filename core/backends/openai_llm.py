@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.backends.base import Message
-from core.errors import ConfigError, ModelUnavailableError
+from core.errors import ConfigError, ModelServerBusyError, ModelUnavailableError
 from core.types import ModelInfo
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class OpenAILLM:
         self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
     ) -> Iterator[str]:
         self.warm_up()
-        from openai import OpenAIError
+        from openai import APIConnectionError, InternalServerError, OpenAIError
 
         try:
             response = self._client.chat.completions.create(
@@ -117,6 +117,12 @@ class OpenAILLM:
             for event in response:
                 if event.choices and event.choices[0].delta.content:
                     yield event.choices[0].delta.content
+        except (APIConnectionError, InternalServerError) as exc:
+            # APIConnectionError covers timeouts: overloaded or restarting, worth another try
+            raise ModelServerBusyError(
+                f"The model server at {self._base_url} did not answer ({exc}). It may be busy "
+                "or restarting; try again, or check that it is running."
+            ) from exc
         except OpenAIError as exc:
             raise ModelUnavailableError(
                 f"The model server at {self._base_url} failed ({exc}). Check that it is running "
@@ -137,6 +143,13 @@ class OpenAILLM:
 
         try:
             response = self._http.post(url, json=body, timeout=timeout)
+        except httpx.TransportError as exc:
+            # a timeout or a dropped connection: overloaded or restarting, worth another try
+            raise ModelServerBusyError(
+                f"The model server at {self._base_url} cannot be reached or did not answer "
+                f"in time ({type(exc).__name__}: {exc}). It may be busy or restarting; check "
+                "that it is running."
+            ) from exc
         except httpx.HTTPError as exc:
             raise ModelUnavailableError(
                 f"The model server at {self._base_url} cannot be reached ({exc}). Check that "
@@ -145,7 +158,7 @@ class OpenAILLM:
         if 400 <= response.status_code < 500:
             raise _Refused(response.status_code, response.text[:300])
         if response.status_code >= 500:
-            raise ModelUnavailableError(
+            raise ModelServerBusyError(
                 f"The model server at {self._base_url} failed on {url} "
                 f"(HTTP {response.status_code}: {response.text[:300]})."
             )

@@ -12,6 +12,7 @@ clears it. Only checked sentences are shown; removed ones are counted, never dis
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -417,6 +418,13 @@ def _attribution_progress(settings: Settings, user: User, entry: dict[str, Any])
         if _fragment_run():
             st.rerun()
         st.caption("Attribution ready: showing it…")
+        return
+    if job.state == State.RETRYING:
+        wait = max(0.0, (job.retry_at or 0.0) - time.monotonic())
+        st.progress(
+            0.0,
+            text=f"The model server is busy: trying the attribution again in {wait:.0f} s.",
+        )
         return
     if job.state == State.QUEUED:
         ahead = queue.ahead(job)
