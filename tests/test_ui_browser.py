@@ -652,14 +652,18 @@ def test_hostile_payloads_in_sources_and_answers_never_run_or_fetch(
             assert chat.requests, "the app never called the model server"
 
             def open_sources() -> bool:
-                # every source panel open, so each payload is on the screen as text
-                for summary in page.css('[data-testid="stExpander"] summary'):
-                    details = summary.find_element(page.by.XPATH, "..")
+                # every source panel open, so each payload is on the screen as text; one at a
+                # time, as a reader would: opening a panel reruns the page (its content is
+                # drawn only when open), and a click landing mid-rerun may toggle it back
+                page.settled()
+                for details in page.css('[data-testid="stExpander"] details'):
+                    summary = details.find_element(page.by.TAG_NAME, "summary")
                     if (
                         "zorbamycin" in summary.text.lower()
                         and details.get_attribute("open") is None
                     ):
                         page.click(summary)
+                        return False
                 # which rules the answer cites varies; the panels it shows hold payloads
                 return "onerror" in page.text()
 
