@@ -457,10 +457,14 @@ class AttributionQueue:
             if existing is not None and (not existing.done or job.priority == RECOVERED):
                 return existing
             self._jobs[job.answer_id] = job
-            self._counter += 1
-            self._queue.put((job.priority, self._counter, job))
-            self._start()
+            self._enqueue(job)
         return job
+
+    def _enqueue(self, job: Job) -> None:
+        # with self._mutex held
+        self._counter += 1
+        self._queue.put((job.priority, self._counter, job))
+        self._start()
 
     def _start(self) -> None:
         # with self._mutex held
@@ -509,9 +513,7 @@ class AttributionQueue:
             if self._closed or job.state != State.RETRYING:
                 return
             job.state, job.retry_at = State.QUEUED, None
-            self._counter += 1
-            self._queue.put((job.priority, self._counter, job))
-            self._start()
+            self._enqueue(job)
 
     def _enqueue_pending(self) -> None:
         try:
