@@ -270,6 +270,7 @@ def attribute_answer(
         kwargs["n_samples"] = settings.attribution_ablations
     elif method == "attention":
         kwargs["weights"] = weights
+        kwargs["refine_sets"] = settings.attribution_refine_sets
         # resolve_method picked attention only for an AttentionReader with weights
         kwargs["features"] = lambda: attention_features(llm, base)  # type: ignore[arg-type]
     elif method == "similarity":

@@ -18,9 +18,14 @@ it with every method, each with a fresh scorer cache (each pays its own forward 
   (on the method's own cache, as ``assistant.attribute.attribute_answer`` does).
 
 ``attention`` runs only where its fitted weights for the packaged model are found (otherwise
-it is skipped with a note). MedQuAD questions that the shipped attention weights were fitted
-on are excluded (the weights file lists them as ``fit.train_qids``; ``clinrag attribution fit``
-leaves this benchmark's PubMedQA samples out of training in the first place).
+it is skipped with a note), refined as the app refines it (``attribution_refine_sets``
+candidate top-3 sets measured by removal; ``--refine-sets`` overrides);
+``attention-unrefined`` is the per-head prediction alone. Each method is also compared with
+the default answer by answer: the paired mean difference of the top-3 drop, with its interval.
+
+MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
+file lists them as ``fit.train_qids``; ``clinrag attribution fit`` leaves this benchmark's
+PubMedQA samples out of training in the first place).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from evaluation.data import Question, sample_questions, shared_doc_ids
 
 ALL_METHODS = (
     "attention",
+    "attention-unrefined",
     "hierarchical",
     "surrogate",
     "shap",
@@ -138,7 +144,9 @@ def medquad_questions(n: int, docs: int, seed: int, exclude: set[str]) -> list[Q
     return [q for q in sampled if q.qid not in exclude]
 
 
-def attention_options(llm: Any, settings: Any) -> Callable[..., dict[str, Any]] | str:
+def attention_options(
+    llm: Any, settings: Any, refine_sets: int | None = None
+) -> Callable[..., dict[str, Any]] | str:
     """A builder of the attention method's options for one answer, or why it cannot run."""
     from audit.attribution import METHODS
 
@@ -156,8 +164,14 @@ def attention_options(llm: Any, settings: Any) -> Callable[..., dict[str, Any]] 
     if features is None:
         return "assistant.attribute has no attention_features"
 
-    def build(scorer: Any) -> dict[str, Any]:
-        return {"features": lambda: features(llm, scorer), "weights": weights}
+    sets = settings.attribution_refine_sets if refine_sets is None else refine_sets
+
+    def build(scorer: Any, refine: bool = True) -> dict[str, Any]:
+        return {
+            "features": lambda: features(llm, scorer),
+            "weights": weights,
+            "refine_sets": sets if refine else 0,
+        }
 
     return build
 
@@ -221,10 +235,11 @@ def run_set(
                 "similarity": {"similarity": similarity},
                 "random": {"seed": i},
             }.get(method, {})
-            if method == "attention" and attention is not None:
-                options = attention(base)
+            if method.startswith("attention") and attention is not None:
+                options = attention(base, refine=method == "attention")
             start, cpu0 = time.perf_counter(), time.process_time()
-            result = make_attributor(method, **options).attribute(
+            registered = "attention" if method.startswith("attention") else method
+            result = make_attributor(registered, **options).attribute(
                 scorer, len(sources), len(targets)
             )
             seconds = time.perf_counter() - start
@@ -296,6 +311,23 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict
                     statistics.median(checked_cpu), 3
                 )
         out["methods"][m] = entry
+    # answer by answer against the default: a paired difference is far tighter than two
+    # overlapping intervals
+    paired: dict[str, Any] = {}
+    for m in methods:
+        rows = [r for r in records if m in r["methods"] and "attention" in r["methods"]]
+        if m == "attention" or not rows:
+            continue
+        diff = [r["methods"]["attention"]["drop3"] - r["methods"][m]["drop3"] for r in rows]
+        paired[m] = {
+            "answers": len(rows),
+            "top3_drop_difference": round(float(np.mean(diff)), 3),
+            "ci95": bootstrap_ci(diff),
+            "attention_higher": sum(d > 1e-9 for d in diff),
+            "equal": sum(abs(d) <= 1e-9 for d in diff),
+        }
+    if paired:
+        out["attention_minus"] = paired
     return out
 
 
@@ -310,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--medquad-docs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--refine-sets", type=int, help="attention's measured sets (default: the setting)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", type=Path, help="also write the JSON (with every answer)")
     args = parser.parse_args(argv)
@@ -338,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     attention = None
     methods = []
     for m in wanted:
-        if m == "attention":
-            built = attention_options(llm, probe)
+        if m.startswith("attention"):
+            built = attention_options(llm, probe, args.refine_sets)
             if isinstance(built, str):
                 notes["attention"] = f"skipped: {built}"
                 common.log(f"attention {notes['attention']}")
@@ -438,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
             "CPU with check",
         ]
         print(common.table(headers, rows))
+        for m, d in part.get("attention_minus", {}).items():
+            print(
+                f"  attention minus {m}, top-3 drop, paired over {d['answers']}: "
+                f"{d['top3_drop_difference']} {d['ci95']} (higher on {d['attention_higher']}, "
+                f"equal on {d['equal']})"
+            )
     for key, note in notes.items():
         print(f"{key}: {note}")
     return 0

@@ -173,6 +173,15 @@ class Settings(BaseModel):
         "exist for the model, else hierarchical ablation. The others are reference methods.",
     )
     attribution_ablations: int = Field(32, gt=0, le=1024)
+    attribution_refine_sets: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Attention attribution measures this many candidate top-3 sets by removal "
+        "(one model pass each, from its top 5) and shows the one whose removal hurts the "
+        "answer most; 0 or 1 = the per-head prediction alone. Each set costs about 0.2x the "
+        "generation time on a CPU; the first one is the faithfulness check's own pass.",
+    )
     attribution_max_sentences: int = Field(40, gt=0)
     attribution_retries: int = Field(
         3,

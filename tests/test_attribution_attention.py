@@ -395,7 +395,8 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     record = answer.attribution
     assert record is not None
     assert record["method"] == "attention" and record["requested"] == "auto"
-    assert record["n_evaluations"] == 0  # no ablation for the scores themselves
+    # the scores cost no ablation; refinement measures the two most promising top-3 sets
+    assert record["n_evaluations"] == settings.attribution_refine_sets == 2
     dose = next(s.index for s in answer.source_sentences if "40 mg" in s.text)
     assert int(np.argmax(record["scores"])) == dose
     assert record["scores"][dose] == pytest.approx(2.1) and min(record["scores"]) > 0

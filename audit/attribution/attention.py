@@ -5,8 +5,16 @@ The model reports, for each answer sentence t and source sentence s, how much at
 positions writing t paid to the tokens of s, per (layer, head): ``features[t, s]`` (layers x
 heads values). The score is ``features[t, s] @ w``, where ``w`` was fitted once per model so
 that scores predict what ablating sentences does to log p(answer) (``attention_fit``). No
-scorer rows are spent, so attribution costs one teacher-forced pass instead of 33; the
-faithfulness check on every answer still measures, by ablation, whether the scores are causal.
+scorer rows are spent for the scores, so attribution costs one teacher-forced pass instead of 33;
+the faithfulness check on every answer still measures, by ablation, whether the scores are causal.
+
+Refinement (``refine_sets``, on by default in the app): the per-head model predicts effects
+from 12 answers' worth of ablations, and a near-tie in its top few is where it errs most. So
+it proposes the ``refine_sets`` k-sentence sets it predicts matter most (k-subsets of its top
+k + 2, by predicted sum) and measures each by removal, one scorer row per set; the set whose
+removal lowers log p(answer) most becomes the top k. This is the top-k removal the
+faithfulness check measures anyway (its row is then reused from the scorer's cache), so the
+check costs no more, and what the screen highlights is the set that was measured to matter.
 
 Weights are JSON files, one per model weights hash: shipped ones in ``weights/`` beside this
 module (fitted by ``clinrag attribution fit``; each says on what data and by which command),
@@ -16,6 +24,7 @@ back to an ablation method.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -25,14 +34,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Method
-from .scorer import Scorer
+from .scorer import Scorer, evaluate
 from .types import Attribution
 
 __all__ = [
     "PACKAGED_WEIGHTS_DIR",
     "AttentionAttributor",
     "HeadWeights",
+    "candidate_sets",
     "find_weights",
+    "lift",
 ]
 
 PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -121,10 +132,17 @@ class AttentionAttributor(Method):
     forward pass counts in ``seconds``). Per-target scores are in nats of log p(answer
     sentence) when ``w`` was fitted on summed attention (as ``attention_fit`` does), so their
     sum over targets is comparable to the ablation methods' whole-answer scores.
+
+    With ``refine_sets`` > 1 and a scorer, the whole-answer ``scores`` are refined as the
+    module says: the measured set is lifted, unchanged in its own order, just above the best
+    sentence outside it. ``per_target`` stays the per-head prediction, and ``info`` keeps the
+    unrefined scores (``attention_scores``) and the measured drops.
     """
 
     features: Features
     weights: np.ndarray | HeadWeights
+    refine_sets: int = 0
+    refine_k: int = 3
 
     name: ClassVar[str] = "attention"
 
@@ -142,14 +160,74 @@ class AttentionAttributor(Method):
                 f"{n_sources}, {w.shape[0]}); got {feats.shape}"
             )
         per_target = feats @ w
+        scores = per_target.sum(axis=0)
         info: dict[str, Any] = {"n_features": int(w.shape[0])}
         if isinstance(self.weights, HeadWeights):
             info["weights_data_hash"] = self.weights.data_hash
+        n_evaluations = 0
+        candidates = candidate_sets(scores, self.refine_k, self._refine_budget())
+        if scorer is not None and len(candidates) > 1:
+            masks = np.ones((len(candidates), n_sources), dtype=bool)
+            for row, chosen in enumerate(candidates):
+                masks[row, list(chosen)] = False
+            kept = evaluate(scorer, masks, n_targets, self.batch_size).sum(axis=1)
+            n_evaluations = len(masks)
+            best = int(np.argmin(kept))  # the lowest log p left: the largest drop
+            info["attention_scores"] = [float(x) for x in scores]
+            info["refined"] = {
+                "k": self.refine_k,
+                "sets": [list(map(int, c)) for c in candidates],
+                "logprob_without": [float(x) for x in kept],
+                "chosen": best,
+            }
+            scores = lift(scores, candidates[best])
         return Attribution(
             method=self.name,
-            scores=per_target.sum(axis=0),
+            scores=scores,
             per_target=per_target,
-            n_evaluations=0,
+            n_evaluations=n_evaluations,
             seconds=0.0,
             info=info,
         )
+
+    def _refine_budget(self) -> int:
+        if self.refine_sets < 0 or self.refine_k < 1:
+            raise ValueError(
+                f"refine_sets must be >= 0 and refine_k >= 1; got {self.refine_sets}, "
+                f"{self.refine_k}"
+            )
+        if self.max_evaluations is None:
+            return self.refine_sets
+        return min(self.refine_sets, self.max_evaluations)
+
+
+def candidate_sets(scores: np.ndarray, k: int, n_sets: int) -> list[tuple[int, ...]]:
+    """The ``n_sets`` k-sentence sets with the largest predicted sum, from the top k + 2.
+
+    The first is always the plain top k (ties by position, as Attribution.top); none when
+    fewer than k + 1 sentences leave nothing to choose.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if n_sets < 2 or len(scores) <= k:
+        return []
+    pool = np.argsort(-scores, kind="stable")[: k + 2]
+    rank = {int(s): r for r, s in enumerate(pool)}
+    subsets = itertools.combinations(sorted(pool.tolist(), key=rank.__getitem__), k)
+    ordered = sorted(
+        subsets, key=lambda c: (-float(scores[list(c)].sum()), sorted(rank[s] for s in c))
+    )
+    return [tuple(int(s) for s in c) for c in ordered[:n_sets]]
+
+
+def lift(scores: np.ndarray, chosen: Iterable[int]) -> np.ndarray:
+    """``scores`` with the ``chosen`` sentences moved, by one shift, above all others."""
+    out = np.asarray(scores, dtype=float).copy()
+    inside = np.zeros(len(out), dtype=bool)
+    inside[list(chosen)] = True
+    if inside.all() or not inside.any():
+        return out
+    gap = float(out[~inside].max() - out[inside].min())
+    if gap >= 0:
+        # a margin relative to the scores' size, so the lifted set ranks first after rounding
+        out[inside] += gap + max(1e-3, 1e-3 * float(np.abs(out).max()))
+    return out
