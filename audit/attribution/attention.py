@@ -222,12 +222,13 @@ def candidate_sets(scores: np.ndarray, k: int, n_sets: int) -> list[tuple[int, .
 def lift(scores: np.ndarray, chosen: Iterable[int]) -> np.ndarray:
     """``scores`` with the ``chosen`` sentences moved, by one shift, above all others."""
     out = np.asarray(scores, dtype=float).copy()
+    members = sorted(set(chosen))
+    top = np.argsort(-out, kind="stable")[: len(members)]
+    if not members or sorted(top.tolist()) == members:
+        return out  # already the top (ties by position, as Attribution.top)
     inside = np.zeros(len(out), dtype=bool)
-    inside[list(chosen)] = True
-    if inside.all() or not inside.any():
-        return out
+    inside[members] = True
     gap = float(out[~inside].max() - out[inside].min())
-    if gap >= 0:
-        # a margin relative to the scores' size, so the lifted set ranks first after rounding
-        out[inside] += gap + max(1e-3, 1e-3 * float(np.abs(out).max()))
+    # a margin relative to the scores' size, so the lifted set ranks first after rounding
+    out[inside] += max(gap, 0.0) + max(1e-3, 1e-3 * float(np.abs(out).max()))
     return out
