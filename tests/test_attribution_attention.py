@@ -25,7 +25,9 @@ from audit.attribution.attention import (
     PACKAGED_WEIGHTS_DIR,
     AttentionAttributor,
     HeadWeights,
+    candidate_sets,
     find_weights,
+    lift,
 )
 from audit.attribution.attention_fit import FitExample, fit_head_weights, group_correlation
 from core.backends.base import LLM, AttentionReader
@@ -257,6 +259,63 @@ def test_attention_method_scores_features_times_weights() -> None:
         AttentionAttributor(features=features, weights=w).attribute(None, 4, 2)  # type: ignore[arg-type]
     empty = AttentionAttributor(features=compute, weights=w).attribute(None, 0, 2)  # type: ignore[arg-type]
     assert empty.scores.shape == (0,) and calls == [1]  # no pass for a context with no sentences
+
+
+def test_candidate_sets_are_the_most_promising_subsets_of_the_top_five() -> None:
+    scores = np.array([0.1, 5.0, 4.0, 0.0, 3.9, 3.0, 2.0])
+    sets = candidate_sets(scores, 3, 4)
+    assert sets[0] == (1, 2, 4)  # the plain top 3 first
+    assert sets[1:] == [(1, 2, 5), (1, 4, 5), (1, 2, 6)]  # by predicted sum, from the top 5
+    assert all(set(c) <= {1, 2, 4, 5, 6} for c in candidate_sets(scores, 3, 10))
+    assert len(candidate_sets(scores, 3, 10)) == 10  # C(5, 3)
+    assert candidate_sets(scores, 3, 1) == [] and candidate_sets(scores[:3], 3, 4) == []
+
+
+def test_lift_puts_the_chosen_set_first_and_keeps_its_order() -> None:
+    scores = np.array([0.5, 3.0, 2.0, 1.0, 1.9])
+    lifted = lift(scores, [1, 3, 4])
+    assert np.argsort(-lifted, kind="stable")[:3].tolist() == [1, 4, 3]
+    assert lifted[0] == 0.5 and lifted[2] == 2.0  # the others keep their scores
+    assert np.array_equal(lift(scores, [1, 2, 4]), scores)  # already the top 3
+    ties = np.array([1.0, 1.0, 1.0, 1.0])
+    assert np.array_equal(lift(ties, [0, 1]), ties)  # the top 2 by position already
+    assert np.argsort(-lift(ties, [2, 3]), kind="stable")[:2].tolist() == [2, 3]
+
+
+def test_refinement_shows_the_set_whose_removal_was_measured_to_hurt_most() -> None:
+    """The per-head prediction ranks a decoy third, just above the sentence the answer needs
+    with sentences 0 and 1; measuring the two most promising sets finds the right one."""
+    needed = {0, 1, 3}
+    rows: list[np.ndarray] = []
+
+    def scorer(masks: np.ndarray) -> np.ndarray:
+        rows.extend(masks)
+        lost = [len(needed - set(np.flatnonzero(m).tolist())) for m in masks]
+        return np.array([[-1.0 - 4.0 * n, -2.0 - 1.0 * n] for n in lost])
+
+    per_head = np.array([3.0, 2.5, 2.0, 1.9, 0.2, 0.1])  # decoy: sentence 2
+    features = np.zeros((2, 6, 1))
+    features[0, :, 0] = per_head / 2
+    features[1, :, 0] = per_head / 2
+    plain = AttentionAttributor(features=features, weights=np.ones(1)).attribute(scorer, 6, 2)
+    assert plain.top(3) == [0, 1, 2] and rows == [] and plain.n_evaluations == 0
+    refined = AttentionAttributor(features=features, weights=np.ones(1), refine_sets=2).attribute(
+        scorer, 6, 2
+    )
+    assert refined.top(3) == [0, 1, 3]
+    assert refined.n_evaluations == 2 and len(rows) == 2
+    assert refined.info["refined"]["sets"] == [[0, 1, 2], [0, 1, 3]]
+    assert refined.info["refined"]["chosen"] == 1
+    assert refined.info["attention_scores"] == pytest.approx(per_head.tolist())
+    assert np.allclose(refined.per_target, plain.per_target)  # the prediction is kept as is
+    capped = AttentionAttributor(
+        features=features, weights=np.ones(1), refine_sets=2, max_evaluations=1
+    ).attribute(scorer, 6, 2)
+    assert capped.n_evaluations == 0 and capped.top(3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="refine_sets"):
+        AttentionAttributor(features=features, weights=np.ones(1), refine_sets=-1).attribute(
+            scorer, 6, 2
+        )
 
 
 def test_weights_file_round_trip_and_lookup(tmp_path: Path) -> None:
