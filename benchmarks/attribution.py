@@ -331,6 +331,66 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict
     return out
 
 
+def merge(paths: Sequence[Path], as_json: bool) -> int:
+    """One report over the answers of several runs' ``--output`` files."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    records = [r for run in runs for r in run["answers"]]
+    methods = list(dict.fromkeys(m for r in records for m in r["methods"]))
+    sets = list(dict.fromkeys(r["set"] for r in records))
+    summary = {
+        "merged": [str(p) for p in paths],
+        "machines": [run.get("machine") for run in runs],
+        "load_average_end": [run.get("load_average_end") for run in runs],
+        "all": summarize(records, methods),
+        "sets": {s: summarize([r for r in records if r["set"] == s], methods) for s in sets},
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_report(summary)
+    return 0
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    for label, part in [("all", summary["all"]), *summary["sets"].items()]:
+        print(
+            f"\n{label}: {part['answers']} answers, median generation "
+            f"{part['generation_seconds_median']} s"
+        )
+        rows = [
+            [
+                m,
+                f"{e['top1_drop']} {e['top1_ci95']}",
+                f"{e['top3_drop']} {e['top3_ci95']}",
+                e["evaluations_mean"],
+                e["seconds_median"],
+                e["time_over_generation_median"],
+                e.get("with_check_over_generation_median", ""),
+                e.get("cpu_over_generation_median", ""),
+                e.get("with_check_cpu_over_generation_median", ""),
+            ]
+            for m, e in part["methods"].items()
+        ]
+        headers = [
+            "method",
+            "top-1 drop [95% CI]",
+            "top-3 drop [95% CI]",
+            "evals",
+            "s/answer (median)",
+            "time/gen (median)",
+            "with check",
+            "CPU/gen",
+            "CPU with check",
+        ]
+        print(common.table(headers, rows))
+        for m, d in part.get("attention_minus", {}).items():
+            print(
+                f"  attention minus {m}, top-3 drop, paired over {d['answers']}: "
+                f"{d['top3_drop_difference']} {d['ci95']} (higher on {d['attention_higher']}, "
+                f"equal on {d['equal']})"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_offline_environment()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -345,9 +405,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refine-sets", type=int, help="attention's measured sets (default: the setting)"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="report on the answers of earlier --output files (e.g. one process per set) "
+        "instead of running",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", type=Path, help="also write the JSON (with every answer)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
 
     from audit.attribution import METHODS
     from core import backends
@@ -442,43 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    for label, part in [("all", summary["all"]), *summary["sets"].items()]:
-        print(
-            f"\n{label}: {part['answers']} answers, k={args.k} chunks, "
-            f"median generation {part['generation_seconds_median']} s"
-        )
-        rows = [
-            [
-                m,
-                f"{e['top1_drop']} {e['top1_ci95']}",
-                f"{e['top3_drop']} {e['top3_ci95']}",
-                e["evaluations_mean"],
-                e["seconds_median"],
-                e["time_over_generation_median"],
-                e.get("with_check_over_generation_median", ""),
-                e.get("cpu_over_generation_median", ""),
-                e.get("with_check_cpu_over_generation_median", ""),
-            ]
-            for m, e in part["methods"].items()
-        ]
-        headers = [
-            "method",
-            "top-1 drop [95% CI]",
-            "top-3 drop [95% CI]",
-            "evals",
-            "s/answer (median)",
-            "time/gen (median)",
-            "with check",
-            "CPU/gen",
-            "CPU with check",
-        ]
-        print(common.table(headers, rows))
-        for m, d in part.get("attention_minus", {}).items():
-            print(
-                f"  attention minus {m}, top-3 drop, paired over {d['answers']}: "
-                f"{d['top3_drop_difference']} {d['ci95']} (higher on {d['attention_higher']}, "
-                f"equal on {d['equal']})"
-            )
+    print_report(summary)
     for key, note in notes.items():
         print(f"{key}: {note}")
     return 0
