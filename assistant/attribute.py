@@ -293,6 +293,12 @@ def attribute_answer(
         "n_evaluations": result.n_evaluations,
         "seconds": round(seconds, 3),
     }
+    if "refined" in result.info and "attention_scores" in result.info:
+        # the measured sets beside the prediction they overrode: an auditor sees both
+        answer.attribution["refinement"] = {
+            **result.info["refined"],
+            "attention_scores": [round(float(x), 6) for x in result.info["attention_scores"]],
+        }
     answer.timings["attribution"] = seconds
     _rerank(answer, targets, result.per_target)
     return answer

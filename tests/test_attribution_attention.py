@@ -456,7 +456,11 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     assert record["method"] == "attention" and record["requested"] == "auto"
     # the scores cost no ablation; refinement measures the two most promising top-3 sets
     assert record["n_evaluations"] == settings.attribution_refine_sets == 2
+    refinement = record["refinement"]  # what was measured, kept in the record
+    assert len(refinement["sets"]) == len(refinement["logprob_without"]) == 2
+    assert len(refinement["attention_scores"]) == len(record["scores"])
     dose = next(s.index for s in answer.source_sentences if "40 mg" in s.text)
+    assert dose in refinement["sets"][refinement["chosen"]]
     assert int(np.argmax(record["scores"])) == dose
     assert record["scores"][dose] == pytest.approx(2.1) and min(record["scores"]) > 0
     check = record["faithfulness"]  # the ablation check still runs on every answer
