@@ -414,7 +414,9 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     from assistant.cite import align
     from core.types import Answer, Generation
 
-    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)})
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
+        update={"attribution_refine_sets": 2}
+    )
     hits = [
         _hit(1, "The clinic opens at 8. Parking is free."),
         _hit(2, "The dose of zorbamycin is 40 mg daily. The cafeteria serves soup."),
