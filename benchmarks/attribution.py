@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = []
     for m in wanted:
         if m.startswith("attention"):
-            built = attention_options(llm, probe, args.refine_sets)
+            # both attention rows share one builder (one weights lookup)
+            built = attention or attention_options(llm, probe, args.refine_sets)
             if isinstance(built, str):
                 notes["attention"] = f"skipped: {built}"
                 common.log(f"attention {notes['attention']}")

@@ -180,7 +180,7 @@ class Settings(BaseModel):
         description="Attention attribution measures this many candidate top-3 sets by removal "
         "(one model pass each, from its top 5) and shows the one whose removal hurts the "
         "answer most; 0 or 1 = the per-head prediction alone. Off by default: 2 sets raised "
-        "the top-3 drop by 0.5 nats but took the method from 0.07x to 0.55x the generation "
+        "the top-3 drop by 0.39 nats but took the method from 0.07x to 0.60x the generation "
         "time on a 2-core CPU, over the 0.5x budget (docs/benchmarks.md, Attribution).",
     )
     attribution_max_sentences: int = Field(40, gt=0)

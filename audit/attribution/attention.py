@@ -8,13 +8,13 @@ that scores predict what ablating sentences does to log p(answer) (``attention_f
 scorer rows are spent for the scores, so attribution costs one teacher-forced pass instead of 33;
 the faithfulness check on every answer still measures, by ablation, whether the scores are causal.
 
-Refinement (``refine_sets``, on by default in the app): the per-head model predicts effects
-from 12 answers' worth of ablations, and a near-tie in its top few is where it errs most. So
-it proposes the ``refine_sets`` k-sentence sets it predicts matter most (k-subsets of its top
-k + 2, by predicted sum) and measures each by removal, one scorer row per set; the set whose
-removal lowers log p(answer) most becomes the top k. This is the top-k removal the
-faithfulness check measures anyway (its row is then reused from the scorer's cache), so the
-check costs no more, and what the screen highlights is the set that was measured to matter.
+Refinement (``refine_sets``; the app's ``attribution_refine_sets``, off by default): the
+per-head model predicts effects from 12 answers' worth of ablations, and a near-tie in its top
+few is where it errs most. So it proposes the ``refine_sets`` k-sentence sets it predicts
+matter most (k-subsets of its top k + 2, by predicted sum) and measures each by removal, one
+scorer row per set; the set whose removal lowers log p(answer) most becomes the top k. This is
+the top-k removal the faithfulness check measures anyway (its row is then reused from the
+scorer's cache), and what the screen highlights is the set that was measured to matter.
 
 Weights are JSON files, one per model weights hash: shipped ones in ``weights/`` beside this
 module (fitted by ``clinrag attribution fit``; each says on what data and by which command),
@@ -210,13 +210,11 @@ def candidate_sets(scores: np.ndarray, k: int, n_sets: int) -> list[tuple[int, .
     scores = np.asarray(scores, dtype=float)
     if n_sets < 2 or len(scores) <= k:
         return []
-    pool = np.argsort(-scores, kind="stable")[: k + 2]
-    rank = {int(s): r for r, s in enumerate(pool)}
-    subsets = itertools.combinations(sorted(pool.tolist(), key=rank.__getitem__), k)
-    ordered = sorted(
-        subsets, key=lambda c: (-float(scores[list(c)].sum()), sorted(rank[s] for s in c))
-    )
-    return [tuple(int(s) for s in c) for c in ordered[:n_sets]]
+    pool = np.argsort(-scores, kind="stable")[: k + 2].tolist()
+    # combinations of the pool in rank order come out in rank order, and the sort is
+    # stable, so equal sums keep it
+    subsets = sorted(itertools.combinations(pool, k), key=lambda c: -float(scores[list(c)].sum()))
+    return [tuple(int(s) for s in c) for c in subsets[:n_sets]]
 
 
 def lift(scores: np.ndarray, chosen: Iterable[int]) -> np.ndarray:
