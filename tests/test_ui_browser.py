@@ -206,6 +206,20 @@ class Page:
     def text(self) -> str:
         return str(self.driver.find_element(self.by.TAG_NAME, "body").text)
 
+    def read(self, what: str, look: Callable[[], Any], timeout: float = 30) -> Any:
+        """``look()``'s value, read again when a rerun replaced an element mid-read (a stale
+        element): unlike ``wait``, an empty or false value is a valid answer."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return look()
+            except StaleElementReferenceException:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the page kept redrawing while reading {what}") from None
+                time.sleep(0.3)
+
     def wait_text(self, needle: str, timeout: float = 60) -> None:
         self.wait(f"text {needle!r}", lambda: needle in self.text(), timeout)
 
@@ -480,8 +494,18 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
         page.shot("follow-up")
 
         # --- a source of the follow-up, opened: its evidence highlighted
-        summaries = page.css('[data-testid="stExpander"] summary')
-        panel = next(e for e in reversed(summaries) if "Colorectal" in e.text)
+        page.settled()
+        panel = page.wait(
+            "a colorectal source panel",
+            lambda: next(
+                (
+                    e
+                    for e in reversed(page.css('[data-testid="stExpander"] summary'))
+                    if "Colorectal" in e.text
+                ),
+                None,
+            ),
+        )
         page.click(panel)
         page.wait(
             "highlighted evidence",
@@ -491,7 +515,10 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
 
         # --- the attribution of the follow-up appears by itself (no button), with the
         # faithfulness in words and, under a sentence, the source sentences that drove it
-        assert not [b for b in page.css("button") if "did the answer rely on" in b.text]
+        assert not page.read(
+            "the buttons",
+            lambda: [b for b in page.css("button") if "did the answer rely on" in b.text],
+        )
 
         def attributed() -> list[Any]:
             return [
@@ -508,7 +535,13 @@ def test_conversation_attribution_and_replay_in_a_real_browser(
             lambda: "Measuring which source sentences" not in page.text(),
         )
         # under a sentence: the source sentences that drove it, marked by score in their passage
-        drove = [e for e in page.css('[data-testid="stExpander"] summary') if "drove" in e.text]
+        page.settled()
+        drove = page.wait(
+            "a 'what drove' panel",
+            lambda: [
+                e for e in page.css('[data-testid="stExpander"] summary') if "drove" in e.text
+            ],
+        )
         page.click(drove[-1])
         marks = page.wait(
             "source sentences marked by score",
