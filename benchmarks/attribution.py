@@ -251,6 +251,13 @@ def run_set(
                 "drop1": removal_drop(shared, result.scores, 1, len(sources)),
                 "drop3": removal_drop(shared, result.scores, 3, len(sources)),
             }
+            if "refined" in result.info:
+                # the sets measured, their predicted sums and log p without them: what a rule
+                # for refining only near-ties would be calibrated on
+                refined = dict(result.info["refined"])
+                predicted = np.asarray(result.info["attention_scores"])
+                refined["predicted"] = [float(predicted[s].sum()) for s in refined["sets"]]
+                entry["refined"] = refined
             if method in CHECKED:
                 start, cpu0 = time.perf_counter(), time.process_time()
                 faithfulness(scorer, result, k=min(3, len(sources)))
