@@ -231,6 +231,18 @@ def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> st
     return resolve_method(settings, llm, method)[0]
 
 
+def attention_options(settings: Settings) -> dict[str, Any]:
+    """The attention method's settings: refinement, and calibration by the faithfulness
+    check's random rows (the same rows :func:`attribute_answer`'s check scores next)."""
+    from audit.attribution.faithfulness import DEFAULT_DRAWS
+
+    return {
+        "refine_sets": settings.attribution_refine_sets,
+        "calibrate_draws": DEFAULT_DRAWS if settings.attribution_calibrate else 0,
+        "calibrate_ridge": settings.attribution_calibrate_ridge,
+    }
+
+
 def attribute_answer(
     answer: Answer, llm: LLM, settings: Settings, embed: Embed, method: str | None = None
 ) -> Answer:
@@ -270,7 +282,7 @@ def attribute_answer(
         kwargs["n_samples"] = settings.attribution_ablations
     elif method == "attention":
         kwargs["weights"] = weights
-        kwargs["refine_sets"] = settings.attribution_refine_sets
+        kwargs.update(attention_options(settings))
         # resolve_method picked attention only for an AttentionReader with weights
         kwargs["features"] = lambda: attention_features(llm, base)  # type: ignore[arg-type]
     elif method == "similarity":
@@ -297,6 +309,11 @@ def attribute_answer(
         # the measured sets beside the prediction they overrode: an auditor sees both
         answer.attribution["refinement"] = {
             **result.info["refined"],
+            "attention_scores": [round(float(x), 6) for x in result.info["attention_scores"]],
+        }
+    if "calibrated" in result.info:
+        answer.attribution["calibration"] = {
+            **result.info["calibrated"],
             "attention_scores": [round(float(x), 6) for x in result.info["attention_scores"]],
         }
     answer.timings["attribution"] = seconds

@@ -18,10 +18,13 @@ it with every method, each with a fresh scorer cache (each pays its own forward 
   (on the method's own cache, as ``assistant.attribute.attribute_answer`` does).
 
 ``attention`` runs only where its fitted weights for the packaged model are found (otherwise
-it is skipped with a note), refined as the app refines it (``attribution_refine_sets``
-candidate top-3 sets measured by removal; ``--refine-sets`` overrides);
-``attention-unrefined`` is the per-head prediction alone. Each method is also compared with
-the default answer by answer: the paired mean difference of the top-3 drop, with its interval.
+it is skipped with a note), as the app runs it: calibrated by the faithfulness check's random
+rows when ``attribution_calibrate`` is on (``--calibrate-ridge`` overrides the ridge), refined
+when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants, each alone:
+``attention-unrefined``, the per-head prediction; ``attention-calibrated``, the calibration
+(``--calibrate-ridge``, else the setting); ``attention-refined``, the refinement
+(``--refine-sets``, else the setting, at least 2). Each method is also compared with the
+default answer by answer: the paired mean difference of the top-3 drop, with its interval.
 
 MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
 file lists them as ``fit.train_qids``; ``clinrag attribution fit`` leaves this benchmark's
@@ -51,6 +54,8 @@ from evaluation.data import Question, sample_questions, shared_doc_ids
 ALL_METHODS = (
     "attention",
     "attention-unrefined",
+    "attention-calibrated",
+    "attention-refined",
     "hierarchical",
     "surrogate",
     "shap",
@@ -58,7 +63,8 @@ ALL_METHODS = (
     "similarity",
     "random",
 )
-CHECKED = ("attention", "hierarchical")  # methods also timed with the faithfulness check
+# methods also timed with the faithfulness check
+CHECKED = ("attention", "attention-calibrated", "hierarchical")
 SETS = ("pubmedqa", "medquad")
 
 
@@ -145,7 +151,7 @@ def medquad_questions(n: int, docs: int, seed: int, exclude: set[str]) -> list[Q
 
 
 def attention_options(
-    llm: Any, settings: Any, refine_sets: int | None = None
+    llm: Any, settings: Any, refine_sets: int | None = None, calibrate_ridge: float | None = None
 ) -> Callable[..., dict[str, Any]] | str:
     """A builder of the attention method's options for one answer, or why it cannot run."""
     from audit.attribution import METHODS
@@ -155,6 +161,7 @@ def attention_options(
     try:
         from assistant import attribute as glue
         from audit.attribution.attention import find_weights
+        from audit.attribution.faithfulness import DEFAULT_DRAWS
     except ImportError as exc:
         return f"attention glue missing: {exc}"
     weights = find_weights(llm.info.weights_hash, [settings.home / "attribution"])
@@ -165,12 +172,25 @@ def attention_options(
         return "assistant.attribute has no attention_features"
 
     sets = settings.attribution_refine_sets if refine_sets is None else refine_sets
+    ridge = settings.attribution_calibrate_ridge if calibrate_ridge is None else calibrate_ridge
+    # the app's options (assistant.attribute.attention_options) with the overrides
+    app = glue.attention_options(
+        settings.model_copy(
+            update={"attribution_refine_sets": sets, "attribution_calibrate_ridge": ridge}
+        )
+    )
+    variants = {
+        "attention": app,
+        "attention-unrefined": {"refine_sets": 0, "calibrate_draws": 0},
+        "attention-calibrated": {**app, "refine_sets": 0, "calibrate_draws": DEFAULT_DRAWS},
+        "attention-refined": {"refine_sets": max(sets, 2), "calibrate_draws": 0},
+    }
 
-    def build(scorer: Any, refine: bool = True) -> dict[str, Any]:
+    def build(scorer: Any, method: str = "attention") -> dict[str, Any]:
         return {
             "features": lambda: features(llm, scorer),
             "weights": weights,
-            "refine_sets": sets if refine else 0,
+            **variants[method],
         }
 
     return build
@@ -236,7 +256,7 @@ def run_set(
                 "random": {"seed": i},
             }.get(method, {})
             if method.startswith("attention") and attention is not None:
-                options = attention(base, refine=method == "attention")
+                options = attention(base, method)
             start, cpu0 = time.perf_counter(), time.process_time()
             registered = "attention" if method.startswith("attention") else method
             result = make_attributor(registered, **options).attribute(
@@ -413,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         "--refine-sets", type=int, help="attention's measured sets (default: the setting)"
     )
     parser.add_argument(
+        "--calibrate-ridge",
+        type=float,
+        help="ridge of attention's calibration by the check's rows (default: the setting)",
+    )
+    parser.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -451,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in wanted:
         if m.startswith("attention"):
             # both attention rows share one builder (one weights lookup)
-            built = attention or attention_options(llm, probe, args.refine_sets)
+            built = attention or attention_options(
+                llm, probe, args.refine_sets, args.calibrate_ridge
+            )
             if isinstance(built, str):
                 notes["attention"] = f"skipped: {built}"
                 common.log(f"attention {notes['attention']}")

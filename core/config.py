@@ -183,6 +183,18 @@ class Settings(BaseModel):
         "the top-3 drop by 0.39 nats but took the method from 0.07x to 0.60x the generation "
         "time on a 2-core CPU, over the 0.5x budget (docs/benchmarks.md, Attribution).",
     )
+    attribution_calibrate: bool = Field(
+        True,
+        description="Attention attribution reads the faithfulness check's random removals "
+        "first (the check then reuses them: no extra model pass) and corrects its per-head "
+        "prediction with them (docs/design.md, Attribution).",
+    )
+    attribution_calibrate_ridge: float = Field(
+        3.0,
+        gt=0,
+        description="How far calibration trusts the per-head prediction over the measured "
+        "rows (noise variance of a row over the prediction's error variance).",
+    )
     attribution_max_sentences: int = Field(40, gt=0)
     attribution_retries: int = Field(
         3,

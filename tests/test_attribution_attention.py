@@ -20,16 +20,18 @@ from assistant.attribute import (
 from assistant.cite import source_sentences
 from assistant.generate import build_messages
 from assistant.prompts import load_template
-from audit.attribution import make_attributor
+from audit.attribution import CachedScorer, faithfulness, make_attributor
 from audit.attribution.attention import (
     PACKAGED_WEIGHTS_DIR,
     AttentionAttributor,
     HeadWeights,
+    calibrate,
     candidate_sets,
     find_weights,
     lift,
 )
 from audit.attribution.attention_fit import FitExample, fit_head_weights, group_correlation
+from audit.attribution.faithfulness import DEFAULT_DRAWS
 from core.backends.base import LLM, AttentionReader
 from core.config import Settings, load_settings
 from core.types import Chunk, Hit, ModelInfo
@@ -318,6 +320,66 @@ def test_refinement_shows_the_set_whose_removal_was_measured_to_hurt_most() -> N
         )
 
 
+def test_calibrate_is_the_posterior_mean_given_measured_removals() -> None:
+    prior = np.array([[1.0, 1.0, 0.0, 0.0]])
+    removed = np.array([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=float)
+    # the first row hurt as predicted; the second by 4 more: sentences 1 and 3 share it
+    drops = np.array([[1.0], [5.0]])
+    post = calibrate(prior, removed, drops, ridge=1e-9)
+    assert post @ removed.T == pytest.approx(drops.T, abs=1e-6)  # trusts the rows
+    assert post[0] == pytest.approx([1.0, 3.0, 0.0, 2.0], abs=1e-6)  # minimal change
+    assert calibrate(prior, removed, drops, ridge=1e9) == pytest.approx(prior, abs=1e-6)
+    halfway = calibrate(prior, removed, drops, ridge=2.0)  # R R' = 2 I: half of each residual
+    assert halfway[0] == pytest.approx([1.0, 2.0, 0.0, 1.0])
+    per_target = calibrate(np.vstack([prior, prior]), removed, np.hstack([drops, drops]), 2.0)
+    assert per_target.sum(axis=0) == pytest.approx(2 * halfway[0])  # sums as the whole answer
+    with pytest.raises(ValueError, match="ridge"):
+        calibrate(prior, removed, drops, ridge=0)
+    with pytest.raises(ValueError, match="removed must be"):
+        calibrate(prior, removed[:, :3], drops, ridge=1.0)
+
+
+def test_calibration_reads_the_checks_rows_and_corrects_a_wrong_prediction() -> None:
+    """The per-head prediction ranks a decoy (sentence 2) among the top 3 and misses sentence
+    5, which the answer needs; the check's random removals show it, and the check then finds
+    every row it needs but its own two in the cache: calibration costs no extra pass."""
+    needed = {0, 1, 5}
+    calls: list[int] = []
+
+    def model(masks: np.ndarray) -> np.ndarray:
+        calls.append(len(masks))
+        lost = [len(needed - set(np.flatnonzero(m).tolist())) for m in masks]
+        return np.array([[-1.0 - 3.0 * n, -2.0 - 2.0 * n] for n in lost])
+
+    per_head = np.array([3.0, 2.5, 2.0, 0.1, 0.1, 0.0])
+    features = np.zeros((2, 6, 1))
+    features[0, :, 0] = features[1, :, 0] = per_head / 2
+
+    def attribute(**options: Any) -> tuple[Any, Any, int]:
+        calls.clear()
+        scorer = CachedScorer(model)
+        result = AttentionAttributor(features=features, weights=np.ones(1), **options).attribute(
+            scorer, 6, 2
+        )
+        check = faithfulness(scorer, result, k=3)
+        return result, check, sum(calls)
+
+    plain, plain_check, plain_rows = attribute()
+    assert plain.top(3) == [0, 1, 2]
+    calibrated, check, rows = attribute(calibrate_draws=DEFAULT_DRAWS, calibrate_ridge=1.0)
+    assert calibrated.top(3) == [0, 1, 5]
+    assert calibrated.n_evaluations == 1 + DEFAULT_DRAWS  # the full context and the draws
+    assert rows == plain_rows == check.n_evaluations  # the same model rows as the check alone
+    assert check.top_k_drop == pytest.approx(15.0)  # all three needed sentences removed
+    assert plain_check.top_k_drop == pytest.approx(10.0)  # two of them
+    assert check.random_drop == plain_check.random_drop
+    info = calibrated.info["calibrated"]
+    assert info["draws"] == DEFAULT_DRAWS and info["ridge"] == 1.0
+    assert len(info["drops"]) == DEFAULT_DRAWS
+    assert calibrated.info["attention_scores"] == pytest.approx(per_head.tolist())
+    assert calibrated.scores == pytest.approx(calibrated.per_target.sum(axis=0))
+
+
 def test_weights_file_round_trip_and_lookup(tmp_path: Path) -> None:
     weights = HeadWeights("m", "ab" * 32, 2, 3, np.arange(6) / 10, data_hash="d", n_examples=4)
     path = weights.save(tmp_path / weights.file_name())
@@ -415,7 +477,7 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     from core.types import Answer, Generation
 
     settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
-        update={"attribution_refine_sets": 2}
+        update={"attribution_refine_sets": 2, "attribution_calibrate": False}
     )
     hits = [
         _hit(1, "The clinic opens at 8. Parking is free."),

@@ -16,6 +16,17 @@ scorer row per set; the set whose removal lowers log p(answer) most becomes the 
 the top-k removal the faithfulness check measures anyway (its row is then reused from the
 scorer's cache), and what the screen highlights is the set that was measured to matter.
 
+Calibration by the check's own rows (``calibrate_draws``; the app's
+``attribution_calibrate``): the faithfulness check scores the full context and
+``calibrate_draws`` random k-sentence removals whatever the ranking is. Those rows are measured
+ablations of this very answer, so the method reads them first (the check then finds them in the
+scorer's cache) and corrects the prediction with them: with the per-head scores as a Gaussian
+prior on each sentence's effect and each row's drop as a noisy sum of the effects it removed,
+the posterior mean is ``s + R' (R R' + ridge I)^-1 (d - R s)`` (R: which sentences each row
+removed, d: the measured drops, per answer sentence). A sentence whose removal hurt more than
+predicted rises, one that did not falls; the rows cost nothing beyond the check the app runs
+on every answer.
+
 Weights are JSON files, one per model weights hash: shipped ones in ``weights/`` beside this
 module (fitted by ``clinrag attribution fit``; each says on what data and by which command),
 a site's own in ``HOME/attribution/``. Without weights for the answering model, callers fall
@@ -34,6 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Method
+from .faithfulness import DEFAULT_SEED, random_check_masks
 from .scorer import Scorer, evaluate
 from .types import Attribution
 
@@ -41,6 +53,7 @@ __all__ = [
     "PACKAGED_WEIGHTS_DIR",
     "AttentionAttributor",
     "HeadWeights",
+    "calibrate",
     "candidate_sets",
     "find_weights",
     "lift",
@@ -143,6 +156,12 @@ class AttentionAttributor(Method):
     weights: np.ndarray | HeadWeights
     refine_sets: int = 0
     refine_k: int = 3
+    # the faithfulness check's random removals read first (0 = off); they must be the
+    # check's (k, draws, seed) to cost nothing, so the defaults are the check's
+    calibrate_draws: int = 0
+    calibrate_k: int = 3
+    calibrate_seed: int = DEFAULT_SEED
+    calibrate_ridge: float = 3.0
 
     name: ClassVar[str] = "attention"
 
@@ -165,15 +184,33 @@ class AttentionAttributor(Method):
         if isinstance(self.weights, HeadWeights):
             info["weights_data_hash"] = self.weights.data_hash
         n_evaluations = 0
+        if scorer is not None and self.calibrate_draws > 0 and n_sources > 1:
+            removed = ~random_check_masks(
+                self.calibrate_k, n_sources, self.calibrate_draws, self.calibrate_seed
+            )
+            rows = np.vstack([np.ones((1, n_sources), bool), ~removed])
+            measured = evaluate(scorer, rows, n_targets, self.batch_size)
+            n_evaluations += len(rows)
+            drops = measured[0][None, :] - measured[1:]  # (draws, T)
+            info["attention_scores"] = [float(x) for x in scores]
+            per_target = calibrate(per_target, removed, drops, self.calibrate_ridge)
+            scores = per_target.sum(axis=0)
+            info["calibrated"] = {
+                "draws": int(self.calibrate_draws),
+                "k": int(self.calibrate_k),
+                "seed": int(self.calibrate_seed),
+                "ridge": float(self.calibrate_ridge),
+                "drops": [float(x) for x in drops.sum(axis=1)],
+            }
         candidates = candidate_sets(scores, self.refine_k, self._refine_budget())
         if scorer is not None and len(candidates) > 1:
             masks = np.ones((len(candidates), n_sources), dtype=bool)
             for row, chosen in enumerate(candidates):
                 masks[row, list(chosen)] = False
             kept = evaluate(scorer, masks, n_targets, self.batch_size).sum(axis=1)
-            n_evaluations = len(masks)
+            n_evaluations += len(masks)
             best = int(np.argmin(kept))  # the lowest log p left: the largest drop
-            info["attention_scores"] = [float(x) for x in scores]
+            info.setdefault("attention_scores", [float(x) for x in scores])
             info["refined"] = {
                 "k": self.refine_k,
                 "sets": [list(map(int, c)) for c in candidates],
@@ -199,6 +236,33 @@ class AttentionAttributor(Method):
         if self.max_evaluations is None:
             return self.refine_sets
         return min(self.refine_sets, self.max_evaluations)
+
+
+def calibrate(
+    prior: np.ndarray, removed: np.ndarray, drops: np.ndarray, ridge: float
+) -> np.ndarray:
+    """Posterior mean of per-sentence effects (T, S) given measured removals.
+
+    ``prior`` (T, S): the predicted effect of each source sentence on each answer sentence, in
+    nats. ``removed`` (R, S): which sentences each measured row left out. ``drops`` (R, T): the
+    fall in each answer sentence's log p in that row. Effects ~ N(prior, tau^2), a row's drop
+    ~ N(sum of its effects, sigma^2), ``ridge`` = sigma^2 / tau^2: large trusts the prediction,
+    small the rows. One ridge for every answer sentence keeps the posterior of the whole answer
+    the sum of theirs.
+    """
+    prior = np.asarray(prior, dtype=float)
+    r = np.asarray(removed, dtype=float)
+    d = np.asarray(drops, dtype=float)
+    if ridge <= 0:
+        raise ValueError(f"ridge must be > 0; got {ridge}")
+    if r.ndim != 2 or r.shape[1] != prior.shape[1] or d.shape != (r.shape[0], prior.shape[0]):
+        raise ValueError(
+            f"removed must be (R, {prior.shape[1]}) and drops (R, {prior.shape[0]}); got "
+            f"{r.shape} and {d.shape}"
+        )
+    residual = d.T - prior @ r.T  # (T, R): measured minus predicted drop of each row
+    gain = np.linalg.solve(r @ r.T + ridge * np.eye(len(r)), residual.T)  # (R, T)
+    return prior + (r.T @ gain).T
 
 
 def candidate_sets(scores: np.ndarray, k: int, n_sets: int) -> list[tuple[int, ...]]:

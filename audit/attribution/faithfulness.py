@@ -18,10 +18,13 @@ from .scorer import Scorer, evaluate
 from .types import Attribution, json_float
 
 __all__ = [
+    "DEFAULT_DRAWS",
     "DEFAULT_MIN_RELIANCE_FRACTION",
     "DEFAULT_MIN_RELIANCE_NATS",
+    "DEFAULT_SEED",
     "Faithfulness",
     "faithfulness",
+    "random_check_masks",
     "random_drop",
     "removal_drop",
 ]
@@ -42,6 +45,21 @@ def _top_k_mask(scores: np.ndarray, k: int, n_sources: int) -> np.ndarray:
     # Stable sort so ties resolve by position, matching Attribution.top.
     mask[np.argsort(-scores, kind="stable")[:k]] = False
     return mask
+
+
+# The check's random draws: how many, and the seed. A method that reads the same rows
+# (``random_check_masks``) before the check runs gets them from the scorer's cache.
+DEFAULT_DRAWS = 5
+DEFAULT_SEED = 0
+
+
+def random_check_masks(
+    k: int, n_sources: int, n_draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED
+) -> np.ndarray:
+    """The keep-masks of the check's random removals (each drops ``min(k, n_sources)``
+    sentences): the same rows :func:`faithfulness` scores with the same arguments."""
+    _check_k(k, n_draws)
+    return _random_masks(min(k, n_sources), n_sources, n_draws, seed)
 
 
 def _random_masks(k: int, n_sources: int, n_draws: int, seed: int) -> np.ndarray:
@@ -136,8 +154,8 @@ def faithfulness(
     attribution: Attribution,
     k: int = 3,
     *,
-    n_draws: int = 5,
-    seed: int = 0,
+    n_draws: int = DEFAULT_DRAWS,
+    seed: int = DEFAULT_SEED,
     min_reliance_nats: float = DEFAULT_MIN_RELIANCE_NATS,
     min_reliance_fraction: float = DEFAULT_MIN_RELIANCE_FRACTION,
     batch_size: int | None = None,
