@@ -19,10 +19,10 @@ it with every method, each with a fresh scorer cache (each pays its own forward 
 
 ``attention`` runs only where its fitted weights for the packaged model are found (otherwise
 it is skipped with a note), as the app runs it: calibrated by the faithfulness check's random
-rows when ``attribution_calibrate`` is on (``--calibrate-ridge`` overrides the ridge), refined
+rows when ``attribution_calibrate`` is on (with ``attribution_calibrate_ridge``), refined
 when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants, each alone:
 ``attention-unrefined``, the per-head prediction; ``attention-calibrated``, the calibration
-(``--calibrate-ridge``, else the setting); ``attention-refined``, the refinement
+(ridge ``--calibrate-ridge``, else the setting's); ``attention-refined``, the refinement
 (``--refine-sets``, else the setting, at least 2). Each method is also compared with the
 default answer by answer: the paired mean difference of the top-3 drop, with its interval.
 
@@ -64,7 +64,7 @@ ALL_METHODS = (
     "random",
 )
 # methods also timed with the faithfulness check
-CHECKED = ("attention", "attention-calibrated", "hierarchical")
+CHECKED = ("attention", "attention-unrefined", "attention-calibrated", "hierarchical")
 SETS = ("pubmedqa", "medquad")
 
 
@@ -173,16 +173,16 @@ def attention_options(
 
     sets = settings.attribution_refine_sets if refine_sets is None else refine_sets
     ridge = settings.attribution_calibrate_ridge if calibrate_ridge is None else calibrate_ridge
-    # the app's options (assistant.attribute.attention_options) with the overrides
-    app = glue.attention_options(
-        settings.model_copy(
-            update={"attribution_refine_sets": sets, "attribution_calibrate_ridge": ridge}
-        )
-    )
+    # the app's options (assistant.attribute.attention_options), refinement overridden
+    app = glue.attention_options(settings.model_copy(update={"attribution_refine_sets": sets}))
     variants = {
         "attention": app,
         "attention-unrefined": {"refine_sets": 0, "calibrate_draws": 0},
-        "attention-calibrated": {**app, "refine_sets": 0, "calibrate_draws": DEFAULT_DRAWS},
+        "attention-calibrated": {
+            "refine_sets": 0,
+            "calibrate_draws": DEFAULT_DRAWS,
+            "calibrate_ridge": ridge,
+        },
         "attention-refined": {"refine_sets": max(sets, 2), "calibrate_draws": 0},
     }
 
@@ -337,6 +337,25 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict
                 entry["with_check_cpu_over_generation_median"] = round(
                     statistics.median(checked_cpu), 3
                 )
+        base = "attention-unrefined"
+        if (
+            m != base
+            and m in CHECKED
+            and all("check_cpu_seconds" in r["methods"].get(base, {}) for r in rows)
+        ):
+            # what the method adds to the work the app does on every answer anyway (the
+            # per-head pass and the check): rows it shares with the check are not counted twice
+            added = [
+                (
+                    x["cpu_seconds"]
+                    + x["check_cpu_seconds"]
+                    - r["methods"][base]["cpu_seconds"]
+                    - r["methods"][base]["check_cpu_seconds"]
+                )
+                / max(r["generation_cpu_seconds"], 1e-9)
+                for x, r in zip(e, rows, strict=True)
+            ]
+            entry["cpu_added_over_unrefined_with_check_median"] = round(statistics.median(added), 3)
         out["methods"][m] = entry
     # answer by answer against the default: a paired difference is far tighter than two
     # overlapping intervals
@@ -395,6 +414,7 @@ def print_report(summary: dict[str, Any]) -> None:
                 e.get("with_check_over_generation_median", ""),
                 e.get("cpu_over_generation_median", ""),
                 e.get("with_check_cpu_over_generation_median", ""),
+                e.get("cpu_added_over_unrefined_with_check_median", ""),
             ]
             for m, e in part["methods"].items()
         ]
@@ -408,6 +428,7 @@ def print_report(summary: dict[str, Any]) -> None:
             "with check",
             "CPU/gen",
             "CPU with check",
+            "CPU added to unrefined + check",
         ]
         print(common.table(headers, rows))
         for m, d in part.get("attention_minus", {}).items():
@@ -435,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibrate-ridge",
         type=float,
-        help="ridge of attention's calibration by the check's rows (default: the setting)",
+        help="ridge of attention-calibrated (default: the setting's, as attention uses)",
     )
     parser.add_argument(
         "--merge",
