@@ -64,7 +64,13 @@ ALL_METHODS = (
     "random",
 )
 # methods also timed with the faithfulness check
-CHECKED = ("attention", "attention-unrefined", "attention-calibrated", "hierarchical")
+CHECKED = (
+    "attention",
+    "attention-unrefined",
+    "attention-calibrated",
+    "attention-refined",
+    "hierarchical",
+)
 SETS = ("pubmedqa", "medquad")
 
 

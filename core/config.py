@@ -174,20 +174,21 @@ class Settings(BaseModel):
     )
     attribution_ablations: int = Field(32, gt=0, le=1024)
     attribution_refine_sets: int = Field(
-        0,
+        2,
         ge=0,
         le=10,
         description="Attention attribution measures this many candidate top-3 sets by removal "
         "(one model pass each, from its top 5) and shows the one whose removal hurts the "
-        "answer most; 0 or 1 = the per-head prediction alone. Off by default: 2 sets raised "
-        "the top-3 drop by 0.39 nats but took the method from 0.07x to 0.60x the generation "
-        "time on a 2-core CPU, over the 0.5x budget (docs/benchmarks.md, Attribution).",
+        "answer most; 0 or 1 = the per-head prediction alone. The first set's pass is the "
+        "faithfulness check's top-3 removal, which the check then reuses, so 2 sets add one "
+        "pass to what every answer costs (docs/benchmarks.md, Attribution).",
     )
     attribution_calibrate: bool = Field(
-        True,
+        False,
         description="Attention attribution reads the faithfulness check's random removals "
         "first (the check then reuses them: no extra model pass) and corrects its per-head "
-        "prediction with them (docs/design.md, Attribution).",
+        "prediction with them. Off by default: it lowered the top-3 drop on the benchmark "
+        "(docs/benchmarks.md, Attribution).",
     )
     attribution_calibrate_ridge: float = Field(
         3.0,

@@ -9,8 +9,8 @@ scorer rows are spent for the scores, so attribution costs one teacher-forced pa
 the faithfulness check on every answer still measures, by ablation, whether the scores are causal.
 
 Refinement (``refine_sets``; the app's ``attribution_refine_sets``, off by default): the
-per-head model predicts effects from 12 answers' worth of ablations, and a near-tie in its top
-few is where it errs most. So it proposes the ``refine_sets`` k-sentence sets it predicts
+per-head model is a linear prediction (held-out correlation about 0.6 with measured ablation
+effects), and a near-tie in its top few is where it errs most. So it proposes the ``refine_sets`` k-sentence sets it predicts
 matter most (k-subsets of its top k + 2, by predicted sum) and measures each by removal, one
 scorer row per set; the set whose removal lowers log p(answer) most becomes the top k. This is
 the top-k removal the faithfulness check measures anyway (its row is then reused from the
