@@ -8,24 +8,25 @@ that scores predict what ablating sentences does to log p(answer) (``attention_f
 scorer rows are spent for the scores, so attribution costs one teacher-forced pass instead of 33;
 the faithfulness check on every answer still measures, by ablation, whether the scores are causal.
 
-Refinement (``refine_sets``; the app's ``attribution_refine_sets``, off by default): the
+Refinement (``refine_sets``; the app's ``attribution_refine_sets``, 2 by default): the
 per-head model is a linear prediction (held-out correlation about 0.6 with measured ablation
-effects), and a near-tie in its top few is where it errs most. So it proposes the ``refine_sets`` k-sentence sets it predicts
-matter most (k-subsets of its top k + 2, by predicted sum) and measures each by removal, one
-scorer row per set; the set whose removal lowers log p(answer) most becomes the top k. This is
-the top-k removal the faithfulness check measures anyway (its row is then reused from the
-scorer's cache), and what the screen highlights is the set that was measured to matter.
+effects), and a near-tie in its top few is where it errs most. So it proposes the
+``refine_sets`` k-sentence sets it predicts matter most (k-subsets of its top k + 2, by
+predicted sum) and measures each by removal, one scorer row per set; the set whose removal
+lowers log p(answer) most becomes the top k. The first set's row is the top-k removal the
+faithfulness check measures anyway (the check then reuses it from the scorer's cache), and
+what the screen highlights is the set that was measured to matter.
 
-Calibration by the check's own rows (``calibrate_draws``; the app's
-``attribution_calibrate``): the faithfulness check scores the full context and
-``calibrate_draws`` random k-sentence removals whatever the ranking is. Those rows are measured
-ablations of this very answer, so the method reads them first (the check then finds them in the
-scorer's cache) and corrects the prediction with them: with the per-head scores as a Gaussian
-prior on each sentence's effect and each row's drop as a noisy sum of the effects it removed,
-the posterior mean is ``s + R' (R R' + ridge I)^-1 (d - R s)`` (R: which sentences each row
-removed, d: the measured drops, per answer sentence). A sentence whose removal hurt more than
-predicted rises, one that did not falls; the rows cost nothing beyond the check the app runs
-on every answer.
+Calibration by the check's own rows (``calibrate_draws``; the app's ``attribution_calibrate``,
+off by default: it lowered the benchmark's top-3 drop, since a row's surprise is spread
+evenly over the sentences it removed): the faithfulness check scores the full context and
+``calibrate_draws`` random k-sentence removals whatever the ranking is. Those rows are
+measured ablations of this very answer, so the method reads them first (the check then finds
+them in the scorer's cache) and corrects the prediction with them: with the per-head scores
+as a Gaussian prior on each sentence's effect and each row's drop as a noisy sum of the
+effects it removed, the posterior mean is ``s + R' (R R' + ridge I)^-1 (d - R s)`` (R: which
+sentences each row removed, d: the measured drops, per answer sentence). The rows cost
+nothing beyond the check the app runs on every answer.
 
 Weights are JSON files, one per model weights hash: shipped ones in ``weights/`` beside this
 module (fitted by ``clinrag attribution fit``; each says on what data and by which command),
