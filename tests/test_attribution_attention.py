@@ -380,6 +380,30 @@ def test_calibration_reads_the_checks_rows_and_corrects_a_wrong_prediction() -> 
     assert calibrated.scores == pytest.approx(calibrated.per_target.sum(axis=0))
 
 
+def test_refinement_adds_one_model_row_to_the_check_by_default(tmp_path: Path) -> None:
+    """The default (2 sets): the plain top 3 is the check's own top-3 removal, so method and
+    check together score one row more than the check alone after the per-head prediction."""
+    assert load_settings(env={"CLINRAG_HOME": str(tmp_path)}).attribution_refine_sets == 2
+    calls: list[int] = []
+
+    def model(masks: np.ndarray) -> np.ndarray:
+        calls.append(len(masks))
+        return masks.astype(float) @ np.arange(1.0, 7.0)[:, None] - 30.0
+
+    features = np.arange(6.0)[None, :, None][:, ::-1]  # predicts sentence 0 matters least
+
+    def rows(refine_sets: int) -> int:
+        calls.clear()
+        scorer = CachedScorer(model)
+        result = AttentionAttributor(
+            features=features, weights=np.ones(1), refine_sets=refine_sets
+        ).attribute(scorer, 6, 1)
+        faithfulness(scorer, result, k=3)
+        return sum(calls)
+
+    assert rows(2) == rows(0) + 1
+
+
 def test_weights_file_round_trip_and_lookup(tmp_path: Path) -> None:
     weights = HeadWeights("m", "ab" * 32, 2, 3, np.arange(6) / 10, data_hash="d", n_examples=4)
     path = weights.save(tmp_path / weights.file_name())
