@@ -218,3 +218,30 @@ def test_the_cli_starts_without_heavy_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("command", "quick"), [("ask", True), ("sources", False)])
+def test_the_console_entry_leaves_quickly_after_ask_with_output_and_clean_up(
+    command: str, quick: bool
+) -> None:
+    """After `ask` the process skips the interpreter's teardown (seconds once torch is
+    loaded), but what it printed is flushed, Python's exit handlers run, and the exit code is
+    main()'s; other commands end the usual way (their teardown is not skipped)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys; import ui.cli.main as cli\n"
+        "def fake(argv=None):\n"
+        f"    cli._command.append({command!r}); print('answer printed', end=''); return 3\n"
+        "cli.main = fake\n"
+        "atexit.register(lambda: print(' / exit handler ran', end=''))\n"
+        "class Finalized:\n"
+        "    def __del__(self): print(' / teardown ran', end='')\n"
+        "keep = Finalized()\n"
+        "cli.run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    teardown = "" if quick else " / teardown ran"
+    assert done.stdout == f"answer printed / exit handler ran{teardown}", done.stdout

@@ -263,7 +263,8 @@ def calibrate(
         )
     residual = d.T - prior @ r.T  # (T, R): measured minus predicted drop of each row
     gain = np.linalg.solve(r @ r.T + ridge * np.eye(len(r)), residual.T)  # (R, T)
-    return prior + (r.T @ gain).T
+    posterior: np.ndarray = prior + (r.T @ gain).T
+    return posterior
 
 
 def candidate_sets(scores: np.ndarray, k: int, n_sets: int) -> list[tuple[int, ...]]:
