@@ -305,17 +305,12 @@ def attribute_answer(
         "n_evaluations": result.n_evaluations,
         "seconds": round(seconds, 3),
     }
-    if "refined" in result.info and "attention_scores" in result.info:
-        # the measured sets beside the prediction they overrode: an auditor sees both
-        answer.attribution["refinement"] = {
-            **result.info["refined"],
-            "attention_scores": [round(float(x), 6) for x in result.info["attention_scores"]],
-        }
-    if "calibrated" in result.info:
-        answer.attribution["calibration"] = {
-            **result.info["calibrated"],
-            "attention_scores": [round(float(x), 6) for x in result.info["attention_scores"]],
-        }
+    # what refinement measured or calibration read, beside the prediction they changed: an
+    # auditor sees both
+    predicted = [round(float(x), 6) for x in result.info.get("attention_scores", [])]
+    for step, key in (("refined", "refinement"), ("calibrated", "calibration")):
+        if step in result.info and predicted:
+            answer.attribution[key] = {**result.info[step], "attention_scores": predicted}
     answer.timings["attribution"] = seconds
     _rerank(answer, targets, result.per_target)
     return answer

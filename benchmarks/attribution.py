@@ -167,7 +167,6 @@ def attention_options(
     try:
         from assistant import attribute as glue
         from audit.attribution.attention import find_weights
-        from audit.attribution.faithfulness import DEFAULT_DRAWS
     except ImportError as exc:
         return f"attention glue missing: {exc}"
     weights = find_weights(llm.info.weights_hash, [settings.home / "attribution"])
@@ -179,17 +178,20 @@ def attention_options(
 
     sets = settings.attribution_refine_sets if refine_sets is None else refine_sets
     ridge = settings.attribution_calibrate_ridge if calibrate_ridge is None else calibrate_ridge
-    # the app's options (assistant.attribute.attention_options), refinement overridden
-    app = glue.attention_options(settings.model_copy(update={"attribution_refine_sets": sets}))
+
+    def app(**update: Any) -> dict[str, Any]:
+        # the options the app derives from its settings (assistant.attribute), overridden
+        return glue.attention_options(settings.model_copy(update=update))
+
     variants = {
-        "attention": app,
-        "attention-unrefined": {"refine_sets": 0, "calibrate_draws": 0},
-        "attention-calibrated": {
-            "refine_sets": 0,
-            "calibrate_draws": DEFAULT_DRAWS,
-            "calibrate_ridge": ridge,
-        },
-        "attention-refined": {"refine_sets": max(sets, 2), "calibrate_draws": 0},
+        "attention": app(attribution_refine_sets=sets),
+        "attention-unrefined": app(attribution_refine_sets=0, attribution_calibrate=False),
+        "attention-calibrated": app(
+            attribution_refine_sets=0,
+            attribution_calibrate=True,
+            attribution_calibrate_ridge=ridge,
+        ),
+        "attention-refined": app(attribution_refine_sets=max(sets, 2), attribution_calibrate=False),
     }
 
     def build(scorer: Any, method: str = "attention") -> dict[str, Any]:
@@ -502,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = []
     for m in wanted:
         if m.startswith("attention"):
-            # both attention rows share one builder (one weights lookup)
+            # every attention row shares one builder (one weights lookup)
             built = attention or attention_options(
                 llm, probe, args.refine_sets, args.calibrate_ridge
             )

@@ -222,26 +222,32 @@ def test_the_cli_starts_without_heavy_imports() -> None:
 
 @pytest.mark.parametrize(("command", "quick"), [("ask", True), ("sources", False)])
 def test_the_console_entry_leaves_quickly_after_ask_with_output_and_clean_up(
-    command: str, quick: bool
+    command: str, quick: bool, tmp_path: Path
 ) -> None:
     """After `ask` the process skips the interpreter's teardown (seconds once torch is
     loaded), but what it printed is flushed, Python's exit handlers run, and the exit code is
-    main()'s; other commands end the usual way (their teardown is not skipped)."""
+    the command's; other commands end the usual way (their teardown is not skipped)."""
     import subprocess
     import sys
 
+    handler = f"cmd_{command}"
+    argv = ["clinrag", command, *(["a question"] if command == "ask" else [])]
     code = (
         "import atexit, sys; import ui.cli.main as cli\n"
-        "def fake(argv=None):\n"
-        f"    cli._command.append({command!r}); print('answer printed', end=''); return 3\n"
-        "cli.main = fake\n"
+        "def fake(args, settings):\n"
+        "    print('answer printed', end=''); return 3\n"
+        f"cli.{handler} = fake\n"
         "atexit.register(lambda: print(' / exit handler ran', end=''))\n"
         "class Finalized:\n"
         "    def __del__(self): print(' / teardown ran', end='')\n"
         "keep = Finalized()\n"
+        f"sys.argv = {argv!r}\n"
         "cli.run()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "CLINRAG_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert done.returncode == 3, done.stderr
     teardown = "" if quick else " / teardown ran"
     assert done.stdout == f"answer printed / exit handler ran{teardown}", done.stdout

@@ -174,7 +174,7 @@ def faithfulness(
     masks = [full, ~full]
     if k_eff > 0:
         masks.append(_top_k_mask(attribution.scores, k_eff, n_sources)[None, :])
-        masks.append(_random_masks(k_eff, n_sources, n_draws, seed))
+        masks.append(random_check_masks(k_eff, n_sources, n_draws, seed))
     stacked = np.vstack(masks)
     out = evaluate(scorer, stacked, attribution.n_targets, batch_size).sum(axis=1)
     full_lp, empty_lp = float(out[0]), float(out[1])

@@ -149,27 +149,31 @@ def _parser() -> argparse.ArgumentParser:
 # takes seconds: 6.3 s against 0.3 s for one `clinrag ask` at load 3 (docs/benchmarks.md,
 # CLI start-up).
 QUICK_EXIT_COMMANDS = frozenset({"ask"})
-_command: list[str] = []  # the command main() ran last, for run()
 
 
 def run() -> None:
-    """The ``clinrag`` console entry point: :func:`main`, then the process's exit."""
-    code = main()
-    if _command and _command[-1] in QUICK_EXIT_COMMANDS:
+    """The ``clinrag`` console entry point."""
+    sys.exit(main(exit_quickly=True))
+
+
+def main(argv: list[str] | None = None, *, exit_quickly: bool = False) -> int:
+    """Run one command and return its exit code. ``exit_quickly`` (the console entry only:
+    it ends the process) leaves right after a command of :data:`QUICK_EXIT_COMMANDS`."""
+    apply_offline_environment()
+    os.umask(0o077)  # everything clinrag writes (store, audit log, keys) is owner-only
+    args = _parser().parse_args(argv)
+    code = _dispatch(args)
+    if exit_quickly and args.command in QUICK_EXIT_COMMANDS:
         # Python-level clean-up (logging, progress bars, ...) still runs; only the
         # interpreter's own teardown is skipped
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    sys.exit(code)
+    return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    apply_offline_environment()
-    os.umask(0o077)  # everything clinrag writes (store, audit log, keys) is owner-only
-    args = _parser().parse_args(argv)
-    _command.append(args.command)
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides={"home": args.home})
         ensure_home(settings)
