@@ -568,6 +568,8 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     # questions over data_samples, caught none the passage-level checks had let through
     # (docs/benchmarks.md).
     quote = quote_answer(quotes, hits, limit=EVIDENCE_SENTENCES)
+    if weights.needs_model:
+        assistant.load_model(timings)
     t = time.perf_counter()
     read = passages_read(quotes, ctx.sources, hits)
     prompts = [messages(question, option) for option in OPTIONS] if weights.needs_model else []

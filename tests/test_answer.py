@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from assistant.pipeline import Assistant
+from core.backends.base import LLM
 from core.config import Settings
 
 pytestmark = pytest.mark.slow
@@ -135,6 +137,34 @@ def test_cli_ask_json_contract(
     assert set(data["model"]) == {"backend", "model_id", "weights_hash"}
     assert set(data["timings"]) >= {"retrieval", "generation", "total"}
     assert len(data["model"]["weights_hash"]) == 64
+
+
+def test_a_quoted_answer_names_its_model_without_loading_it(
+    library: Settings, packaged_llm: LLM
+) -> None:
+    """The CLI starts without the model (``warm_up(model=False)``): a quoted answer records
+    the same model identity as a loaded model gives, and a generated one loads it on demand,
+    timed apart from the generation."""
+    from core import backends
+
+    unloaded: Any = backends.create("llm", "transformers", library)
+    quoted = Assistant(library.model_copy(update={"attribution": "off"}), llm=unloaded)
+    quoted.warm_up(model=False)
+    answer = quoted.ask(ANSWERABLE, record=False)
+    assert answer.mode == "quoted" and not answer.abstained
+    assert not unloaded.loaded, "a quoted answer loaded the model"
+    assert answer.generation.model == packaged_llm.info
+    assert "model_load" not in answer.timings
+
+    lazy: Any = backends.create("llm", "transformers", library)
+    generated = Assistant(
+        library.model_copy(update={"attribution": "off", "answer_style": "generated"}), llm=lazy
+    )
+    generated.warm_up(model=False)
+    answer = generated.ask(ANSWERABLE, record=False)
+    assert lazy.loaded
+    assert answer.generation.text and answer.generation.model == packaged_llm.info
+    assert answer.timings["model_load"] >= 0 and answer.timings["generation"] > 0
 
 
 def test_replay_unchanged_then_changed_after_document_edit(

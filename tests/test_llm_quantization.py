@@ -52,7 +52,10 @@ def test_a_quantized_load_generates_and_has_its_own_identity(
     int8: Any = backends.create(
         "llm", "transformers", library.model_copy(update={"llm_quantization": "int8-dynamic"})
     )
+    # the identity a quoted answer records before (or without) the load is the loaded one's
+    before = int8.info
     int8.warm_up()
+    assert int8.info == before
     # its own copy: the float32 model the other tests share keeps its float32 output layer
     assert int8._model is not packaged_llm._model
     assert type(packaged_llm._model.lm_head) is torch.nn.Linear

@@ -102,15 +102,13 @@ def _load(
     src = Path(source)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
+    identity = _weights_identity(source, gguf_name)
     if gguf_name is None:
         folder = src
-        identity = {"model_id": src.name, "weights_hash": dir_weights_sha256(src)}
         timings["converted_now"] = False
     else:
         gguf = src / gguf_name
-        weights = _gguf_sha256(gguf)
-        folder = Path(cache_root) / f"{gguf.stem}-{weights[:16]}"
-        identity = {"model_id": gguf.name, "weights_hash": weights}
+        folder = Path(cache_root) / f"{gguf.stem}-{identity['weights_hash'][:16]}"
         timings["converted_now"] = publish_dir(
             folder,
             lambda tmp: _convert_gguf(src, gguf_name, tmp),
@@ -125,14 +123,30 @@ def _load(
     model.eval()
     if quantization != "none" and device != "cuda":
         _quantize(model, quantization)
-        # weights_hash stays the file's (an auditor can hash it); model_id says how it ran, so
-        # an int8 answer is never attributed, replayed or reported as a float32 one
-        identity = {**identity, "model_id": f"{identity['model_id']}+{quantization}"}
+        identity = _run_identity(identity, quantization)
         timings["quantization"] = quantization
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     timings["load_seconds"] = time.perf_counter() - t0
     return model, tokenizer, {**identity, **timings}
+
+
+@cache
+def _weights_identity(source: str, gguf_name: str | None) -> dict[str, str]:
+    """model_id and weights_hash of the files, known without loading them: a quoted answer
+    names its model in the record but never needs the weights in memory."""
+    src = Path(source)
+    if gguf_name is None:
+        return {"model_id": src.name, "weights_hash": dir_weights_sha256(src)}
+    return {"model_id": gguf_name, "weights_hash": _gguf_sha256(src / gguf_name)}
+
+
+def _run_identity(identity: dict[str, Any], quantization: str) -> dict[str, Any]:
+    # weights_hash stays the file's (an auditor can hash it); model_id says how it ran, so
+    # an int8 answer is never attributed, replayed or reported as a float32 one
+    if quantization == "none":
+        return identity
+    return {**identity, "model_id": f"{identity['model_id']}+{quantization}"}
 
 
 def _quantize(model: Any, quantization: str) -> None:
@@ -226,12 +240,25 @@ class TransformersLLM:
 
     @property
     def info(self) -> ModelInfo:
-        self.warm_up()
+        """The model's identity from its files, without loading it (see :meth:`loaded`)."""
+        identity = self._identity
+        if not identity:
+            source, gguf_name = self._source()
+            quantization = self._quantization
+            if quantization != "none" and self._device_setting != "cpu":
+                # int8 applies on the CPU only; whether "auto" means a GPU needs torch
+                device = _device_and_dtype(self._device_setting)[0]
+                quantization = "none" if device == "cuda" else quantization
+            identity = _run_identity(_weights_identity(str(source), gguf_name), quantization)
         return ModelInfo(
             backend="transformers",
-            model_id=self._identity["model_id"],
-            weights_hash=self._identity["weights_hash"],
+            model_id=identity["model_id"],
+            weights_hash=identity["weights_hash"],
         )
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         tok = self._tokenizer

@@ -312,7 +312,8 @@ def cmd_ask(
             if code is not None:
                 return code
         assistant = ask.open_assistant(settings)
-        assistant.warm_up()
+        # one question: the model loads only if this answer needs it (a quoted one does not)
+        assistant.warm_up(model=False)
     # The draft is unchecked: it streams to stderr, so stdout carries only the checked answer
     # (what a script or a pipe takes as clinrag's answer).
     stream = None if args.json else (lambda t: print(t, end="", file=sys.stderr, flush=True))
