@@ -106,6 +106,13 @@ class Settings(BaseModel):
         "drafts asked within generation_batch_wait_ms of each other are generated as one "
         "batch of up to generation_batch_max. Off: one question at a time.",
     )
+    app_serves_cli: bool = Field(
+        True,
+        description="The app also answers `clinrag ask` for its home, as `clinrag serve` "
+        "does (loopback only, token in CLINRAG_HOME/serve.json), on the assistant it has "
+        "loaded: a CLI question then skips the CLI's own start-up. Off: the app opens no "
+        "port but its own.",
+    )
     generation_batch_wait_ms: int = Field(50, ge=0, le=5000)
     generation_batch_max: int = Field(
         1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -254,6 +255,42 @@ def test_ask_streams_a_cited_answer_with_sources_and_feedback(home: Path) -> Non
     }
     assert feedback.user == "carol"
     assert any("Feedback recorded: helpful" in c.value for c in at.caption)
+
+
+def test_the_app_answers_clinrag_ask_on_its_own_assistant(
+    home: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With the app running, `clinrag ask` for its home goes to the app's loaded assistant
+    (issue 17 item 5: no CLI start-up), recorded as the asker; the service goes with it."""
+    from ui.cli.main import main
+
+    start()  # the sign-in page: the service starts with the app, before anyone signs in
+    service_file = home / "serve.json"
+    assert service_file.is_file()
+    assert service_file.stat().st_mode & 0o077 == 0
+    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
+    try:
+        code = main(["ask", HTN_QUESTION, "--json", "--no-attribution", "--user", "dana"])
+    finally:
+        os.umask(umask)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    answer = json.loads(out)
+    # the app's assistant answered (its test model), not one loaded by the CLI
+    assert answer["model"]["model_id"] == "extractive-test-llm"
+    assert "Stage 1 hypertension" in answer["answer"]
+    record = records(home, "answer")[-1]
+    assert record.seq == answer["audit_id"] and record.user == "dana"
+    st.cache_resource.clear()  # the app's resources released: the service stops
+    assert not service_file.exists()
+
+
+def test_the_app_opens_no_service_when_told_not_to(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLINRAG_APP_SERVES_CLI", "false")
+    start()
+    assert not (home / "serve.json").exists()
 
 
 def test_history_keeps_every_answer(home: Path) -> None:

@@ -22,7 +22,13 @@ import streamlit as st
 
 from core.errors import ClinragError
 from ui.render import md_escape
-from ui.session import allowed_pages, current_user, get_settings, sign_out_recorded
+from ui.session import (
+    allowed_pages,
+    current_user,
+    get_settings,
+    serve_cli,
+    sign_out_recorded,
+)
 from ui.views import accounts, ask, audit, library, signin
 
 if TYPE_CHECKING:
@@ -59,6 +65,7 @@ def main() -> None:
     except ClinragError as exc:
         st.error(md_escape(f"clinrag cannot start: {exc}"))
         st.stop()
+    serve_cli(settings)
     user = current_user(settings)
     if user is None:
         signin.render(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -21,6 +22,7 @@ from services.accounts import ADMIN_PASSWORD_ENV, User, ensure_admin, get_user
 from services.ask import open_assistant
 from services.attribution_queue import AttributionQueue
 from services.generation_worker import GenerationWorker
+from services.serve import LocalService, ServiceRunningError
 
 if TYPE_CHECKING:
     from assistant.pipeline import Assistant
@@ -168,6 +170,57 @@ def _attribution_queue(key: str, _settings: Settings, _assistant: Any) -> Attrib
     if recover_on_start:
         queue.recover()
     return queue
+
+
+def _close_service(service: LocalService | None) -> None:
+    if service is not None:
+        atexit.unregister(service.close)
+        service.close()
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_service)
+def _cli_service(key: str, _settings: Settings, _assistant: Any) -> LocalService | None:
+    """``clinrag serve``'s service, hosted by the app on its shared assistant; None when
+    another process already serves this home (a ``clinrag serve``, another replica)."""
+    from ui.cli.serve import ask_handler, routed_output
+
+    warmed, lock = _warmed(), _lock(str(_settings.home))
+    answer = ask_handler(_settings, _assistant)
+
+    def handle(request: Any, emit: Any) -> int:
+        # What cmd_ask prints goes to the asker: stdout and stderr are routed for this
+        # request only (the service runs one at a time), so the server's own streams are
+        # left as they were between questions.
+        with routed_output():
+            # the app's own rules for its model: with the worker, sessions and this request
+            # ask at once (answers before attribution); without it, one caller at a time
+            with lock:
+                _ready(_assistant, warmed)
+                if not _shares_model(_assistant):
+                    return answer(request, emit)
+            return answer(request, emit)
+
+    service = LocalService(_settings, {"ask": handle})
+    try:
+        service.start()
+    except (ServiceRunningError, OSError) as exc:
+        # the app works without it: clinrag ask then answers in its own process
+        logging.getLogger("clinrag.ui").info("not serving clinrag ask: %s", exc)
+        return None
+
+    threading.Thread(target=service.serve_forever, name="clinrag-cli-service", daemon=True).start()
+    # a server stopped by a signal exits through the interpreter: the file goes with it
+    atexit.register(service.close)
+    return service
+
+
+def serve_cli(settings: Settings) -> LocalService | None:
+    """Start (once per server) the app's service for ``clinrag ask`` when
+    ``app_serves_cli``; the models load on its first question if no session loaded them."""
+    if not settings.app_serves_cli:
+        return None
+    assistant = get_assistant(settings)
+    return _cli_service(settings.model_dump_json() + f"|{id(assistant)}", settings, assistant)
 
 
 def attribution_queue(settings: Settings) -> AttributionQueue:
