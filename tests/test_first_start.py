@@ -254,10 +254,13 @@ def _fresh_home(library: Settings, home: Path) -> Path:
 
 
 def _ask_env(home: Path) -> dict[str, str]:
+    # A drafted answer: `clinrag ask` loads (so first converts) the model only when an answer
+    # needs it, and a quoted one does not.
     return {
         **os.environ,
         "CLINRAG_HOME": str(home),
         "CLINRAG_ATTRIBUTION": "off",
+        "CLINRAG_ANSWER_STYLE": "generated",
         "CLINRAG_MAX_NEW_TOKENS": "8",
     }
 
