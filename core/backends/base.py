@@ -80,7 +80,12 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 
 @runtime_checkable
 class LLM(Protocol):
-    """A chat model. Greedy when temperature is 0 so the same inputs give the same answer."""
+    """A chat model. Greedy when temperature is 0 so the same inputs give the same answer.
+
+    ``info`` must not need the weights in memory where the identity can be read otherwise
+    (a quoted answer records it without running the model). An adapter whose load is costly
+    may expose ``loaded: bool``; ``Assistant.load_model`` then times a load made on demand.
+    """
 
     def warm_up(self) -> None: ...
 
