@@ -167,6 +167,30 @@ def test_a_quoted_answer_names_its_model_without_loading_it(
     assert answer.timings["model_load"] >= 0 and answer.timings["generation"] > 0
 
 
+def test_cli_ask_answers_a_quoted_question_without_the_model(
+    library: Settings, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`clinrag ask` in its own process loads the model only when the answer needs it."""
+    from core.backends.transformers_llm import TransformersLLM
+    from ui.cli.main import main
+
+    def refuse(self: TransformersLLM) -> None:
+        raise AssertionError("the model was loaded for a quoted answer")
+
+    monkeypatch.setattr(TransformersLLM, "warm_up", refuse)
+    monkeypatch.setenv("CLINRAG_HOME", str(library.home))
+    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
+    try:
+        code = main(["ask", ANSWERABLE, "--json", "--no-attribution", "--no-service"])
+    finally:
+        os.umask(umask)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["mode"] == "quoted" and "130" in data["answer"]
+    assert data["model"]["model_id"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def test_replay_unchanged_then_changed_after_document_edit(
     tmp_path: Path, settings: Settings, models_cache: Path
 ) -> None:
