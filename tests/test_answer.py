@@ -92,24 +92,34 @@ def test_quoted_evidence_comes_from_the_passage_about_the_question_subject(
     assert evidence[0].score == pytest.approx(float(vectors[2] @ vectors[0]), abs=tolerance)
 
 
+def _cli_json(
+    library: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    *options: str,
+) -> Any:
+    """``clinrag ask ANSWERABLE --json OPTIONS`` on the library, in this process: its JSON."""
+    from ui.cli.main import main
+
+    monkeypatch.setenv("CLINRAG_HOME", str(library.home))
+    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
+    try:
+        code = main(["ask", ANSWERABLE, "--json", *options])
+    finally:
+        os.umask(umask)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
 @pytest.mark.usefixtures("packaged_llm")
 def test_cli_ask_json_contract(
     library: Settings, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # In process, so the loaded models are reused; the eight-process test below runs the same
     # command in fresh interpreters and parses their output too.
-    from ui.cli.main import main
-
-    monkeypatch.setenv("CLINRAG_HOME", str(library.home))
     monkeypatch.setenv("CLINRAG_ATTRIBUTION", "off")
-    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
-    try:
-        code = main(["ask", ANSWERABLE, "--json", "--k", "4"])
-    finally:
-        os.umask(umask)
-    out, err = capfd.readouterr()
-    assert code == 0, err
-    data = json.loads(out)
+    data = _cli_json(library, monkeypatch, capfd, "--k", "4")
     for key in (
         "question",
         "answer",
@@ -172,21 +182,12 @@ def test_cli_ask_answers_a_quoted_question_without_the_model(
 ) -> None:
     """`clinrag ask` in its own process loads the model only when the answer needs it."""
     from core.backends.transformers_llm import TransformersLLM
-    from ui.cli.main import main
 
     def refuse(self: TransformersLLM) -> None:
         raise AssertionError("the model was loaded for a quoted answer")
 
     monkeypatch.setattr(TransformersLLM, "warm_up", refuse)
-    monkeypatch.setenv("CLINRAG_HOME", str(library.home))
-    umask = os.umask(0o077)  # main() sets the process umask; later tests must not inherit it
-    try:
-        code = main(["ask", ANSWERABLE, "--json", "--no-attribution", "--no-service"])
-    finally:
-        os.umask(umask)
-    out, err = capfd.readouterr()
-    assert code == 0, err
-    data = json.loads(out)
+    data = _cli_json(library, monkeypatch, capfd, "--no-attribution", "--no-service")
     assert data["mode"] == "quoted" and "130" in data["answer"]
     assert data["model"]["model_id"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
