@@ -220,15 +220,19 @@ def serve_cli(settings: Settings) -> LocalService | None:
     if not settings.app_serves_cli:
         return None
     assistant = get_assistant(settings)
-    return _cli_service(settings.model_dump_json() + f"|{id(assistant)}", settings, assistant)
+    return _cli_service(_resource_key(settings, assistant), settings, assistant)
 
 
 def attribution_queue(settings: Settings) -> AttributionQueue:
     """This process's attribution queue, on the shared assistant and its lock; made on first
     use, which queues the answers left pending by earlier processes (behind new answers)."""
     assistant = get_assistant(settings)
-    key = settings.model_dump_json() + f"|{id(assistant)}"
-    return _attribution_queue(key, settings, assistant)
+    return _attribution_queue(_resource_key(settings, assistant), settings, assistant)
+
+
+def _resource_key(settings: Settings, assistant: Assistant) -> str:
+    """What tells apart the per-assistant resources (queue, CLI service) in Streamlit's cache."""
+    return settings.model_dump_json() + f"|{id(assistant)}"
 
 
 # ------------------------------------------------------------------ who is signed in

@@ -123,8 +123,8 @@ def _load(
     model.eval()
     if quantization != "none" and device != "cuda":
         _quantize(model, quantization)
-        identity = _run_identity(identity, quantization)
         timings["quantization"] = quantization
+    identity = _run_identity(identity, quantization, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     timings["load_seconds"] = time.perf_counter() - t0
@@ -141,10 +141,12 @@ def _weights_identity(source: str, gguf_name: str | None) -> dict[str, str]:
     return {"model_id": gguf_name, "weights_hash": _gguf_sha256(src / gguf_name)}
 
 
-def _run_identity(identity: dict[str, Any], quantization: str) -> dict[str, Any]:
-    # weights_hash stays the file's (an auditor can hash it); model_id says how it ran, so
-    # an int8 answer is never attributed, replayed or reported as a float32 one
-    if quantization == "none":
+def _run_identity(identity: dict[str, Any], quantization: str, device: str) -> dict[str, Any]:
+    """The identity as the model runs: quantization applies on a CPU only (see _load).
+
+    weights_hash stays the file's (an auditor can hash it); model_id says how it ran, so an
+    int8 answer is never attributed, replayed or reported as a float32 one."""
+    if quantization == "none" or device == "cuda":
         return identity
     return {**identity, "model_id": f"{identity['model_id']}+{quantization}"}
 
@@ -244,12 +246,13 @@ class TransformersLLM:
         identity = self._identity
         if not identity:
             source, gguf_name = self._source()
-            quantization = self._quantization
-            if quantization != "none" and self._device_setting != "cpu":
-                # int8 applies on the CPU only; whether "auto" means a GPU needs torch
+            # whether "auto" means a GPU needs torch: asked only when it changes the identity
+            device = "cpu"
+            if self._quantization != "none" and self._device_setting != "cpu":
                 device = _device_and_dtype(self._device_setting)[0]
-                quantization = "none" if device == "cuda" else quantization
-            identity = _run_identity(_weights_identity(str(source), gguf_name), quantization)
+            identity = _run_identity(
+                _weights_identity(str(source), gguf_name), self._quantization, device
+            )
         return ModelInfo(
             backend="transformers",
             model_id=identity["model_id"],
