@@ -135,9 +135,14 @@ class SentenceTransformerEmbedder:
         return path
 
     def _resolve_backend(self) -> tuple[str, Any]:
-        """(backend, its ONNX embedder or None). auto: torch where bf16 is native (a GPU, or a
-        CPU with bf16 instructions) or a precision is pinned; else int8 ONNX when its export
-        met the quality bar, float32 ONNX when it gives the same vectors, else torch."""
+        """(backend, its ONNX embedder or None). auto: torch on a GPU or when a precision is
+        pinned; on a CPU int8 ONNX when its export met the quality bar, float32 ONNX when it
+        gives the same vectors, else torch.
+
+        A CPU with native bf16 gets int8 too: there int8 ingested 2.4x faster than torch
+        bfloat16, whole process (docs/benchmarks.md), and a query process then imports no
+        torch, which is most of a one-question start-up. bf16 stays one setting away
+        (``embedder_backend = torch``)."""
         setting = self._backend_setting
         if setting == "torch":
             return "torch", None
@@ -148,8 +153,6 @@ class SentenceTransformerEmbedder:
             precision: onnx_embedder.Precision = "int8" if setting == "onnx-int8" else "float32"
             return setting, onnx_embedder.OnnxEmbedder(self._settings, precision)
         if self._dtype_setting != "auto" or _cuda_possible(self._device_setting):
-            return "torch", None
-        if native_bf16_cpu():
             return "torch", None
         probe = onnx_embedder.OnnxEmbedder(self._settings)
         try:
