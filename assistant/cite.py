@@ -223,9 +223,14 @@ START_BONUS = 0.1
 # opens with "This" or "It" leans on one the reader was not shown.
 META_PENALTY = 0.15
 ANAPHORA_PENALTY = 0.1
+# "Stop screening when any of these applies:" cut from its list (a PDF's list lost its
+# bullets) says nothing: last, whatever its words share with the question.
+LIST_OPENING_PENALTY = 0.5
 _ASKS_AGE = re.compile(
     r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
-    r"\bage\s+(?:to|at which|range|should)\b",
+    r"\bage\s+(?:to|at which|range|should)\b|"
+    # "When should screening start?": for a screening or a treatment, when is an age
+    r"\bwhen\b.*\b(?:start|starts|begin|begins|stop|stops|end|ends)\b",
     re.I,
 )
 _ASKS_WHO = re.compile(
@@ -270,7 +275,13 @@ def quotes_for(
     """What to quote for the question, best first: recommendation statements (from the chunk
     metadata ingest stored, or found in the text for older indexes) and single sentences,
     ranked by their match to the question alone and under their passage's title, with
-    recommendations that state what the question asks lifted."""
+    recommendations that state what the question asks lifted.
+
+    When the ranking leaves out the sentence closest to the question on its own, it follows
+    the ``limit`` ranked ones: whether the evidence is strong enough to quote
+    (``policy.strong_evidence``) is judged on the best match in the passages, not on which
+    statements the bonuses happened to lift ("Ages 45 to 49: screen all adults" names no
+    subject, so its own match is low)."""
     units = _units(hits, sources)
     if not units:
         return []
@@ -290,8 +301,12 @@ def quotes_for(
     ranking = 0.5 * (scores + in_context) + 0.2 * lexical - bibliographic
     ranking = ranking + _bonuses(question, hits, units, ranking)
     out = []
-    for j in np.argsort(-ranking, kind="stable")[:limit]:
-        n_, text, indices, statement = units[int(j)]
+    chosen = [int(j) for j in np.argsort(-ranking, kind="stable")[:limit]]
+    closest = int(np.argmax(np.where(bibliographic, -np.inf, scores)))
+    if chosen and closest not in chosen:
+        chosen.append(closest)
+    for j in chosen:
+        n_, text, indices, statement = units[j]
         c = hits[n_ - 1].chunk
         evidence = Evidence(
             n_, text, c.doc_id, c.title, c.section, c.page, round(float(scores[j]), 4)
@@ -393,7 +408,9 @@ def _bonuses(
             # the question names its population's ages: a statement for other ages is about
             # someone else
             bonus[j] += ASPECT_BONUS if _overlap(population, facts.ages) else -ASPECT_BONUS
-        if st is None and _META.search(text):
+        if text.rstrip().endswith(":"):
+            bonus[j] -= LIST_OPENING_PENALTY
+        elif st is None and _META.search(text):
             bonus[j] -= META_PENALTY
         elif st is None and _ANAPHORA.match(text):
             bonus[j] -= ANAPHORA_PENALTY

@@ -1,5 +1,10 @@
 """Yes/no questions: detect them, and decide yes / no / uncertain from the cited document.
 
+A guideline states its answer: when the passage quoted first is a recommendation statement
+that says what to do, its polarity is the decision (:func:`stated_decision`: grade D or "do
+not" is no, grade C or I uncertain, else yes; reversed for a question about stopping or
+avoiding). Everything else (a study's findings) is decided as follows.
+
 The decision reads only library text and the question: the whole document the best quote
 comes from (every chunk of it, from the library, in order), verbatim, never the model's free
 text. A logistic model (``decide_weights.json``, fitted by ``benchmarks/yes_no_fit.py`` on
@@ -469,6 +474,71 @@ def decide(
     )
 
 
+STATED_METHOD = "recommendation-polarity"
+# A statement advising against what it names: "do not start aspirin", "fasting is not
+# required", "beta blockers are not first line", "recommends against", "stop screening".
+# "no" alone is left out: "adults who have no symptoms" is a population, not advice.
+_AGAINST = re.compile(
+    r"\b(?:do|does|is|are|should|must|need|needs)\s+not\b"
+    r"|\b(?:don't|doesn't|isn't|aren't|shouldn't|mustn't)\b"
+    r"|\bnot\s+(?:recommended|required|needed|necessary|indicated|advised|routinely|"
+    r"(?:the\s+)?first[- ]line)\b"
+    r"|\brecommends?\s+against\b|\b(?:avoid|stop|discontinue|never)\b"
+    r"|\bno\s+(?:further|longer|need|routine)\b",
+    re.I,
+)
+# Advice that depends on the person: grade C ("offer selectively", "an individual decision")
+# and grade I (evidence insufficient) answer neither yes nor no.
+_DEPENDS = re.compile(
+    r"\bindividual(?:ized|ised)?\s+(?:decision|basis)\b|\bselectively\b|\binsufficient\b|"
+    r"\bshared decision\b",
+    re.I,
+)
+# A question asking about not doing something: "Should aspirin be stopped...?", "Is X
+# contraindicated...?". Its answer is the statement's polarity reversed.
+_ASKS_AGAINST = re.compile(
+    r"\b(?:stop(?:ped|ping)?|discontinu\w*|avoid(?:ed)?|withh(?:o|e)ld\w*|contraindicated|"
+    r"unsafe)\b|^\W*\w+n't\b|^\W*(?:should|must|can|is|are|do|does)\s+\S+(?:\s+\S+)?\s+not\b",
+    re.I,
+)
+
+
+def stated_decision(question: str, lead: Quote) -> Decision | None:
+    """The decision a guideline states, when the passage quoted first is a recommendation
+    statement that says what to do (a recommendation verb or a grade): "no" when it advises
+    against (grade D, "do not", "is not required", "not first line"), "uncertain" when it
+    leaves it to the person (grade C or I, "individual decision"), else "yes"; reversed for a
+    question about not doing it ("Should aspirin be stopped?"). None for anything else (a
+    study's findings), which the logistic model decides.
+
+    The abstract-fitted model reads findings ("no significant difference"), not advice: on the
+    clinician set's 10 guideline yes/no questions it decided 4 right, while their first quote
+    was the statement that answers (docs/benchmarks.md).
+    """
+    from core import recommendations
+
+    if not lead.recommendation:
+        return None
+    statement = recommendations.describe(lead.evidence.text, 0, len(lead.evidence.text))
+    if not statement.recommends:
+        return None
+    grade = (statement.grade or "").upper()
+    text = lead.evidence.text
+    if grade in {"C", "I"} or _DEPENDS.search(text):
+        label = DecisionLabel.UNCERTAIN
+    else:
+        against = grade == "D" or bool(_AGAINST.search(text))
+        if _ASKS_AGAINST.search(question):
+            against = not against
+        label = DecisionLabel.NO if against else DecisionLabel.YES
+    return Decision(
+        label=label,
+        probabilities={},
+        evidence=list(lead.indices),
+        method=STATED_METHOD + (f":grade {statement.grade}" if statement.grade else ""),
+    )
+
+
 def cited(decision: Decision, answer: Answer) -> list[int]:
     """The citation numbers the reader sees for the passages the decision read, in order."""
     # citations carry the number shown (label) beside the source number (n) when numbered
@@ -598,6 +668,12 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     # The decision reads the whole cited document from the library, not only its retrieved
     # passages: the retrieved ones missed an abstract's last (results) sentence on about a
     # third of PubMedQA questions, and the results are where the finding is.
+    stated = stated_decision(question, quotes[0])
+    if stated is not None:
+        # a guideline says it in one statement: the one quoted first
+        out.decision = stated
+        scoring.seconds = timings["decision"] = time.perf_counter() - t
+        return out
     document: list[str] = []
     if read:
         doc = hits[read[0].n - 1].chunk.doc_id

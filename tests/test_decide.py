@@ -122,8 +122,16 @@ def _decisive(settings: Settings) -> Settings:
 
 @pytest.fixture
 def channel_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline decides with CHANNEL_ONLY instead of the shipped weights."""
+    """The pipeline decides with CHANNEL_ONLY instead of the shipped weights, whatever the
+    first quote states (the tests of a guideline's stated decision are apart)."""
     monkeypatch.setattr(decide, "shipped_weights", lambda: CHANNEL_ONLY)
+    monkeypatch.setattr(decide, "stated_decision", lambda question, lead: None)
+
+
+@pytest.fixture
+def findings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped weights decide, whatever the first quote states."""
+    monkeypatch.setattr(decide, "stated_decision", lambda question, lead: None)
 
 
 def _sources(*texts: str) -> list[SourceSentence]:
@@ -377,7 +385,7 @@ def test_yes_no_answer_is_its_decision_and_quoted_evidence(
 
 
 def test_the_pipeline_decision_reads_the_cited_documents_unretrieved_passages(
-    library: Settings, monkeypatch: pytest.MonkeyPatch
+    library: Settings, monkeypatch: pytest.MonkeyPatch, findings_only: None
 ) -> None:
     from core.text import split_sentences
 
@@ -542,3 +550,95 @@ def test_packaged_model_decides_from_clear_evidence(
     decision = decide.decide(packaged_llm, question, _sources(*evidence), settings)
     assert decision is not None
     assert decision.label is expected, decision.probabilities
+
+
+# --- a guideline's stated decision ----------------------------------------------------------
+
+
+def _lead(text: str, *, recommendation: bool = True) -> Any:
+    from assistant.cite import Quote
+    from core.types import Evidence
+
+    evidence = Evidence(1, text, "doc", "Guideline", "Recommendation", 1, 0.7)
+    return Quote(evidence, (0, 1), recommendation, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("question", "statement", "expected"),
+    [
+        (
+            "Should I start daily low-dose aspirin for primary prevention at 65?",
+            "Age 60 and older: do not start low-dose aspirin for primary prevention (grade D).",
+            DecisionLabel.NO,
+        ),
+        # a question about not doing it: the statement's polarity reversed
+        (
+            "Should aspirin for primary prevention be stopped at age 65?",
+            "Age 60 and older: do not start low-dose aspirin for primary prevention (grade D).",
+            DecisionLabel.YES,
+        ),
+        (
+            "Is a beta blocker a reasonable first-line drug for uncomplicated hypertension?",
+            "Beta blockers are not first line for uncomplicated hypertension; use them when "
+            "there is a specific indication.",
+            DecisionLabel.NO,
+        ),
+        (
+            "Should pregnant and postpartum patients be screened for depression?",
+            "Screen all adults for depression (grade B), including during pregnancy.",
+            DecisionLabel.YES,
+        ),
+        # "no symptoms" names a population; it does not advise against anything
+        (
+            "Should adults aged 50 be screened for colorectal cancer?",
+            "Ages 50 to 75: screen all adults who have no symptoms (grade A).",
+            DecisionLabel.YES,
+        ),
+        # left to the person: neither yes nor no
+        (
+            "Should a 50-year-old with a 12% 10-year risk start aspirin?",
+            "Ages 40 to 59 with a 10-year CVD risk of 10% or higher: the decision to start "
+            "low-dose aspirin should be an individual one (grade C).",
+            DecisionLabel.UNCERTAIN,
+        ),
+        (
+            "Should adults over 80 be screened?",
+            "Over 80: the evidence is insufficient to recommend for or against (grade I).",
+            DecisionLabel.UNCERTAIN,
+        ),
+    ],
+)
+def test_a_guideline_statement_quoted_first_states_the_decision(
+    question: str, statement: str, expected: DecisionLabel
+) -> None:
+    decision = decide.stated_decision(question, _lead(statement))
+    assert decision is not None
+    assert decision.label is expected
+    assert decision.method.startswith(decide.STATED_METHOD)
+    assert decision.evidence == [0, 1]  # the statement's own sentences
+
+
+def test_findings_and_statements_that_advise_nothing_are_left_to_the_model() -> None:
+    question = "Does aspirin reduce stroke in adults over 70?"
+    # a study's finding is not a recommendation statement
+    finding = _lead("Aspirin did not reduce stroke (HR 0.95).", recommendation=False)
+    assert decide.stated_decision(question, finding) is None
+    # an age band and an interval say for whom and how often, not what to do
+    assert decide.stated_decision(question, _lead("Ages 70 to 74: every 2 years.")) is None
+
+
+def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(
+    library: Settings,
+) -> None:
+    """On the sample library: the answer leads with the grade D statement against aspirin at
+    60 and older, and the decision says no (the abstract-fitted cues decided yes)."""
+    answer = _assistant(library, ExtractiveLLM()).ask(
+        "Should I start daily low-dose aspirin for primary prevention in a healthy 65-year-old?",
+        record=False,
+    )
+    assert answer.decision is not None and not answer.abstained
+    assert answer.sentences[0].text.startswith("Age 60 and older: do not start low-dose aspirin")
+    assert answer.decision.label is DecisionLabel.NO
+    assert answer.decision.method.startswith(decide.STATED_METHOD)
+    shown = {i for i in answer.sentences[0].evidence}
+    assert set(answer.decision.evidence) == shown

@@ -145,6 +145,57 @@ def test_quoted_answer_leads_with_the_recommendation_not_its_rationale() -> None
     assert answer.answer.startswith("Ages 45 to 49: screen all adults (grade B). [1]")
 
 
+def _age_band_hits() -> list[Hit]:
+    return [
+        _hit("colorectal cancer screening", "Ages 50 to 75: screen all adults (grade A). "
+             "Ages 45 to 49: screen all adults (grade B). Ages 76 to 85: offer screening "
+             "selectively (grade C). Decide with the patient, taking into account overall "
+             "health and prior screening history."),
+        _hit("colorectal cancer screening", "Stop screening when any of these applies:",
+             "Stopping"),
+    ]  # fmt: skip
+
+
+def test_when_should_screening_start_is_answered_with_the_starting_age() -> None:
+    """ "When should X start?" asks for an age: the youngest band recommended leads, not the
+    sentence sharing the most words (which belongs to another band)."""
+    hits = _age_band_hits()
+    quotes = quotes_for(
+        "When should colorectal cancer screening start?", hits, bow_embed, source_sentences(hits)
+    )
+    assert quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
+
+
+def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
+    hits = [
+        _hit("lung cancer screening", "Stop screening when any of these situations applies:",
+             "Stopping"),
+        _hit("lung cancer screening", "Stop screening once the person has not smoked for 15 "
+             "years.", "Stopping"),
+    ]  # fmt: skip
+    question = "In which situations should lung cancer screening stop?"
+    quotes = quotes_for(question, hits, bow_embed, source_sentences(hits))
+    assert quotes[0].evidence.text.startswith("Stop screening once")
+
+
+def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
+    """The ranking lifts a statement that names no subject ("Ages 45 to 49: screen all
+    adults"), whose own match is low; whether the evidence is strong enough to quote must
+    still see the sentence closest to the question, or a better ranking turns a quoted answer
+    into a weak-evidence draft."""
+    hits = _age_band_hits()
+    question = "When should colorectal cancer screening start?"
+    sources = source_sentences(hits)
+    quotes = quotes_for(question, hits, bow_embed, sources, limit=1)
+    assert quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
+    vectors = bow_embed([question, *(s.text for s in sources)])
+    closest = max(float(v @ vectors[0]) for v in vectors[1:])
+    assert max(q.evidence.score for q in quotes) == pytest.approx(closest, abs=1e-4)
+    assert closest > quotes[0].evidence.score
+    # the one quoted stays the ranked one: the closest sentence only follows it
+    assert policy.quote_answer(quotes, hits, limit=1).sentences[0].text == quotes[0].evidence.text
+
+
 def test_a_question_naming_a_stage_quotes_that_stage_not_its_neighbour() -> None:
     # a near-tie by words: the stage 2 line repeats more of the question than the stage 1 line
     question = "What blood pressure defines stage 1 hypertension?"
