@@ -391,7 +391,7 @@ def _bonuses(
         st if st is not None else recommendations.describe(text, 0, len(text))
         for _, text, _, st in units
     ]
-    for j, ((_, text, _, st), facts) in enumerate(zip(units, described, strict=True)):
+    for j, ((n, text, _, st), facts) in enumerate(zip(units, described, strict=True)):
         if st is not None and st.recommends:
             bonus[j] += RECOMMENDATION_BONUS
         if (
@@ -404,10 +404,13 @@ def _bonuses(
             bonus[j] += ASPECT_BONUS
         if asks_category:
             bonus[j] += _category_bonus(asks_category, text)
-        if population is not None and facts.ages is not None:
+        # whom it addresses: its own ages, else its heading's ("Recommendation > Ages 21 to
+        # 29" over "Cervical cytology alone every 3 years")
+        addressed = facts.ages or recommendations.ages_in_heading(hits[n - 1].chunk.section)
+        if population is not None and addressed is not None:
             # the question names its population's ages: a statement for other ages is about
             # someone else
-            bonus[j] += ASPECT_BONUS if _overlap(population, facts.ages) else -ASPECT_BONUS
+            bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -ASPECT_BONUS
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

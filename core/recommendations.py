@@ -25,7 +25,7 @@ from core.text import sentence_spans
 
 METADATA_KEY = "recommendations"
 # Bump when the rules below change: stored spans of another version are recomputed on read.
-VERSION = 1
+VERSION = 2  # 2: "younger than 21" is an age range without the word "age"
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 _VERB = re.compile(
@@ -57,7 +57,7 @@ _AGE = re.compile(
     r"\b(?:ages?|aged)?\s*(\d{1,3})\s+(?:years\s+)?(?:and|or)\s+(?:older|over)\b|"
     r"\b(?:ages?|aged)?\s*(\d{1,3})\s+(?:years\s+)?(?:and|or)\s+(?:younger|under)\b|"
     r"\b(?:over|above)\s+age\s+(\d{1,3})\b|\bolder than\s+(?:age\s+)?(\d{1,3})\b|"
-    r"\b(?:under|younger than|below)\s+age\s+(\d{1,3})\b|"
+    r"\b(?:under|younger than|below)\s+age\s+(\d{1,3})\b|\byounger than\s+(\d{1,3})\b|"
     r"\b(\d{1,3})\s*(?:to|-|–)\s*(\d{1,3})\s+years?\s+(?:old|of age)\b",
     re.I,
 )
@@ -163,9 +163,24 @@ def describe(text: str, start: int, end: int) -> Statement:
     )
 
 
+# One person's age, as a question gives it: "a 19-year-old", "aged 65", "at age 70". Only for
+# questions: in a guideline's text "a 45-year-old" is an example, not whom it addresses.
+_ONE_AGE = re.compile(
+    r"\b(\d{1,3})[- ](?:years?|yrs?)[- ]old\b|\b(?:aged?|at age)\s+(\d{1,3})\b", re.I
+)
+
+
 def ages(text: str) -> tuple[int, int | None] | None:
-    """The first age range in ``text`` (a question's population, a statement's), or None."""
-    return _ages(text)
+    """The population a question asks about: its first age range, else one person's age as
+    a range of one year ("a 19-year-old": (19, 19)); None without either."""
+    found = _ages(text)
+    if found is not None:
+        return found
+    one = _ONE_AGE.search(text)
+    if one is None:
+        return None
+    age = int(one.group(1) or one.group(2))
+    return age, age
 
 
 def _ages(text: str) -> tuple[int, int | None] | None:
@@ -182,9 +197,16 @@ def _ages(text: str) -> tuple[int, int | None] | None:
     for lowest in (g[4], g[5]):
         if lowest is not None:
             return int(lowest), None
-    if g[6] is not None:
-        return 0, int(g[6])
-    return int(g[7]), int(g[8])
+    for highest in (g[6], g[7]):
+        if highest is not None:
+            return 0, int(highest)
+    return int(g[8]), int(g[9])
+
+
+def ages_in_heading(section: str) -> tuple[int, int | None] | None:
+    """The age range the innermost heading of a section path names ("Recommendation > Ages 21
+    to 29"), or None."""
+    return _ages(section.split(" > ")[-1]) if section else None
 
 
 def to_metadata(found: list[tuple[int, int]]) -> str:

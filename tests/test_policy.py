@@ -166,6 +166,21 @@ def test_when_should_screening_start_is_answered_with_the_starting_age() -> None
     assert quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
 
 
+def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
+    """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
+    one for ages 21 to 29, whose age is only in its heading."""
+    hits = [
+        _hit("cervical cancer screening", "- Cervical cytology (Pap test) alone every 3 years "
+             "(grade A).", "Recommendation > Ages 21 to 29"),
+        _hit("cervical cancer screening", "- Younger than 21: do not screen (grade D), "
+             "whatever the age of sexual debut.", "When Not to Screen"),
+    ]  # fmt: skip
+    question = "Should a sexually active 19-year-old be screened?"
+    quotes = quotes_for(question, hits, bow_embed, source_sentences(hits))
+    assert quotes[0].evidence.text.startswith("Younger than 21: do not screen")
+    assert recommendations.ages(question) == (19, 19)
+
+
 def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     hits = [
         _hit("lung cancer screening", "Stop screening when any of these situations applies:",
