@@ -494,6 +494,15 @@ _DEPENDS = re.compile(
     r"\bshared decision\b",
     re.I,
 )
+# A question asking what to do ("Should I start...?", "Is X an acceptable test?", "Does my
+# patient need to fast?"), which a guideline's statement answers; not one asking what a study
+# found ("Does X predict Y?", "Can X prevent Y?"), which a statement in an abstract's
+# background ("It has been suggested that...", "Current guidelines recommend...") does not.
+_ASKS_ADVICE = re.compile(
+    r"^\W*should\b|\b(?:recommend\w*|acceptable|reasonable|first[- ]line|appropriate|"
+    r"indicated|necessary|need to|usual|safe to)\b",
+    re.I,
+)
 # A question asking about not doing something: "Should aspirin be stopped...?", "Is X
 # contraindicated...?". Its answer is the statement's polarity reversed.
 _ASKS_AGAINST = re.compile(
@@ -504,8 +513,9 @@ _ASKS_AGAINST = re.compile(
 
 
 def stated_decision(question: str, lead: Quote) -> Decision | None:
-    """The decision a guideline states, when the passage quoted first is a recommendation
-    statement that says what to do (a recommendation verb or a grade): "no" when it advises
+    """The decision a guideline states, for a question asking what to do, when the passage
+    quoted first is a recommendation statement that says what to do (a recommendation verb or
+    a grade): "no" when it advises
     against (grade D, "do not", "is not required", "not first line"), "uncertain" when it
     leaves it to the person (grade C or I, "individual decision"), else "yes"; reversed for a
     question about not doing it ("Should aspirin be stopped?"). None for anything else (a
@@ -513,11 +523,13 @@ def stated_decision(question: str, lead: Quote) -> Decision | None:
 
     The abstract-fitted model reads findings ("no significant difference"), not advice: on the
     clinician set's 10 guideline yes/no questions it decided 4 right, while their first quote
-    was the statement that answers (docs/benchmarks.md).
+    was the statement that answers (docs/benchmarks.md). On PubMedQA, without the question's
+    gate, abstracts' background sentences ("It has been suggested...") and disease grades
+    ("grade C oesophagitis") passed as statements: 7 decisions changed, 2 fewer right.
     """
     from core import recommendations
 
-    if not lead.recommendation:
+    if not lead.recommendation or not _ASKS_ADVICE.search(question):
         return None
     statement = recommendations.describe(lead.evidence.text, 0, len(lead.evidence.text))
     if not statement.recommends:

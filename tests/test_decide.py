@@ -619,12 +619,17 @@ def test_a_guideline_statement_quoted_first_states_the_decision(
 
 
 def test_findings_and_statements_that_advise_nothing_are_left_to_the_model() -> None:
-    question = "Does aspirin reduce stroke in adults over 70?"
+    advice = "Should adults over 70 take aspirin to prevent stroke?"
     # a study's finding is not a recommendation statement
     finding = _lead("Aspirin did not reduce stroke (HR 0.95).", recommendation=False)
-    assert decide.stated_decision(question, finding) is None
+    assert decide.stated_decision(advice, finding) is None
     # an age band and an interval say for whom and how often, not what to do
-    assert decide.stated_decision(question, _lead("Ages 70 to 74: every 2 years.")) is None
+    assert decide.stated_decision(advice, _lead("Ages 70 to 74: every 2 years.")) is None
+    # a question about what a study found: an abstract's background statement does not
+    # answer it ("It has been suggested...", "Current guidelines recommend...")
+    background = _lead("Current guidelines recommend aspirin after a stroke.")
+    assert decide.stated_decision(advice, background) is not None
+    assert decide.stated_decision("Does aspirin reduce stroke after 70?", background) is None
 
 
 def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(
