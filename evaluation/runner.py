@@ -144,7 +144,8 @@ class ResultsCache:
                     try:
                         row = json.loads(line)
                         key = (row["part"], row["config"], row["qid"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                    # ValueError covers a torn line of digits too long to be an int
+                    except (ValueError, KeyError, TypeError):
                         continue
                     self._rows[key] = row
 
@@ -158,13 +159,20 @@ class ResultsCache:
         row = {"part": part, "config": config, "qid": q.qid, "question": q.question, "data": data}
         self._rows[(part, config, q.qid)] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write() on an O_APPEND descriptor: lines from concurrent shards never interleave.
         line = (json.dumps(row) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        # Shards append to one file. One write() on an O_APPEND descriptor was not enough: a
+        # 50 kB line from one process was seen torn by another's under load
+        # (tests/test_evaluation.py). So each line is written whole under a lock.
+        from filelock import FileLock
+
+        with FileLock(f"{self.path}.lock"):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
 
 
 @dataclass

@@ -455,6 +455,17 @@ def test_results_cache_lines_from_concurrent_processes_never_interleave(tmp_path
     assert len(ResultsCache(path)._rows) == 80
 
 
+def test_a_torn_line_of_digits_is_skipped_on_reading(tmp_path: Path) -> None:
+    """A line cut inside a long answer can be all digits: too long for an int, which json
+    refuses with a ValueError that is not a JSONDecodeError."""
+    from evaluation.runner import ResultsCache
+
+    path = tmp_path / "results.jsonl"
+    good = {"part": "answer", "config": "c", "qid": "1", "question": "q", "data": {}}
+    path.write_text(json.dumps(good) + "\n" + "1" * 5_000 + "\n", encoding="utf-8")
+    assert list(ResultsCache(path)._rows) == [("answer", "c", "1")]
+
+
 def test_report_writes_markdown_and_png(
     tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
