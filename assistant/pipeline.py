@@ -108,7 +108,8 @@ class Assistant:
             self._check_rate(user)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        hits = self.retriever.retrieve(question, k=k, filters=filters)
+        k = k or self.settings.top_k
+        hits = self._retrieve(question, k, filters)
         timings["retrieval"] = time.perf_counter() - t0
         answer = self._answer(question, hits, timings, on_token)
         if attribute is None:
@@ -117,10 +118,26 @@ class Assistant:
             self.attribute(answer)
         timings["total"] = time.perf_counter() - t0
         answer.question, answer.resolved_question = typed, resolved_question
+        answer.top_k = k
         answer.parent_id = parent_id
         if record:
             answer.audit_id = self.record(answer, user=user, role=role)
         return answer
+
+    def _retrieve(self, question: str, k: int, filters: Filters) -> list[Hit]:
+        """The ``k`` best passages, then up to ``leading_document_passages`` more of the
+        leading document from the next ``k`` ranks: a guideline's answer often sits in its
+        own passage just below the cut ("Population", "When Not to Screen"), while passages
+        of other documents below it only add citations."""
+        extra = self.settings.leading_document_passages
+        if not extra:
+            return self.retriever.retrieve(question, k=k, filters=filters)
+        ranked = self.retriever.retrieve(question, k=2 * k, filters=filters)
+        top = ranked[:k]
+        if top:
+            leading = top[0].chunk.doc_id
+            top += [h for h in ranked[k:] if h.chunk.doc_id == leading][:extra]
+        return top
 
     def _answer(
         self,

@@ -329,7 +329,8 @@ def answer_payload(
     """
     gen = answer.generation
     by_chunk = {h.chunk.chunk_id: h for h in answer.hits}
-    decisive = answer_settings(settings, top_k=top_k if top_k is not None else len(answer.hits))
+    asked = top_k if top_k is not None else answer.top_k
+    decisive = answer_settings(settings, top_k=asked if asked is not None else len(answer.hits))
     return {
         "answer": answer.answer,
         "abstained": answer.abstained,

@@ -76,6 +76,14 @@ class Settings(BaseModel):
 
     # retrieval
     top_k: int = Field(5, gt=0, le=50)
+    leading_document_passages: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="After the top_k passages, read up to this many more of the leading "
+        "document from the next top_k ranks (its answer is often in a passage just below the "
+        "cut); 0: top_k passages only.",
+    )
     candidates: int = Field(40, gt=0, description="Per-retriever candidates before fusion.")
     rrf_k: int = Field(60, gt=0)
     # Weighted RRF: on a MedQuAD dev sample (benchmarks/retrieval.py --sweep) BM25 at equal
@@ -353,6 +361,7 @@ class Settings(BaseModel):
 ANSWER_SETTINGS: tuple[str, ...] = (
     "embedder_backend",
     "top_k",
+    "leading_document_passages",
     "candidates",
     "rrf_k",
     "dense_weight",
@@ -381,6 +390,8 @@ ANSWER_SETTINGS: tuple[str, ...] = (
 # answered without the check, so restoring it turns the check off.
 ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "abstain_rare_term_zipf": 0.0,
+    # answers before the setting read top_k passages only
+    "leading_document_passages": 0,
     # answers before the setting showed the model's wording whenever most of it verified
     "answer_style": "generated",
     "yes_no_decisions": False,

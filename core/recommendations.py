@@ -25,7 +25,10 @@ from core.text import sentence_spans
 
 METADATA_KEY = "recommendations"
 # Bump when the rules below change: stored spans of another version are recomputed on read.
-VERSION = 2  # 2: "younger than 21" is an age range without the word "age"
+# 2: "younger than 21" is an age range without the word "age"; 3: unmarked list items
+VERSION = 3
+# Longest sentence taken as an unmarked list item (characters)
+MAX_UNMARKED_ITEM = 160
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 _VERB = re.compile(
@@ -109,6 +112,11 @@ def find(text: str, section: str = "") -> list[tuple[int, int]]:
             # a statement introducing a list: its items are what it recommends
             while j + 1 < len(sentences) and _LIST_MARKER.match(text[sentences[j + 1][0] :]):
                 j += 1
+            if j == i:
+                # a list that lost its markers (a PDF's bullets): short one-sentence
+                # paragraphs right after the colon
+                while j + 1 < len(sentences) and _unmarked_item(text, sentences, j + 1):
+                    j += 1
         whole = text[a : sentences[j][1]]
         item = bool(_LIST_MARKER.match(sentence))
         if _is_statement(whole, listed=item and in_recommendations):
@@ -117,6 +125,16 @@ def find(text: str, section: str = "") -> list[tuple[int, int]]:
         else:
             i += 1
     return out
+
+
+def _unmarked_item(text: str, sentences: list[tuple[int, int]], k: int) -> bool:
+    """Whether sentence ``k`` is a paragraph of its own, short, after a paragraph break: a list
+    item whose marker the document's format lost ("Stop screening when any of these applies:"
+    then "The person has not smoked for 15 years." on its own line)."""
+    a, b = sentences[k]
+    before = text[sentences[k - 1][1] : a]
+    after = text[b : sentences[k + 1][0]] if k + 1 < len(sentences) else "\n"
+    return "\n" in before and "\n" in after and b - a <= MAX_UNMARKED_ITEM
 
 
 def _is_statement(text: str, *, listed: bool) -> bool:

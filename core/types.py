@@ -206,6 +206,9 @@ class Answer:
     nearest_documents: list[dict[str, Any]] = field(default_factory=list)
     attribution: dict[str, Any] | None = None
     audit_id: int | None = None
+    # the passages asked of retrieval (the record's top_k, what a replay asks again): ``hits``
+    # may hold more, of the leading document (``leading_document_passages``)
+    top_k: int | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,21 @@ def test_statements_keep_the_list_they_introduce_and_skip_rationale() -> None:
     assert (found[0].grade, found[0].ages, found[1].ages) == ("B", (45, 49), (85, None))
 
 
+def test_a_list_that_lost_its_markers_stays_with_its_statement() -> None:
+    """A PDF's bullets are gone: the items follow the colon as short one-sentence paragraphs.
+    Quoted without them, "Stop screening when any of these applies:" says nothing."""
+    text = (
+        "Stop screening when any of these applies:\n\nThe person has not smoked for 15 "
+        "years.\n\nThe person cannot or will not have curative lung surgery.\n\nPack-years "
+        "count the packs smoked daily times the years smoked. Heavy smokers reach 20 soon."
+    )
+    found = [recommendations.describe(text, a, b) for a, b in recommendations.find(text, "")]
+    assert [s.text for s in found] == [
+        "Stop screening when any of these applies: The person has not smoked for 15 years; "
+        "The person cannot or will not have curative lung surgery."
+    ]
+
+
 def test_statements_by_interval_age_and_grade_but_not_background() -> None:
     text = (
         "Colonoscopy: every 10 years. Adults 18 and older can be screened. Grade A for ages "
@@ -483,3 +498,45 @@ def test_old_index_without_statement_metadata_quotes_the_same(library: Settings)
     old_quotes = quotes_for(COLORECTAL, old, embed, source_sentences(old))
     assert [q.evidence.text for q in old_quotes] == [q.evidence.text for q in new_quotes]
     assert old_quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
+
+
+# ------------------------------------------------------------------ passages read
+
+
+class _RankedRetriever:
+    """Returns the ranking it was given, cut at ``k``."""
+
+    def __init__(self, ranked: list[Hit]) -> None:
+        self.ranked = ranked
+        self.asked: list[int] = []
+
+    def retrieve(self, question: str, k: int | None = None, filters: Any = None) -> list[Hit]:
+        self.asked.append(k or 0)
+        return self.ranked[: k or 5]
+
+
+def test_the_leading_documents_passages_below_the_cut_are_read_too(settings: Settings) -> None:
+    """A guideline's answer often sits in its own passage just below the top-k ("Population"
+    at rank 7 for "Who should be screened for lung cancer?"): up to
+    ``leading_document_passages`` more passages of the leading document are read, from the
+    next k ranks; passages of other documents below the cut are not."""
+    from assistant.pipeline import Assistant
+    from assistant.retrieve import Filters
+
+    docs = ["lung", "lung", "breast", "lung", "cervix", "cervix", "lung", "breast", "lung", "lung"]
+    ranked = [_hit(doc, f"{doc} passage {i}.", f"S{i}") for i, doc in enumerate(docs, 1)]
+    assistant = Assistant(settings.model_copy(update={"leading_document_passages": 2}))
+    retriever = _RankedRetriever(ranked)
+    assistant.retriever = retriever  # type: ignore[assignment]
+    hits = assistant._retrieve("q", 5, Filters())
+    assert [h.chunk.section for h in hits] == ["S1", "S2", "S3", "S4", "S5", "S7", "S9"]
+    assert retriever.asked == [10]
+    assistant.settings = settings.model_copy(update={"leading_document_passages": 0})
+    assert [h.chunk.section for h in assistant._retrieve("q", 5, Filters())] == [
+        "S1", "S2", "S3", "S4", "S5"
+    ]  # fmt: skip
+    # the shipped default reads 3 more; a record without the setting was answered with none
+    from core.config import ANSWER_SETTINGS_ABSENT_MEANS
+
+    assert Settings.model_fields["leading_document_passages"].default == 3
+    assert ANSWER_SETTINGS_ABSENT_MEANS["leading_document_passages"] == 0
