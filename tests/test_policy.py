@@ -160,6 +160,10 @@ def test_quoted_answer_leads_with_the_recommendation_not_its_rationale() -> None
     assert answer.answer.startswith("Ages 45 to 49: screen all adults (grade B). [1]")
 
 
+def _first_quote(question: str, hits: list[Hit]) -> str:
+    return quotes_for(question, hits, bow_embed, source_sentences(hits))[0].evidence.text
+
+
 def _age_band_hits() -> list[Hit]:
     return [
         _hit("colorectal cancer screening", "Ages 50 to 75: screen all adults (grade A). "
@@ -191,8 +195,7 @@ def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> N
              "whatever the age of sexual debut.", "When Not to Screen"),
     ]  # fmt: skip
     question = "Should a sexually active 19-year-old be screened?"
-    quotes = quotes_for(question, hits, bow_embed, source_sentences(hits))
-    assert quotes[0].evidence.text.startswith("Younger than 21: do not screen")
+    assert _first_quote(question, hits).startswith("Younger than 21: do not screen")
     assert recommendations.ages(question) == (19, 19)
 
 
@@ -204,8 +207,7 @@ def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
              "years.", "Stopping"),
     ]  # fmt: skip
     question = "In which situations should lung cancer screening stop?"
-    quotes = quotes_for(question, hits, bow_embed, source_sentences(hits))
-    assert quotes[0].evidence.text.startswith("Stop screening once")
+    assert _first_quote(question, hits).startswith("Stop screening once")
 
 
 def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
