@@ -303,7 +303,7 @@ def quotes_for(
     out = []
     chosen = [int(j) for j in np.argsort(-ranking, kind="stable")[:limit]]
     closest = int(np.argmax(np.where(bibliographic, -np.inf, scores)))
-    if chosen and closest not in chosen:
+    if chosen and closest not in chosen and not bibliographic[closest]:
         chosen.append(closest)
     for j in chosen:
         n_, text, indices, statement = units[j]

@@ -487,6 +487,9 @@ _AGAINST = re.compile(
     r"|\bno\s+(?:further|longer|need|routine)\b",
     re.I,
 )
+# "adults who are not pregnant", "people who do not smoke": a negation inside the clause that
+# says whom a statement is for is no advice against; left out before reading the polarity.
+_WHO_CLAUSE = re.compile(r"\bwho\b[^,;:.()]*", re.I)
 # Advice that depends on the person: grade C ("offer selectively", "an individual decision")
 # and grade I (evidence insufficient) answer neither yes nor no.
 _DEPENDS = re.compile(
@@ -539,7 +542,7 @@ def stated_decision(question: str, lead: Quote) -> Decision | None:
     if grade in {"C", "I"} or _DEPENDS.search(text):
         label = DecisionLabel.UNCERTAIN
     else:
-        against = grade == "D" or bool(_AGAINST.search(text))
+        against = grade == "D" or bool(_AGAINST.search(_WHO_CLAUSE.sub(" ", text)))
         if _ASKS_AGAINST.search(question):
             against = not against
         label = DecisionLabel.NO if against else DecisionLabel.YES

@@ -594,6 +594,17 @@ def _lead(text: str, *, recommendation: bool = True) -> Any:
             "Ages 50 to 75: screen all adults who have no symptoms (grade A).",
             DecisionLabel.YES,
         ),
+        # "who do not smoke" says whom the statement is for, not what to avoid
+        (
+            "Should adults who do not smoke be screened for lung cancer at 55?",
+            "Do not screen adults who have never smoked (grade D).",
+            DecisionLabel.NO,
+        ),
+        (
+            "Should non-pregnant adults be screened for hepatitis C?",
+            "Screen adults who are not pregnant once (grade B).",
+            DecisionLabel.YES,
+        ),
         # left to the person: neither yes nor no
         (
             "Should a 50-year-old with a 12% 10-year risk start aspirin?",
