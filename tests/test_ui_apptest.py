@@ -823,3 +823,15 @@ def test_each_sentence_gets_the_source_sentences_that_drove_it_marked_by_score()
         "sources": [{"index": i, "n": 1} for i in range(4)],
     }
     assert all(s.whole_answer for s in sentence_drivers(answer))
+
+
+def test_a_stated_decision_is_explained_in_words() -> None:
+    """A clinician reads how a guideline-stated decision was made, not its method key."""
+    from assistant.decide import STATED_METHOD
+    from ui.render import decision_method_text
+
+    assert decision_method_text(f"{STATED_METHOD}:grade D") == (
+        "Stated by the recommendation quoted first (grade D)"
+    )
+    assert decision_method_text(STATED_METHOD) == "Stated by the recommendation quoted first"
+    assert decision_method_text("logistic:channel+cues:abc") == "Method: logistic:channel+cues:abc"

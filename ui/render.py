@@ -231,6 +231,17 @@ def faithfulness_rows(faithfulness: Mapping[str, Any] | None) -> list[dict[str, 
     return rows
 
 
+def decision_method_text(method: str) -> str:
+    """How a yes/no decision was made, for the reader: a guideline's statement in words; a
+    fitted model by its name (the auditor's detail)."""
+    from assistant.decide import STATED_METHOD
+
+    if not method.startswith(STATED_METHOD):
+        return f"Method: {method}"
+    grade = method[len(STATED_METHOD) :].lstrip(":").strip()
+    return "Stated by the recommendation quoted first" + (f" ({grade})" if grade else "")
+
+
 def abstain_reason_text(reason: str | None) -> str:
     """Why an answer was withheld, in a clinician's words (the policy owns the wording)."""
     return explain(reason)

@@ -33,6 +33,7 @@ from ui.render import (
     abstain_reason_text,
     attribution_by_source,
     attribution_chart,
+    decision_method_text,
     driver_html,
     faithfulness_text,
     has_negative,
@@ -285,7 +286,8 @@ def _render_decision(answer: Answer, labels: dict[int, Any]) -> None:
         for k, v in decision.probabilities.items()
         if k.lower() in {"yes", "no"} and isinstance(v, int | float)
     )
-    st.caption(md_escape(f"Method: {decision.method}" + (f" ({odds})" if odds else "")))
+    method = decision_method_text(decision.method)
+    st.caption(md_escape(method + (f" ({odds})" if odds else "")))
 
 
 def _currency_lines(
