@@ -226,6 +226,10 @@ ANAPHORA_PENALTY = 0.1
 # "Stop screening when any of these applies:" cut from its list (a PDF's list lost its
 # bullets) says nothing: last, whatever its words share with the question.
 LIST_OPENING_PENALTY = 0.5
+# A statement for other ages than the question's ("Ages 21 to 29: cytology every 3 years" for
+# a 19-year-old) answers about someone else: it must not lead when one for those ages exists,
+# even when its words match the question better.
+OTHER_AGES_PENALTY = 0.2
 _ASKS_AGE = re.compile(
     r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
     r"\bage\s+(?:to|at which|range|should)\b|"
@@ -410,7 +414,7 @@ def _bonuses(
         if population is not None and addressed is not None:
             # the question names its population's ages: a statement for other ages is about
             # someone else
-            bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -ASPECT_BONUS
+            bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -OTHER_AGES_PENALTY
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

@@ -187,14 +187,15 @@ def test_when_should_screening_start_is_answered_with_the_starting_age() -> None
 
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
-    one for ages 21 to 29, whose age is only in its heading."""
+    one for ages 21 to 29 (its age only in its heading), although that one shares more of the
+    question's words ("Pap test")."""
     hits = [
         _hit("cervical cancer screening", "- Cervical cytology (Pap test) alone every 3 years "
              "(grade A).", "Recommendation > Ages 21 to 29"),
-        _hit("cervical cancer screening", "- Younger than 21: do not screen (grade D), "
-             "whatever the age of sexual debut.", "When Not to Screen"),
+        _hit("cervical cancer screening", "- Younger than 21: do not screen (grade D); no "
+             "test is needed.", "When Not to Screen"),
     ]  # fmt: skip
-    question = "Should a sexually active 19-year-old be screened?"
+    question = "Should a sexually active 19-year-old have a Pap test?"
     assert _first_quote(question, hits).startswith("Younger than 21: do not screen")
     assert recommendations.ages(question) == (19, 19)
 
