@@ -622,9 +622,10 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
 
     Called once the abstention checks before generation have passed. The decision and its
     evidence are the answer: the guideline's (or abstract's) sentences that best match the
-    question, quoted and cited, with the decision, read from the best one's whole document, on
-    top. The packaged 135M model's own wording is the less accurate one (it failed
-    verification on most PubMedQA questions, and parsed as "maybe" when quoted), and skipping
+    question, quoted and cited, with the decision on top: stated by the recommendation quoted
+    first (:func:`stated_decision`), else read from the best quote's whole document. The
+    packaged 135M model's own wording is the less accurate one (it failed verification on
+    most PubMedQA questions, and parsed as "maybe" when quoted), and skipping
     it saves the generation, about 6 of the 6.5 seconds of an answer on a CPU. Off when
     ``yes_no_decisions`` is off, or when the weights use the channel score and the LLM cannot
     score options.
@@ -653,23 +654,27 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     # questions over data_samples, caught none the passage-level checks had let through
     # (docs/benchmarks.md).
     quote = quote_answer(quotes, hits, limit=EVIDENCE_SENTENCES)
-    if weights.needs_model:
-        assistant.load_model(timings)
     t = time.perf_counter()
-    read = passages_read(quotes, ctx.sources, hits)
-    prompts = [messages(question, option) for option in OPTIONS] if weights.needs_model else []
+    # a guideline says it in one statement, the one quoted first: no model, no weights
+    stated = stated_decision(question, quotes[0])
+    scored = stated is None and weights.needs_model
+    if scored:
+        assistant.load_model(timings)
+    prompts = [messages(question, option) for option in OPTIONS] if scored else []
     # Recorded as the answer's generation (empty text: nothing was written), so the record
-    # names the model, the prompt when the model scored the evidence, and the weights.
+    # names the model, the prompt when the model scored the evidence, and the weights when
+    # they decided.
+    method = STATED_METHOD if stated is not None else METHOD
     scoring = Generation(
         text="",
         model=llm.info,
         prompt_hash=hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(),
-        template=f"{PROMPT_NAME}:{PROMPT_SHA256}" if prompts else f"{METHOD}:no-prompt",
+        template=f"{PROMPT_NAME}:{PROMPT_SHA256}" if prompts else f"{method}:no-prompt",
         decoding={
             "teacher_forced": "evidence" if prompts else None,
             "options": list(OPTIONS),
             "max_new_tokens": 0,
-            "weights_sha256": weights.sha256,
+            "weights_sha256": weights.sha256 if stated is None else None,
         },
         seconds=0.0,
     )
@@ -680,15 +685,25 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
         evidence=quote.evidence,
         unverified=[],
     )
-    # The decision reads the whole cited document from the library, not only its retrieved
-    # passages: the retrieved ones missed an abstract's last (results) sentence on about a
-    # third of PubMedQA questions, and the results are where the finding is.
-    stated = stated_decision(question, quotes[0])
     if stated is not None:
-        # a guideline says it in one statement: the one quoted first
         out.decision = stated
-        scoring.seconds = timings["decision"] = time.perf_counter() - t
-        return out
+    else:
+        out.decision = _decide_from_document(assistant, ctx, quotes, weights)
+    scoring.seconds = timings["decision"] = time.perf_counter() - t
+    return out
+
+
+def _decide_from_document(
+    assistant: Assistant, ctx: Context, quotes: Sequence[Quote], weights: Weights
+) -> Decision | None:
+    """The fitted model's decision, read from the best quote's whole document.
+
+    The whole cited document from the library, not only its retrieved passages: the retrieved
+    ones missed an abstract's last (results) sentence on about a third of PubMedQA questions,
+    and the results are where the finding is.
+    """
+    question, hits = ctx.question, ctx.hits
+    read = passages_read(quotes, ctx.sources, hits)
     document: list[str] = []
     if read:
         doc = hits[read[0].n - 1].chunk.doc_id
@@ -696,6 +711,4 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     document = document or [s.text for s in read]
     # each sentence's match to the question picks the closest ones, as in the fit
     sims = similarities(assistant.embed, question, document) if document else None
-    out.decision = decide(llm, question, read, settings, weights, sims, document)
-    scoring.seconds = timings["decision"] = time.perf_counter() - t
-    return out
+    return decide(assistant.llm, question, read, assistant.settings, weights, sims, document)

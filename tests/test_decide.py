@@ -426,7 +426,9 @@ def test_other_questions_and_models_without_log_probabilities_are_unchanged(
     assert answer.generation is not None and answer.generation.text
 
 
-def test_the_shipped_cue_weights_decide_without_the_model(library: Settings) -> None:
+def test_the_shipped_cue_weights_decide_without_the_model(
+    library: Settings, findings_only: None
+) -> None:
     # the shipped fit uses the text cues only (docs/benchmarks.md): any model can decide
     assert not decide.shipped_weights().needs_model
     plain = ExtractiveLLM()  # no log-probabilities
@@ -658,3 +660,7 @@ def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(
     assert answer.decision.method.startswith(decide.STATED_METHOD)
     shown = {i for i in answer.sentences[0].evidence}
     assert set(answer.decision.evidence) == shown
+    # the record says the statement decided: no prompt, no fitted weights
+    assert answer.generation is not None
+    assert answer.generation.template == f"{decide.STATED_METHOD}:no-prompt"
+    assert answer.generation.decoding["weights_sha256"] is None
