@@ -230,6 +230,11 @@ LIST_OPENING_PENALTY = 0.5
 # a 19-year-old) answers about someone else: it must not lead when one for those ages exists,
 # even when its words match the question better.
 OTHER_AGES_PENALTY = 0.2
+# Another document's sentence follows the lead only when it matches the question about as
+# well: below that it is a neighbouring study or guideline on another subject ("Sixty TAVI
+# patients were randomized..." under a question on enteroscopy). On PubMedQA's 500 questions
+# such quotes fell a median 0.24 below the lead, the rare right ones 0.07 (docs/benchmarks.md).
+OTHER_DOCUMENT_MARGIN = 0.1
 _ASKS_AGE = re.compile(
     r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
     r"\bage\s+(?:to|at which|range|should)\b|"
@@ -279,7 +284,8 @@ def quotes_for(
     """What to quote for the question, best first: recommendation statements (from the chunk
     metadata ingest stored, or found in the text for older indexes) and single sentences,
     ranked by their match to the question alone and under their passage's title, with
-    recommendations that state what the question asks lifted.
+    recommendations that state what the question asks lifted. Passages of other documents
+    than the one quoted first follow it only within ``OTHER_DOCUMENT_MARGIN`` of its rank.
 
     When the ranking leaves out the sentence closest to the question on its own, it follows
     the ``limit`` ranked ones: whether the evidence is strong enough to quote
@@ -305,7 +311,12 @@ def quotes_for(
     ranking = 0.5 * (scores + in_context) + 0.2 * lexical - bibliographic
     ranking = ranking + _bonuses(question, hits, units, ranking)
     out = []
-    chosen = [int(j) for j in np.argsort(-ranking, kind="stable")[:limit]]
+    order = [int(j) for j in np.argsort(-ranking, kind="stable")]
+    lead = hits[units[order[0]][0] - 1].chunk.doc_id
+    floor = ranking[order[0]] - OTHER_DOCUMENT_MARGIN
+    chosen = [
+        j for j in order if hits[units[j][0] - 1].chunk.doc_id == lead or ranking[j] >= floor
+    ][:limit]
     closest = int(np.argmax(np.where(bibliographic, -np.inf, scores)))
     if chosen and closest not in chosen and not bibliographic[closest]:
         chosen.append(closest)

@@ -9,8 +9,9 @@ them appears in any retrieved passage, the answer would rest on passages about s
 "Rare" is judged against general English (wordfreq's Zipf scale: 3.0 is once per million
 words), not against the library, because a small library lacks many everyday words ("dose")
 that say nothing about whether it covers the subject. Words are compared by their stems, and
-a stem one edit away from a passage's stem counts as present, so plurals and a typo in the
-question ("vacination") do not trigger an abstention.
+a stem one edit away from a passage's stem counts as present, so plurals, a typo in the
+question ("vacination") and British spellings ("haemoglobin", "immunisation") do not trigger
+an abstention.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from core.types import Hit
 _WORD = re.compile(r"\b[A-Za-z][a-z]{3,}\b")
 # Shorter stems are only matched exactly: one edit turns many of them into other real words.
 MIN_FUZZY_STEM = 5
+# British -ise spellings ("immunisation", "randomised") stem apart from the American -ize ones
+# ("immunis" against "immun"), more than one edit: both sides are written with z before
+# stemming. A word that only has -ise ("exercise") is rewritten on both sides alike.
+_ISE = re.compile(r"(?<=[a-z]{3})is(?=(?:e|ed|es|ing|ation|ations)$)")
 
 Stemmer = Callable[[Sequence[str]], list[str]]
 
@@ -99,10 +104,10 @@ def check(question: str, hits: Sequence[Hit], stem: Stemmer, max_zipf: float) ->
     for hit in hits:
         c = hit.chunk
         passage_words.update(tokens(" ".join((c.title, c.section, c.text))))
-    present = set(stem(sorted(passage_words)))
+    present = set(stem(sorted({_ISE.sub("iz", w) for w in passage_words})))
     long_stems = [s for s in present if len(s) >= MIN_FUZZY_STEM]
     missing = []
-    for word, s in zip(specific, stem(specific), strict=True):
+    for word, s in zip(specific, stem([_ISE.sub("iz", w) for w in specific]), strict=True):
         if s in present:
             continue
         if len(s) >= MIN_FUZZY_STEM and any(_one_edit(s, p) for p in long_stems):

@@ -96,6 +96,28 @@ def test_check_finds_the_missing_subject_and_forgives_inflection_and_typos(
     assert coverage.check("How is choroideremia inherited?", hits, stem, 0.0).covered  # off
 
 
+def test_british_spellings_meet_american_ones(stem: coverage.Stemmer) -> None:
+    """A question in British spelling over an American guideline is covered: "-isation" and
+    "-ised" stem more than one edit away from "-ization" and "-ized"; "ae" and "oe" do not."""
+    hits = [_hit("Hepatitis B immunization for adults at risk; hospitalization is rare. Check "
+                 "hemoglobin in randomized trials of esophageal disease.")]  # fmt: skip
+    for question in (
+        "Which adults need immunisation?",
+        "How often is hospitalisation needed?",
+        "Were the trials randomised?",
+        "What haemoglobin is the target?",
+        "Is oesophageal disease covered?",
+    ):
+        result = coverage.check(question, hits, stem, 3.0)
+        assert result.specific, question  # the question has a rare word, and it is found
+        assert result.covered and not result.missing, question
+    american = [_hit("Immunisation of adults; randomised trials.")]
+    assert coverage.check("Which adults need immunization?", american, stem, 3.2).covered
+    assert not coverage.check(
+        "Is choroideremia immunised?", [_hit("Annual flu shots.")], stem, 3.0
+    ).covered
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text

@@ -229,6 +229,27 @@ def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
     assert policy.quote_answer(quotes, hits, limit=1).sentences[0].text == quotes[0].evidence.text
 
 
+def test_another_documents_weak_match_does_not_follow_the_lead() -> None:
+    """A study on another subject that shares a word with the question ("balloon") is no
+    supporting quote: the lead document's own next sentence is quoted instead. A second
+    document that matches about as well as the lead still follows it."""
+    question = "Does double balloon enteroscopy find the source of obscure bleeding?"
+    lead = _hit("dbe", "Double balloon enteroscopy found the source of obscure bleeding in 70 "
+                "percent of patients. Complications were rare.", "Results")  # fmt: skip
+    other = _hit("tavi", "Sixty patients were randomized to balloon predilatation or none.")
+    quotes = quotes_for(question, [lead, other], bow_embed, source_sentences([lead, other]))
+    assert [q.evidence.text for q in quotes[:2]] == [
+        "Double balloon enteroscopy found the source of obscure bleeding in 70 percent of "
+        "patients.",
+        "Complications were rare.",
+    ]
+    assert "tavi" not in [q.evidence.doc_id for q in quotes]
+    close = _hit("dbe2", "Double balloon enteroscopy found the source of obscure bleeding in "
+                 "most patients.", "Results")  # fmt: skip
+    quotes = quotes_for(question, [lead, close], bow_embed, source_sentences([lead, close]))
+    assert {q.evidence.doc_id for q in quotes[:2]} == {"dbe", "dbe2"}
+
+
 def test_a_question_naming_a_stage_quotes_that_stage_not_its_neighbour() -> None:
     # a near-tie by words: the stage 2 line repeats more of the question than the stage 1 line
     question = "What blood pressure defines stage 1 hypertension?"
