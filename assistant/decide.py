@@ -1,9 +1,10 @@
 """Yes/no questions: detect them, and decide yes / no / uncertain from the cited document.
 
-A guideline states its answer: when the passage quoted first is a recommendation statement
-that says what to do, its polarity is the decision (:func:`stated_decision`: grade D or "do
-not" is no, grade C or I uncertain, else yes; reversed for a question about stopping or
-avoiding). Everything else (a study's findings) is decided as follows.
+A guideline states its answer: when a quoted passage is a recommendation statement that
+says what to do (for the question's ages), the first such one's polarity is the decision
+(:func:`stated_decision`: grade D or "do not" is no, grade C or I uncertain, else yes;
+reversed for a question about stopping or avoiding). Everything else (a study's findings)
+is decided as follows.
 
 The decision reads only library text and the question: the whole document the best quote
 comes from (every chunk of it, from the library, in order), verbatim, never the model's free
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from assistant.cite import Quote
     from assistant.pipeline import Assistant
     from assistant.policy import Context
+    from core.recommendations import Statement
 
 log = logging.getLogger(__name__)
 
@@ -503,9 +505,17 @@ _DEPENDS = re.compile(
 # background ("It has been suggested that...", "Current guidelines recommend...") does not.
 _ASKS_ADVICE = re.compile(
     r"^\W*should\b|\b(?:recommend\w*|acceptable|reasonable|first[- ]line|appropriate|"
-    r"indicated|necessary|need to|usual|safe to)\b",
+    r"indicated|necessary|need to|usual|safe to)\b"
+    # "Can a pregnant woman get the flu shot?": may this person have it, not what a study found
+    r"|^\W*(?:can|may)\s+(?:a|an|the|my|our|this|i|we|she|he|they|patients?|people|adults?|"
+    r"children|women|men)\b[^?]*?\b(?:get|have|receive|take|use|start|continue|be\s+"
+    r"(?:given|vaccinated|immuni[sz]ed|screened|tested|treated|offered|prescribed))\b",
     re.I,
 )
+# A statement that applies only under a condition ("Stop screening when...", "If ..., do not")
+# does not contradict one that applies without it.
+_CONDITIONAL = re.compile(r"\b(?:when|whenever|if|unless|once|until)\b", re.I)
+DISAGREE = "statements disagree"
 # A question asking about not doing something: "Should aspirin be stopped...?", "Is X
 # contraindicated...?". Its answer is the statement's polarity reversed.
 _ASKS_AGAINST = re.compile(
@@ -515,14 +525,25 @@ _ASKS_AGAINST = re.compile(
 )
 
 
-def stated_decision(question: str, lead: Quote) -> Decision | None:
-    """The decision a guideline states, for a question asking what to do, when the passage
-    quoted first is a recommendation statement that says what to do (a recommendation verb or
-    a grade): "no" when it advises
-    against (grade D, "do not", "is not required", "not first line"), "uncertain" when it
-    leaves it to the person (grade C or I, "individual decision"), else "yes"; reversed for a
-    question about not doing it ("Should aspirin be stopped?"). None for anything else (a
-    study's findings), which the logistic model decides.
+def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
+    """The decision a guideline states, for a question asking what to do: read from the first
+    quoted passage that is a recommendation statement saying what to do (a recommendation verb
+    or a grade) for the question's ages, when it names ages and so does the question. "no"
+    when it advises against (grade D, "do not", "is not required", "not first line"),
+    "uncertain" when it leaves it to the person (grade C or I, "individual decision"), else
+    "yes"; reversed for a question about not doing it ("Should aspirin be stopped?"). None for
+    anything else (a study's findings), which the logistic model decides.
+
+    When two unconditional instructions among the quotes point opposite ways, the second
+    naming as many of the question's words as the first, the decision is uncertain and its
+    evidence is both (method ``recommendation-polarity:statements
+    disagree``).
+
+    Not only the passage quoted first: a guideline often leads with whom it covers ("Adults
+    aged 50 to 80 who meet both smoking criteria: ...") and states what to do in the next
+    passage ("Grade B: annual LDCT screening for adults aged 50 to 80..."); the abstract-fitted
+    model then read "has not smoked for 15 years" in the stopping rule as a negative finding
+    and said no to screening a 55-year-old smoker.
 
     The abstract-fitted model reads findings ("no significant difference"), not advice: on the
     clinician set's 10 guideline yes/no questions it decided 4 right, while their first quote
@@ -532,13 +553,59 @@ def stated_decision(question: str, lead: Quote) -> Decision | None:
     """
     from core import recommendations
 
-    if not lead.recommendation or not _ASKS_ADVICE.search(question):
+    if not _ASKS_ADVICE.search(question):
         return None
-    statement = recommendations.describe(lead.evidence.text, 0, len(lead.evidence.text))
-    if not statement.recommends:
+    population = recommendations.ages(question)
+    terms = question_terms(question)
+    stated: list[Decision] = []
+    unconditional: list[bool] = []
+    shared: list[int] = []  # the question's terms each statement names
+    for quote in quotes:
+        if not quote.recommendation:
+            continue
+        text = quote.evidence.text
+        statement = recommendations.describe(text, 0, len(text))
+        if not statement.recommends:
+            continue
+        # whom it addresses: its own ages, else its heading's ("Recommendation > Ages 21 to 29")
+        addressed = statement.ages or recommendations.ages_in_heading(quote.evidence.section)
+        if population is not None and addressed is not None:
+            low, high = population
+            if not (addressed[0] <= (high or 200) and low <= (addressed[1] or 200)):
+                continue  # a statement for other ages answers about someone else
+        stated.append(_polarity(question, quote, statement))
+        unconditional.append(statement.directs and not _CONDITIONAL.search(text))
+        shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))
+    if not stated:
         return None
+    first = stated[0]
+    if first.label is not DecisionLabel.UNCERTAIN and unconditional[0]:
+        # Two unconditional instructions quoted together that point opposite ways ("LAIV must
+        # not be used in pregnancy" beside "Pregnancy: vaccinate during any trimester with an
+        # inactivated vaccine") leave the answer to what differs between them: neither yes
+        # nor no, and the reader is shown both. A report ("modeling suggested little added
+        # benefit") reads as yes only by default, so it contradicts nothing.
+        # Only one naming as much of the question ("chest x-ray"): "Screening programs should
+        # use Lung-RADS" does not contradict "chest x-ray is not recommended" for a question
+        # about chest x-rays.
+        for other, plain, names in zip(stated[1:], unconditional[1:], shared[1:], strict=True):
+            if (
+                plain
+                and names >= shared[0]
+                and other.label not in (first.label, DecisionLabel.UNCERTAIN)
+            ):
+                return Decision(
+                    label=DecisionLabel.UNCERTAIN,
+                    probabilities={},
+                    evidence=list(dict.fromkeys([*first.evidence, *other.evidence])),
+                    method=f"{STATED_METHOD}:{DISAGREE}",
+                )
+    return first
+
+
+def _polarity(question: str, quote: Quote, statement: Statement) -> Decision:
     grade = (statement.grade or "").upper()
-    text = lead.evidence.text
+    text = quote.evidence.text
     if grade in {"C", "I"} or _DEPENDS.search(text):
         label = DecisionLabel.UNCERTAIN
     else:
@@ -549,21 +616,21 @@ def stated_decision(question: str, lead: Quote) -> Decision | None:
     return Decision(
         label=label,
         probabilities={},
-        evidence=list(lead.indices),
+        evidence=list(quote.indices),
         method=STATED_METHOD + (f":grade {statement.grade}" if statement.grade else ""),
     )
 
 
 def cited(decision: Decision, answer: Answer) -> list[int]:
-    """The citation numbers the reader sees for the passages the decision read, in order."""
+    """The citation numbers the reader sees for the passages the decision read, in order.
+    Passages read but not cited have no number on the screen, so none is named for them."""
     # citations carry the number shown (label) beside the source number (n) when numbered
     shown = {c.n: (getattr(c, "label", 0) or c.n) for c in answer.citations}
     out: list[int] = []
     for i in decision.evidence:
         if 0 <= i < len(answer.source_sentences):
-            n = answer.source_sentences[i].n
-            label = shown.get(n, n)
-            if label not in out:
+            label = shown.get(answer.source_sentences[i].n)
+            if label is not None and label not in out:
                 out.append(label)
     return out
 
@@ -656,7 +723,7 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     quote = quote_answer(quotes, hits, limit=EVIDENCE_SENTENCES)
     t = time.perf_counter()
     # a guideline says it in one statement, the one quoted first: no model, no weights
-    stated = stated_decision(question, quotes[0])
+    stated = stated_decision(question, quotes[:EVIDENCE_SENTENCES])
     scored = stated is None and weights.needs_model
     if scored:
         assistant.load_model(timings)

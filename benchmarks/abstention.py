@@ -114,18 +114,28 @@ def observe(retriever: Any, question: str) -> Observation:
         "relevance": relevance(hits),
         "words": [[w, coverage.zipf(w)] for w in cov.specific],
         "absent": [[w, coverage.zipf(w)] for w in cov.missing],
+        "subjects": list(cov.subjects),
     }
 
 
-def abstains(obs: Observation, threshold: float, max_zipf: float) -> bool:
-    """The pipeline's decision at these thresholds (``coverage.Coverage.covered``)."""
-    specific = [z for _, z in obs["words"] if z < max_zipf]
-    missing = [z for _, z in obs["absent"] if z < max_zipf]
+def abstains(obs: Observation, threshold: float, max_zipf: float, subjects: bool = True) -> bool:
+    """The pipeline's decision at these thresholds (``coverage.Coverage.covered``). A subject
+    word ("prostate" in "prostate cancer") counts at any threshold above 0; ``subjects``
+    False: as before they did (only by their frequency)."""
+    named = set(obs.get("subjects", ())) if subjects and max_zipf > 0 else set()
+
+    def counted(words: list[list[Any]]) -> list[str]:
+        return [w for w, z in words if z < max_zipf or w in named]
+
+    specific, missing = counted(obs["words"]), counted(obs["absent"])
     return obs["relevance"] < threshold or (bool(specific) and len(missing) == len(specific))
 
 
-def share(observed: list[Observation], threshold: float, max_zipf: float) -> float:
-    return sum(abstains(o, threshold, max_zipf) for o in observed) / max(len(observed), 1)
+def share(
+    observed: list[Observation], threshold: float, max_zipf: float, subjects: bool = True
+) -> float:
+    hits = sum(abstains(o, threshold, max_zipf, subjects) for o in observed)
+    return hits / max(len(observed), 1)
 
 
 def run_mode(
@@ -168,11 +178,14 @@ def run_mode(
 
 
 def rates(
-    observed: dict[str, list[Observation]], threshold: float, max_zipf: float = 0.0
+    observed: dict[str, list[Observation]],
+    threshold: float,
+    max_zipf: float = 0.0,
+    subjects: bool = True,
 ) -> tuple[float, float]:
     return (
-        share(observed["unanswerable"], threshold, max_zipf),
-        share(observed["answerable"], threshold, max_zipf),
+        share(observed["unanswerable"], threshold, max_zipf, subjects),
+        share(observed["answerable"], threshold, max_zipf, subjects),
     )
 
 
@@ -193,6 +206,9 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
     out["pubmedqa"] = {
         "answerable": len(observed),
         "false_abstain": {str(z): share(observed, threshold, z) for z in ZIPFS},
+        "false_abstain_without_subjects": share(
+            observed, threshold, built.settings.abstain_rare_term_zipf, subjects=False
+        ),
         "flagged_at_3": [
             [w for w, _ in o["absent"]] for o in observed if abstains(o, threshold, 3.0)
         ],
@@ -213,6 +229,7 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
         "unanswerable": len(obs["unanswerable"]),
         "answerable": len(obs["answerable"]),
         "by_zipf": {str(z): rates(obs, threshold, z) for z in ZIPFS},
+        "without_subjects": rates(obs, threshold, settings.abstain_rare_term_zipf, False),
         "flagged_at_3": {
             kind: [[w for w, _ in o["absent"]] for o in obs[kind] if abstains(o, threshold, 3.0)]
             for kind in obs
@@ -300,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode, m in modes.items():
         observed = m.pop("observed")
         abst, false_abst = rates(observed, threshold, max_zipf)
+        without = rates(observed, threshold, max_zipf, subjects=False)
         relevance_only = rates(observed, threshold)
         table = [[t, *rates(observed, t)] for t in THRESHOLDS]
         best = max(table, key=lambda r: (r[1] - r[2], -abs(r[0] - threshold)))
@@ -309,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             **m,
             "abstain_on_unanswerable": abst,
             "false_abstain_on_answerable": false_abst,
+            "without_subject_words": {
+                "abstain_on_unanswerable": without[0],
+                "false_abstain_on_answerable": without[1],
+            },
             "relevance_check_only": {
                 "abstain_on_unanswerable": relevance_only[0],
                 "false_abstain_on_answerable": relevance_only[1],
@@ -372,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
+    for mode, m in result["modes"].items():
+        w = m["without_subject_words"]
+        print(
+            f"{mode}, without subject words: abstain {w['abstain_on_unanswerable']:.3f}, "
+            f"false {w['false_abstain_on_answerable']:.3f}"
+        )
     print("\ncalibration (share with best relevance < threshold, i.e. abstaining)")
     rows = []
     for i, t in enumerate(THRESHOLDS):
@@ -406,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["zipf", "pubmedqa: false|ans", "samples: abstain|unans", "samples: false|ans"],
                 [[z, e["pubmedqa"]["false_abstain"][str(z)], *d["by_zipf"][str(z)]] for z in ZIPFS],
             )
+        )
+        print(
+            "without subject words at the configured zipf: PubMedQA false "
+            f"{e['pubmedqa']['false_abstain_without_subjects']:.3f}, samples abstain | false "
+            "{:.3f} | {:.3f}".format(*d["without_subjects"])
         )
         print("PubMedQA abstentions at zipf 3.0, words absent:", e["pubmedqa"]["flagged_at_3"])
         print("data_samples abstentions at zipf 3.0, words absent:", d["flagged_at_3"])

@@ -25,8 +25,9 @@ from core.text import sentence_spans
 
 METADATA_KEY = "recommendations"
 # Bump when the rules below change: stored spans of another version are recomputed on read.
-# 2: "younger than 21" is an age range without the word "age"; 3: unmarked list items
-VERSION = 3
+# 2: "younger than 21" is an age range without the word "age"; 3: unmarked list items;
+# 4: "vaccinate", "immunize", "refer", "counsel" as imperatives ("Pregnancy: vaccinate ...")
+VERSION = 4
 # Longest sentence taken as an unmarked list item (characters)
 MAX_UNMARKED_ITEM = 160
 
@@ -44,9 +45,11 @@ _VERB = re.compile(
 # ("Ages 45 to 49: screen all adults"); elsewhere "use" or "start" are ordinary words.
 _IMPERATIVE = re.compile(
     r"(?:^|[:;,]\s+)(?:screen|offer|start|initiate|begin|avoid|consider|use|give|prescribe|"
-    r"treat|add|stop|discontinue|reassess|recheck|check|repeat|follow up|decide|ask|document)\b",
+    r"treat|add|stop|discontinue|reassess|recheck|check|repeat|follow up|decide|ask|document|"
+    r"vaccinate|revaccinate|immuni[sz]e|refer|counsel)\b",
     re.I,
 )
+_DIRECTIVE = re.compile(r"\b(?:should|must|recommends?|recommended|do not|don't)\b", re.I)
 _GRADE = re.compile(
     r"\bgrade\s+(?:[A-D]|I)\b|\b(?:strong|weak|conditional|moderate)\s+recommendation\b|"
     r"\((?:strong|weak|conditional)\)|\bclass\s+(?:I{1,3}|IIa|IIb)\b",
@@ -93,6 +96,14 @@ class Statement:
     def recommends(self) -> bool:
         """Says what to do (a verb or a grade), not only for whom or how often."""
         return self.verb or self.grade is not None
+
+    @property
+    def directs(self) -> bool:
+        """Says what to do as an instruction: a grade, an imperative, "should", "must" or
+        "recommend"; not a report that "modeling suggested" something."""
+        return self.grade is not None or bool(
+            _IMPERATIVE.search(self.text) or _DIRECTIVE.search(self.text)
+        )
 
 
 def find(text: str, section: str = "") -> list[tuple[int, int]]:

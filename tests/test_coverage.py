@@ -118,6 +118,31 @@ def test_british_spellings_meet_american_ones(stem: coverage.Stemmer) -> None:
     ).covered
 
 
+def test_the_subject_of_a_condition_counts_however_common_the_word(
+    stem: coverage.Stemmer,
+) -> None:
+    """ "prostate" is common in English (Zipf 3.7), so the rare-word test passed a PSA question
+    over a library without a prostate guideline, which then quoted colorectal age bands. The
+    word naming the condition's subject is checked whatever its frequency."""
+    colorectal = [
+        _hit("Ages 45 to 49: screen all adults for colorectal cancer (grade B).",
+             title="Colorectal Cancer Screening"),
+        _hit("Ages 76 to 85: offer screening selectively (grade C)."),
+    ]  # fmt: skip
+    psa = "At what age should PSA-based prostate cancer screening be discussed with men?"
+    assert coverage.subject_terms(psa) == ["prostate"]
+    result = coverage.check(psa, colorectal, stem, 3.0)
+    assert result.missing == result.specific == ("prostate",)
+    assert not result.covered
+    prostate = [_hit("Men aged 55 to 69: discuss PSA-based screening for prostate cancer.")]
+    assert coverage.check(psa, prostate, stem, 3.0).covered
+    asked = "At what age should colorectal cancer screening start?"
+    assert coverage.check(asked, colorectal, stem, 3.0).covered
+    # words saying how, not what, are no subject; the check off is off for subjects too
+    assert coverage.subject_terms("Is early cancer or chronic disease treated?") == []
+    assert coverage.check(psa, colorectal, stem, 0.0).covered
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from assistant import decide
+from core import recommendations
 from core.types import DecisionLabel, Mode, ModelInfo, SourceSentence
 from tests.test_ui_fakes import ExtractiveLLM
 
@@ -125,13 +126,13 @@ def channel_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline decides with CHANNEL_ONLY instead of the shipped weights, whatever the
     first quote states (the tests of a guideline's stated decision are apart)."""
     monkeypatch.setattr(decide, "shipped_weights", lambda: CHANNEL_ONLY)
-    monkeypatch.setattr(decide, "stated_decision", lambda question, lead: None)
+    monkeypatch.setattr(decide, "stated_decision", lambda question, quotes: None)
 
 
 @pytest.fixture
 def findings_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped weights decide, whatever the first quote states."""
-    monkeypatch.setattr(decide, "stated_decision", lambda question, lead: None)
+    monkeypatch.setattr(decide, "stated_decision", lambda question, quotes: None)
 
 
 def _sources(*texts: str) -> list[SourceSentence]:
@@ -557,11 +558,11 @@ def test_packaged_model_decides_from_clear_evidence(
 # --- a guideline's stated decision ----------------------------------------------------------
 
 
-def _lead(text: str, *, recommendation: bool = True) -> Any:
+def _lead(text: str, *, recommendation: bool = True, section: str = "Recommendation") -> Any:
     from assistant.cite import Quote
     from core.types import Evidence
 
-    evidence = Evidence(1, text, "doc", "Guideline", "Recommendation", 1, 0.7)
+    evidence = Evidence(1, text, "doc", "Guideline", section, 1, 0.7)
     return Quote(evidence, (0, 1), recommendation, 0.9)
 
 
@@ -624,7 +625,7 @@ def _lead(text: str, *, recommendation: bool = True) -> Any:
 def test_a_guideline_statement_quoted_first_states_the_decision(
     question: str, statement: str, expected: DecisionLabel
 ) -> None:
-    decision = decide.stated_decision(question, _lead(statement))
+    decision = decide.stated_decision(question, [_lead(statement)])
     assert decision is not None
     assert decision.label is expected
     assert decision.method.startswith(decide.STATED_METHOD)
@@ -635,14 +636,101 @@ def test_findings_and_statements_that_advise_nothing_are_left_to_the_model() -> 
     advice = "Should adults over 70 take aspirin to prevent stroke?"
     # a study's finding is not a recommendation statement
     finding = _lead("Aspirin did not reduce stroke (HR 0.95).", recommendation=False)
-    assert decide.stated_decision(advice, finding) is None
+    assert decide.stated_decision(advice, [finding]) is None
     # an age band and an interval say for whom and how often, not what to do
-    assert decide.stated_decision(advice, _lead("Ages 70 to 74: every 2 years.")) is None
+    assert decide.stated_decision(advice, [_lead("Ages 70 to 74: every 2 years.")]) is None
     # a question about what a study found: an abstract's background statement does not
     # answer it ("It has been suggested...", "Current guidelines recommend...")
     background = _lead("Current guidelines recommend aspirin after a stroke.")
-    assert decide.stated_decision(advice, background) is not None
-    assert decide.stated_decision("Does aspirin reduce stroke after 70?", background) is None
+    assert decide.stated_decision(advice, [background]) is not None
+    assert decide.stated_decision("Does aspirin reduce stroke after 70?", [background]) is None
+
+
+def test_the_first_quoted_statement_for_the_questions_ages_decides() -> None:
+    """A guideline often leads with whom it covers and says what to do in the next passage; a
+    statement for other ages is passed over."""
+    question = "Should a 55 year old smoker with 30 pack-years be screened for lung cancer?"
+    population = _lead(
+        "Adults aged 50 to 80 years who have no symptoms of lung cancer and who meet both "
+        "smoking criteria: Smoking history: at least 20 pack-years."
+    )
+    other_ages = _lead("Younger than 50: do not screen (grade D).")
+    graded = _lead(
+        "Grade B: annual LDCT screening for adults aged 50 to 80 years with a 20 pack-year "
+        "smoking history."
+    )
+    decision = decide.stated_decision(question, [population, other_ages, graded])
+    assert decision is not None
+    assert decision.label is DecisionLabel.YES
+    assert decision.method == f"{decide.STATED_METHOD}:grade B"
+    # without a statement that says what to do, the fitted model decides
+    assert decide.stated_decision(question, [population, other_ages]) is None
+
+
+def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> None:
+    """ "Can a pregnant woman get the flu shot?" was decided no by the abstract-fitted cues
+    from "LAIV must not be used in pregnancy", beside "Pregnancy: vaccinate during any
+    trimester with an inactivated vaccine". Opposite unconditional statements leave it to what
+    differs between them; a conditional one ("Stop screening when...") contradicts nothing."""
+    question = "Can a pregnant woman get the flu shot?"
+    assert decide._ASKS_ADVICE.search(question)  # may this person have it: advice
+    assert not decide._ASKS_ADVICE.search("Can aspirin prevent stroke in women?")  # a finding
+    vaccinate = _lead(
+        "Pregnancy: vaccinate during any trimester with an inactivated or recombinant vaccine."
+    )
+    laiv = _lead("The live attenuated vaccine (LAIV) must not be used in pregnancy.")
+    assert recommendations.describe(vaccinate.evidence.text, 0, 60).recommends
+    decision = decide.stated_decision(question, [vaccinate, laiv])
+    assert decision is not None
+    assert decision.label is DecisionLabel.UNCERTAIN
+    assert decision.method == f"{decide.STATED_METHOD}:{decide.DISAGREE}"
+    assert decision.evidence == [0, 1]  # both statements' sentences, once each
+    assert decide.stated_decision(question, [vaccinate]).label is DecisionLabel.YES  # type: ignore[union-attr]
+    lung = "Should a 60-year-old who smokes be screened for lung cancer?"
+    screen = _lead("Grade B: annual LDCT screening for adults aged 50 to 80 years who smoke.")
+    stop = _lead("Stop screening when the person has not smoked for 15 years.")
+    assert decide.stated_decision(lung, [screen, stop]).label is DecisionLabel.YES  # type: ignore[union-attr]
+    # a statement about something else the question does not name contradicts nothing
+    xray = "Is a chest x-ray acceptable for lung cancer screening?"
+    only_ldct = _lead(
+        "LDCT is the only recommended test; chest x-ray and sputum cytology are not "
+        "recommended for screening."
+    )
+    programs = _lead("Screening programs should use a structured reporting system.")
+    assert decide.stated_decision(xray, [only_ldct, programs]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # nor does one for other ages, named only in its heading
+    pap = "Should a sexually active 19-year-old have a Pap test?"
+    under_21 = _lead("Younger than 21: do not screen (grade D), whatever the sexual history.")
+    cytology = _lead(
+        "Cervical cytology (Pap test) alone every 3 years (grade A).",
+        section="Recommendation > Ages 21 to 29",
+    )
+    assert decide.stated_decision(pap, [under_21, cytology]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # a report is no instruction: it reads as yes only by default and contradicts nothing
+    aspirin = "Should I start daily low-dose aspirin at 65?"
+    against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")
+    report = _lead("For people already taking aspirin, modeling suggested little added benefit.")
+    assert decide.stated_decision(aspirin, [against, report]).label is DecisionLabel.NO  # type: ignore[union-attr]
+
+
+def test_a_decision_names_only_the_citations_the_reader_sees(library: Settings) -> None:
+    """The findings model reads every retrieved passage of the cited document; the line
+    naming its evidence used to print source numbers with no citation beside it ([6], [7])."""
+    import dataclasses
+
+    answer = _assistant(library, ExtractiveLLM()).ask(
+        "Should a 55 year old smoker with 30 pack-years be screened for lung cancer?",
+        record=False,
+    )
+    assert answer.decision is not None
+    assert answer.decision.label is DecisionLabel.YES
+    assert answer.decision.method.startswith(decide.STATED_METHOD)
+    shown = {getattr(c, "label", 0) or c.n for c in answer.citations}
+    assert set(decide.cited(answer.decision, answer)) <= shown
+    # a decision read from passages that are not all cited names only the cited ones
+    every = list(range(len(answer.source_sentences)))
+    wider = dataclasses.replace(answer.decision, evidence=every)
+    assert set(decide.cited(wider, answer)) == shown
 
 
 def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(

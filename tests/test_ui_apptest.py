@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -503,6 +504,36 @@ def test_a_decision_is_shown_first_with_its_sentences(
     assert md_escape("Method: test (yes 0.20, no 0.80)") in [c.value for c in message.caption]
 
 
+class _DecidingFromEverything(_Deciding):
+    """A decision that read every retrieved passage, cited or not, as the findings model does
+    (it reads the cited document's retrieved passages)."""
+
+    def ask(self, question: str, **kwargs: Any) -> Any:
+        answer = super().ask(question, **kwargs)
+        answer.decision.evidence = [s.index for s in answer.source_sentences]
+        return answer
+
+
+def test_a_decision_shows_only_sentences_of_cited_sources(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncited passages have no number on the screen: their sentences were listed under the
+    decision with raw source numbers ([6], [7]) that no source panel explained."""
+    import ui.session
+
+    monkeypatch.setattr(ui.session, "assistant_factory", _DecidingFromEverything)
+    st.cache_resource.clear()
+    at = sign_in(start(), "carol")
+    ask(at, "Should stage 1 hypertension be defined by a systolic pressure of 130 to 139?")
+    message = [m for m in at.chat_message if m.name == "assistant"][-1]
+    assert message.markdown[0].value == "### No"
+    quotes = [m.value for m in message.markdown if m.value.startswith("> ")]
+    badges = {b for q in quotes for b in re.findall(r":blue-badge\[(\d+)\]", q)}
+    # the answer cites a few of the retrieved passages; the decision lists only those
+    assert badges and badges <= {"1", "2", "3"}, quotes
+    assert len(quotes) < 20
+
+
 _GATE = threading.Event()
 
 
@@ -827,11 +858,14 @@ def test_each_sentence_gets_the_source_sentences_that_drove_it_marked_by_score()
 
 def test_a_stated_decision_is_explained_in_words() -> None:
     """A clinician reads how a guideline-stated decision was made, not its method key."""
-    from assistant.decide import STATED_METHOD
+    from assistant.decide import DISAGREE, STATED_METHOD
     from ui.render import decision_method_text
 
     assert decision_method_text(f"{STATED_METHOD}:grade D") == (
-        "Stated by the recommendation quoted first (grade D)"
+        "Stated by the quoted recommendation (grade D)"
     )
-    assert decision_method_text(STATED_METHOD) == "Stated by the recommendation quoted first"
+    assert decision_method_text(STATED_METHOD) == "Stated by the quoted recommendation"
+    assert decision_method_text(f"{STATED_METHOD}:{DISAGREE}").startswith(
+        "The quoted recommendations point opposite ways"
+    )
     assert decision_method_text("logistic:channel+cues:abc") == "Method: logistic:channel+cues:abc"

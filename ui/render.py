@@ -234,12 +234,14 @@ def faithfulness_rows(faithfulness: Mapping[str, Any] | None) -> list[dict[str, 
 def decision_method_text(method: str) -> str:
     """How a yes/no decision was made, for the reader: a guideline's statement in words; a
     fitted model by its name (the auditor's detail)."""
-    from assistant.decide import STATED_METHOD
+    from assistant.decide import DISAGREE, STATED_METHOD
 
     if not method.startswith(STATED_METHOD):
         return f"Method: {method}"
-    grade = method[len(STATED_METHOD) :].lstrip(":").strip()
-    return "Stated by the recommendation quoted first" + (f" ({grade})" if grade else "")
+    detail = method[len(STATED_METHOD) :].lstrip(":").strip()
+    if detail == DISAGREE:
+        return "The quoted recommendations point opposite ways: which applies depends on the case"
+    return "Stated by the quoted recommendation" + (f" ({detail})" if detail else "")
 
 
 def abstain_reason_text(reason: str | None) -> str:

@@ -274,11 +274,13 @@ def _render_decision(answer: Answer, labels: dict[int, Any]) -> None:
     word = _DECISION_WORDS.get(DecisionLabel(decision.label), str(decision.label).title())
     by_index = {s.index: s for s in answer.source_sentences}
     st.markdown(f"### {md_escape(word)}")
-    shown = [by_index[k] for k in decision.evidence if k in by_index]
+    # only the cited sources' sentences: the findings model reads every retrieved passage of
+    # the cited document, and an uncited one has no number or panel on this screen
+    shown = [by_index[k] for k in decision.evidence if k in by_index and by_index[k].n in labels]
     if shown:
         st.caption("Decided from these sentences of the sources only:")
         for s in shown:
-            st.markdown(f"> {md_escape(s.text)} :blue-badge[{labels.get(s.n, s.n)}]")
+            st.markdown(f"> {md_escape(s.text)} :blue-badge[{labels[s.n]}]")
     else:
         st.caption("No source sentence supports a yes or a no.")
     odds = ", ".join(
