@@ -512,9 +512,9 @@ _ASKS_ADVICE = re.compile(
     r"(?:given|vaccinated|immuni[sz]ed|screened|tested|treated|offered|prescribed))\b",
     re.I,
 )
-# A statement that applies only under a condition ("Stop screening when...", "If ..., do not")
-# does not contradict one that applies without it.
-_CONDITIONAL = re.compile(r"\b(?:when|whenever|if|unless|once|until)\b", re.I)
+# A statement that applies only under a condition ("Stop screening when...", "If ..., do not",
+# "Before stopping at 65, ...") does not contradict one that applies without it.
+_CONDITIONAL = re.compile(r"\b(?:when|whenever|if|unless|once|until|before|after)\b", re.I)
 DISAGREE = "statements disagree"
 # A question asking about not doing something: "Should aspirin be stopped...?", "Is X
 # contraindicated...?". Its answer is the statement's polarity reversed.

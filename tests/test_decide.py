@@ -706,6 +706,9 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
         section="Recommendation > Ages 21 to 29",
     )
     assert decide.stated_decision(pap, [under_21, cytology]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # nor one that applies at another time ("before stopping at 65")
+    before = _lead("Before stopping at 65, a patient should have had 3 negative test results.")
+    assert decide.stated_decision(pap, [under_21, before]).label is DecisionLabel.NO  # type: ignore[union-attr]
     # a report is no instruction: it reads as yes only by default and contradicts nothing
     aspirin = "Should I start daily low-dose aspirin at 65?"
     against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")
@@ -734,7 +737,7 @@ def test_a_decision_names_only_the_citations_the_reader_sees(library: Settings) 
 
 
 def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(
-    library: Settings,
+    library: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On the sample library: the answer leads with the grade D statement against aspirin at
     60 and older, and the decision says no (the abstract-fitted cues decided yes)."""
@@ -752,3 +755,10 @@ def test_a_guideline_yes_no_question_is_decided_by_the_statement_quoted_first(
     assert answer.generation is not None
     assert answer.generation.template == f"{decide.STATED_METHOD}:no-prompt"
     assert answer.generation.decoding["weights_sha256"] is None
+    # the CLI says so in words under the decision
+    from ui.cli.main import print_answer
+
+    print_answer(answer)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Decision: no (from [1]")
+    assert lines[1] == "  Stated by the quoted recommendation (grade D)"

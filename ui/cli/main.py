@@ -375,9 +375,14 @@ def print_attribution(answer: Answer) -> None:
 
 def print_answer(answer: Answer) -> None:
     if answer.decision is not None:
-        from assistant.decide import describe
+        from assistant.decide import STATED_METHOD, describe
+        from ui.render import decision_method_text
 
         print(describe(answer.decision, answer))
+        if answer.decision.method.startswith(STATED_METHOD):
+            # how a guideline's statement decided it, in words (a fitted model's method name
+            # is in --json)
+            print(f"  {decision_method_text(answer.decision.method)}")
     from assistant.policy import display_labels, removed_note
 
     # the numbers a reader sees run 1, 2, 3 in reading order; sentences keep source numbers
