@@ -401,6 +401,9 @@ def _bonuses(
     asks_grade = bool(_ASKS_GRADE.search(question))
     asks_dose = bool(_ASKS_DOSE.search(question))
     population = recommendations.ages(question)
+    # "Should all adults be screened?" names no age, but a statement for adolescents aged 12 to
+    # 18 still answers about someone else: lowered, never lifted, by the life stage named
+    stage = recommendations.life_stage(question) if population is None else None
     bonus = np.zeros(len(units))
     described = [
         st if st is not None else recommendations.describe(text, 0, len(text))
@@ -426,6 +429,8 @@ def _bonuses(
             # the question names its population's ages: a statement for other ages is about
             # someone else
             bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -OTHER_AGES_PENALTY
+        elif stage is not None and addressed is not None and not _overlap(stage, addressed):
+            bonus[j] -= OTHER_AGES_PENALTY
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

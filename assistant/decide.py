@@ -481,8 +481,8 @@ STATED_METHOD = "recommendation-polarity"
 # required", "beta blockers are not first line", "recommends against", "stop screening".
 # "no" alone is left out: "adults who have no symptoms" is a population, not advice.
 _AGAINST = re.compile(
-    r"\b(?:do|does|is|are|should|must|need|needs)\s+not\b"
-    r"|\b(?:don't|doesn't|isn't|aren't|shouldn't|mustn't)\b"
+    r"\b(?:do|does|did|is|are|was|were|should|must|need|needs)\s+not\b"
+    r"|\b(?:don't|doesn't|didn't|isn't|aren't|shouldn't|mustn't)\b"
     r"|\bnot\s+(?:recommended|required|needed|necessary|indicated|advised|routinely|"
     r"(?:the\s+)?first[- ]line)\b"
     r"|\brecommends?\s+against\b|\b(?:avoid|stop|discontinue|never)\b"
@@ -496,7 +496,8 @@ _WHO_CLAUSE = re.compile(r"\bwho\b[^,;:.()]*", re.I)
 # and grade I (evidence insufficient) answer neither yes nor no.
 _DEPENDS = re.compile(
     r"\bindividual(?:ized|ised)?\s+(?:decision|basis)\b|\bselectively\b|\binsufficient\b|"
-    r"\bshared decision\b",
+    # "use particular caution when prescribing opioids with benzodiazepines": allowed, with care
+    r"\bshared decision\b|\bcaution\b|\bdecide with\b|\bdiscuss(?:ed)? with\b",
     re.I,
 )
 # A question asking what to do ("Should I start...?", "Is X an acceptable test?", "Does my
@@ -555,7 +556,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
 
     if not _ASKS_ADVICE.search(question):
         return None
-    population = recommendations.ages(question)
+    population = recommendations.ages(question) or recommendations.life_stage(question)
     terms = question_terms(question)
     stated: list[Decision] = []
     unconditional: list[bool] = []

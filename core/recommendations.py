@@ -212,6 +212,26 @@ def ages(text: str) -> tuple[int, int | None] | None:
     return age, age
 
 
+# A population named by its life stage ("Should all adults be screened?"), first match in this
+# order: adults are 19 and older, as USPSTF statements count them beside "adolescents aged 12
+# to 18"; children are 11 and younger.
+_STAGES: tuple[tuple[re.Pattern[str], tuple[int, int | None]], ...] = (
+    (re.compile(r"\bolder adults?\b|\belderly\b", re.I), (65, None)),
+    (re.compile(r"\badolescents?\b|\bteen(?:ager)?s?\b", re.I), (12, 18)),
+    (re.compile(r"\bchild(?:ren)?\b|\bkids?\b", re.I), (0, 11)),
+    (re.compile(r"\badults?\b", re.I), (19, None)),
+)
+
+
+def life_stage(text: str) -> tuple[int, int | None] | None:
+    """The ages of the life stage a question names ("adults": 19 and older), or None. Weaker
+    than :func:`ages`: used only where the question gives no age."""
+    for pattern, span in _STAGES:
+        if pattern.search(text):
+            return span
+    return None
+
+
 def _ages(text: str) -> tuple[int, int | None] | None:
     match = _AGE.search(text)
     if not match:

@@ -608,6 +608,23 @@ def _lead(text: str, *, recommendation: bool = True, section: str = "Recommendat
             "Screen adults who are not pregnant once (grade B).",
             DecisionLabel.YES,
         ),
+        # "did not recommend" advises against, as "does not" does
+        (
+            "Should a 90-year-old be screened for colorectal cancer?",
+            "Over age 85: the Task Force did not recommend routine screening.",
+            DecisionLabel.NO,
+        ),
+        # allowed with care: neither yes nor no
+        (
+            "Should opioids be prescribed together with benzodiazepines?",
+            "Use particular caution when prescribing opioids together with benzodiazepines.",
+            DecisionLabel.UNCERTAIN,
+        ),
+        (
+            "Should adults aged 80 be screened for colorectal cancer?",
+            "Decide with the patient, taking into account overall health.",
+            DecisionLabel.UNCERTAIN,
+        ),
         # left to the person: neither yes nor no
         (
             "Should a 50-year-old with a 12% 10-year risk start aspirin?",
@@ -709,6 +726,13 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
     # nor one that applies at another time ("before stopping at 65")
     before = _lead("Before stopping at 65, a patient should have had 3 negative test results.")
     assert decide.stated_decision(pap, [under_21, before]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # a life stage is a population too: a statement for adolescents does not answer for adults
+    adults = "Should all adults be screened for depression?"
+    teens = _lead("Adolescents aged 12 to 18 should be screened for depression (grade B).")
+    everyone = _lead("Screen all adults for depression (grade B).")
+    decision = decide.stated_decision(adults, [teens, everyone])
+    assert decision is not None and decision.evidence == [0, 1]
+    assert decide.stated_decision(adults, [teens]) is None
     # a report is no instruction: it reads as yes only by default and contradicts nothing
     aspirin = "Should I start daily low-dose aspirin at 65?"
     against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")

@@ -200,6 +200,22 @@ def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> N
     assert recommendations.ages(question) == (19, 19)
 
 
+def test_a_life_stage_lowers_statements_for_other_ages() -> None:
+    """ "all adults" names no age, but the statement for adolescents aged 12 to 18 answers
+    about someone else, however many of the question's words it repeats."""
+    hits = [
+        _hit("depression screening", "Adolescents aged 12 to 18 should all be screened for "
+             "depression (grade B)."),
+        _hit("depression screening", "Screen all adults for depression (grade B).",
+             "Recommendation > Adults"),
+    ]  # fmt: skip
+    question = "Should all adults be screened for depression?"
+    assert recommendations.life_stage(question) == (19, None)
+    assert _first_quote(question, hits) == "Screen all adults for depression (grade B)."
+    # a stated age outranks the life stage: a 15-year-old is asked about, not "adults"
+    assert recommendations.ages("Should adults be screened at age 15?") == (15, 15)
+
+
 def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     hits = [
         _hit("lung cancer screening", "Stop screening when any of these situations applies:",
