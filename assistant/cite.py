@@ -230,6 +230,9 @@ LIST_OPENING_PENALTY = 0.5
 # a 19-year-old) answers about someone else: it must not lead when one for those ages exists,
 # even when its words match the question better.
 OTHER_AGES_PENALTY = 0.2
+# Likewise a statement for the other sex ("Men aged 65 to 75 who have never smoked" for a
+# question about a woman).
+OTHER_SEX_PENALTY = 0.2
 # Another document's sentence follows the lead only when it matches the question about as
 # well: below that it is a neighbouring study or guideline on another subject ("Sixty TAVI
 # patients were randomized..." under a question on enteroscopy). On PubMedQA's 500 questions
@@ -404,6 +407,7 @@ def _bonuses(
     # "Should all adults be screened?" names no age, but a statement for adolescents aged 12 to
     # 18 still answers about someone else: lowered, never lifted, by the life stage named
     stage = recommendations.life_stage(question) if population is None else None
+    asked_sex = recommendations.sex(question)
     bonus = np.zeros(len(units))
     described = [
         st if st is not None else recommendations.describe(text, 0, len(text))
@@ -431,6 +435,10 @@ def _bonuses(
             bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -OTHER_AGES_PENALTY
         elif stage is not None and addressed is not None and not _overlap(stage, addressed):
             bonus[j] -= OTHER_AGES_PENALTY
+        if st is not None and asked_sex is not None:
+            other = recommendations.addressed_sex(text)
+            if other is not None and other != asked_sex:
+                bonus[j] -= OTHER_SEX_PENALTY
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

@@ -557,6 +557,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     if not _ASKS_ADVICE.search(question):
         return None
     population = recommendations.ages(question) or recommendations.life_stage(question)
+    asked_sex = recommendations.sex(question)
     terms = question_terms(question)
     stated: list[Decision] = []
     unconditional: list[bool] = []
@@ -574,6 +575,8 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
             low, high = population
             if not (addressed[0] <= (high or 200) and low <= (addressed[1] or 200)):
                 continue  # a statement for other ages answers about someone else
+        if asked_sex is not None and recommendations.addressed_sex(text) not in (None, asked_sex):
+            continue  # nor does one for the other sex
         stated.append(_polarity(question, quote, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
         shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))

@@ -223,6 +223,26 @@ _STAGES: tuple[tuple[re.Pattern[str], tuple[int, int | None]], ...] = (
 )
 
 
+_WOMEN = re.compile(r"\b(?:women|woman|female|females|girls?)\b", re.I)
+_MEN = re.compile(r"\b(?:men|man|male|males|boys?)\b", re.I)
+# A statement's population opens it: "Men aged 65 to 75 who have ever smoked: ...", "Women
+# who have never smoked: do not screen". Later mentions ("offer screening to selected men")
+# say what to do, not for whom.
+_OPENING = re.compile(r"^\W*(?:(?:adult|older|younger|pregnant|nonpregnant)\s+)?(\w+)", re.I)
+
+
+def sex(text: str) -> str | None:
+    """ "women" or "men" when a question names one sex and not the other, else None."""
+    women, men = bool(_WOMEN.search(text)), bool(_MEN.search(text))
+    return "women" if women and not men else "men" if men and not women else None
+
+
+def addressed_sex(statement: str) -> str | None:
+    """ "women" or "men" when a statement opens with the sex it is for, else None."""
+    match = _OPENING.match(statement)
+    return sex(match.group(1)) if match else None
+
+
 def life_stage(text: str) -> tuple[int, int | None] | None:
     """The ages of the life stage a question names ("adults": 19 and older), or None. Weaker
     than :func:`ages`: used only where the question gives no age."""

@@ -733,6 +733,11 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
     decision = decide.stated_decision(adults, [teens, everyone])
     assert decision is not None and decision.evidence == [0, 1]
     assert decide.stated_decision(adults, [teens]) is None
+    # nor a statement for the other sex
+    woman = "Should a 70-year-old woman who never smoked be screened for aneurysm?"
+    men = _lead("Men aged 65 to 75 who have never smoked: offer screening to selected men.")
+    women = _lead("Women who have never smoked: do not screen (grade D).")
+    assert decide.stated_decision(woman, [men, women]).label is DecisionLabel.NO  # type: ignore[union-attr]
     # a report is no instruction: it reads as yes only by default and contradicts nothing
     aspirin = "Should I start daily low-dose aspirin at 65?"
     against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")

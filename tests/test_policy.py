@@ -216,6 +216,20 @@ def test_a_life_stage_lowers_statements_for_other_ages() -> None:
     assert recommendations.ages("Should adults be screened at age 15?") == (15, 15)
 
 
+def test_a_statement_for_the_other_sex_does_not_lead() -> None:
+    """The statement for men repeats more of the question's words ("never smoked", "65 to
+    75"), but the question is about a woman."""
+    hits = [
+        _hit("aaa", "- Men who have never smoked: offer aneurysm screening selectively (grade "
+             "C).\n- Women who have never smoked and have no family history: do not offer "
+             "aneurysm screening (grade D)."),
+    ]  # fmt: skip
+    question = "Should a woman who has never smoked have aneurysm screening?"
+    assert recommendations.sex(question) == "women"
+    assert _first_quote(question, hits).startswith("Women who have never smoked")
+    assert recommendations.addressed_sex("Screen all adults; offer it to selected men.") is None
+
+
 def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     hits = [
         _hit("lung cancer screening", "Stop screening when any of these situations applies:",
