@@ -171,8 +171,11 @@ def _set_fields(row: dict[str, Any], where: str) -> dict[str, Any]:
             raise EvalDataError(f"{where}: type must be one of {QUESTION_TYPES}, not {kind!r}.")
         if (kind == "off_library") != (not row.get("gold_doc_ids")):
             raise EvalDataError(f"{where}: off_library questions, and only they, have no gold.")
-        if kind == "yes_no" and row.get("answer") not in ("yes", "no"):
-            raise EvalDataError(f'{where}: a yes_no question needs "answer": "yes" or "no".')
+        # "maybe": the guideline leaves it to the case (grade C or I, "decide with the patient")
+        if kind == "yes_no" and row.get("answer") not in ("yes", "no", "maybe"):
+            raise EvalDataError(
+                f'{where}: a yes_no question needs "answer": "yes", "no" or "maybe".'
+            )
         out["kind"] = kind
     terms = row.get("key_fact") or []
     if not isinstance(terms, list) or not all(

@@ -131,6 +131,17 @@ def test_the_clinician_set_is_complete_and_cites_real_documents() -> None:
     )
 
 
+def test_the_decisions_set_cites_real_documents_and_allows_maybe() -> None:
+    """A guideline may leave a yes/no question to the case (grade C, "decide with the
+    patient"): its expected decision is "maybe", which the decision's "uncertain" scores."""
+    data = load_dataset(REPO / "evaluation" / "sets" / "clinician_decisions")
+    qs = data.questions
+    assert len(qs) == 24 and {q.kind for q in qs} == {"yes_no"}
+    assert {q.answer for q in qs} == {"yes", "no", "maybe"}
+    docs = {row["doc_id"] for row in data.corpus}
+    assert all(set(q.gold) <= docs and q.gold for q in qs)
+
+
 def _write_set(folder: Path, rows: list[dict[str, Any]], library: str = "lib") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps({"library": library}), encoding="utf-8")
@@ -151,7 +162,8 @@ def _write_set(folder: Path, rows: list[dict[str, Any]], library: str = "lib") -
         ({"type": "guidline", "gold_doc_ids": ["flu"]}, "type must be one of"),
         ({"type": "off_library", "gold_doc_ids": ["flu"]}, "no gold"),
         ({"type": "guideline", "gold_doc_ids": []}, "no gold"),
-        ({"type": "yes_no", "gold_doc_ids": ["flu"], "answer": "maybe"}, "yes_no"),
+        ({"type": "yes_no", "gold_doc_ids": ["flu"], "answer": "perhaps"}, "yes_no"),
+        ({"type": "yes_no", "gold_doc_ids": ["flu"]}, "yes_no"),
         ({"type": "guideline", "gold_doc_ids": ["flu"], "key_fact": ["45"]}, "list of terms"),
         ({"type": "guideline", "gold_doc_ids": ["flu"], "key_fact": [["--"]]}, "matches nothing"),
         (
