@@ -233,6 +233,9 @@ OTHER_AGES_PENALTY = 0.2
 # Likewise a statement for the other sex ("Men aged 65 to 75 who have never smoked" for a
 # question about a woman).
 OTHER_SEX_PENALTY = 0.2
+# And a statement whose risk or smoking threshold leaves out the question's value ("7.5% to
+# less than 10%" for a 12% risk); one whose threshold holds it is lifted as an age band is.
+OTHER_THRESHOLD_PENALTY = 0.2
 # Another document's sentence follows the lead only when it matches the question about as
 # well: below that it is a neighbouring study or guideline on another subject ("Sixty TAVI
 # patients were randomized..." under a question on enteroscopy). On PubMedQA's 500 questions
@@ -408,6 +411,7 @@ def _bonuses(
     # 18 still answers about someone else: lowered, never lifted, by the life stage named
     stage = recommendations.life_stage(question) if population is None else None
     asked_sex = recommendations.sex(question)
+    asked_values = recommendations.quantities(question)
     bonus = np.zeros(len(units))
     described = [
         st if st is not None else recommendations.describe(text, 0, len(text))
@@ -439,6 +443,10 @@ def _bonuses(
             other = recommendations.addressed_sex(text)
             if other is not None and other != asked_sex:
                 bonus[j] -= OTHER_SEX_PENALTY
+        if st is not None and asked_values:
+            outside = recommendations.outside(asked_values, text)
+            if outside is not None:
+                bonus[j] += -OTHER_THRESHOLD_PENALTY if outside else ASPECT_BONUS
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

@@ -558,6 +558,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         return None
     population = recommendations.ages(question) or recommendations.life_stage(question)
     asked_sex = recommendations.sex(question)
+    asked_values = recommendations.quantities(question)
     terms = question_terms(question)
     stated: list[Decision] = []
     unconditional: list[bool] = []
@@ -577,6 +578,8 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
                 continue  # a statement for other ages answers about someone else
         if asked_sex is not None and recommendations.addressed_sex(text) not in (None, asked_sex):
             continue  # nor does one for the other sex
+        if asked_values and recommendations.outside(asked_values, text):
+            continue  # nor one whose risk threshold leaves the question's risk out
         stated.append(_polarity(question, quote, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
         shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))

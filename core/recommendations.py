@@ -243,6 +243,64 @@ def addressed_sex(statement: str) -> str | None:
     return sex(match.group(1)) if match else None
 
 
+# The thresholds a statement applies within: a 10-year risk ("10% or higher", "7.5% to less
+# than 10%", "below 10%") and a smoking history ("at least 20 pack-years", "a 20 pack-year
+# smoking history"). A question's own value ("a 12% 10-year risk", "30 pack-years") picks the
+# statement whose range holds it, as an age picks its age band.
+_NUM = r"(\d+(?:\.\d+)?)"
+_PERCENT_RANGE = re.compile(
+    rf"{_NUM}\s*%\s*(?:to|-|–)\s*(less than\s+|under\s+|below\s+)?{_NUM}\s*%", re.I
+)
+_PERCENT_ABOVE = re.compile(rf"{_NUM}\s*%\s*or\s+(?:higher|more|greater|above)", re.I)
+_PERCENT_BELOW = re.compile(rf"\b(?:below|under|less than)\s+{_NUM}\s*%", re.I)
+_PACK_YEARS_ABOVE = re.compile(
+    rf"\bat least\s+{_NUM}[- ]pack[- ]years?|{_NUM}[- ]pack[- ]years?\s+or\s+more|"
+    rf"\b{_NUM}[- ]pack[- ]year smoking history",
+    re.I,
+)
+_PERCENT = re.compile(rf"{_NUM}\s*%")
+_PACK_YEARS = re.compile(rf"{_NUM}[- ]pack[- ]years?", re.I)
+Range = tuple[float, float, bool]  # low, high, whether high itself is inside
+
+
+def thresholds(statement: str) -> dict[str, Range]:
+    """The ranges of a risk ("%") and a smoking history ("pack-years") a statement applies
+    within, by unit; a unit it names no range of is absent."""
+    out: dict[str, Range] = {}
+    if m := _PERCENT_RANGE.search(statement):
+        out["%"] = (float(m.group(1)), float(m.group(3)), not m.group(2))
+    elif m := _PERCENT_ABOVE.search(statement):
+        out["%"] = (float(m.group(1)), float("inf"), True)
+    elif m := _PERCENT_BELOW.search(statement):
+        out["%"] = (float("-inf"), float(m.group(1)), False)
+    if m := _PACK_YEARS_ABOVE.search(statement):
+        out["pack-years"] = (float(next(g for g in m.groups() if g)), float("inf"), True)
+    return out
+
+
+def quantities(question: str) -> dict[str, float]:
+    """A question's own risk ("a 12% 10-year risk") and smoking history ("30 pack-years")."""
+    out: dict[str, float] = {}
+    if m := _PERCENT.search(question):
+        out["%"] = float(m.group(1))
+    if m := _PACK_YEARS.search(question):
+        out["pack-years"] = float(m.group(1))
+    return out
+
+
+def outside(asked: dict[str, float], statement: str) -> bool | None:
+    """Whether a statement's thresholds leave out the question's values: True when one does,
+    False when they hold every value they bound, None when they bound none of them."""
+    ranges = thresholds(statement)
+    shared = [(asked[u], ranges[u]) for u in asked if u in ranges]
+    if not shared:
+        return None
+    return any(
+        not (low <= value < high or (closed and value == high))
+        for value, (low, high, closed) in shared
+    )
+
+
 def life_stage(text: str) -> tuple[int, int | None] | None:
     """The ages of the life stage a question names ("adults": 19 and older), or None. Weaker
     than :func:`ages`: used only where the question gives no age."""

@@ -738,6 +738,11 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
     men = _lead("Men aged 65 to 75 who have never smoked: offer screening to selected men.")
     women = _lead("Women who have never smoked: do not screen (grade D).")
     assert decide.stated_decision(woman, [men, women]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # nor one whose risk threshold leaves out the question's risk
+    risk = "Should a 60-year-old with a 12% 10-year risk take a statin?"
+    lower = _lead("Ages 40 to 75 with a risk of 7.5% to less than 10%: offer a statin (grade C).")
+    higher = _lead("Ages 40 to 75 with a risk of 10% or higher: prescribe a statin (grade B).")
+    assert decide.stated_decision(risk, [lower, higher]).label is DecisionLabel.YES  # type: ignore[union-attr]
     # a report is no instruction: it reads as yes only by default and contradicts nothing
     aspirin = "Should I start daily low-dose aspirin at 65?"
     against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")

@@ -230,6 +230,28 @@ def test_a_statement_for_the_other_sex_does_not_lead() -> None:
     assert recommendations.addressed_sex("Screen all adults; offer it to selected men.") is None
 
 
+def test_a_risk_threshold_picks_the_statement_whose_range_holds_the_question() -> None:
+    """A 12% 10-year risk is in "10% or higher", not in "7.5% to less than 10%", however
+    many words the latter shares with the question."""
+    hits = [
+        _hit("statins", "- Ages 40 to 75 with a risk factor and a 10-year cardiovascular risk "
+             "of 7.5% to less than 10%: offer a statin to some (grade C).\n- Ages 40 to 75 "
+             "with a 10-year risk of 10% or higher: prescribe a statin (grade B)."),
+    ]  # fmt: skip
+    question = (
+        "Should a 60-year-old with a risk factor and a 12% 10-year cardiovascular risk take "
+        "a statin?"
+    )
+    assert _first_quote(question, hits).endswith("prescribe a statin (grade B).")
+    assert recommendations.thresholds("a 10-year risk of 7.5% to under 10%") == {
+        "%": (7.5, 10.0, False)
+    }
+    assert recommendations.outside({"%": 10.0}, "7.5% to less than 10%") is True
+    assert recommendations.outside({"%": 10.0}, "10% or more") is False
+    assert recommendations.outside({"pack-years": 15.0}, "at least 20 pack-years") is True
+    assert recommendations.outside({"%": 12.0}, "at least 20 pack-years") is None
+
+
 def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     hits = [
         _hit("lung cancer screening", "Stop screening when any of these situations applies:",
