@@ -488,16 +488,21 @@ class _Deciding:
         return answer
 
 
-def test_a_decision_is_shown_first_with_its_sentences(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _decided(monkeypatch: pytest.MonkeyPatch, factory: type) -> Any:
+    """The assistant's message for a yes/no question asked through the app with ``factory``."""
     import ui.session
 
-    monkeypatch.setattr(ui.session, "assistant_factory", _Deciding)
+    monkeypatch.setattr(ui.session, "assistant_factory", factory)
     st.cache_resource.clear()
     at = sign_in(start(), "carol")
     ask(at, "Should stage 1 hypertension be defined by a systolic pressure of 130 to 139?")
-    message = [m for m in at.chat_message if m.name == "assistant"][-1]
+    return [m for m in at.chat_message if m.name == "assistant"][-1]
+
+
+def test_a_decision_is_shown_first_with_its_sentences(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = _decided(monkeypatch, _Deciding)
     assert message.markdown[0].value == "### No"
     quote = message.markdown[1].value
     assert quote.startswith("> ") and ":blue-badge[1]" in quote
@@ -519,13 +524,7 @@ def test_a_decision_shows_only_sentences_of_cited_sources(
 ) -> None:
     """Uncited passages have no number on the screen: their sentences were listed under the
     decision with raw source numbers ([6], [7]) that no source panel explained."""
-    import ui.session
-
-    monkeypatch.setattr(ui.session, "assistant_factory", _DecidingFromEverything)
-    st.cache_resource.clear()
-    at = sign_in(start(), "carol")
-    ask(at, "Should stage 1 hypertension be defined by a systolic pressure of 130 to 139?")
-    message = [m for m in at.chat_message if m.name == "assistant"][-1]
+    message = _decided(monkeypatch, _DecidingFromEverything)
     assert message.markdown[0].value == "### No"
     quotes = [m.value for m in message.markdown if m.value.startswith("> ")]
     badges = {b for q in quotes for b in re.findall(r":blue-badge\[(\d+)\]", q)}
