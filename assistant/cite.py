@@ -231,7 +231,8 @@ LIST_OPENING_PENALTY = 0.5
 # even when its words match the question better.
 OTHER_AGES_PENALTY = 0.2
 # Likewise a statement for the other sex ("Men aged 65 to 75 who have never smoked" for a
-# question about a woman).
+# question about a woman), or for people who have (never) smoked when the question's never
+# (has).
 OTHER_SEX_PENALTY = 0.2
 # And a statement whose risk or smoking threshold leaves out the question's value ("7.5% to
 # less than 10%" for a 12% risk); one whose threshold holds it is lifted as an age band is.
@@ -411,6 +412,7 @@ def _bonuses(
     # 18 still answers about someone else: lowered, never lifted, by the life stage named
     stage = recommendations.life_stage(question) if population is None else None
     asked_sex = recommendations.sex(question)
+    asked_smoking = recommendations.smoking(question)
     asked_values = recommendations.quantities(question)
     bonus = np.zeros(len(units))
     described = [
@@ -442,6 +444,10 @@ def _bonuses(
         if st is not None and asked_sex is not None:
             other = recommendations.addressed_sex(text)
             if other is not None and other != asked_sex:
+                bonus[j] -= OTHER_SEX_PENALTY
+        if st is not None and asked_smoking is not None:
+            other = recommendations.addressed_smoking(text)
+            if other is not None and other != asked_smoking:
                 bonus[j] -= OTHER_SEX_PENALTY
         if st is not None and asked_values:
             outside = recommendations.outside(asked_values, text)

@@ -558,6 +558,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         return None
     population = recommendations.ages(question) or recommendations.life_stage(question)
     asked_sex = recommendations.sex(question)
+    asked_smoking = recommendations.smoking(question)
     asked_values = recommendations.quantities(question)
     terms = question_terms(question)
     stated: list[Decision] = []
@@ -578,6 +579,8 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
                 continue  # a statement for other ages answers about someone else
         if asked_sex is not None and recommendations.addressed_sex(text) not in (None, asked_sex):
             continue  # nor does one for the other sex
+        if asked_smoking and recommendations.addressed_smoking(text) not in (None, asked_smoking):
+            continue  # nor one for smokers when the question's person never smoked
         if asked_values and recommendations.outside(asked_values, text):
             continue  # nor one whose risk threshold leaves the question's risk out
         stated.append(_polarity(question, quote, statement))

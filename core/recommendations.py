@@ -237,6 +237,30 @@ def sex(text: str) -> str | None:
     return "women" if women and not men else "men" if men and not women else None
 
 
+_NEVER_SMOKED = re.compile(
+    r"\bnever\s+(?:have\s+)?smoked\b|\bnon-?smokers?\b|\b(?:do|does) not smoke\b", re.I
+)
+_SMOKED = re.compile(
+    r"\bever\s+smoked\b|\bsmokers?\b|\b(?:currently|who)\s+smokes?\b|\b(?:has|have|had)\s+"
+    r"smoked\b|\bformer(?:ly)?\s+smok",
+    re.I,
+)
+
+
+def smoking(text: str) -> str | None:
+    """ "never" or "ever" when a text names whether the person has smoked, else None."""
+    if _NEVER_SMOKED.search(text):
+        return "never"
+    return "ever" if _SMOKED.search(text) else None
+
+
+def addressed_smoking(statement: str) -> str | None:
+    """Whom a statement is for by smoking, read in its population (before its colon, when it
+    has one): "Men aged 65 to 75 who have never smoked: offer ..." is "never"."""
+    head, colon, _ = statement.partition(":")
+    return smoking(head) if colon else None
+
+
 def addressed_sex(statement: str) -> str | None:
     """ "women" or "men" when a statement opens with the sex it is for, else None."""
     match = _OPENING.match(statement)

@@ -738,6 +738,11 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
     men = _lead("Men aged 65 to 75 who have never smoked: offer screening to selected men.")
     women = _lead("Women who have never smoked: do not screen (grade D).")
     assert decide.stated_decision(woman, [men, women]).label is DecisionLabel.NO  # type: ignore[union-attr]
+    # nor one for smokers when the person never smoked
+    never = "Should a 70-year-old man who never smoked be screened for aneurysm?"
+    ever = _lead("Men aged 65 to 75 who have ever smoked: one-time screening (grade B).")
+    selected = _lead("Men aged 65 to 75 who have never smoked: offer it to some (grade C).")
+    assert decide.stated_decision(never, [ever, selected]).label is DecisionLabel.UNCERTAIN  # type: ignore[union-attr]
     # nor one whose risk threshold leaves out the question's risk
     risk = "Should a 60-year-old with a 12% 10-year risk take a statin?"
     lower = _lead("Ages 40 to 75 with a risk of 7.5% to less than 10%: offer a statin (grade C).")

@@ -252,6 +252,19 @@ def test_a_risk_threshold_picks_the_statement_whose_range_holds_the_question() -
     assert recommendations.outside({"%": 12.0}, "at least 20 pack-years") is None
 
 
+def test_a_statement_for_smokers_does_not_lead_for_someone_who_never_smoked() -> None:
+    hits = [
+        _hit("aaa", "- Men aged 65 to 75 who have ever smoked: one-time aneurysm screening "
+             "with ultrasonography (grade B).\n- Men aged 65 to 75 who have never smoked: "
+             "offer it to selected men (grade C)."),
+    ]  # fmt: skip
+    question = "Should a 70-year-old man who never smoked have aneurysm screening?"
+    assert recommendations.smoking(question) == "never"
+    assert _first_quote(question, hits).startswith("Men aged 65 to 75 who have never smoked")
+    # only the population before the colon says whom a statement is for
+    assert recommendations.addressed_smoking("Stop when the person has not smoked.") is None
+
+
 def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     hits = [
         _hit("lung cancer screening", "Stop screening when any of these situations applies:",
