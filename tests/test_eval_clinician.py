@@ -136,7 +136,7 @@ def test_the_decisions_set_cites_real_documents_and_allows_maybe() -> None:
     patient"): its expected decision is "maybe", which the decision's "uncertain" scores."""
     data = load_dataset(REPO / "evaluation" / "sets" / "clinician_decisions")
     qs = data.questions
-    assert len(qs) == 24 and {q.kind for q in qs} == {"yes_no"}
+    assert len(qs) == 36 and {q.kind for q in qs} == {"yes_no"}
     assert {q.answer for q in qs} == {"yes", "no", "maybe"}
     docs = {row["doc_id"] for row in data.corpus}
     assert all(set(q.gold) <= docs and q.gold for q in qs)
