@@ -229,14 +229,12 @@ LIST_OPENING_PENALTY = 0.5
 # A statement for other ages than the question's ("Ages 21 to 29: cytology every 3 years" for
 # a 19-year-old) answers about someone else: it must not lead when one for those ages exists,
 # even when its words match the question better.
-OTHER_AGES_PENALTY = 0.2
-# Likewise a statement for the other sex ("Men aged 65 to 75 who have never smoked" for a
-# question about a woman), or for people who have (never) smoked when the question's never
-# (has).
-OTHER_SEX_PENALTY = 0.2
-# And a statement whose risk or smoking threshold leaves out the question's value ("7.5% to
-# less than 10%" for a 12% risk); one whose threshold holds it is lifted as an age band is.
-OTHER_THRESHOLD_PENALTY = 0.2
+# Likewise one for the other sex ("Men aged 65 to 75..." for a woman), for people who have
+# (never) smoked when the question's person never (has), or whose risk or smoking threshold
+# leaves out the question's value ("7.5% to less than 10%" for a 12% risk), each trait it
+# leaves out (`recommendations.Population`). Each trait it holds (stated ages, a threshold)
+# lifts it by ASPECT_BONUS.
+OTHER_POPULATION_PENALTY = 0.2
 # Another document's sentence follows the lead only when it matches the question about as
 # well: below that it is a neighbouring study or guideline on another subject ("Sixty TAVI
 # patients were randomized..." under a question on enteroscopy). On PubMedQA's 500 questions
@@ -407,13 +405,7 @@ def _bonuses(
     asks_interval = bool(_ASKS_INTERVAL.search(question))
     asks_grade = bool(_ASKS_GRADE.search(question))
     asks_dose = bool(_ASKS_DOSE.search(question))
-    population = recommendations.ages(question)
-    # "Should all adults be screened?" names no age, but a statement for adolescents aged 12 to
-    # 18 still answers about someone else: lowered, never lifted, by the life stage named
-    stage = recommendations.life_stage(question) if population is None else None
-    asked_sex = recommendations.sex(question)
-    asked_smoking = recommendations.smoking(question)
-    asked_values = recommendations.quantities(question)
+    population = recommendations.Population.of(question)
     bonus = np.zeros(len(units))
     described = [
         st if st is not None else recommendations.describe(text, 0, len(text))
@@ -432,27 +424,11 @@ def _bonuses(
             bonus[j] += ASPECT_BONUS
         if asks_category:
             bonus[j] += _category_bonus(asks_category, text)
-        # whom it addresses: its own ages, else its heading's ("Recommendation > Ages 21 to
-        # 29" over "Cervical cytology alone every 3 years")
-        addressed = facts.ages or recommendations.ages_in_heading(hits[n - 1].chunk.section)
-        if population is not None and addressed is not None:
-            # the question names its population's ages: a statement for other ages is about
-            # someone else
-            bonus[j] += ASPECT_BONUS if _overlap(population, addressed) else -OTHER_AGES_PENALTY
-        elif stage is not None and addressed is not None and not _overlap(stage, addressed):
-            bonus[j] -= OTHER_AGES_PENALTY
-        if st is not None and asked_sex is not None:
-            other = recommendations.addressed_sex(text)
-            if other is not None and other != asked_sex:
-                bonus[j] -= OTHER_SEX_PENALTY
-        if st is not None and asked_smoking is not None:
-            other = recommendations.addressed_smoking(text)
-            if other is not None and other != asked_smoking:
-                bonus[j] -= OTHER_SEX_PENALTY
-        if st is not None and asked_values:
-            outside = recommendations.outside(asked_values, text)
-            if outside is not None:
-                bonus[j] += -OTHER_THRESHOLD_PENALTY if outside else ASPECT_BONUS
+        # whom it addresses, against whom the question asks about
+        held, excluded = population.compare(
+            text, hits[n - 1].chunk.section, statement=st is not None
+        )
+        bonus[j] += ASPECT_BONUS * held - OTHER_POPULATION_PENALTY * excluded
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):
@@ -475,12 +451,6 @@ def _bonuses(
         if aged:
             bonus[min(aged)[1]] += START_BONUS
     return bonus
-
-
-def _overlap(a: tuple[int, int | None], b: tuple[int, int | None]) -> bool:
-    return a[0] <= (b[1] if b[1] is not None else 200) and b[0] <= (
-        a[1] if a[1] is not None else 200
-    )
 
 
 _BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)

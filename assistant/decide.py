@@ -556,10 +556,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
 
     if not _ASKS_ADVICE.search(question):
         return None
-    population = recommendations.ages(question) or recommendations.life_stage(question)
-    asked_sex = recommendations.sex(question)
-    asked_smoking = recommendations.smoking(question)
-    asked_values = recommendations.quantities(question)
+    population = recommendations.Population.of(question)
     terms = question_terms(question)
     stated: list[Decision] = []
     unconditional: list[bool] = []
@@ -571,18 +568,8 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         statement = recommendations.describe(text, 0, len(text))
         if not statement.recommends:
             continue
-        # whom it addresses: its own ages, else its heading's ("Recommendation > Ages 21 to 29")
-        addressed = statement.ages or recommendations.ages_in_heading(quote.evidence.section)
-        if population is not None and addressed is not None:
-            low, high = population
-            if not (addressed[0] <= (high or 200) and low <= (addressed[1] or 200)):
-                continue  # a statement for other ages answers about someone else
-        if asked_sex is not None and recommendations.addressed_sex(text) not in (None, asked_sex):
-            continue  # nor does one for the other sex
-        if asked_smoking and recommendations.addressed_smoking(text) not in (None, asked_smoking):
-            continue  # nor one for smokers when the question's person never smoked
-        if asked_values and recommendations.outside(asked_values, text):
-            continue  # nor one whose risk threshold leaves the question's risk out
+        if population.compare(text, quote.evidence.section)[1]:
+            continue  # for other ages, the other sex, smoking or risk: about someone else
         stated.append(_polarity(question, quote, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
         shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))
@@ -732,7 +719,7 @@ def answer(assistant: Assistant, ctx: Context) -> Answer | None:
     # (docs/benchmarks.md).
     quote = quote_answer(quotes, hits, limit=EVIDENCE_SENTENCES)
     t = time.perf_counter()
-    # a guideline says it in one statement, the one quoted first: no model, no weights
+    # a guideline says it in a statement among the quotes: no model, no weights
     stated = stated_decision(question, quotes[:EVIDENCE_SENTENCES])
     scored = stated is None and weights.needs_model
     if scored:

@@ -325,6 +325,61 @@ def outside(asked: dict[str, float], statement: str) -> bool | None:
     )
 
 
+def overlap(a: tuple[int, int | None], b: tuple[int, int | None]) -> bool:
+    """Whether two age ranges share an age (None: no upper bound)."""
+    return a[0] <= (b[1] if b[1] is not None else 200) and b[0] <= (
+        a[1] if a[1] is not None else 200
+    )
+
+
+@dataclass(frozen=True)
+class Population:
+    """Whom a question asks about: its ages (stated, else its life stage's), sex, smoking and
+    own 10-year risk or smoking history. A statement for someone else answers about someone
+    else, however well its words match."""
+
+    ages: tuple[int, int | None] | None
+    stated_ages: bool  # given as ages, not read from a life stage ("all adults")
+    sex: str | None
+    smoking: str | None
+    values: dict[str, float]
+
+    @classmethod
+    def of(cls, question: str) -> Population:
+        stated = ages(question)
+        return cls(
+            ages=stated or life_stage(question),
+            stated_ages=stated is not None,
+            sex=sex(question),
+            smoking=smoking(question),
+            values=quantities(question),
+        )
+
+    def compare(self, text: str, section: str = "", *, statement: bool = True) -> tuple[int, int]:
+        """(held, excluded): how many of the question's traits a passage is addressed to, and
+        how many it leaves out. Ages: its own, else its heading's ("Recommendation > Ages 21
+        to 29"); a life stage only excludes. Sex, smoking and thresholds are read only in a
+        statement (``statement``), where they say whom it is for."""
+        held = excluded = 0
+        addressed = _ages(text) or ages_in_heading(section)
+        if self.ages is not None and addressed is not None:
+            if overlap(self.ages, addressed):
+                held += self.stated_ages
+            else:
+                excluded += 1
+        if not statement:
+            return held, excluded
+        if self.sex is not None and addressed_sex(text) not in (None, self.sex):
+            excluded += 1
+        if self.smoking is not None and addressed_smoking(text) not in (None, self.smoking):
+            excluded += 1
+        outside_range = outside(self.values, text) if self.values else None
+        if outside_range is not None:
+            excluded += outside_range
+            held += not outside_range
+        return held, excluded
+
+
 def life_stage(text: str) -> tuple[int, int | None] | None:
     """The ages of the life stage a question names ("adults": 19 and older), or None. Weaker
     than :func:`ages`: used only where the question gives no age."""
