@@ -703,56 +703,100 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
     assert decision.method == f"{decide.STATED_METHOD}:{decide.DISAGREE}"
     assert decision.evidence == [0, 1]  # both statements' sentences, once each
     assert decide.stated_decision(question, [vaccinate]).label is DecisionLabel.YES  # type: ignore[union-attr]
-    lung = "Should a 60-year-old who smokes be screened for lung cancer?"
-    screen = _lead("Grade B: annual LDCT screening for adults aged 50 to 80 years who smoke.")
-    stop = _lead("Stop screening when the person has not smoked for 15 years.")
-    assert decide.stated_decision(lung, [screen, stop]).label is DecisionLabel.YES  # type: ignore[union-attr]
-    # a statement about something else the question does not name contradicts nothing
-    xray = "Is a chest x-ray acceptable for lung cancer screening?"
-    only_ldct = _lead(
-        "LDCT is the only recommended test; chest x-ray and sputum cytology are not "
-        "recommended for screening."
-    )
-    programs = _lead("Screening programs should use a structured reporting system.")
-    assert decide.stated_decision(xray, [only_ldct, programs]).label is DecisionLabel.NO  # type: ignore[union-attr]
-    # nor does one for other ages, named only in its heading
-    pap = "Should a sexually active 19-year-old have a Pap test?"
-    under_21 = _lead("Younger than 21: do not screen (grade D), whatever the sexual history.")
-    cytology = _lead(
-        "Cervical cytology (Pap test) alone every 3 years (grade A).",
-        section="Recommendation > Ages 21 to 29",
-    )
-    assert decide.stated_decision(pap, [under_21, cytology]).label is DecisionLabel.NO  # type: ignore[union-attr]
-    # nor one that applies at another time ("before stopping at 65")
-    before = _lead("Before stopping at 65, a patient should have had 3 negative test results.")
-    assert decide.stated_decision(pap, [under_21, before]).label is DecisionLabel.NO  # type: ignore[union-attr]
-    # a life stage is a population too: a statement for adolescents does not answer for adults
-    adults = "Should all adults be screened for depression?"
-    teens = _lead("Adolescents aged 12 to 18 should be screened for depression (grade B).")
-    everyone = _lead("Screen all adults for depression (grade B).")
-    decision = decide.stated_decision(adults, [teens, everyone])
-    assert decision is not None and decision.evidence == [0, 1]
-    assert decide.stated_decision(adults, [teens]) is None
-    # nor a statement for the other sex
-    woman = "Should a 70-year-old woman who never smoked be screened for aneurysm?"
-    men = _lead("Men aged 65 to 75 who have never smoked: offer screening to selected men.")
-    women = _lead("Women who have never smoked: do not screen (grade D).")
-    assert decide.stated_decision(woman, [men, women]).label is DecisionLabel.NO  # type: ignore[union-attr]
-    # nor one for smokers when the person never smoked
-    never = "Should a 70-year-old man who never smoked be screened for aneurysm?"
-    ever = _lead("Men aged 65 to 75 who have ever smoked: one-time screening (grade B).")
-    selected = _lead("Men aged 65 to 75 who have never smoked: offer it to some (grade C).")
-    assert decide.stated_decision(never, [ever, selected]).label is DecisionLabel.UNCERTAIN  # type: ignore[union-attr]
-    # nor one whose risk threshold leaves out the question's risk
-    risk = "Should a 60-year-old with a 12% 10-year risk take a statin?"
-    lower = _lead("Ages 40 to 75 with a risk of 7.5% to less than 10%: offer a statin (grade C).")
-    higher = _lead("Ages 40 to 75 with a risk of 10% or higher: prescribe a statin (grade B).")
-    assert decide.stated_decision(risk, [lower, higher]).label is DecisionLabel.YES  # type: ignore[union-attr]
-    # a report is no instruction: it reads as yes only by default and contradicts nothing
-    aspirin = "Should I start daily low-dose aspirin at 65?"
-    against = _lead("Age 60 and older: do not start low-dose aspirin (grade D).")
-    report = _lead("For people already taking aspirin, modeling suggested little added benefit.")
-    assert decide.stated_decision(aspirin, [against, report]).label is DecisionLabel.NO  # type: ignore[union-attr]
+
+
+# (question, the quoted statements in order (text, or text and heading), decision): a
+# statement under a condition, about something the question does not name, or a report
+# contradicts nothing; one for someone else (other ages, even in its heading; another life
+# stage, sex or smoking status; a risk threshold that leaves the question's risk out) is
+# passed over
+_PASSED_OVER: list[tuple[str, list[str | tuple[str, str]], DecisionLabel | None]] = [
+    (
+        "Should a 60-year-old who smokes be screened for lung cancer?",
+        [
+            "Grade B: annual LDCT screening for adults aged 50 to 80 years who smoke.",
+            "Stop screening when the person has not smoked for 15 years.",
+        ],
+        DecisionLabel.YES,
+    ),
+    (
+        "Is a chest x-ray acceptable for lung cancer screening?",
+        [
+            "LDCT is the only recommended test; chest x-ray and sputum cytology are not "
+            "recommended for screening.",
+            "Screening programs should use a structured reporting system.",
+        ],
+        DecisionLabel.NO,
+    ),
+    (
+        "Should a sexually active 19-year-old have a Pap test?",
+        [
+            "Younger than 21: do not screen (grade D), whatever the sexual history.",
+            (
+                "Cervical cytology (Pap test) alone every 3 years (grade A).",
+                "Recommendation > Ages 21 to 29",
+            ),
+            "Before stopping at 65, a patient should have had 3 negative test results.",
+        ],
+        DecisionLabel.NO,
+    ),
+    (
+        "Should all adults be screened for depression?",
+        [
+            "Adolescents aged 12 to 18 should not be screened for depression (grade D).",
+            "Screen all adults for depression (grade B).",
+        ],
+        DecisionLabel.YES,
+    ),
+    (
+        "Should all adults be screened for depression?",
+        ["Adolescents aged 12 to 18 should not be screened for depression (grade D)."],
+        None,
+    ),
+    (
+        "Should a 70-year-old woman who never smoked be screened for aneurysm?",
+        [
+            "Men aged 65 to 75 who have never smoked: offer screening to selected men.",
+            "Women who have never smoked: do not screen (grade D).",
+        ],
+        DecisionLabel.NO,
+    ),
+    (
+        "Should a 70-year-old man who never smoked be screened for aneurysm?",
+        [
+            "Men aged 65 to 75 who have ever smoked: one-time screening (grade B).",
+            "Men aged 65 to 75 who have never smoked: offer it to some (grade C).",
+        ],
+        DecisionLabel.UNCERTAIN,
+    ),
+    (
+        "Should a 60-year-old with a 12% 10-year risk take a statin?",
+        [
+            "Ages 40 to 75 with a risk of 7.5% to less than 10%: offer a statin (grade C).",
+            "Ages 40 to 75 with a risk of 10% or higher: prescribe a statin (grade B).",
+        ],
+        DecisionLabel.YES,
+    ),
+    (
+        "Should I start daily low-dose aspirin at 65?",
+        [
+            "Age 60 and older: do not start low-dose aspirin (grade D).",
+            "For people already taking aspirin, modeling suggested little added benefit.",
+        ],
+        DecisionLabel.NO,
+    ),
+]
+
+
+@pytest.mark.parametrize(("question", "statements", "expected"), _PASSED_OVER)
+def test_a_statement_for_someone_else_or_that_contradicts_nothing_is_passed_over(
+    question: str, statements: list[str | tuple[str, str]], expected: DecisionLabel | None
+) -> None:
+    quotes = [_lead(s) if isinstance(s, str) else _lead(s[0], section=s[1]) for s in statements]
+    decision = decide.stated_decision(question, quotes)
+    assert (decision.label if decision is not None else None) is expected
+    if decision is not None:
+        assert decision.method != f"{decide.STATED_METHOD}:{decide.DISAGREE}"
 
 
 def test_a_decision_names_only_the_citations_the_reader_sees(library: Settings) -> None:
