@@ -314,20 +314,26 @@ def _kill_during_conversion(home: Path) -> list[Path]:
     return leftovers
 
 
+# Clinicians asking at once on a fresh home. Four race for the conversion as eight do (one
+# converts, the rest wait) at half the test's time on two cores; the benchmark's eight:
+# FIRST_START_PROCESSES=8 (docs/benchmarks.md).
+PROCESSES = int(os.environ.get("FIRST_START_PROCESSES", "4"))
+
+
 @pytest.mark.slow
-def test_kill_during_conversion_then_eight_processes_all_answer(
+def test_kill_during_conversion_then_concurrent_processes_all_answer(
     library: Settings, tmp_path: Path
 ) -> None:
-    """A hospital's first morning after a crash: a conversion killed half-way, then eight
+    """A hospital's first morning after a crash: a conversion killed half-way, then several
     clinicians asking at once on the fresh home. One conversion in all (each conversion costs
-    tens of seconds, so the killed start and the eight share one test)."""
+    tens of seconds, so the killed start and the race share one test)."""
     from audit.record import open_log as audit_log
 
     home = _fresh_home(library, tmp_path / "fresh")
     leftovers = _kill_during_conversion(home)
 
     started = time.perf_counter()
-    procs = [_ask(home, f"user{i}") for i in range(8)]
+    procs = [_ask(home, f"user{i}") for i in range(PROCESSES)]
     outs = [p.communicate(timeout=900) for p in procs]
     elapsed = time.perf_counter() - started
     failed = [
@@ -336,7 +342,7 @@ def test_kill_during_conversion_then_eight_processes_all_answer(
     assert not failed, failed
     answers = [json.loads(out) for out, _ in outs]
     ids = [a["audit_id"] for a in answers]
-    assert len(set(ids)) == 8
+    assert len(set(ids)) == PROCESSES
     # one conversion, published once, seen complete by all; the others said they waited;
     # the killed one's remains are swept
     assert [p.name for p in _converted(home)] == ["SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f"]
@@ -344,12 +350,12 @@ def test_kill_during_conversion_then_eight_processes_all_answer(
     assert not [p for p in (home / "models").iterdir() if ".tmp" in p.name or ".old-" in p.name]
     assert not any(p.exists() for p in leftovers)
     assert sum("Waiting for another process" in err for _, err in outs) >= 1
-    # eight processes appending at once keep one valid chain, every answer recorded once
+    # processes appending at once keep one valid chain, every answer recorded once
     log = audit_log(library.model_copy(update={"home": home}))
     result = log.verify()
     assert result.ok, result.reason
     recorded = log.list(event="answer")
     assert sorted(ids) == sorted(r.seq for r in recorded)
-    assert {r.user for r in recorded} == {f"user{i}" for i in range(8)}
+    assert {r.user for r in recorded} == {f"user{i}" for i in range(PROCESSES)}
     log.close()
-    print(f"8 concurrent first starts after a killed conversion: {elapsed:.1f} s")
+    print(f"{PROCESSES} concurrent first starts after a killed conversion: {elapsed:.1f} s")

@@ -117,9 +117,7 @@ def _load(
         )
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    # PreTrainedModel.to is wrapped with functools.wraps, which mypy does not bind to the
-    # instance: it expects the model itself as the first argument.
-    model.to("cuda" if device == "cuda" else "cpu")  # type: ignore[arg-type]
+    model.to("cuda" if device == "cuda" else "cpu")
     model.eval()
     if quantization != "none" and device != "cuda":
         _quantize(model, quantization)
@@ -190,7 +188,7 @@ def _convert_gguf(src: Path, gguf_name: str, dest: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name)
     # transformers refuses save_pretrained on a GGUF-quantized model; the tensors are already
     # dequantized, so dropping the quantizer marks is safe (reload gives identical logits).
-    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module types setattr as modules only
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(dest))
