@@ -600,6 +600,23 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     return first
 
 
+_NON = re.compile(r"\bnon-?([a-z]{4,})", re.I)
+
+
+def _names_only_the_alternative(question: str, statement: str) -> bool:
+    """Whether a statement names the question's subject only as what to use instead: "non-
+    opioid options should come first" answers "Should opioids be the first treatment?" with
+    no, its advice being for the alternative."""
+    asked = question_terms(question)
+    if _NON.search(question):
+        return False
+    negated = {_stem(m.group(1)) for m in _NON.finditer(statement)} & asked
+    if not negated:
+        return False
+    plain = {_stem(w) for w in re.findall(r"[A-Za-z]+", _NON.sub(" ", statement))}
+    return not negated & plain
+
+
 def _polarity(question: str, quote: Quote, statement: Statement) -> Decision:
     grade = (statement.grade or "").upper()
     text = quote.evidence.text
@@ -608,6 +625,8 @@ def _polarity(question: str, quote: Quote, statement: Statement) -> Decision:
     else:
         against = grade == "D" or bool(_AGAINST.search(_WHO_CLAUSE.sub(" ", text)))
         if _ASKS_AGAINST.search(question):
+            against = not against
+        if _names_only_the_alternative(question, text):
             against = not against
         label = DecisionLabel.NO if against else DecisionLabel.YES
     return Decision(

@@ -284,12 +284,27 @@ _PACK_YEARS_ABOVE = re.compile(
 )
 _PERCENT = re.compile(rf"{_NUM}\s*%")
 _PACK_YEARS = re.compile(rf"{_NUM}[- ]pack[- ]years?", re.I)
+# Years since the person quit smoking: a statement's "quit within the past 15 years" (up to
+# 15) or "has not smoked for 15 years" (15 or more), a question's "quit smoking 20 years ago"
+_QUIT_WITHIN = re.compile(
+    rf"\bquit(?:\s+smoking)?\s+within\s+the\s+(?:past|last)\s+{_NUM}\s+years\b", re.I
+)
+_QUIT_SINCE = re.compile(
+    rf"\b(?:has|have)\s+not\s+smoked\s+(?:for|in)\s+(?:the\s+(?:past|last)\s+)?{_NUM}\s+years"
+    rf"|\bquit(?:\s+smoking)?\s+(?:more\s+than|over|at\s+least)\s+{_NUM}\s+years\s+ago",
+    re.I,
+)
+_QUIT_AGO = re.compile(
+    rf"\b(?:quit|stopped|gave\s+up)(?:\s+smoking)?\s+{_NUM}\s+years\s+ago"
+    rf"|\b(?:has|have)\s+not\s+smoked\s+(?:for|in)\s+{_NUM}\s+years",
+    re.I,
+)
 Range = tuple[float, float, bool]  # low, high, whether high itself is inside
 
 
 def thresholds(statement: str) -> dict[str, Range]:
-    """The ranges of a risk ("%") and a smoking history ("pack-years") a statement applies
-    within, by unit; a unit it names no range of is absent."""
+    """The ranges of a risk ("%"), a smoking history ("pack-years") and the years since
+    quitting a statement applies within, by unit; a unit it names no range of is absent."""
     out: dict[str, Range] = {}
     if m := _PERCENT_RANGE.search(statement):
         out["%"] = (float(m.group(1)), float(m.group(3)), not m.group(2))
@@ -299,16 +314,23 @@ def thresholds(statement: str) -> dict[str, Range]:
         out["%"] = (float("-inf"), float(m.group(1)), False)
     if m := _PACK_YEARS_ABOVE.search(statement):
         out["pack-years"] = (float(next(g for g in m.groups() if g)), float("inf"), True)
+    if m := _QUIT_WITHIN.search(statement):
+        out["years since quitting"] = (0.0, float(m.group(1)), True)
+    elif m := _QUIT_SINCE.search(statement):
+        out["years since quitting"] = (float(next(g for g in m.groups() if g)), float("inf"), True)
     return out
 
 
 def quantities(question: str) -> dict[str, float]:
-    """A question's own risk ("a 12% 10-year risk") and smoking history ("30 pack-years")."""
+    """A question's own risk ("a 12% 10-year risk"), smoking history ("30 pack-years") and
+    years since quitting ("quit 20 years ago")."""
     out: dict[str, float] = {}
     if m := _PERCENT.search(question):
         out["%"] = float(m.group(1))
     if m := _PACK_YEARS.search(question):
         out["pack-years"] = float(m.group(1))
+    if m := _QUIT_AGO.search(question):
+        out["years since quitting"] = float(next(g for g in m.groups() if g))
     return out
 
 

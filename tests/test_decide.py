@@ -614,6 +614,17 @@ def _lead(text: str, *, recommendation: bool = True, section: str = "Recommendat
             "Over age 85: the Task Force did not recommend routine screening.",
             DecisionLabel.NO,
         ),
+        # advice for the alternative ("non-opioid") answers no about the thing itself
+        (
+            "Should opioids be the first treatment for chronic low back pain?",
+            "For subacute and chronic pain, non-opioid options should come first.",
+            DecisionLabel.NO,
+        ),
+        (
+            "Should non-opioid options come first for chronic pain?",
+            "For subacute and chronic pain, non-opioid options should come first.",
+            DecisionLabel.YES,
+        ),
         # allowed with care: neither yes nor no
         (
             "Should opioids be prescribed together with benzodiazepines?",
@@ -776,6 +787,19 @@ _PASSED_OVER: list[tuple[str, list[str | tuple[str, str]], DecisionLabel | None]
             "Ages 40 to 75 with a risk of 10% or higher: prescribe a statin (grade B).",
         ],
         DecisionLabel.YES,
+    ),
+    (
+        # quit longer ago than "within the past 15 years": the stopping rule is the one left
+        "Should a 77-year-old who quit smoking 20 years ago be screened for lung cancer?",
+        [
+            "Adults aged 50 to 80 years who meet both smoking criteria: at least 20 "
+            "pack-years; currently smoke, or quit smoking within the past 15 years.",
+            "Grade B: annual LDCT screening for adults aged 50 to 80 years with a 20 "
+            "pack-year smoking history who currently smoke or have quit within the past 15 "
+            "years.",
+            "Stop screening when any of these applies: the person has not smoked for 15 years.",
+        ],
+        DecisionLabel.NO,
     ),
     (
         "Should I start daily low-dose aspirin at 65?",

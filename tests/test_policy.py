@@ -252,6 +252,23 @@ def test_a_risk_threshold_picks_the_statement_whose_range_holds_the_question() -
     assert recommendations.outside({"%": 12.0}, "at least 20 pack-years") is None
 
 
+def test_years_since_quitting_is_a_threshold_like_pack_years() -> None:
+    """ "Quit within the past 15 years" leaves out someone who quit 20 years ago; "has not
+    smoked for 15 years" holds them."""
+    question = "Should a 77-year-old who quit smoking 20 years ago be screened for lung cancer?"
+    asked = recommendations.quantities(question)
+    assert asked == {"years since quitting": 20.0}
+    within = "Adults who currently smoke or quit smoking within the past 15 years: screen."
+    assert recommendations.outside(asked, within) is True
+    assert recommendations.outside({"years since quitting": 15.0}, within) is False
+    stop = "Stop screening when the person has not smoked for 15 years."
+    assert recommendations.outside(asked, stop) is False
+    assert recommendations.outside({"years since quitting": 5.0}, stop) is True
+    assert recommendations.quantities("She has not smoked for 3 years.") == {
+        "years since quitting": 3.0
+    }
+
+
 def test_a_statement_for_smokers_does_not_lead_for_someone_who_never_smoked() -> None:
     hits = [
         _hit("aaa", "- Men aged 65 to 75 who have ever smoked: one-time aneurysm screening "
