@@ -289,8 +289,10 @@ def quotes_for(
     """What to quote for the question, best first: recommendation statements (from the chunk
     metadata ingest stored, or found in the text for older indexes) and single sentences,
     ranked by their match to the question alone and under their passage's title, with
-    recommendations that state what the question asks lifted. Passages of other documents
-    than the one quoted first follow it only within ``OTHER_DOCUMENT_MARGIN`` of its rank.
+    recommendations that state what the question asks lifted. The first retrieved
+    document's best sentence leads unless another's ranks more than
+    ``OTHER_DOCUMENT_MARGIN`` above it; passages of other documents than the one quoted
+    first follow it only within that margin of its rank.
 
     When the ranking leaves out the sentence closest to the question on its own, it follows
     the ``limit`` ranked ones: whether the evidence is strong enough to quote
@@ -317,6 +319,16 @@ def quotes_for(
     ranking = ranking + _bonuses(question, hits, units, ranking)
     out = []
     order = [int(j) for j in np.argsort(-ranking, kind="stable")]
+    # The retrieved passage ranked first was judged whole, with its neighbours' words; one
+    # sentence of another document can match the question's form better ("Anyone who asks
+    # for a test should get one", hepatitis C, for "Should a 20-year-old have a Pap test?").
+    # Within the margin, the first retrieved document's best sentence leads.
+    first = hits[0].chunk.doc_id
+    if hits[units[order[0]][0] - 1].chunk.doc_id != first:
+        own = next((j for j in order if hits[units[j][0] - 1].chunk.doc_id == first), None)
+        if own is not None and ranking[own] >= ranking[order[0]] - OTHER_DOCUMENT_MARGIN:
+            order.remove(own)
+            order.insert(0, own)
     lead = hits[units[order[0]][0] - 1].chunk.doc_id
     floor = ranking[order[0]] - OTHER_DOCUMENT_MARGIN
     chosen = [

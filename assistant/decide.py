@@ -535,8 +535,9 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     "yes"; reversed for a question about not doing it ("Should aspirin be stopped?"). None for
     anything else (a study's findings), which the logistic model decides.
 
-    When two unconditional instructions among the quotes point opposite ways, the second
-    naming as many of the question's words as the first, the decision is uncertain and its
+    When two unconditional instructions of one guideline among the quotes point opposite
+    ways, the second naming as many of the question's words as the first, the decision is
+    uncertain and its
     evidence is both (method ``recommendation-polarity:statements
     disagree``).
 
@@ -561,6 +562,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     stated: list[Decision] = []
     unconditional: list[bool] = []
     shared: list[int] = []  # the question's terms each statement names
+    documents: list[str] = []
     for quote in quotes:
         if not quote.recommendation:
             continue
@@ -573,6 +575,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         stated.append(_polarity(question, quote, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
         shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))
+        documents.append(quote.evidence.doc_id)
     if not stated:
         return None
     first = stated[0]
@@ -585,9 +588,14 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         # Only one naming as much of the question ("chest x-ray"): "Screening programs should
         # use Lung-RADS" does not contradict "chest x-ray is not recommended" for a question
         # about chest x-rays.
-        for other, plain, names in zip(stated[1:], unconditional[1:], shared[1:], strict=True):
+        # Only within the guideline stated first: another document's instruction is about its
+        # own subject ("Anyone who asks for a test should get one", hepatitis C, beside
+        # "Younger than 21: do not screen" for a Pap test question).
+        others = zip(stated[1:], unconditional[1:], shared[1:], documents[1:], strict=True)
+        for other, plain, names, document in others:
             if (
                 plain
+                and document == documents[0]
                 and names >= shared[0]
                 and other.label not in (first.label, DecisionLabel.UNCERTAIN)
             ):

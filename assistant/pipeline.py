@@ -20,7 +20,7 @@ from audit.record import Recorder
 from core import backends
 from core.config import Settings
 from core.errors import InputLimitError
-from core.types import Actor, Answer, Hit
+from core.types import Actor, Answer, Chunk, Hit
 
 if TYPE_CHECKING:
     from audit.log import AuditLog
@@ -137,7 +137,38 @@ class Assistant:
         if top:
             leading = top[0].chunk.doc_id
             top += [h for h in ranked[k:] if h.chunk.doc_id == leading][:extra]
+        if self.settings.population_passage:
+            top += self._population_passage(question, top)
         return top
+
+    def _population_passage(self, question: str, top: list[Hit]) -> list[Hit]:
+        """The leading document's passage whose statement holds the question's stated age,
+        when no passage of it read so far does: "Should a 20-year-old have a Pap test?" ranks
+        the "Ages 21 to 29" and "Ages 30 to 65" passages (they name the Pap test) and not
+        "When Not to Screen", whose "Younger than 21: do not screen (grade D)" answers it."""
+        from core import recommendations
+
+        population = recommendations.Population.of(question)
+        if not top or not population.stated_ages:
+            return []
+        leading = top[0].chunk.doc_id
+
+        def holds(chunk: Chunk) -> bool:
+            for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata):
+                held, excluded = population.compare(chunk.text[a:b], chunk.section)
+                if held and not excluded:
+                    return True
+            return False
+
+        read = [h.chunk for h in top if h.chunk.doc_id == leading]
+        if any(holds(c) for c in read):
+            return []
+        taken = {c.chunk_id for c in read}
+        chunks = self.retriever.index.manifest.chunks([leading])
+        found = next((c for c in chunks if c.chunk_id not in taken and holds(c)), None)
+        if found is None:
+            return []
+        return self.retriever.hits_for(question, [found], min(h.score for h in top))
 
     def _answer(
         self,

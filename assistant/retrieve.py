@@ -14,9 +14,11 @@ from core.errors import IndexEmptyError
 from core.library.index import Index, indexed_text
 from core.library.restrictions import may_see
 from core.library.supersedes import superseded_ids
-from core.types import Hit
+from core.types import Chunk, Hit
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
     from core.backends.base import LexicalIndex, Reranker
@@ -201,6 +203,16 @@ class Retriever:
         top = ranked[:k]
         self._fill_dense_scores(vector, top)
         return top
+
+    def hits_for(self, question: str, chunks: Sequence[Chunk], score: float) -> list[Hit]:
+        """Hits for chunks chosen outside the ranking (all with fused ``score``), each with
+        its cosine to the question, as ranked hits have."""
+        if not chunks:
+            return []
+        vector = self.index.embedder.embed([question], query=True)[0]
+        hits = [Hit(chunk=c, score=score) for c in chunks]
+        self._fill_dense_scores(vector, hits)
+        return hits
 
     def _fill_dense_scores(self, vector: np.ndarray, hits: list[Hit]) -> None:
         """BM25-only hits get their cosine too: abstention compares relevance on one scale."""

@@ -118,21 +118,32 @@ def observe(retriever: Any, question: str) -> Observation:
     }
 
 
-def abstains(obs: Observation, threshold: float, max_zipf: float, subjects: bool = True) -> bool:
-    """The pipeline's decision at these thresholds (``coverage.Coverage.covered``). A subject
-    word ("prostate" in "prostate cancer") counts at any threshold above 0; ``subjects``
-    False: as before they did (only by their frequency)."""
-    named = set(obs.get("subjects", ())) if subjects and max_zipf > 0 else set()
+# How subject words ("prostate" in "prostate cancer") count: "required" (shipped): at any
+# threshold above 0 as specific words, and none of them named in the passages is a decline;
+# "specific": only as specific words (stop 31); "off": only by their frequency (before).
+SUBJECT_RULES = ("required", "specific", "off")
+
+
+def abstains(
+    obs: Observation, threshold: float, max_zipf: float, subjects: str = "required"
+) -> bool:
+    """The pipeline's decision at these thresholds (``coverage.Coverage.covered``), with
+    subject words counted as ``subjects`` says (:data:`SUBJECT_RULES`)."""
+    if subjects not in SUBJECT_RULES:
+        raise ValueError(f"subjects must be one of {SUBJECT_RULES}; got {subjects!r}")
+    named = set(obs.get("subjects", ())) if subjects != "off" and max_zipf > 0 else set()
 
     def counted(words: list[list[Any]]) -> list[str]:
         return [w for w, z in words if z < max_zipf or w in named]
 
     specific, missing = counted(obs["words"]), counted(obs["absent"])
+    if subjects == "required" and named and named <= set(missing):
+        return True  # no passage names the subject (coverage.Coverage.covered)
     return obs["relevance"] < threshold or (bool(specific) and len(missing) == len(specific))
 
 
 def share(
-    observed: list[Observation], threshold: float, max_zipf: float, subjects: bool = True
+    observed: list[Observation], threshold: float, max_zipf: float, subjects: str = "required"
 ) -> float:
     hits = sum(abstains(o, threshold, max_zipf, subjects) for o in observed)
     return hits / max(len(observed), 1)
@@ -181,7 +192,7 @@ def rates(
     observed: dict[str, list[Observation]],
     threshold: float,
     max_zipf: float = 0.0,
-    subjects: bool = True,
+    subjects: str = "required",
 ) -> tuple[float, float]:
     return (
         share(observed["unanswerable"], threshold, max_zipf, subjects),
@@ -207,7 +218,10 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
         "answerable": len(observed),
         "false_abstain": {str(z): share(observed, threshold, z) for z in ZIPFS},
         "false_abstain_without_subjects": share(
-            observed, threshold, built.settings.abstain_rare_term_zipf, subjects=False
+            observed, threshold, built.settings.abstain_rare_term_zipf, subjects="off"
+        ),
+        "false_abstain_subject_not_required": share(
+            observed, threshold, built.settings.abstain_rare_term_zipf, subjects="specific"
         ),
         "flagged_at_3": [
             [w for w, _ in o["absent"]] for o in observed if abstains(o, threshold, 3.0)
@@ -229,7 +243,8 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
         "unanswerable": len(obs["unanswerable"]),
         "answerable": len(obs["answerable"]),
         "by_zipf": {str(z): rates(obs, threshold, z) for z in ZIPFS},
-        "without_subjects": rates(obs, threshold, settings.abstain_rare_term_zipf, False),
+        "without_subjects": rates(obs, threshold, settings.abstain_rare_term_zipf, "off"),
+        "subject_not_required": rates(obs, threshold, settings.abstain_rare_term_zipf, "specific"),
         "flagged_at_3": {
             kind: [[w for w, _ in o["absent"]] for o in obs[kind] if abstains(o, threshold, 3.0)]
             for kind in obs
@@ -317,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode, m in modes.items():
         observed = m.pop("observed")
         abst, false_abst = rates(observed, threshold, max_zipf)
-        without = rates(observed, threshold, max_zipf, subjects=False)
+        without = rates(observed, threshold, max_zipf, subjects="off")
+        not_required = rates(observed, threshold, max_zipf, subjects="specific")
         relevance_only = rates(observed, threshold)
         table = [[t, *rates(observed, t)] for t in THRESHOLDS]
         best = max(table, key=lambda r: (r[1] - r[2], -abs(r[0] - threshold)))
@@ -330,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             "without_subject_words": {
                 "abstain_on_unanswerable": without[0],
                 "false_abstain_on_answerable": without[1],
+            },
+            "subject_not_required": {
+                "abstain_on_unanswerable": not_required[0],
+                "false_abstain_on_answerable": not_required[1],
             },
             "relevance_check_only": {
                 "abstain_on_unanswerable": relevance_only[0],
@@ -395,11 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     for mode, m in result["modes"].items():
-        w = m["without_subject_words"]
-        print(
-            f"{mode}, without subject words: abstain {w['abstain_on_unanswerable']:.3f}, "
-            f"false {w['false_abstain_on_answerable']:.3f}"
-        )
+        for key, label in (
+            ("without_subject_words", "without subject words"),
+            ("subject_not_required", "subject words not required"),
+        ):
+            w = m[key]
+            print(
+                f"{mode}, {label}: abstain {w['abstain_on_unanswerable']:.3f}, "
+                f"false {w['false_abstain_on_answerable']:.3f}"
+            )
     print("\ncalibration (share with best relevance < threshold, i.e. abstaining)")
     rows = []
     for i, t in enumerate(THRESHOLDS):
@@ -439,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
             "without subject words at the configured zipf: PubMedQA false "
             f"{e['pubmedqa']['false_abstain_without_subjects']:.3f}, samples abstain | false "
             "{:.3f} | {:.3f}".format(*d["without_subjects"])
+        )
+        print(
+            "subject words not required: PubMedQA false "
+            f"{e['pubmedqa']['false_abstain_subject_not_required']:.3f}, samples abstain | "
+            "false {:.3f} | {:.3f}".format(*d["subject_not_required"])
         )
         print("PubMedQA abstentions at zipf 3.0, words absent:", e["pubmedqa"]["flagged_at_3"])
         print("data_samples abstentions at zipf 3.0, words absent:", d["flagged_at_3"])

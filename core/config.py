@@ -84,6 +84,12 @@ class Settings(BaseModel):
         "document from the next top_k ranks (its answer is often in a passage just below the "
         "cut); 0: top_k passages only.",
     )
+    population_passage: bool = Field(
+        True,
+        description="When a question states an age and none of the leading document's "
+        "passages read holds it, also read that document's passage whose statement does "
+        '("Younger than 21: do not screen" for a 20-year-old), wherever it ranks.',
+    )
     candidates: int = Field(40, gt=0, description="Per-retriever candidates before fusion.")
     rrf_k: int = Field(60, gt=0)
     # Weighted RRF: on a MedQuAD dev sample (benchmarks/retrieval.py --sweep) BM25 at equal
@@ -362,6 +368,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "embedder_backend",
     "top_k",
     "leading_document_passages",
+    "population_passage",
     "candidates",
     "rrf_k",
     "dense_weight",
@@ -392,6 +399,8 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "abstain_rare_term_zipf": 0.0,
     # answers before the setting read top_k passages only
     "leading_document_passages": 0,
+    # answers before the setting read no passage for the question's ages beyond the ranks
+    "population_passage": False,
     # answers before the setting showed the model's wording whenever most of it verified
     "answer_style": "generated",
     "yes_no_decisions": False,

@@ -143,6 +143,27 @@ def test_the_subject_of_a_condition_counts_however_common_the_word(
     assert coverage.check(psa, colorectal, stem, 0.0).covered
 
 
+def test_passages_that_never_name_the_subject_do_not_cover_it(stem: coverage.Stemmer) -> None:
+    """A library with an influenza guideline only answered a zoster vaccine question with the
+    flu shot's dose: "recombinant", the question's other rare word, is in the flu passages,
+    so not every specific word was missing. The subject must be named."""
+    flu = [
+        _hit("Adults receive a single dose each season: 0.5 mL by intramuscular injection for "
+             "the inactivated and recombinant vaccines.", title="Adult Influenza Vaccination"),
+    ]  # fmt: skip
+    zoster = "What is the dosing schedule of the recombinant zoster vaccine for adults over 50?"
+    assert coverage.subject_terms(zoster) == ["zoster"]
+    result = coverage.check(zoster, flu, stem, 3.0)
+    assert result.missing == ("zoster",) and "recombinant" in result.specific
+    assert not result.covered
+    assert coverage.check(
+        "Who should get the recombinant influenza vaccine?", flu, stem, 3.0
+    ).covered
+    shingles = [_hit("Give two doses of recombinant zoster vaccine, 2 to 6 months apart.")]
+    assert coverage.check(zoster, shingles, stem, 3.0).covered
+    assert coverage.check(zoster, flu, stem, 0.0).covered  # the check off
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text

@@ -558,11 +558,13 @@ def test_packaged_model_decides_from_clear_evidence(
 # --- a guideline's stated decision ----------------------------------------------------------
 
 
-def _lead(text: str, *, recommendation: bool = True, section: str = "Recommendation") -> Any:
+def _lead(
+    text: str, *, recommendation: bool = True, section: str = "Recommendation", doc: str = "doc"
+) -> Any:
     from assistant.cite import Quote
     from core.types import Evidence
 
-    evidence = Evidence(1, text, "doc", "Guideline", section, 1, 0.7)
+    evidence = Evidence(1, text, doc, "Guideline", section, 1, 0.7)
     return Quote(evidence, (0, 1), recommendation, 0.9)
 
 
@@ -821,6 +823,34 @@ def test_a_statement_for_someone_else_or_that_contradicts_nothing_is_passed_over
     assert (decision.label if decision is not None else None) is expected
     if decision is not None:
         assert decision.method != f"{decide.STATED_METHOD}:{decide.DISAGREE}"
+
+
+def test_another_guidelines_instruction_contradicts_nothing() -> None:
+    """Opposite instructions leave a decision uncertain only within one guideline: hepatitis
+    C's "Anyone who asks for a test should get one" is about its own test."""
+    question = "Should a 20-year-old have a Pap test?"
+    pap = _lead("Younger than 21: do not screen (grade D).", doc="cervical")
+    hcv = _lead("Anyone who asks for a test should get one.", doc="hepatitis-c")
+    decision = decide.stated_decision(question, [pap, hcv])
+    assert decision is not None and decision.label is DecisionLabel.NO
+    same = _lead("Anyone who asks for a test should get one.", doc="cervical")
+    decision = decide.stated_decision(question, [pap, same])
+    assert decision is not None and decision.method.endswith(decide.DISAGREE)
+
+
+def test_a_stated_age_reads_the_leading_guidelines_passage_for_it(library: Settings) -> None:
+    """ "Should a 20-year-old have a Pap test?" retrieved the cervical guideline's "Ages 21 to
+    29" and "Ages 30 to 65" passages, not "When Not to Screen"; the answer led with another
+    guideline's "Anyone who asks for a test should get one" and its decision named no quoted
+    sentence. The passage whose statement holds the age is read, and leads."""
+    answer = _assistant(library, ExtractiveLLM()).ask(
+        "Should a 20-year-old have a Pap test?", record=False
+    )
+    assert answer.sentences[0].text.startswith("Younger than 21: do not screen (grade D)")
+    assert answer.citations[0].doc_id == "cervical-cancer-screening"
+    assert answer.decision is not None and answer.decision.label is DecisionLabel.NO
+    assert answer.decision.method == f"{decide.STATED_METHOD}:grade D"
+    assert decide.cited(answer.decision, answer)  # its evidence is a citation shown
 
 
 def test_a_decision_names_only_the_citations_the_reader_sees(library: Settings) -> None:
