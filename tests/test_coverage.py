@@ -140,6 +140,8 @@ def test_the_subject_of_a_condition_counts_however_common_the_word(
     assert coverage.check(asked, colorectal, stem, 3.0).covered
     # words saying how, not what, are no subject; the check off is off for subjects too
     assert coverage.subject_terms("Is early cancer or chronic disease treated?") == []
+    # nor a verb before an unmodified condition (a PubMedQA title, declined for "improve")
+    assert coverage.subject_terms("Can fusion biopsy improve cancer detection?") == []
     assert coverage.check(psa, colorectal, stem, 0.0).covered
 
 
