@@ -239,6 +239,9 @@ OTHER_POPULATION_PENALTY = 0.2
 # well: below that it is a neighbouring study or guideline on another subject ("Sixty TAVI
 # patients were randomized..." under a question on enteroscopy). On PubMedQA's 500 questions
 # such quotes fell a median 0.24 below the lead, the rare right ones 0.07 (docs/benchmarks.md).
+# And only when its title or section names a subject word of the question: "Anyone who asks
+# for a test should get one" (hepatitis C) matched "Should a 20-year-old have a Pap test?"
+# within the margin, and a reader takes it for the cervical guideline's advice.
 OTHER_DOCUMENT_MARGIN = 0.1
 _ASKS_AGE = re.compile(
     r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
@@ -331,11 +334,19 @@ def quotes_for(
             order.insert(0, own)
     lead = hits[units[order[0]][0] - 1].chunk.doc_id
     floor = ranking[order[0]] - OTHER_DOCUMENT_MARGIN
-    chosen = [
-        j for j in order if hits[units[j][0] - 1].chunk.doc_id == lead or ranking[j] >= floor
-    ][:limit]
+    asked = _subject_stems(question)
+
+    def follows(j: int) -> bool:
+        chunk = hits[units[j][0] - 1].chunk
+        if chunk.doc_id == lead:
+            return True
+        return ranking[j] >= floor and bool(
+            asked & _subject_stems(f"{chunk.title} {chunk.section}")
+        )
+
+    chosen = [j for j in order if follows(j)][:limit]
     closest = int(np.argmax(np.where(bibliographic, -np.inf, scores)))
-    if chosen and closest not in chosen and not bibliographic[closest]:
+    if chosen and closest not in chosen and not bibliographic[closest] and follows(closest):
         chosen.append(closest)
     for j in chosen:
         n_, text, indices, statement = units[j]
@@ -345,6 +356,63 @@ def quotes_for(
         )
         out.append(Quote(evidence, indices, statement is not None, float(ranking[j])))
     return out
+
+
+# Words that name no guideline's subject: who, when, what kind of act.
+_NO_SUBJECT = frozenset(
+    [
+        "adult",
+        "adults",
+        "people",
+        "person",
+        "patient",
+        "patients",
+        "women",
+        "woman",
+        "men",
+        "man",
+        "children",
+        "child",
+        "year",
+        "years",
+        "old",
+        "aged",
+        "older",
+        "young",
+        "younger",
+        "test",
+        "tests",
+        "testing",
+        "screen",
+        "screening",
+        "screened",
+        "should",
+        "start",
+        "stop",
+        "begin",
+        "first",
+        "line",
+        "treatment",
+        "treat",
+        "therapy",
+        "management",
+        "care",
+        "guideline",
+        "guidelines",
+        "recommendation",
+        "recommendations",
+        "prevention",
+        "primary",
+        "daily",
+        "every",
+        "often",
+    ]
+)
+
+
+def _subject_stems(text: str) -> set[str]:
+    """The content words of a question or a title that can name a subject, crudely stemmed."""
+    return {w[:5] for w in content_tokens(text) if len(w) >= 4 and w not in _NO_SUBJECT}
 
 
 _Unit = tuple[int, str, tuple[int, ...], Statement | None]

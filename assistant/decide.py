@@ -507,6 +507,9 @@ _DEPENDS = re.compile(
 _ASKS_ADVICE = re.compile(
     r"^\W*should\b|\b(?:recommend\w*|acceptable|reasonable|first[- ]line|appropriate|"
     r"indicated|necessary|need to|usual|safe to)\b"
+    # "Does a 30-year-old need hepatitis C screening?": does this person need it
+    r"|^\W*(?:does|do)\s+(?:a|an|the|my|our|this|i|we|she|he|they|patients?|people|adults?|"
+    r"children|women|men)\b[^?]*?\bneeds?\b"
     # "Can a pregnant woman get the flu shot?": may this person have it, not what a study found
     r"|^\W*(?:can|may)\s+(?:a|an|the|my|our|this|i|we|she|he|they|patients?|people|adults?|"
     r"children|women|men)\b[^?]*?\b(?:get|have|receive|take|use|start|continue|be\s+"

@@ -616,6 +616,12 @@ def _lead(
             "Over age 85: the Task Force did not recommend routine screening.",
             DecisionLabel.NO,
         ),
+        # "Does <person> need X?" asks for advice
+        (
+            "Does a 30-year-old need hepatitis C screening?",
+            "USPSTF 2020: screen adults aged 18 to 79 for hepatitis C (grade B).",
+            DecisionLabel.YES,
+        ),
         # advice for the alternative ("non-opioid") answers no about the thing itself
         (
             "Should opioids be the first treatment for chronic low back pain?",

@@ -326,10 +326,27 @@ def test_another_documents_weak_match_does_not_follow_the_lead() -> None:
         "Complications were rare.",
     ]
     assert "tavi" not in [q.evidence.doc_id for q in quotes]
-    close = _hit("dbe2", "Double balloon enteroscopy found the source of obscure bleeding in "
-                 "most patients.", "Results")  # fmt: skip
+    # one whose title names the question's subject, and matching about as well, follows
+    close = _hit("balloon enteroscopy", "Double balloon enteroscopy found the source of "
+                 "obscure bleeding in most patients.", "Results")  # fmt: skip
     quotes = quotes_for(question, [lead, close], bow_embed, source_sentences([lead, close]))
-    assert {q.evidence.doc_id for q in quotes[:2]} == {"dbe", "dbe2"}
+    assert {q.evidence.doc_id for q in quotes[:2]} == {"dbe", "balloon enteroscopy"}
+
+
+def test_another_guideline_follows_only_when_its_title_names_the_subject() -> None:
+    """ "Anyone who asks for a test should get one" (hepatitis C) matched "Should a 20-year-old
+    have a Pap test?" as well as the cervical guideline's statement, and a reader took it
+    for the answer's advice."""
+    question = "Should a 20-year-old woman have a cervical Pap test?"
+    lead = _hit("cervical cancer screening", "Younger than 21: do not screen for cervical "
+                "cancer with a Pap test (grade D). Cytology every 3 years from 21.")  # fmt: skip
+    # it matches the question better than the lead's own sentences, by its form
+    other = _hit("hepatitis c screening", "A woman who asks for a test should have one.")
+    quotes = quotes_for(question, [lead, other], bow_embed, source_sentences([lead, other]))
+    assert [q.evidence.doc_id for q in quotes] == ["cervical cancer screening"] * len(quotes)
+    named = _hit("cervical cytology", "A woman who asks for a Pap test should get one.")
+    quotes = quotes_for(question, [lead, named], bow_embed, source_sentences([lead, named]))
+    assert "cervical cytology" in [q.evidence.doc_id for q in quotes]
 
 
 def test_a_question_naming_a_stage_quotes_that_stage_not_its_neighbour() -> None:
