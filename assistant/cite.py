@@ -210,6 +210,9 @@ class Quote:
     indices: tuple[int, ...]  # the SourceSentence indices it is made of
     recommendation: bool
     rank: float
+    # its match to the question read under its passage's title ("Type 2 Diabetes ...:
+    # Metformin is the usual first drug"), which names the subject the sentence leaves out
+    titled: float = -1.0
 
 
 # Ranking bonuses, chosen on data_samples/example_questions.json (key fact in the first quoted
@@ -354,7 +357,9 @@ def quotes_for(
         evidence = Evidence(
             n_, text, c.doc_id, c.title, c.section, c.page, round(float(scores[j]), 4)
         )
-        out.append(Quote(evidence, indices, statement is not None, float(ranking[j])))
+        out.append(
+            Quote(evidence, indices, statement is not None, float(ranking[j]), float(in_context[j]))
+        )
     return out
 
 

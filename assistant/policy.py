@@ -18,7 +18,8 @@ Two decisions, around generation:
    - ``generated``: the model's verified sentences (:attr:`Mode.GENERATED`), unless more than
      ``abstain_max_unsupported`` of them failed.
 
-   Quotes need strong evidence (the best passage matches at least ``quote_min_evidence``);
+   Quotes need strong evidence (a sentence matches at least ``quote_min_evidence`` alone or
+   ``quote_min_titled_evidence`` read under its passage's title: :func:`strong_evidence`);
    without it the model's verified sentences are the answer. When the model declined or
    nothing it wrote verified, :func:`fallback` quotes (``unsupported_fallback`` ``quote``)
    or abstains (:attr:`Mode.ABSTAINED`).
@@ -191,12 +192,21 @@ def after_generation(
     return None
 
 
-def strong_evidence(evidence: Sequence[Evidence], settings: Settings) -> bool:
-    """Whether the library clearly holds an answer: its best sentence matches the question.
+def strong_evidence(quotes: Sequence[Quote], settings: Settings) -> bool:
+    """Whether the library clearly holds an answer: a sentence matches the question on its
+    own (``quote_min_evidence``), or read under its passage's title
+    (``quote_min_titled_evidence``).
 
-    Scores are the sentences' own match to the question; their ranking also weighs the title.
+    A guideline sentence seldom repeats its subject: "Metformin is the usual first drug when
+    there is no contraindication" matches "What is the first-line drug for type 2 diabetes?"
+    at 0.50 alone and 0.67 under its title, and without the second bar the question fell to
+    the model's draft, whose failure was a decline. The title alone does not make evidence
+    strong on an uncovered question: a neighbouring disease's title names another subject.
     """
-    return bool(evidence) and max(e.score for e in evidence) >= settings.quote_min_evidence
+    return bool(quotes) and (
+        max(q.evidence.score for q in quotes) >= settings.quote_min_evidence
+        or max(q.titled for q in quotes) >= settings.quote_min_titled_evidence
+    )
 
 
 # ------------------------------------------------------------------------ the answers
@@ -353,7 +363,7 @@ def compose(
     declined = any(p in generation.text.lower() for p in _MODEL_DECLINES)
     verified = [s for s in drafted if s.supported]
     failed = [s for s in drafted if not s.supported]
-    strong = strong_evidence([q.evidence for q in quotes], settings)
+    strong = strong_evidence(quotes, settings)
     if not declined and strong and style is Style.QUOTED:
         quote = quote_answer(quotes, ctx.hits, limit=QUOTE_LIMIT)
         return quoted(
@@ -388,7 +398,7 @@ def draft_needed(quotes: Sequence[Quote], model: ModelInfo | None, settings: Set
     """
     if settings.quoted_draft or settings.unsupported_fallback != "quote":
         return True
-    strong = strong_evidence([q.evidence for q in quotes], settings)
+    strong = strong_evidence(quotes, settings)
     return not (strong and answer_style(settings, model) is Style.QUOTED)
 
 
@@ -465,7 +475,7 @@ def fallback(
 ) -> Answer:
     """The answer when none of the model's wording is shown: quoted, or an abstention."""
     evidence = [q.evidence for q in quotes]
-    strong = strong_evidence(evidence, settings)
+    strong = strong_evidence(quotes, settings)
     failed = [s for s in drafted if not s.supported]
     if strong and settings.unsupported_fallback == "quote":
         # The library holds the answer but the model did not say it verifiably: give the

@@ -41,6 +41,13 @@ Options:
                    question on 2 CPU cores; attribution, which does not affect abstention and
                    takes ~90 s per answer there, is off)
   --elsewhere      also measure false abstention on PubMedQA and data_samples
+  --quote-stage    also, on the questions that pass the retrieval-stage checks (topic
+                   removal), how many have evidence strong enough to quote
+                   (``policy.strong_evidence``) with the sentence read alone only
+                   (``quote_min_evidence``) and with the title-read bar as well
+                   (``quote_min_titled_evidence``, shipped). Strong evidence is quoted without
+                   a draft; the rest go to the model, whose unverified draft is declined. No
+                   model is loaded.
   --json           one JSON object instead of tables
 """
 
@@ -253,6 +260,54 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
     return out
 
 
+def quote_stage(
+    settings: Settings, unanswerable: list[Question], answerable: list[Question]
+) -> dict[str, Any]:
+    """Strong evidence at the quote stage, on the questions the retrieval checks let through."""
+    from assistant import policy
+    from assistant.cite import quotes_for, source_sentences
+    from assistant.pipeline import Assistant
+    from assistant.retrieve import Filters
+
+    assistant = Assistant(settings)
+    assistant.warm_up(model=False)
+    alone = settings.model_copy(update={"quote_min_titled_evidence": 1.0})
+    out: dict[str, Any] = {}
+    for kind, qs in (("unanswerable", unanswerable), ("answerable", answerable)):
+        passed = strong_alone = strong = 0
+        weak_alone: list[dict[str, Any]] = []
+        for q in qs:
+            # the pipeline's own retrieval (with the leading document's extra passages)
+            hits = assistant._retrieve(q.question, settings.top_k, Filters(roles=(settings.role,)))
+            stem = assistant.retriever.lexical.stem
+            if policy.before_generation(q.question, hits, settings, stem) is not None:
+                continue
+            passed += 1
+            quotes = quotes_for(
+                q.question, hits, assistant.embed, source_sentences(hits),
+                limit=policy.QUOTE_LIMIT * 2,
+            )  # fmt: skip
+            by_alone = policy.strong_evidence(quotes, alone)
+            strong_alone += by_alone
+            strong += policy.strong_evidence(quotes, settings)
+            if not by_alone:
+                weak_alone.append(
+                    {
+                        "question": q.question,
+                        "best_alone": round(max(x.evidence.score for x in quotes), 3),
+                        "best_titled": round(max(x.titled for x in quotes), 3),
+                    }
+                )
+        out[kind] = {
+            "questions": len(qs),
+            "passed_retrieval_checks": passed,
+            "strong_alone": strong_alone,
+            "strong": strong,
+            "weak_alone": weak_alone,
+        }
+    return out
+
+
 def generate(
     settings: Settings, unanswerable: list[Question], answerable: list[Question], n: int
 ) -> dict[str, Any]:
@@ -297,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also measure false abstention on PubMedQA (500) and on data_samples",
     )
+    parser.add_argument(
+        "--quote-stage",
+        action="store_true",
+        help="also count strong evidence at the quote stage, with and without the title bar",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -307,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(unanswerable)} unanswerable, {len(answerable)} answerable questions")
     work = Path(tempfile.mkdtemp(prefix="clinrag-abstention-"))
     modes: dict[str, Any] = {}
-    generated = None
+    generated = quoted = None
     try:
         for mode in ("topic", "gold"):
             log(f"[{mode}] removing {len(removals[mode])} documents and retrieving ...")
@@ -316,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if mode == "topic" and args.generate:
                 generated = generate(settings, unanswerable, answerable, args.generate)
+            if mode == "topic" and args.quote_stage:
+                quoted = quote_stage(settings, unanswerable, answerable)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -376,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     if generated is not None:
         result["generate"] = generated
+    if quoted is not None:
+        result["quote_stage"] = quoted
     if args.elsewhere:
         result["elsewhere"] = answerable_elsewhere(threshold)
     if args.json:
@@ -488,6 +552,30 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         )
+    if quoted is not None:
+        print(
+            "\nquote stage (topic removal): of the questions past the retrieval checks, how many "
+            "are quoted on strong evidence (the rest: the model drafts, unverified = declined)"
+        )
+        print(
+            common.table(
+                ["questions", "n", "passed checks", "strong: sentence alone", "strong: shipped"],
+                [
+                    [
+                        kind,
+                        q["questions"],
+                        q["passed_retrieval_checks"],
+                        q["strong_alone"],
+                        q["strong"],
+                    ]
+                    for kind, q in quoted.items()
+                ],  # fmt: skip
+            )
+        )
+        for kind, q in quoted.items():
+            for w in q["weak_alone"]:
+                print(f"  {kind}: alone {w['best_alone']}, titled {w['best_titled']}: "
+                      f"{w['question']}")  # fmt: skip
     return 0
 
 

@@ -158,6 +158,13 @@ class Settings(BaseModel):
         "quote", description="When the model's wording fails verification: quote or abstain."
     )
     quote_min_evidence: float = Field(0.55, ge=-1, le=1)
+    quote_min_titled_evidence: float = Field(
+        0.6,
+        ge=-1,
+        le=1,
+        description="The evidence is also strong enough to quote when a sentence read under "
+        "its passage's title matches the question at least this well (cosine); 1 turns it off.",
+    )
     quoted_draft: bool = Field(
         False,
         description="With a quoted answer on strong evidence, still have the model draft a "
@@ -387,6 +394,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "abstain_rare_term_zipf",
     "unsupported_fallback",
     "quote_min_evidence",
+    "quote_min_titled_evidence",
     "quoted_draft",
     "answer_style",
     "yes_no_decisions",
@@ -406,6 +414,8 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "yes_no_decisions": False,
     # answers before the setting drafted even when the guideline's words were the answer
     "quoted_draft": True,
+    # answers before the setting judged strong evidence on sentences read alone
+    "quote_min_titled_evidence": 1.0,
     # answers before the setting ran the model in float32
     "llm_quantization": "none",
 }

@@ -192,6 +192,29 @@ def test_cli_ask_answers_a_quoted_question_without_the_model(
     assert data["model"]["model_id"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def test_a_sentence_that_leaves_its_subject_to_the_title_is_strong_evidence(
+    library: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sentence "Metformin is the usual first drug when there is no contraindication"
+    matches the question only 0.50 alone, under the 0.55 bar; read under its guideline's
+    title it is 0.67. It was judged weak evidence, the model drafted, the draft failed
+    verification and the answer was a decline that listed this very sentence first."""
+    from core.backends.transformers_llm import TransformersLLM
+
+    def refuse(self: TransformersLLM) -> None:
+        raise AssertionError("the model was loaded: the evidence was judged weak")
+
+    monkeypatch.setattr(TransformersLLM, "warm_up", refuse)
+    assistant = Assistant(library.model_copy(update={"attribution": "off"}))
+    assistant.warm_up(model=False)
+    answer = assistant.ask("What is the first-line drug for type 2 diabetes?", record=False)
+    assert answer.mode == "quoted" and not answer.abstained
+    assert answer.sentences[0].text.startswith("Metformin is the usual first drug")
+    assert {c.doc_id for c in answer.citations} == {
+        "type-2-diabetes-screening-and-glycemic-targets"
+    }
+
+
 def test_replay_unchanged_then_changed_after_document_edit(
     tmp_path: Path, settings: Settings, models_cache: Path
 ) -> None:

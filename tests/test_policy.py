@@ -311,6 +311,33 @@ def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
     assert policy.quote_answer(quotes, hits, limit=1).sentences[0].text == quotes[0].evidence.text
 
 
+def test_strong_evidence_also_reads_a_sentence_under_its_title(settings: Settings) -> None:
+    """A sentence that leaves its subject to the title ("Metformin is the usual first drug")
+    is strong evidence when it matches under the title, though weak alone; a title match
+    below the bar (a neighbouring disease) is not, and 1 turns the second bar off."""
+
+    def quote(own: float, titled: float) -> Quote:
+        evidence = Evidence(1, "Metformin is the usual first drug.", "dm", "Diabetes", "", 1, own)
+        return Quote(evidence, (0,), False, own, titled)
+
+    assert settings.quote_min_evidence == 0.55 and settings.quote_min_titled_evidence == 0.6
+    assert policy.strong_evidence([quote(0.50, 0.67)], settings)
+    assert policy.strong_evidence([quote(0.30, 0.40), quote(0.56, 0.40)], settings)
+    assert not policy.strong_evidence([quote(0.50, 0.58)], settings)
+    assert not policy.strong_evidence([], settings)
+    off = settings.model_copy(update={"quote_min_titled_evidence": 1.0})
+    assert not policy.strong_evidence([quote(0.50, 0.67)], off)
+
+
+def test_quotes_carry_their_match_under_the_title() -> None:
+    hits = [_hit("type 2 diabetes", "Metformin is the usual first drug.")]
+    question = "What is the first drug for type 2 diabetes?"
+    (q,) = quotes_for(question, hits, bow_embed, source_sentences(hits))
+    vectors = bow_embed([question, "Type 2 Diabetes: Metformin is the usual first drug."])
+    assert q.titled == pytest.approx(float(vectors[1] @ vectors[0]))
+    assert q.titled > q.evidence.score
+
+
 def test_another_documents_weak_match_does_not_follow_the_lead() -> None:
     """A study on another subject that shares a word with the question ("balloon") is no
     supporting quote: the lead document's own next sentence is quoted instead. A second
