@@ -1,5 +1,9 @@
 """Do the retrieved passages mention the question's specific terms? Checked before generation.
 
+Two checks: the question's rare and subject words (:func:`check`), and its numbered or
+lettered subtype (:func:`other_subtype`: "type 1 diabetes" over passages that only ever
+name type 2 diabetes).
+
 A question about a subject the library never covers ("What are the symptoms of
 oculoectodermal syndrome?") still retrieves the nearest passages, on neighbouring subjects,
 with embedding similarity close to that of a covered question, so relevance alone cannot tell
@@ -250,3 +254,91 @@ def check(question: str, hits: Sequence[Hit], stem: Stemmer, max_zipf: float) ->
             continue
         missing.append(word)
     return Coverage(tuple(specific), tuple(missing), tuple(subjects))
+
+
+# ------------------------------------------------------------------ numbered subtypes
+
+# A subtype named by a number or a letter is another condition, however many words it shares
+# with its siblings: a library holding only a type 2 diabetes guideline answered "What HbA1c
+# target for adults with type 1 diabetes?" with the type 2 targets, and MedQuAD's "Long QT
+# syndrome 3" is not its "Long QT syndrome 1". Every word of such a question is in the
+# passages, so the word checks above cannot see it.
+_MARK = r"(\d{1,2}[a-z]?|i{1,3}|iv|vi{0,3}|ix|x)"
+_WORDS = r"[a-z][a-z0-9'-]*"
+# the kind of condition a trailing number or "type N" follows, skipped to reach its name
+_KIND = (
+    r"(?:cancers?|diseases?|syndromes?|disorders?|deficienc(?:y|ies)|infections?|myopath(?:y|ies)"
+    r"|dystroph(?:y|ies)|neuropath(?:y|ies)|dysplasias?|ataxias?|fibromatosis|diabetes|mellitus)"
+)
+_TYPE_FIRST = re.compile(rf"\btype\s+{_MARK}\s+({_WORDS})")  # type 1 diabetes
+_TYPE_AFTER = re.compile(rf"\b({_WORDS})(?:\s+{_KIND})?\s*,?\s+type\s+{_MARK}\b")  # ... type 4
+# long QT syndrome 3, inclusion body myopathy 2: the number ends the name
+_NUMBERED = re.compile(rf"\b({_WORDS})\s+{_KIND}\s*,?\s+(\d{{1,2}}[a-z]?)(?=\s*(?:[?.,;:)]|$))")
+_LETTERED = re.compile(r"\b(hepatitis|vitamin)\s+([a-ek])(?:\d{1,2})?\b")  # hepatitis B
+_ROMAN = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7",
+          "viii": "8", "ix": "9", "x": "10"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Subtype:
+    """A named subtype: ``name`` the word it belongs to (stemmed), ``mark`` its number or
+    letter, ``text`` as written."""
+
+    name: str
+    mark: str
+    text: str
+
+
+def subtypes(text: str, stem: Stemmer) -> list[Subtype]:
+    """The numbered or lettered subtypes ``text`` names ("type 2 diabetes", "hepatitis C")."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a letter whose lower case is longer: spans would shift
+        text = lowered
+    found: list[tuple[str, str, str]] = []
+    for m in _TYPE_FIRST.finditer(lowered):
+        found.append((m.group(2), m.group(1), text[m.start() : m.end()]))
+    for pattern in (_TYPE_AFTER, _NUMBERED, _LETTERED):
+        for m in pattern.finditer(lowered):
+            found.append((m.group(1), m.group(2), text[m.start() : m.end()]))
+    found = [f for f in found if f[0] not in STOPWORDS and f[0] not in _NOT_SUBJECT]
+    if not found:
+        return []
+    names = stem([name for name, _, _ in found])
+    return [
+        Subtype(name, _ROMAN.get(mark, mark), " ".join(written.split()).rstrip(","))
+        for name, (_, mark, written) in zip(names, found, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class OtherSubtype:
+    """The question's subtype, absent from passages that name only others of its kind."""
+
+    asked: str  # as the question writes it: "type 1 diabetes"
+    held: tuple[str, ...]  # as the passages write the others: ("type 2 diabetes",)
+
+    def __str__(self) -> str:
+        return f"{self.asked} (only {', '.join(self.held)})"
+
+
+def other_subtype(question: str, hits: Sequence[Hit], stem: Stemmer) -> OtherSubtype | None:
+    """The question's numbered or lettered subtype when the retrieved passages (titles
+    included) name other subtypes of the same condition and never this one; else None.
+
+    Passages that name no subtype of it at all are left to :func:`check`: a guideline on
+    "diabetes" may well hold the answer for type 1.
+    """
+    asked = subtypes(question, stem)
+    if not asked:
+        return None
+    held = subtypes(
+        "\n".join(f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}" for h in hits), stem
+    )
+    for a in asked:
+        same = [h for h in held if h.name == a.name]
+        if same and all(h.mark != a.mark for h in same):
+            held_as = {h.text.lower(): h.text for h in reversed(same)}  # first spelling kept
+            return OtherSubtype(
+                a.text, tuple(held_as[k] for k in dict.fromkeys(h.text.lower() for h in same))
+            )
+    return None

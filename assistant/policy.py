@@ -5,7 +5,9 @@ Two decisions, around generation:
 1. **Before generation** (:func:`before_generation`), abstain when the library cannot hold
    the answer: no passage is close enough to the question (``abstain_min_relevance``,
    cosine), or the passages never mention the question's rare words
-   (``abstain_rare_term_zipf``, see ``assistant.coverage``). Cost: one pass over the hits.
+   (``abstain_rare_term_zipf``, see ``assistant.coverage``), or they name only other
+   subtypes of the one asked about (``abstain_other_subtype``: type 2 diabetes for a type 1
+   question). Cost: one pass over the hits.
 2. **After generation and citation checks** (:func:`compose`), build what the reader sees
    from the model's verified sentences and the guideline's own words (``cite.quotes_for``:
    recommendation statements first), as ``answer_style`` says (:func:`answer_style`; auto
@@ -149,6 +151,10 @@ def before_generation(
     found = coverage.check(question, hits, stem, settings.abstain_rare_term_zipf)
     if not found.covered:
         return Reason(ReasonCode.NOT_IN_LIBRARY, _MENTIONS + ", ".join(found.missing))
+    if settings.abstain_other_subtype:
+        other = coverage.other_subtype(question, hits, stem)
+        if other is not None:
+            return Reason(ReasonCode.NOT_IN_LIBRARY, _MENTIONS + str(other))
     return None
 
 

@@ -117,8 +117,10 @@ def observe(retriever: Any, question: str) -> Observation:
 
     hits = retriever.retrieve(question)
     cov = coverage.check(question, hits, retriever.lexical.stem, max_zipf=99.0)
+    other = coverage.other_subtype(question, hits, retriever.lexical.stem)
     return {
         "relevance": relevance(hits),
+        "other_subtype": None if other is None else str(other),
         "words": [[w, coverage.zipf(w)] for w in cov.specific],
         "absent": [[w, coverage.zipf(w)] for w in cov.missing],
         "subjects": list(cov.subjects),
@@ -132,10 +134,17 @@ SUBJECT_RULES = ("required", "specific", "off")
 
 
 def abstains(
-    obs: Observation, threshold: float, max_zipf: float, subjects: str = "required"
+    obs: Observation,
+    threshold: float,
+    max_zipf: float,
+    subjects: str = "required",
+    other_subtype: bool = True,
 ) -> bool:
     """The pipeline's decision at these thresholds (``coverage.Coverage.covered``), with
-    subject words counted as ``subjects`` says (:data:`SUBJECT_RULES`)."""
+    subject words counted as ``subjects`` says (:data:`SUBJECT_RULES`), and the subtype check
+    (``coverage.other_subtype``) when ``other_subtype`` and the word check is on."""
+    if other_subtype and max_zipf > 0 and obs.get("other_subtype"):
+        return True
     if subjects not in SUBJECT_RULES:
         raise ValueError(f"subjects must be one of {SUBJECT_RULES}; got {subjects!r}")
     named = set(obs.get("subjects", ())) if subjects != "off" and max_zipf > 0 else set()
@@ -150,9 +159,13 @@ def abstains(
 
 
 def share(
-    observed: list[Observation], threshold: float, max_zipf: float, subjects: str = "required"
+    observed: list[Observation],
+    threshold: float,
+    max_zipf: float,
+    subjects: str = "required",
+    other_subtype: bool = True,
 ) -> float:
-    hits = sum(abstains(o, threshold, max_zipf, subjects) for o in observed)
+    hits = sum(abstains(o, threshold, max_zipf, subjects, other_subtype) for o in observed)
     return hits / max(len(observed), 1)
 
 
@@ -200,10 +213,11 @@ def rates(
     threshold: float,
     max_zipf: float = 0.0,
     subjects: str = "required",
+    other_subtype: bool = True,
 ) -> tuple[float, float]:
     return (
-        share(observed["unanswerable"], threshold, max_zipf, subjects),
-        share(observed["answerable"], threshold, max_zipf, subjects),
+        share(observed["unanswerable"], threshold, max_zipf, subjects, other_subtype),
+        share(observed["answerable"], threshold, max_zipf, subjects, other_subtype),
     )
 
 
@@ -233,6 +247,10 @@ def answerable_elsewhere(threshold: float) -> dict[str, Any]:
         "flagged_at_3": [
             [w for w, _ in o["absent"]] for o in observed if abstains(o, threshold, 3.0)
         ],
+        "false_abstain_without_subtype_check": share(
+            observed, threshold, built.settings.abstain_rare_term_zipf, other_subtype=False
+        ),
+        "other_subtype": [o["other_subtype"] for o in observed if o.get("other_subtype")],
     }
     with tempfile.TemporaryDirectory(prefix="clinrag-abstention-samples-") as tmp:
         from ingest.index import ingest
@@ -396,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         abst, false_abst = rates(observed, threshold, max_zipf)
         without = rates(observed, threshold, max_zipf, subjects="off")
         not_required = rates(observed, threshold, max_zipf, subjects="specific")
+        no_subtype = rates(observed, threshold, max_zipf, other_subtype=False)
         relevance_only = rates(observed, threshold)
         table = [[t, *rates(observed, t)] for t in THRESHOLDS]
         best = max(table, key=lambda r: (r[1] - r[2], -abs(r[0] - threshold)))
@@ -412,6 +431,14 @@ def main(argv: list[str] | None = None) -> int:
             "subject_not_required": {
                 "abstain_on_unanswerable": not_required[0],
                 "false_abstain_on_answerable": not_required[1],
+            },
+            "without_subtype_check": {
+                "abstain_on_unanswerable": no_subtype[0],
+                "false_abstain_on_answerable": no_subtype[1],
+            },
+            "other_subtype": {
+                kind: [o["other_subtype"] for o in obs if o.get("other_subtype")]
+                for kind, obs in observed.items()
             },
             "relevance_check_only": {
                 "abstain_on_unanswerable": relevance_only[0],
@@ -482,12 +509,16 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in (
             ("without_subject_words", "without subject words"),
             ("subject_not_required", "subject words not required"),
+            ("without_subtype_check", "without the subtype check"),
         ):
             w = m[key]
             print(
                 f"{mode}, {label}: abstain {w['abstain_on_unanswerable']:.3f}, "
                 f"false {w['false_abstain_on_answerable']:.3f}"
             )
+        for kind, found in m["other_subtype"].items():
+            for text in found:
+                print(f"{mode}, {kind}, subtype check: {text}")
     print("\ncalibration (share with best relevance < threshold, i.e. abstaining)")
     rows = []
     for i, t in enumerate(THRESHOLDS):
@@ -532,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
             "subject words not required: PubMedQA false "
             f"{e['pubmedqa']['false_abstain_subject_not_required']:.3f}, samples abstain | "
             "false {:.3f} | {:.3f}".format(*d["subject_not_required"])
+        )
+        print(
+            "without the subtype check: PubMedQA false "
+            f"{e['pubmedqa']['false_abstain_without_subtype_check']:.3f}; subtype check on "
+            f"PubMedQA: {e['pubmedqa']['other_subtype']}"
         )
         print("PubMedQA abstentions at zipf 3.0, words absent:", e["pubmedqa"]["flagged_at_3"])
         print("data_samples abstentions at zipf 3.0, words absent:", d["flagged_at_3"])

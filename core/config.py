@@ -153,6 +153,11 @@ class Settings(BaseModel):
         "(Zipf scale; 3 = once per million words) and no retrieved passage mentions any of "
         "them. 0 turns it off.",
     )
+    abstain_other_subtype: bool = Field(
+        True,
+        description="Abstain when the question names a numbered or lettered subtype (type 1 "
+        "diabetes, hepatitis B) and the retrieved passages name only other subtypes of it.",
+    )
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
     unsupported_fallback: Literal["quote", "abstain"] = Field(
         "quote", description="When the model's wording fails verification: quote or abstain."
@@ -392,6 +397,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "abstain_min_relevance",
     "abstain_max_unsupported",
     "abstain_rare_term_zipf",
+    "abstain_other_subtype",
     "unsupported_fallback",
     "quote_min_evidence",
     "quote_min_titled_evidence",
@@ -405,6 +411,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
 # answered without the check, so restoring it turns the check off.
 ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "abstain_rare_term_zipf": 0.0,
+    "abstain_other_subtype": False,
     # answers before the setting read top_k passages only
     "leading_document_passages": 0,
     # answers before the setting read no passage for the question's ages beyond the ranks

@@ -166,6 +166,53 @@ def test_passages_that_never_name_the_subject_do_not_cover_it(stem: coverage.Ste
     assert coverage.check(zoster, flu, stem, 0.0).covered  # the check off
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("HbA1c targets for adults with type 1 diabetes?", [("1", "type 1 diabetes")]),
+        ("Type II diabetes mellitus", [("2", "Type II diabetes")]),
+        ("diabetes mellitus type 2", [("2", "diabetes mellitus type 2")]),
+        ("What are the symptoms of Long QT syndrome 3 ?", [("3", "QT syndrome 3")]),
+        ("Charcot-Marie-Tooth disease type 2G", [("2g", "Charcot-Marie-Tooth disease type 2G")]),
+        ("Who should be screened for hepatitis B?", [("b", "hepatitis B")]),
+        ("Gingival fibromatosis, 1", [("1", "Gingival fibromatosis, 1")]),
+        # numbers and types that name no subtype
+        ("Should screening stop at age 75?", []),
+        ("Start with a thiazide-type diuretic.", []),
+        ("Screen adults with diabetes every 3 years.", []),
+        ("Repeat the test in 2 years, or after type changes.", []),
+    ],
+)
+def test_numbered_and_lettered_subtypes(
+    stem: coverage.Stemmer, text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert [(s.mark, s.text) for s in coverage.subtypes(text, stem)] == expected
+
+
+def test_passages_on_another_subtype_do_not_cover_the_one_asked(stem: coverage.Stemmer) -> None:
+    """A library with a type 2 diabetes guideline answered a type 1 question with the type 2
+    HbA1c targets: every word of the question is in its passages, so only the subtype's
+    number tells them apart."""
+    type2 = [
+        _hit("The ADA suggests an HbA1c goal below 7% for many nonpregnant adults.",
+             title="Type 2 Diabetes - Screening and Glycemic Targets"),
+    ]  # fmt: skip
+    question = "What HbA1c target is recommended for adults with type 1 diabetes?"
+    assert coverage.check(question, type2, stem, 3.0).covered  # the word check cannot see it
+    other = coverage.other_subtype(question, type2, stem)
+    assert other is not None and str(other) == "type 1 diabetes (only Type 2 Diabetes)"
+    assert coverage.other_subtype("HbA1c target in type II diabetes?", type2, stem) is None
+    # passages that name the subtype asked, or no subtype of the condition, may hold it
+    both = [*type2, _hit("In type 1 diabetes, HbA1c below 7% is also a common goal.")]
+    assert coverage.other_subtype(question, both, stem) is None
+    plain = [_hit("Adults with diabetes: moderate-intensity statin.", title="Statins")]
+    assert coverage.other_subtype(question, plain, stem) is None
+    hcv = [_hit("Screen all adults aged 18 to 79 once.", title="Hepatitis C Screening")]
+    other = coverage.other_subtype("Who should be screened for hepatitis B?", hcv, stem)
+    assert other is not None and other.held == ("Hepatitis C",)
+    assert coverage.other_subtype("Who should be screened for hepatitis C?", hcv, stem) is None
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text
@@ -216,6 +263,34 @@ def test_library_questions_pass_and_uncovered_subjects_abstain_before_generation
     payload = assistant.audit.get(recorded.audit_id).payload
     assert payload["abstain_reason"] == answer.abstain_reason
     assert payload["settings"]["abstain_rare_term_zipf"] == library.abstain_rare_term_zipf
+
+
+def test_a_question_on_another_subtype_abstains_before_generation(library: Settings) -> None:
+    """Real retriever on data_samples (a type 2 diabetes and a hepatitis C guideline): the
+    type 1 and hepatitis B questions decline and say why; none of the library's own example
+    questions is taken for another subtype."""
+    from assistant.pipeline import Assistant
+    from assistant.policy import before_generation, explain
+    from assistant.retrieve import Retriever
+
+    retriever = Retriever(library)
+    for q in _questions(answerable=True):
+        assert coverage.other_subtype(q, retriever.retrieve(q), retriever.lexical.stem) is None, q
+    assistant = Assistant(library, retriever=retriever)
+    for question, asked in (
+        ("What HbA1c target is recommended for adults with type 1 diabetes?", "type 1 diabetes"),
+        ("Who should be screened for hepatitis B?", "hepatitis B"),
+    ):
+        answer = assistant.ask(question, record=False)
+        assert answer.abstained and answer.generation is None, answer.answer
+        assert answer.abstain_reason is not None
+        assert answer.abstain_reason.startswith("not_in_library")
+        assert f"never mention {asked} (only " in explain(answer.abstain_reason)
+    question = "What HbA1c target is recommended for adults with type 1 diabetes?"
+    hits, stem = retriever.retrieve(question), retriever.lexical.stem
+    assert before_generation(question, hits, library, stem) is not None
+    off = library.model_copy(update={"abstain_other_subtype": False})
+    assert before_generation(question, hits, off, stem) is None  # the setting turns it off
 
 
 def test_a_hashed_record_keeps_the_missing_words_that_the_screen_shows(
