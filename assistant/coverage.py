@@ -1,8 +1,9 @@
 """Do the retrieved passages mention the question's specific terms? Checked before generation.
 
-Two checks: the question's rare and subject words (:func:`check`), and its numbered or
+Three checks: the question's rare and subject words (:func:`check`), its numbered or
 lettered subtype (:func:`other_subtype`: "type 1 diabetes" over passages that only ever
-name type 2 diabetes).
+name type 2 diabetes), and its young population (:func:`other_population`: children over
+passages that only address adults).
 
 A question about a subject the library never covers ("What are the symptoms of
 oculoectodermal syndrome?") still retrieves the nearest passages, on neighbouring subjects,
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from core import recommendations
 from core.text import STOPWORDS, tokens
 from core.types import Hit
 
@@ -342,3 +344,39 @@ def other_subtype(question: str, hits: Sequence[Hit], stem: Stemmer) -> OtherSub
                 a.text, tuple(held_as[k] for k in dict.fromkeys(h.text.lower() for h in same))
             )
     return None
+
+
+# ------------------------------------------------------------------ children and adults
+
+# Words that put a question (or a passage) under 18. "minor" is left out: passages use it as
+# an adjective ("minor surgery").
+_YOUNG = re.compile(
+    r"\b(?:child(?:ren|hood)?|kids?|p(?:a)?ediatric|adolescents?|teen(?:ager)?s?|infants?|"
+    r"newborns?|neonates?|toddlers?|youths?)\b",
+    re.I,
+)
+_ADULT = re.compile(r"\badults?\b", re.I)
+ADULT_AGE = 18
+
+
+def other_population(question: str, hits: Sequence[Hit]) -> OtherSubtype | None:
+    """Children asked about, over passages that address adults only: a library without
+    children's guidance quoted "screening now begins at age 45" for "At what age should
+    children start colorectal cancer screening?", and the adult blood pressure goal for
+    children with hypertension.
+
+    The passages address the young when they name them ("children", "adolescents", even to
+    exclude them: then they say so) or state an age range starting under 18 ("younger than
+    21", "ages 4 to 11"); adults only when they name adults or their ages and never the
+    young. A question naming adults as well ("adults and adolescents") is left alone.
+    """
+    asked = _YOUNG.search(question)
+    if asked is None or _ADULT.search(question):
+        return None
+    text = "\n".join(f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}" for h in hits)
+    ranges = recommendations.age_ranges(text)
+    if _YOUNG.search(text) or any(low < ADULT_AGE for low, _ in ranges):
+        return None
+    if not (_ADULT.search(text) or ranges):
+        return None
+    return OtherSubtype(asked.group(0), ("adults",))

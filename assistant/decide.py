@@ -573,9 +573,10 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         statement = recommendations.describe(text, 0, len(text))
         if not statement.recommends:
             continue
+        text, statement = _clause_for(question, text, statement)
         if population.compare(text, quote.evidence.section)[1]:
             continue  # for other ages, the other sex, smoking or risk: about someone else
-        stated.append(_polarity(question, quote, statement))
+        stated.append(_polarity(question, quote, text, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
         shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))
         documents.append(quote.evidence.doc_id)
@@ -628,9 +629,31 @@ def _names_only_the_alternative(question: str, statement: str) -> bool:
     return not negated & plain
 
 
-def _polarity(question: str, quote: Quote, statement: Statement) -> Decision:
+def _clause_for(question: str, text: str, statement: Statement) -> tuple[str, Statement]:
+    """The clause of a statement addressed to the question's population, with its own grade:
+    "Adolescents aged 12 to 18 years should also be screened (grade B); the evidence for
+    children aged 11 and younger was insufficient" answers yes for adolescents, though its
+    second clause alone would read as uncertain. The whole statement when it has one clause
+    or the question names no population its clauses tell apart."""
+    from core import recommendations
+
+    clauses = [c.strip() for c in re.split(r";\s+", text) if c.strip()]
+    if len(clauses) < 2:
+        return text, statement
+    population = recommendations.Population.of(question)
+    compared = [population.compare(c) for c in clauses]
+    kept = [c for c, (held, excluded) in zip(clauses, compared, strict=True) if not excluded]
+    held = [c for c, (n, excluded) in zip(clauses, compared, strict=True) if n and not excluded]
+    if not kept or len(kept) == len(clauses):
+        return text, statement
+    clause = (held or kept)[0]
+    own = recommendations.describe(clause, 0, len(clause))
+    return clause, own
+
+
+def _polarity(question: str, quote: Quote, text: str, statement: Statement) -> Decision:
+    """The decision ``text`` (the quote, or its clause for the question's population) states."""
     grade = (statement.grade or "").upper()
-    text = quote.evidence.text
     if grade in {"C", "I"} or _DEPENDS.search(text):
         label = DecisionLabel.UNCERTAIN
     else:

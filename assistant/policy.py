@@ -6,8 +6,9 @@ Two decisions, around generation:
    the answer: no passage is close enough to the question (``abstain_min_relevance``,
    cosine), or the passages never mention the question's rare words
    (``abstain_rare_term_zipf``, see ``assistant.coverage``), or they name only other
-   subtypes of the one asked about (``abstain_other_subtype``: type 2 diabetes for a type 1
-   question). Cost: one pass over the hits.
+   subtypes of the one asked about, or only adults for a question about children
+   (``abstain_other_subtype``: type 2 diabetes for a type 1 question). Cost: one pass over
+   the hits.
 2. **After generation and citation checks** (:func:`compose`), build what the reader sees
    from the model's verified sentences and the guideline's own words (``cite.quotes_for``:
    recommendation statements first), as ``answer_style`` says (:func:`answer_style`; auto
@@ -152,7 +153,9 @@ def before_generation(
     if not found.covered:
         return Reason(ReasonCode.NOT_IN_LIBRARY, _MENTIONS + ", ".join(found.missing))
     if settings.abstain_other_subtype:
-        other = coverage.other_subtype(question, hits, stem)
+        other = coverage.other_subtype(question, hits, stem) or coverage.other_population(
+            question, hits
+        )
         if other is not None:
             return Reason(ReasonCode.NOT_IN_LIBRARY, _MENTIONS + str(other))
     return None

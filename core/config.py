@@ -156,7 +156,8 @@ class Settings(BaseModel):
     abstain_other_subtype: bool = Field(
         True,
         description="Abstain when the question names a numbered or lettered subtype (type 1 "
-        "diabetes, hepatitis B) and the retrieved passages name only other subtypes of it.",
+        "diabetes, hepatitis B) and the retrieved passages name only other subtypes of it, or "
+        "asks about children and the passages address adults only.",
     )
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
     unsupported_fallback: Literal["quote", "abstain"] = Field(

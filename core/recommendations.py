@@ -413,8 +413,15 @@ def life_stage(text: str) -> tuple[int, int | None] | None:
 
 def _ages(text: str) -> tuple[int, int | None] | None:
     match = _AGE.search(text)
-    if not match:
-        return None
+    return None if match is None else _age_range(match)
+
+
+def age_ranges(text: str) -> list[tuple[int, int | None]]:
+    """Every age range ``text`` states, in order ("Ages 45 to 49", "younger than 21")."""
+    return [_age_range(m) for m in _AGE.finditer(text)]
+
+
+def _age_range(match: re.Match[str]) -> tuple[int, int | None]:
     g = match.groups()
     if g[0] is not None:
         return int(g[0]), int(g[1])

@@ -213,6 +213,30 @@ def test_passages_on_another_subtype_do_not_cover_the_one_asked(stem: coverage.S
     assert coverage.other_subtype("Who should be screened for hepatitis C?", hcv, stem) is None
 
 
+def test_passages_for_adults_only_do_not_cover_a_question_about_children() -> None:
+    """A library without children's guidance quoted "screening now begins at age 45" for a
+    question about children, and the adults' blood pressure goal for children."""
+    colorectal = [
+        _hit("Ages 45 to 49: screen all adults (grade B).", title="Colorectal Cancer Screening"),
+        _hit("The main change in 2021 is that screening now begins at age 45."),
+    ]
+    question = "At what age should children start colorectal cancer screening?"
+    other = coverage.other_population(question, colorectal)
+    assert other is not None and str(other) == "children (only adults)"
+    teens = "Should teenagers with hypertension be treated with drugs?"
+    assert str(coverage.other_population(teens, colorectal)) == "teenagers (only adults)"
+    # passages that name the young (even to leave them out) or ages under 18 are left alone
+    named = [*colorectal, _hit("This summary does not cover children.")]
+    assert coverage.other_population(question, named) is None
+    younger = [*colorectal, _hit("Younger than 21: do not screen (grade D).")]
+    assert coverage.other_population(question, younger) is None
+    # a question about adults too, or about no young population, is not this check's
+    assert coverage.other_population("Should adults and children be screened?", colorectal) is None
+    assert coverage.other_population("When should screening start?", colorectal) is None
+    # passages that address no population at all say nothing either way
+    assert coverage.other_population(question, [_hit("Colonoscopy every 10 years.")]) is None
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text
@@ -265,21 +289,27 @@ def test_library_questions_pass_and_uncovered_subjects_abstain_before_generation
     assert payload["settings"]["abstain_rare_term_zipf"] == library.abstain_rare_term_zipf
 
 
-def test_a_question_on_another_subtype_abstains_before_generation(library: Settings) -> None:
-    """Real retriever on data_samples (a type 2 diabetes and a hepatitis C guideline): the
-    type 1 and hepatitis B questions decline and say why; none of the library's own example
-    questions is taken for another subtype."""
+def test_a_question_on_another_subtype_or_population_abstains_before_generation(
+    library: Settings,
+) -> None:
+    """Real retriever on data_samples (a type 2 diabetes and a hepatitis C guideline, and
+    colorectal screening for adults): the type 1, hepatitis B and children's questions decline
+    and say why; none of the library's own example questions is taken for another subtype or
+    population."""
     from assistant.pipeline import Assistant
     from assistant.policy import before_generation, explain
     from assistant.retrieve import Retriever
 
     retriever = Retriever(library)
     for q in _questions(answerable=True):
-        assert coverage.other_subtype(q, retriever.retrieve(q), retriever.lexical.stem) is None, q
+        hits = retriever.retrieve(q)
+        assert coverage.other_subtype(q, hits, retriever.lexical.stem) is None, q
+        assert coverage.other_population(q, hits) is None, q
     assistant = Assistant(library, retriever=retriever)
     for question, asked in (
         ("What HbA1c target is recommended for adults with type 1 diabetes?", "type 1 diabetes"),
         ("Who should be screened for hepatitis B?", "hepatitis B"),
+        ("At what age should children start colorectal cancer screening?", "children"),
     ):
         answer = assistant.ask(question, record=False)
         assert answer.abstained and answer.generation is None, answer.answer

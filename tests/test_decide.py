@@ -703,6 +703,30 @@ def test_the_first_quoted_statement_for_the_questions_ages_decides() -> None:
     assert decide.stated_decision(question, [population, other_ages]) is None
 
 
+def test_the_clause_for_the_questions_population_decides() -> None:
+    """One statement, two populations: "Adolescents ... should also be screened (grade B);
+    the evidence for children aged 11 and younger was insufficient" was read whole, its
+    "insufficient" made the adolescents' answer uncertain, and for an 8-year-old its first
+    clause's ages passed it over for the adults' statement ("Screen all adults"): yes."""
+    both = _lead(
+        "Adolescents aged 12 to 18 years should also be screened for major depressive "
+        "disorder (USPSTF 2022, grade B); the evidence for children aged 11 and younger was "
+        "insufficient."
+    )
+    adults = _lead("Screen all adults for depression (grade B).")
+    teens = decide.stated_decision("Should adolescents be screened for depression?", [both])
+    assert teens is not None and teens.label is DecisionLabel.YES
+    assert teens.method == f"{decide.STATED_METHOD}:grade B"
+    child = decide.stated_decision(
+        "Should children aged 8 be screened for depression?", [both, adults]
+    )
+    assert child is not None and child.label is DecisionLabel.UNCERTAIN
+    assert child.method == decide.STATED_METHOD  # the grade was the other clause's
+    # a question that names no population its clauses tell apart reads the whole statement
+    whole = decide.stated_decision("Should we screen for depression?", [both])
+    assert whole is not None and whole.label is DecisionLabel.UNCERTAIN
+
+
 def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> None:
     """ "Can a pregnant woman get the flu shot?" was decided no by the abstract-fitted cues
     from "LAIV must not be used in pregnancy", beside "Pregnancy: vaccinate during any
