@@ -320,7 +320,8 @@ class OtherSubtype:
     held: tuple[str, ...]  # as the passages write the others: ("type 2 diabetes",)
 
     def __str__(self) -> str:
-        return f"{self.asked} (only {', '.join(self.held)})"
+        shown = ", ".join(self.held[:3]) + (", ..." if len(self.held) > 3 else "")
+        return f"{self.asked} (only {shown})"
 
 
 def other_subtype(question: str, hits: Sequence[Hit], stem: Stemmer) -> OtherSubtype | None:
