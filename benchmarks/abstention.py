@@ -117,7 +117,9 @@ def observe(retriever: Any, question: str) -> Observation:
 
     hits = retriever.retrieve(question)
     cov = coverage.check(question, hits, retriever.lexical.stem, max_zipf=99.0)
+    # as policy.before_generation reads abstain_other_subtype: a subtype, else the young
     other = coverage.other_subtype(question, hits, retriever.lexical.stem)
+    other = other or coverage.other_population(question, hits)
     return {
         "relevance": relevance(hits),
         "other_subtype": None if other is None else str(other),
