@@ -480,9 +480,11 @@ STATED_METHOD = "recommendation-polarity"
 # A statement advising against what it names: "do not start aspirin", "fasting is not
 # required", "beta blockers are not first line", "recommends against", "stop screening".
 # "no" alone is left out: "adults who have no symptoms" is a population, not advice.
+# "does not prefer one product over another" chooses among options the advice allows: not
+# advice against (it answered "Should children get the flu vaccine?" with no).
 _AGAINST = re.compile(
-    r"\b(?:do|does|did|is|are|was|were|should|must|need|needs)\s+not\b"
-    r"|\b(?:don't|doesn't|didn't|isn't|aren't|shouldn't|mustn't)\b"
+    r"\b(?:do|does|did|is|are|was|were|should|must|need|needs)\s+not\b(?!\s+prefer)"
+    r"|\b(?:don't|doesn't|didn't|isn't|aren't|shouldn't|mustn't)\b(?!\s+prefer)"
     r"|\bnot\s+(?:recommended|required|needed|necessary|indicated|advised|routinely|"
     r"(?:the\s+)?first[- ]line)\b"
     r"|\brecommends?\s+against\b|\b(?:avoid|stop|discontinue|never)\b"

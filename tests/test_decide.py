@@ -727,6 +727,19 @@ def test_the_clause_for_the_questions_population_decides() -> None:
     assert whole is not None and whole.label is DecisionLabel.UNCERTAIN
 
 
+def test_a_preference_among_options_is_not_advice_against() -> None:
+    question = "Should children get the flu vaccine?"
+    allowed = _lead(
+        "Any licensed, age-appropriate vaccine may be used; ACIP does not prefer one product "
+        "over another for adults under 65."
+    )
+    decision = decide.stated_decision(question, [allowed])
+    assert decision is not None and decision.label is DecisionLabel.YES
+    against = _lead("Adults under 65 should not receive the high-dose vaccine.")
+    decision = decide.stated_decision(question, [against])
+    assert decision is not None and decision.label is DecisionLabel.NO
+
+
 def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> None:
     """ "Can a pregnant woman get the flu shot?" was decided no by the abstract-fitted cues
     from "LAIV must not be used in pregnancy", beside "Pregnancy: vaccinate during any
