@@ -361,20 +361,35 @@ ADULT_AGE = 18
 
 
 def other_population(question: str, hits: Sequence[Hit]) -> OtherSubtype | None:
-    """Children asked about, over passages that address adults only: a library without
+    """Men asked about, over passages that address women only ("Should men get screening
+    mammograms?" was answered yes with the women's grade B), or the reverse; and children
+    asked about, over passages that address adults only: a library without
     children's guidance quoted "screening now begins at age 45" for "At what age should
     children start colorectal cancer screening?", and the adult blood pressure goal for
     children with hypertension.
 
-    The passages address the young when they name them ("children", "adolescents", even to
-    exclude them: then they say so) or state an age range starting under 18 ("younger than
-    21", "ages 4 to 11"); adults only when they name adults or their ages and never the
-    young. A question naming adults as well ("adults and adolescents") is left alone.
+    Read in the leading document's passages only. They address the young when they name
+    them ("children", "adolescents", even to exclude them: then they say so) or state an age
+    range starting under 18 ("younger than 21", "ages 4 to 11"); adults only when they name
+    adults or their ages and never the young. A question naming adults as well ("adults and
+    adolescents") is left alone.
     """
+    if not hits:
+        return None
+    # whom the guideline that would answer is for: another document's passage ("Among men
+    # aged 65 to 75", an aneurysm guideline) says nothing about a breast screening guideline
+    leading = hits[0].chunk.doc_id
+    text = "\n".join(
+        f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}"
+        for h in hits
+        if h.chunk.doc_id == leading
+    )
+    asked_sex, held_sex = recommendations.sex(question), recommendations.sex(text)
+    if asked_sex and held_sex and held_sex != asked_sex:
+        return OtherSubtype(asked_sex, (held_sex,))
     asked = _YOUNG.search(question)
     if asked is None or _ADULT.search(question):
         return None
-    text = "\n".join(f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}" for h in hits)
     ranges = recommendations.age_ranges(text)
     if _YOUNG.search(text) or any(low < ADULT_AGE for low, _ in ranges):
         return None

@@ -149,9 +149,11 @@ class Assistant:
         from core import recommendations
 
         population = recommendations.Population.of(question)
-        if not top or not population.stated_ages:
+        if not top:
             return []
         leading = top[0].chunk.doc_id
+        if not population.stated_ages:
+            return self._sex_passage(question, population, top, leading)
 
         def holds(chunk: Chunk) -> bool:
             for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata):
@@ -166,6 +168,31 @@ class Assistant:
         taken = {c.chunk_id for c in read}
         chunks = self.retriever.index.manifest.chunks([leading])
         found = next((c for c in chunks if c.chunk_id not in taken and holds(c)), None)
+        if found is None:
+            return []
+        return self.retriever.hits_for(question, [found], min(h.score for h in top))
+
+    def _sex_passage(
+        self, question: str, population: Any, top: list[Hit], leading: str
+    ) -> list[Hit]:
+        """The leading document's first passage naming a sex, when the question names one
+        and no passage read so far names either: whom a guideline is for is often said once
+        ("Women and other people assigned female at birth, aged 40 and older"), and without
+        it "Should men get screening mammograms?" read "Ages 40 to 74: biennial screening
+        mammography (grade B)" as a yes (``coverage.other_population`` then declines)."""
+        from core import recommendations
+
+        if population.sex is None:
+            return []
+        read = [h.chunk for h in top if h.chunk.doc_id == leading]
+        if any(recommendations.names_sex(c.text) for c in read):
+            return []
+        taken = {c.chunk_id for c in read}
+        chunks = self.retriever.index.manifest.chunks([leading])
+        found = next(
+            (c for c in chunks if c.chunk_id not in taken and recommendations.names_sex(c.text)),
+            None,
+        )
         if found is None:
             return []
         return self.retriever.hits_for(question, [found], min(h.score for h in top))

@@ -157,7 +157,8 @@ class Settings(BaseModel):
         True,
         description="Abstain when the question names a numbered or lettered subtype (type 1 "
         "diabetes, hepatitis B) and the retrieved passages name only other subtypes of it, or "
-        "asks about children and the passages address adults only.",
+        "asks about children (or one sex) and the leading guideline addresses adults (or the "
+        "other sex) only.",
     )
     abstain_max_unsupported: float = Field(0.5, ge=0, le=1)
     unsupported_fallback: Literal["quote", "abstain"] = Field(

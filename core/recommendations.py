@@ -219,7 +219,9 @@ _STAGES: tuple[tuple[re.Pattern[str], tuple[int, int | None]], ...] = (
     (re.compile(r"\bolder adults?\b|\belderly\b", re.I), (65, None)),
     (re.compile(r"\badolescents?\b|\bteen(?:ager)?s?\b", re.I), (12, 18)),
     (re.compile(r"\bchild(?:ren)?\b|\bkids?\b", re.I), (0, 11)),
-    (re.compile(r"\badults?\b", re.I), (19, None)),
+    # men and women are adults; boys and girls are not ("Should men be screened for
+    # depression?" read the adolescents' statement as if it were for them)
+    (re.compile(r"\badults?\b|\b(?:wo)?m[ae]n\b", re.I), (19, None)),
 )
 
 
@@ -229,6 +231,11 @@ _MEN = re.compile(r"\b(?:men|man|male|males|boys?)\b", re.I)
 # who have never smoked: do not screen". Later mentions ("offer screening to selected men")
 # say what to do, not for whom.
 _OPENING = re.compile(r"^\W*(?:(?:adult|older|younger|pregnant|nonpregnant)\s+)?(\w+)", re.I)
+
+
+def names_sex(text: str) -> bool:
+    """Whether ``text`` names a sex at all ("women", "men", "female", "boys")."""
+    return bool(_WOMEN.search(text) or _MEN.search(text))
 
 
 def sex(text: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,28 @@ def test_passages_for_adults_only_do_not_cover_a_question_about_children() -> No
     assert coverage.other_population(question, [_hit("Colonoscopy every 10 years.")]) is None
 
 
+def test_a_guideline_for_one_sex_does_not_cover_the_other() -> None:
+    """ "Should men get screening mammograms?" was answered yes from "Ages 40 to 74: biennial
+    screening mammography (grade B)", a guideline for women. Only the leading document says
+    whom it is for: another guideline's "men" (an aneurysm passage) does not cover it."""
+
+    def hit(doc: str, text: str) -> Hit:
+        h = _hit(text)
+        return Hit(chunk=replace(h.chunk, doc_id=doc), score=1.0)
+
+    breast = [
+        hit("breast", "Ages 40 to 74: biennial screening mammography (grade B)."),
+        hit("aaa", "Among men aged 65 to 75, one-time screening reduces AAA rupture."),
+        hit("breast", "Women and other people assigned female at birth, aged 40 and older."),
+    ]
+    other = coverage.other_population("Should men get screening mammograms?", breast)
+    assert other is not None and str(other) == "men (only women)"
+    assert coverage.other_population("Should women get screening mammograms?", breast) is None
+    assert coverage.other_population("Should adults get screening mammograms?", breast) is None
+    aaa_first = [breast[1], *breast[:1], breast[2]]
+    assert coverage.other_population("Should men be screened for AAA?", aaa_first) is None
+
+
 def test_ui_names_the_missing_words() -> None:
     text = abstain_reason_text("not_in_library (no retrieved passage mentions acne, vulgaris)")
     assert "acne, vulgaris" in text and "{" not in text
@@ -310,6 +333,9 @@ def test_a_question_on_another_subtype_or_population_abstains_before_generation(
         ("What HbA1c target is recommended for adults with type 1 diabetes?", "type 1 diabetes"),
         ("Who should be screened for hepatitis B?", "hepatitis B"),
         ("At what age should children start colorectal cancer screening?", "children"),
+        # whom the breast guideline is for is said once, in its "Population" passage, which
+        # the question's sex has read in (Assistant._sex_passage)
+        ("Should men get screening mammograms?", "men"),
     ):
         answer = assistant.ask(question, record=False)
         assert answer.abstained and answer.generation is None, answer.answer

@@ -740,6 +740,22 @@ def test_a_preference_among_options_is_not_advice_against() -> None:
     assert decision is not None and decision.label is DecisionLabel.NO
 
 
+def test_men_and_women_are_adults_not_adolescents() -> None:
+    """ "Should men be screened for depression?" read the adolescents' statement (quoted
+    first) as if it were for men, and its "insufficient" made the answer uncertain."""
+    teens = _lead(
+        "Adolescents aged 12 to 18 years should also be screened for major depressive "
+        "disorder (grade B); the evidence for children aged 11 and younger was insufficient."
+    )
+    adults = _lead("Screen all adults for depression (grade B).")
+    for question in ("Should men be screened for depression?", "Should a woman be screened?"):
+        decision = decide.stated_decision(question, [teens, adults])
+        assert decision is not None and decision.label is DecisionLabel.YES, question
+        assert decision.evidence == list(adults.indices)
+    boys = decide.stated_decision("Should boys aged 13 be screened for depression?", [teens])
+    assert boys is not None and boys.label is DecisionLabel.YES
+
+
 def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> None:
     """ "Can a pregnant woman get the flu shot?" was decided no by the abstract-fitted cues
     from "LAIV must not be used in pregnancy", beside "Pregnancy: vaccinate during any
