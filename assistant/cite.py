@@ -261,6 +261,13 @@ _ASKS_INTERVAL = re.compile(
 )
 _ASKS_GRADE = re.compile(r"\b(?:grade|strength|level of evidence)\b", re.I)
 _ASKS_DOSE = re.compile(r"\b(?:dose|doses|dosage|dosing|how much)\b", re.I)
+# "What HbA1c cut-off confirms a diagnosis of diabetes?" quoted the HbA1c targets first: what
+# defines a condition sits under a diagnosis heading or says "means" / "is defined as".
+_ASKS_DIAGNOSIS = re.compile(r"\b(?:diagnos\w*|defines?|definition)\b", re.I)
+_DIAGNOSTIC_SECTION = re.compile(r"\b(?:diagnos\w*|thresholds?|categories|definitions?)\b", re.I)
+_DEFINES = re.compile(r"\b(?:means|is defined as|defines|diagnos\w*)\b", re.I)
+# a treatment goal is another aspect than what makes the diagnosis, however close its numbers
+_GOAL = re.compile(r"\b(?:targets?|goals?)\b", re.I)
 _ASKS_START = re.compile(r"\b(?:start|starts|begin|begins|initiate)\b", re.I)
 _ASKS_DRUG = re.compile(
     r"\b(?:drugs?|medications?|medicines?|pharmacotherapy|pharmacologic\w*|first[- ]line)\b",
@@ -481,8 +488,8 @@ def _bonuses(
     question: str, hits: Sequence[Hit], units: list[_Unit], ranking: np.ndarray
 ) -> np.ndarray:
     """What lifts a passage beyond its match: it recommends, it states what the question asks
-    (an age, who, an interval, a grade, a dose, a drug, the category named) for the population
-    asked about."""
+    (an age, who, an interval, a grade, a dose, a drug, what defines a diagnosis, the category
+    named) for the population asked about."""
     asks_category = _categories(question)
     asks_drug = bool(_ASKS_DRUG.search(question))
     asks_age = bool(_ASKS_AGE.search(question))
@@ -490,6 +497,7 @@ def _bonuses(
     asks_interval = bool(_ASKS_INTERVAL.search(question))
     asks_grade = bool(_ASKS_GRADE.search(question))
     asks_dose = bool(_ASKS_DOSE.search(question))
+    asks_diagnosis = bool(_ASKS_DIAGNOSIS.search(question))
     population = recommendations.Population.of(question)
     bonus = np.zeros(len(units))
     described = [
@@ -505,8 +513,16 @@ def _bonuses(
             or (asks_grade and facts.grade is not None)
             or (asks_dose and facts.dose)
             or (asks_drug and names_drug(text))
+            or (
+                asks_diagnosis
+                and bool(
+                    _DIAGNOSTIC_SECTION.search(hits[n - 1].chunk.section) or _DEFINES.search(text)
+                )
+            )
         ):
             bonus[j] += ASPECT_BONUS
+        if asks_diagnosis and not _GOAL.search(question) and _GOAL.search(text):
+            bonus[j] -= ASPECT_BONUS
         if asks_category:
             bonus[j] += _category_bonus(asks_category, text)
         # whom it addresses, against whom the question asks about

@@ -25,7 +25,8 @@ Two decisions, around generation:
    ``quote_min_titled_evidence`` read under its passage's title: :func:`strong_evidence`);
    without it the model's verified sentences are the answer. When the model declined or
    nothing it wrote verified, :func:`fallback` quotes (``unsupported_fallback`` ``quote``)
-   or abstains (:attr:`Mode.ABSTAINED`).
+   or abstains (:attr:`Mode.ABSTAINED`), saying the library lacks guidance only when the
+   model said the sources do not answer (else: the closest passages, to read directly).
 
 A sentence that failed verification is never shown: it goes to ``Answer.unverified`` (kept for
 auditors) and :func:`removed_note` tells the reader how many were removed. The numbers a reader
@@ -46,6 +47,7 @@ always carried, and :func:`explain` turns it into words for a clinician.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -243,7 +245,7 @@ def _answer(
     reason: Reason | None = None,
     unverified: Sequence[AnswerSentence] = (),
 ) -> Answer:
-    shown = list(sentences)
+    shown = _distinct(sentences)
     # only what the reader is shown is cited, numbered in the order it is read
     citations = numbered_citations(shown, ctx.hits)
     labels = {c.n: c.label for c in citations}
@@ -265,6 +267,19 @@ def _answer(
         nearest_documents=ctx.nearest,
         unverified=list(unverified),
     )
+
+
+def _distinct(sentences: Sequence[AnswerSentence]) -> list[AnswerSentence]:
+    """Each sentence once: the packaged model repeats itself ("High Blood Pressure in Adults
+    - Diagnosis and Treatment" five times), and a repeat tells the reader nothing new."""
+    seen: set[str] = set()
+    out = []
+    for s in sentences:
+        key = " ".join(re.findall(r"[a-z0-9]+", s.text.lower()))
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
 
 
 def _marks(numbers: Sequence[int], labels: dict[int, int]) -> str:
@@ -493,6 +508,10 @@ def fallback(
         return quoted(
             ctx, generation, sentences=quote.sentences, evidence=quote.evidence, unverified=failed
         )
+    # The retrieval checks found the library on the subject; only the model's wording failed.
+    # "The library does not contain guidance" was then often false: "How is hypertension
+    # diagnosed?" said so above "confirm a high office reading with measurements taken outside
+    # the clinic". Only the model saying the sources do not answer is read as such.
     declined = reason.code is ReasonCode.MODEL_DECLINED
     return abstained(
         ctx,
@@ -500,7 +519,7 @@ def fallback(
         generation=generation,
         drafted=drafted,
         evidence=evidence,
-        text=ABSTAIN_TEXT if declined or not strong else UNVERIFIED_TEXT,
+        text=ABSTAIN_TEXT if declined else UNVERIFIED_TEXT,
     )
 
 

@@ -185,6 +185,25 @@ def test_when_should_screening_start_is_answered_with_the_starting_age() -> None
     assert quotes[0].evidence.text == "Ages 45 to 49: screen all adults (grade B)."
 
 
+def test_a_diagnosis_question_is_answered_with_what_makes_the_diagnosis() -> None:
+    """ "What HbA1c cut-off confirms a diagnosis of diabetes?" quoted the HbA1c targets first
+    (a recommendation, and HbA1c numbers close to the question): a goal is another aspect
+    than a diagnostic threshold. A question about targets still gets them."""
+    hits = [
+        _hit("type 2 diabetes", "Aim for an HbA1c goal below 7% in diabetes (grade B).",
+             "Glycemic Targets > HbA1c goal"),
+        _hit("type 2 diabetes", "- HbA1c of 6.5% or higher, on two tests or once with "
+             "symptoms, means diabetes; 5.7% to 6.4% means prediabetes.",
+             "Diagnostic Thresholds"),
+    ]  # fmt: skip
+    assert _first_quote("What HbA1c confirms a diagnosis of diabetes?", hits).startswith(
+        "- HbA1c of 6.5% or higher"
+    )
+    assert _first_quote("What HbA1c goal for adults with diabetes?", hits).startswith(
+        "Aim for an HbA1c goal"
+    )
+
+
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
     one for ages 21 to 29 (its age only in its heading), although that one shares more of the
@@ -474,6 +493,8 @@ def test_quoted_style_and_auto_for_the_packaged_model(settings: Settings) -> Non
 def test_nothing_verified_and_weak_evidence_abstains_showing_no_draft(
     settings: Settings,
 ) -> None:
+    """Nothing of the draft is shown, and the reader is not told the library lacks guidance:
+    the retrieval checks found it on the subject, only the model's wording failed."""
     drafted, quotes = _drafts_and_quotes()
     failed = [s for s in drafted if not s.supported]
     weak = settings.model_copy(update={"answer_style": "combined", "quote_min_evidence": 0.99})
@@ -486,8 +507,33 @@ def test_nothing_verified_and_weak_evidence_abstains_showing_no_draft(
         quotes=quotes,
         settings=weak,
     )
-    assert answer.mode is Mode.ABSTAINED and answer.answer == policy.ABSTAIN_TEXT
+    assert answer.mode is Mode.ABSTAINED and answer.answer == policy.UNVERIFIED_TEXT
     assert answer.sentences == [] and answer.unverified == failed
+    # the model itself saying the sources do not answer is read as the library lacking it
+    declined = policy.compose(
+        _context(hits),
+        _generation("The sources do not answer this question."),
+        drafted=failed,
+        drafted_evidence=[],
+        quotes=quotes,
+        settings=weak,
+    )
+    assert declined.mode is Mode.ABSTAINED and declined.answer == policy.ABSTAIN_TEXT
+
+
+def test_a_repeated_sentence_is_shown_once(settings: Settings) -> None:
+    hits = [_hit("htn", "High Blood Pressure in Adults - Diagnosis and Treatment.")]
+    title = "High Blood Pressure in Adults - Diagnosis and Treatment."
+    repeated = [
+        AnswerSentence(t, [1], True, 0.9, origin=Origin.MODEL)
+        for t in (title, title, title.upper(), "Confirm a high reading outside the clinic.")
+    ]
+    answer = policy.generated(
+        _context(hits), _generation(" ".join(s.text for s in repeated)), sentences=repeated,
+        evidence=[],
+    )  # fmt: skip
+    assert [s.text for s in answer.sentences] == [title, repeated[3].text]
+    assert answer.answer.count("Diagnosis and Treatment") == 1
 
 
 def test_labels_run_in_reading_order_whatever_the_source_numbers() -> None:

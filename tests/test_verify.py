@@ -19,7 +19,7 @@ from assistant.verify import is_drug, problems, quantities
 PAIRS = Path(__file__).resolve().parents[1] / "evaluation" / "sets" / "entailment_pairs.jsonl"
 KINDS = {
     "paraphrase", "negation", "quantifier", "number", "unit", "age", "interval", "drug",
-    "population", "added_claim",
+    "population", "added_claim", "invented_word",
 }  # fmt: skip
 
 
@@ -199,6 +199,25 @@ def test_an_added_claim_is_caught_and_one_new_word_is_not_a_claim() -> None:
     assert reasons("Colonoscopy is repeated every 10 years.", e) == []
     found = reasons("Colonoscopy every 10 years, with a genetic test for Lynch syndrome.", e)
     assert any(r.startswith("adds a claim") for r in found)
+
+
+def test_one_invented_word_is_a_claim_and_no_synonym() -> None:
+    """The packaged model wrote a guideline's title followed by "(AccredEdHD)", five times,
+    each shown as supported: one new word passes as a paraphrase, so a word that no English
+    text uses must not, and its word pieces must not make it a near synonym either."""
+    e = ["Beta blockers are not first line for uncomplicated hypertension."]
+    found = reasons("Beta blockers are not first line for uncomplicated hypertensitivity.", e[0])
+    assert any("neither the evidence nor English" in r for r in found)
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        # every word on one axis: all synonyms of each other
+        return np.ones((len(texts), 1))
+
+    sentence = "Beta blockers are not first line for uncomplicated hypertensitivity."
+    assert problems(sentence, e, embed) != []
+    # a real word the list lacks only with its prefix ("rescreening") is no invention
+    rescreen = "Screen adults with normal results again every 3 years."
+    assert reasons("Rescreening adults with normal results every 3 years.", rescreen) == []
 
 
 def test_the_passage_title_supplies_the_topic_but_nothing_else() -> None:
