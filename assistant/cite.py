@@ -266,6 +266,9 @@ _ASKS_DOSE = re.compile(r"\b(?:dose|doses|dosage|dosing|how much)\b", re.I)
 _ASKS_DIAGNOSIS = re.compile(r"\b(?:diagnos\w*|defines?|definition)\b", re.I)
 _DIAGNOSTIC_SECTION = re.compile(r"\b(?:diagnos\w*|thresholds?|categories|definitions?)\b", re.I)
 _DEFINES = re.compile(r"\b(?:means|is defined as|defines|diagnos\w*)\b", re.I)
+# a heading that says the passage is about dosing ("Medication Options and Dosing"): its list
+# items name the drug, not the question's words ("oral PrEP"), and lost to a follow-up line
+_DOSING_SECTION = re.compile(r"\b(?:dos(?:e|es|ing|age)|regimens?)\b", re.I)
 # a treatment goal is another aspect than what makes the diagnosis, however close its numbers
 _GOAL = re.compile(r"\b(?:targets?|goals?)\b", re.I)
 _ASKS_START = re.compile(r"\b(?:start|starts|begin|begins|initiate)\b", re.I)
@@ -520,6 +523,8 @@ def _bonuses(
                 )
             )
         ):
+            bonus[j] += ASPECT_BONUS
+        if asks_dose and facts.dose and _DOSING_SECTION.search(hits[n - 1].chunk.section):
             bonus[j] += ASPECT_BONUS
         if asks_diagnosis and not _GOAL.search(question) and _GOAL.search(text):
             bonus[j] -= ASPECT_BONUS

@@ -73,7 +73,13 @@ _INTERVAL = re.compile(
     r"\bonce\s+(?:a|per|every)\s+(?:day|week|month|year)\b|\b(?:per|a)\s+year\b",
     re.I,
 )
-_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s*(?:mg|mcg|µg|g|units?|ml|mL)\b")
+# An amount given, not a level measured: "90 mL/min" (kidney function) and "126 mg/dL"
+# (glucose) are not doses; "200 mg/25 mg" and "1 mg/kg" are.
+_DOSE = re.compile(
+    r"\b\d+(?:\.\d+)?\s*(?:mg|mcg|µg|g|units?|ml|mL)\b"
+    r"(?!\s*/\s*(?:min|dl|l|m2|h|hr|hour|1\.73)\b)",
+    re.I,
+)
 _BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)
 _BIBLIOGRAPHIC_LINE = re.compile(r"^\s*(title|url|source|citation|doi|related|year)\s*:", re.I)
 _RECOMMENDATION_SECTION = re.compile(r"\brecommendations?\b", re.I)

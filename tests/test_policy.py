@@ -204,6 +204,25 @@ def test_a_diagnosis_question_is_answered_with_what_makes_the_diagnosis() -> Non
     )
 
 
+def test_a_dose_question_is_answered_with_the_dose_not_a_lab_level() -> None:
+    """ "What is the daily dose of oral PrEP?" led with the kidney follow-up line, whose
+    "90 mL/min" read as a dose and which names "oral PrEP"; the dosing list under its
+    "Dosing" heading names only the drug."""
+    hits = [
+        _hit("prep", "Kidney function for oral PrEP: every 6 months for people with a "
+             "starting eCrCl below 90 mL/min.", "Follow-up Schedule"),
+        _hit("prep", "- Emtricitabine/tenofovir (F/TDF, 200 mg/300 mg): one tablet by mouth "
+             "once daily.", "Medication Options and Dosing"),
+    ]  # fmt: skip
+    assert _first_quote("What is the daily dose of oral PrEP?", hits).startswith(
+        "- Emtricitabine/tenofovir"
+    )
+    for level in ("eCrCl below 90 mL/min", "126 mg/dL or higher", "30 mL/min/1.73 m2"):
+        assert not recommendations.describe(level, 0, len(level)).dose, level
+    for dose in ("200 mg/300 mg", "1 mg/kg", "0.5 mL by injection"):
+        assert recommendations.describe(dose, 0, len(dose)).dose, dose
+
+
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
     one for ages 21 to 29 (its age only in its heading), although that one shares more of the
