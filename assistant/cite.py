@@ -280,9 +280,14 @@ _ASKS_DRUG = re.compile(
 # "class II". Passages for the neighbouring category share almost every word with the one
 # asked about ("Stage 2 hypertension: systolic 140 or higher"), so similarity alone cannot
 # tell them apart: the category named decides.
+_CATEGORY_VALUE = r"(?:\d+[a-c]?|iv|v|i{1,3})"
+# "stage 1", and lists: "steps 3 and 4" (SMART, which led for "What is step 1 asthma therapy?")
 _CATEGORY = re.compile(
-    r"\b(stage|step|type|class|phase|tier|category)\s+(\d+[a-c]?|iv|v|i{1,3})\b", re.I
+    rf"\b(stage|step|type|class|phase|tier|category)s?\s+"
+    rf"({_CATEGORY_VALUE}(?:\s*(?:,|and|or)\s*{_CATEGORY_VALUE})*)\b",
+    re.I,
 )
+_CATEGORY_SPLIT = re.compile(r"\s*(?:,|\band\b|\bor\b)\s*", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|no|never|insufficient)\b", re.I)
 _META = re.compile(
     r"^\s*(?:this|the)\s+(?:is\s+an?\s+)?(?:short\s+)?(?:summary|document|page)\b|"
@@ -465,8 +470,10 @@ def _units(hits: Sequence[Hit], sources: list[SourceSentence]) -> list[_Unit]:
 def _categories(text: str) -> dict[str, set[str]]:
     """The numbered categories a text names, by kind: {"stage": {"1"}}."""
     out: dict[str, set[str]] = {}
-    for kind, value in _CATEGORY.findall(text):
-        out.setdefault(kind.lower(), set()).add(value.lower())
+    for kind, values in _CATEGORY.findall(text):
+        for value in _CATEGORY_SPLIT.split(values):
+            if value:
+                out.setdefault(kind.lower(), set()).add(value.lower())
     return out
 
 

@@ -215,6 +215,25 @@ def test_a_sentence_that_leaves_its_subject_to_the_title_is_strong_evidence(
     }
 
 
+@pytest.mark.parametrize(
+    ("question", "first"),
+    [
+        ("What is step 1 asthma therapy for adults?", "Step 1 (intermittent asthma)"),
+        ("What is the daily dose of oral PrEP?", "- Emtricitabine/tenofovir alafenamide"),
+        ("What HbA1c cut-off confirms a diagnosis of diabetes?", "- Hemoglobin A1c (HbA1c): 6.5%"),
+    ],
+)
+def test_the_quoted_answer_leads_with_the_aspect_asked(
+    library: Settings, question: str, first: str
+) -> None:
+    """Each led with a neighbour before: SMART ("steps 3 and 4"), the kidney follow-up line
+    ("90 mL/min" read as a dose), the HbA1c treatment targets."""
+    assistant = Assistant(library.model_copy(update={"attribution": "off"}))
+    assistant.warm_up(model=False)
+    answer = assistant.ask(question, record=False)
+    assert answer.mode == "quoted" and answer.sentences[0].text.startswith(first), answer.answer
+
+
 def test_replay_unchanged_then_changed_after_document_edit(
     tmp_path: Path, settings: Settings, models_cache: Path
 ) -> None:

@@ -223,6 +223,22 @@ def test_a_dose_question_is_answered_with_the_dose_not_a_lab_level() -> None:
         assert recommendations.describe(dose, 0, len(dose)).dose, dose
 
 
+def test_a_list_of_steps_is_read_as_those_steps() -> None:
+    """SMART ("strong recommendation for steps 3 and 4") led for "What is step 1 asthma
+    therapy?": "steps 3 and 4" was not read as naming steps, so it was not lowered (the
+    real ranking: tests/test_answer.py)."""
+    from assistant.cite import ASPECT_BONUS, _categories, _category_bonus
+
+    smart = "Use one ICS-formoterol inhaler (strong recommendation for steps 3 and 4)."
+    assert _categories(smart) == {"step": {"3", "4"}}
+    assert _categories("Steps 2, 3 or 4; stage 1 hypertension") == {
+        "step": {"2", "3", "4"},
+        "stage": {"1"},
+    }
+    assert _category_bonus({"step": {"1"}}, smart) == -ASPECT_BONUS
+    assert _category_bonus({"step": {"3"}}, smart) == ASPECT_BONUS
+
+
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
     one for ages 21 to 29 (its age only in its heading), although that one shares more of the
