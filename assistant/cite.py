@@ -295,6 +295,15 @@ _META = re.compile(
     re.I,
 )
 _ANAPHORA = re.compile(r"^\s*(?:this|these|that|those|it|they|such)\b", re.I)
+# What an earlier version said ("The 2016 statement recommended biennial mammography for ages
+# 50 to 74 ..." led for a 50-year-old woman, above the current grade B): history, not advice.
+_EARLIER_VERSION = re.compile(
+    r"\b(?:(?:19|20)\d{2}|previous|prior|earlier|former|older|original)\s+"
+    r"(?:statement|recommendation|guideline|guidance|update|version|report)s?\s+"
+    r"(?:had\s+)?(?:recommended|said|advised|suggested|called|left|kept|gave|was|were)\b",
+    re.I,
+)
+HISTORY_PENALTY = 0.1
 
 
 def question_evidence(
@@ -542,6 +551,8 @@ def _bonuses(
             text, hits[n - 1].chunk.section, statement=st is not None
         )
         bonus[j] += ASPECT_BONUS * held - OTHER_POPULATION_PENALTY * excluded
+        if _EARLIER_VERSION.search(text):
+            bonus[j] -= HISTORY_PENALTY
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
         elif st is None and _META.search(text):

@@ -239,6 +239,19 @@ def test_a_list_of_steps_is_read_as_those_steps() -> None:
     assert _category_bonus({"step": {"3"}}, smart) == ASPECT_BONUS
 
 
+def test_what_an_earlier_version_said_does_not_lead() -> None:
+    """ "The 2016 statement recommended biennial mammography for ages 50 to 74" led for a
+    50-year-old woman, above the current statement for ages 40 to 74."""
+    hits = [
+        _hit("breast cancer screening", "The 2016 statement recommended mammography every "
+             "2 years for ages 50 to 74.", "Rationale"),
+        _hit("breast cancer screening", "Women aged 40 to 74: biennial screening mammography "
+             "(grade B).", "Recommendation"),
+    ]  # fmt: skip
+    question = "How often should a woman aged 50 get a mammogram?"
+    assert _first_quote(question, hits).startswith("Women aged 40 to 74")
+
+
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
     one for ages 21 to 29 (its age only in its heading), although that one shares more of the
