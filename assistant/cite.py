@@ -254,7 +254,8 @@ _ASKS_AGE = re.compile(
     re.I,
 )
 _ASKS_WHO = re.compile(
-    r"^\s*who\b|\bwhich\s+(?:adults|patients|people|women|men|children)\b|\beligible\b", re.I
+    r"^\s*who\b|\bwhich\s+(?:adults|patients|people|women|men|children)\b|\beligib\w*",
+    re.I,
 )
 _ASKS_INTERVAL = re.compile(
     r"\b(?:how often|interval|frequen\w*|every|repeat\w*|how many (?:years|months))\b", re.I

@@ -494,6 +494,9 @@ _AGAINST = re.compile(
 # "adults who are not pregnant", "people who do not smoke": a negation inside the clause that
 # says whom a statement is for is no advice against; left out before reading the polarity.
 _WHO_CLAUSE = re.compile(r"\bwho\b[^,;:.()]*", re.I)
+# A reason given for the advice ("Anyone who asks for a test should get one, since some people
+# do not want to disclose risk behavior"): its negation is not advice against.
+_REASON_CLAUSE = re.compile(r"\b(?:since|because)\b[^;:.()]*", re.I)
 # Advice that depends on the person: grade C ("offer selectively", "an individual decision")
 # and grade I (evidence insufficient) answer neither yes nor no.
 _DEPENDS = re.compile(
@@ -659,7 +662,8 @@ def _polarity(question: str, quote: Quote, text: str, statement: Statement) -> D
     if grade in {"C", "I"} or _DEPENDS.search(text):
         label = DecisionLabel.UNCERTAIN
     else:
-        against = grade == "D" or bool(_AGAINST.search(_WHO_CLAUSE.sub(" ", text)))
+        advice = _REASON_CLAUSE.sub(" ", _WHO_CLAUSE.sub(" ", text))
+        against = grade == "D" or bool(_AGAINST.search(advice))
         if _ASKS_AGAINST.search(question):
             against = not against
         if _names_only_the_alternative(question, text):

@@ -756,6 +756,20 @@ def test_men_and_women_are_adults_not_adolescents() -> None:
     assert boys is not None and boys.label is DecisionLabel.YES
 
 
+def test_a_negation_in_the_reason_given_is_not_advice_against() -> None:
+    """ "Anyone who asks for a test should get one, since some people do not want to disclose
+    risk behavior" decided no for "Should people aged 80 get hepatitis C screening?"."""
+    asks = _lead(
+        "Anyone who asks for a test should get one, since some people do not want to "
+        "disclose risk behavior."
+    )
+    decision = decide.stated_decision("Should people aged 80 get hepatitis C screening?", [asks])
+    assert decision is not None and decision.label is DecisionLabel.YES
+    against = _lead("Do not screen people older than 79, since the benefit is small.")
+    decision = decide.stated_decision("Should people aged 80 get hepatitis C screening?", [against])
+    assert decision is not None and decision.label is DecisionLabel.NO
+
+
 def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> None:
     """ "Can a pregnant woman get the flu shot?" was decided no by the abstract-fitted cues
     from "LAIV must not be used in pregnancy", beside "Pregnancy: vaccinate during any

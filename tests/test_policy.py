@@ -252,6 +252,18 @@ def test_what_an_earlier_version_said_does_not_lead() -> None:
     assert _first_quote(question, hits).startswith("Women aged 40 to 74")
 
 
+def test_an_eligibility_question_asks_who() -> None:
+    """ "What are the lung cancer screening eligibility criteria?" led with the stopping rule."""
+    hits = [
+        _hit("lung cancer screening", "Stop screening once the person has not smoked for 15 "
+             "years or develops a health problem that limits life expectancy.", "Stopping"),
+        _hit("lung cancer screening", "Adults aged 50 to 80 years with a 20 pack-year "
+             "smoking history should have screening (grade B).", "Population"),
+    ]  # fmt: skip
+    question = "What are the lung cancer screening eligibility criteria?"
+    assert _first_quote(question, hits).startswith("Adults aged 50 to 80")
+
+
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
     """ "a 19-year-old" is a population of one age: the statement for under-21s leads, not the
     one for ages 21 to 29 (its age only in its heading), although that one shares more of the
