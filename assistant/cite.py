@@ -254,7 +254,9 @@ _ASKS_AGE = re.compile(
     re.I,
 )
 _ASKS_WHO = re.compile(
-    r"^\s*who\b|\bwhich\s+(?:adults|patients|people|women|men|children)\b|\beligib\w*",
+    r"^\s*who\b|\bwhich\s+(?:adults|patients|people|women|men|children)\b|\beligible\b"
+    # "the eligibility criteria" asks who; "used to estimate statin eligibility" does not
+    r"|\beligibility\s+(?:criteria|requirements)\b",
     re.I,
 )
 _ASKS_INTERVAL = re.compile(
