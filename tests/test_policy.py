@@ -239,29 +239,36 @@ def test_a_list_of_steps_is_read_as_those_steps() -> None:
     assert _category_bonus({"step": {"3"}}, smart) == ASPECT_BONUS
 
 
-def test_what_an_earlier_version_said_does_not_lead() -> None:
-    """ "The 2016 statement recommended biennial mammography for ages 50 to 74" led for a
-    50-year-old woman, above the current statement for ages 40 to 74."""
-    hits = [
-        _hit("breast cancer screening", "The 2016 statement recommended mammography every "
-             "2 years for ages 50 to 74.", "Rationale"),
-        _hit("breast cancer screening", "Women aged 40 to 74: biennial screening mammography "
-             "(grade B).", "Recommendation"),
-    ]  # fmt: skip
-    question = "How often should a woman aged 50 get a mammogram?"
-    assert _first_quote(question, hits).startswith("Women aged 40 to 74")
-
-
-def test_an_eligibility_question_asks_who() -> None:
-    """ "What are the lung cancer screening eligibility criteria?" led with the stopping rule."""
-    hits = [
-        _hit("lung cancer screening", "Stop screening once the person has not smoked for 15 "
-             "years or develops a health problem that limits life expectancy.", "Stopping"),
-        _hit("lung cancer screening", "Adults aged 50 to 80 years with a 20 pack-year "
-             "smoking history should have screening (grade B).", "Population"),
-    ]  # fmt: skip
-    question = "What are the lung cancer screening eligibility criteria?"
-    assert _first_quote(question, hits).startswith("Adults aged 50 to 80")
+@pytest.mark.parametrize(
+    ("question", "misled", "answers", "first"),
+    [
+        pytest.param(
+            "How often should a woman aged 50 get a mammogram?",
+            ("The 2016 statement recommended mammography every 2 years for ages 50 to 74.",
+             "Rationale"),
+            ("Women aged 40 to 74: biennial screening mammography (grade B).", "Recommendation"),
+            "Women aged 40 to 74",
+            id="what an earlier version said is history",
+        ),
+        pytest.param(
+            "What are the lung cancer screening eligibility criteria?",
+            ("Stop screening once the person has not smoked for 15 years or develops a health "
+             "problem that limits life expectancy.", "Stopping"),
+            ("Adults aged 50 to 80 years with a 20 pack-year smoking history should have "
+             "screening (grade B).", "Population"),
+            "Adults aged 50 to 80",
+            id="eligibility criteria ask who",
+        ),
+    ],
+)  # fmt: skip
+def test_the_statement_that_answers_leads_over_a_closer_match(
+    question: str, misled: tuple[str, str], answers: tuple[str, str], first: str
+) -> None:
+    """Each first sentence led before: "The 2016 statement recommended ..." above the current
+    statement for a 50-year-old woman; the stopping rule for the eligibility criteria."""
+    subject = "lung cancer screening" if "lung" in question else "breast cancer screening"
+    hits = [_hit(subject, *misled), _hit(subject, *answers)]
+    assert _first_quote(question, hits).startswith(first)
 
 
 def test_a_persons_age_picks_the_statement_for_that_age_under_its_heading() -> None:
