@@ -312,6 +312,11 @@ def subtypes(text: str, stem: Stemmer) -> list[Subtype]:
     ]
 
 
+def _read(hits: Sequence[Hit]) -> str:
+    """The passages as the subtype and population checks read them, titles included."""
+    return "\n".join(f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}" for h in hits)
+
+
 @dataclass(frozen=True)
 class OtherSubtype:
     """The question's subtype, absent from passages that name only others of its kind."""
@@ -334,9 +339,7 @@ def other_subtype(question: str, hits: Sequence[Hit], stem: Stemmer) -> OtherSub
     asked = subtypes(question, stem)
     if not asked:
         return None
-    held = subtypes(
-        "\n".join(f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}" for h in hits), stem
-    )
+    held = subtypes(_read(hits), stem)
     for a in asked:
         same = [h for h in held if h.name == a.name]
         if same and all(h.mark != a.mark for h in same):
@@ -378,12 +381,7 @@ def other_population(question: str, hits: Sequence[Hit]) -> OtherSubtype | None:
         return None
     # whom the guideline that would answer is for: another document's passage ("Among men
     # aged 65 to 75", an aneurysm guideline) says nothing about a breast screening guideline
-    leading = hits[0].chunk.doc_id
-    text = "\n".join(
-        f"{h.chunk.title}. {h.chunk.section}. {h.chunk.text}"
-        for h in hits
-        if h.chunk.doc_id == leading
-    )
+    text = _read([h for h in hits if h.chunk.doc_id == hits[0].chunk.doc_id])
     asked_sex, held_sex = recommendations.sex(question), recommendations.sex(text)
     if asked_sex and held_sex and held_sex != asked_sex:
         return OtherSubtype(asked_sex, (held_sex,))

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from assistant.cite import Quote
     from assistant.pipeline import Assistant
     from assistant.policy import Context
-    from core.recommendations import Statement
+    from core.recommendations import Population, Statement
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         statement = recommendations.describe(text, 0, len(text))
         if not statement.recommends:
             continue
-        text, statement = _clause_for(question, text, statement)
+        text, statement = _clause_for(population, text, statement)
         if population.compare(text, quote.evidence.section)[1]:
             continue  # for other ages, the other sex, smoking or risk: about someone else
         stated.append(_polarity(question, quote, text, statement))
@@ -634,7 +634,7 @@ def _names_only_the_alternative(question: str, statement: str) -> bool:
     return not negated & plain
 
 
-def _clause_for(question: str, text: str, statement: Statement) -> tuple[str, Statement]:
+def _clause_for(population: Population, text: str, statement: Statement) -> tuple[str, Statement]:
     """The clause of a statement addressed to the question's population, with its own grade:
     "Adolescents aged 12 to 18 years should also be screened (grade B); the evidence for
     children aged 11 and younger was insufficient" answers yes for adolescents, though its
@@ -645,7 +645,6 @@ def _clause_for(question: str, text: str, statement: Statement) -> tuple[str, St
     clauses = [c.strip() for c in re.split(r";\s+", text) if c.strip()]
     if len(clauses) < 2:
         return text, statement
-    population = recommendations.Population.of(question)
     compared = [population.compare(c) for c in clauses]
     kept = [c for c, (held, excluded) in zip(clauses, compared, strict=True) if not excluded]
     held = [c for c, (n, excluded) in zip(clauses, compared, strict=True) if n and not excluded]

@@ -142,57 +142,45 @@ class Assistant:
         return top
 
     def _population_passage(self, question: str, top: list[Hit]) -> list[Hit]:
-        """The leading document's passage whose statement holds the question's stated age,
-        when no passage of it read so far does: "Should a 20-year-old have a Pap test?" ranks
-        the "Ages 21 to 29" and "Ages 30 to 65" passages (they name the Pap test) and not
-        "When Not to Screen", whose "Younger than 21: do not screen (grade D)" answers it."""
+        """The leading document's passage that says whom it is for, when no passage of it
+        read so far does.
+
+        A stated age: the passage whose statement holds it. "Should a 20-year-old have a Pap
+        test?" ranks the "Ages 21 to 29" and "Ages 30 to 65" passages (they name the Pap test)
+        and not "When Not to Screen", whose "Younger than 21: do not screen (grade D)"
+        answers it. Else a sex the question names: the first passage naming one. Whom a
+        guideline is for is often said once ("Women and other people assigned female at
+        birth, aged 40 and older"), and without it "Should men get screening mammograms?"
+        read "Ages 40 to 74: biennial screening mammography (grade B)" as a yes
+        (``coverage.other_population`` then declines)."""
         from core import recommendations
 
-        population = recommendations.Population.of(question)
         if not top:
             return []
+        population = recommendations.Population.of(question)
+        if population.stated_ages:
+
+            def fits(chunk: Chunk) -> bool:
+                for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata):
+                    held, excluded = population.compare(chunk.text[a:b], chunk.section)
+                    if held and not excluded:
+                        return True
+                return False
+
+        elif population.sex is not None:
+
+            def fits(chunk: Chunk) -> bool:
+                return recommendations.names_sex(chunk.text)
+
+        else:
+            return []
         leading = top[0].chunk.doc_id
-        if not population.stated_ages:
-            return self._sex_passage(question, population, top, leading)
-
-        def holds(chunk: Chunk) -> bool:
-            for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata):
-                held, excluded = population.compare(chunk.text[a:b], chunk.section)
-                if held and not excluded:
-                    return True
-            return False
-
         read = [h.chunk for h in top if h.chunk.doc_id == leading]
-        if any(holds(c) for c in read):
+        if any(fits(c) for c in read):
             return []
         taken = {c.chunk_id for c in read}
         chunks = self.retriever.index.manifest.chunks([leading])
-        found = next((c for c in chunks if c.chunk_id not in taken and holds(c)), None)
-        if found is None:
-            return []
-        return self.retriever.hits_for(question, [found], min(h.score for h in top))
-
-    def _sex_passage(
-        self, question: str, population: Any, top: list[Hit], leading: str
-    ) -> list[Hit]:
-        """The leading document's first passage naming a sex, when the question names one
-        and no passage read so far names either: whom a guideline is for is often said once
-        ("Women and other people assigned female at birth, aged 40 and older"), and without
-        it "Should men get screening mammograms?" read "Ages 40 to 74: biennial screening
-        mammography (grade B)" as a yes (``coverage.other_population`` then declines)."""
-        from core import recommendations
-
-        if population.sex is None:
-            return []
-        read = [h.chunk for h in top if h.chunk.doc_id == leading]
-        if any(recommendations.names_sex(c.text) for c in read):
-            return []
-        taken = {c.chunk_id for c in read}
-        chunks = self.retriever.index.manifest.chunks([leading])
-        found = next(
-            (c for c in chunks if c.chunk_id not in taken and recommendations.names_sex(c.text)),
-            None,
-        )
+        found = next((c for c in chunks if c.chunk_id not in taken and fits(c)), None)
         if found is None:
             return []
         return self.retriever.hits_for(question, [found], min(h.score for h in top))

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.coverage import zipf
 from core.text import STOPWORDS, split_sentences
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -634,8 +635,6 @@ _PREFIXES = ("re", "pre", "non", "co", "post", "sub", "over", "under", "anti", "
 def _invented(word: str) -> bool:
     """No English text uses it (wordfreq), nor its rest after a common prefix; a word with
     digits (a name such as PHQ-9) is judged by the name rule instead."""
-    from assistant.coverage import zipf
-
     if any(c.isdigit() for c in word) or zipf(word) > 0.0:
         return False
     rests = [word[len(p) :].lstrip("-") for p in _PREFIXES if word.startswith(p)]
