@@ -180,9 +180,9 @@ def test_prefix_reuse_gives_the_same_scores_and_hierarchical_finds_the_dose(
     runs: list[int] = []  # tokens run per row after the reused prefix
     real = llm._target_logprobs
 
-    def counting(rows: list[list[int]], *args: object) -> np.ndarray:
+    def counting(rows: list[list[int]], *args: object, **kwargs: object) -> Any:
         runs.extend(len(r) for r in rows)
-        return real(rows, *args)
+        return real(rows, *args, **kwargs)
 
     monkeypatch.setattr(llm, "_target_logprobs", counting)
     counted = CountingScorer(CachedScorer(scorer))
@@ -208,3 +208,18 @@ def test_prefix_reuse_gives_the_same_scores_and_hierarchical_finds_the_dose(
     without = scorer(masks)
     np.testing.assert_allclose(with_reuse, without, atol=1e-4)
     assert with_reuse[0].sum() > with_reuse[1].sum() + 1  # removing the dose lowers log p
+    monkeypatch.setattr(transformers_llm, "MIN_PREFIX", 16)
+    # two top-3 removals sharing their first two sentences: the second row starts from the
+    # first row's keys and values at the third, not from the full prompt at the first
+    pair = np.ones((2, len(sources)), dtype=bool)
+    pair[:, [0, 1]] = False
+    pair[0, len(sources) - 2] = pair[1, len(sources) - 1] = False
+    runs.clear()
+    chained = scorer(pair)
+    chained_runs = list(runs)
+    monkeypatch.setattr(transformers_llm, "_common_prefix", lambda a, b, limit: 0)
+    runs.clear()
+    np.testing.assert_allclose(chained, scorer(pair), atol=1e-4)
+    # without it both rows run from the first removed sentence
+    assert len(chained_runs) == len(runs) == 2
+    assert chained_runs[1] < 0.5 * min(runs)

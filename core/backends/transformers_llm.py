@@ -382,21 +382,40 @@ class TransformersLLM:
         # from its own shared prefix; a GPU gains more from batching (the batch shares the
         # shortest prefix of its rows). Without reuse, similar lengths are batched together so
         # little compute goes to padding.
-        step = 1 if ref_cache is not None and self.device == "cpu" else batch_size
-        order = sorted(range(len(encoded)), key=lambda i: (-shares[i], len(encoded[i])))
+        chain = ref_cache is not None and self.device == "cpu"
+        step = 1 if chain else batch_size
+        if chain:
+            # One by one, a row may also start from the row run just before it: two top-3
+            # removals that share their first two sentences share the prompt up to the third.
+            # In sorted order a row's longest common prefix with any earlier row is the one
+            # with its predecessor, so keeping the last row's cache is enough.
+            order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+        else:
+            order = sorted(range(len(encoded)), key=lambda i: (-shares[i], len(encoded[i])))
+        previous: tuple[list[int], Any] | None = None
         for start in range(0, len(order), step):
             batch = order[start : start + step]
             shared = min(shares[i] for i in batch)
-            token_lp = self._target_logprobs(
+            cache, owned = (ref_cache if shared else None), False
+            if previous is not None:
+                row = encoded[batch[0]]
+                lcp = _common_prefix(previous[0], row, len(row) - keep)
+                if lcp > shared:
+                    shared, cache, owned = lcp, previous[1], True
+            token_lp, after = self._target_logprobs(
                 [encoded[i][shared:] for i in batch],
                 shared,
-                ref_cache if shared else None,
+                cache,
                 keep,
                 flat_t,
+                owned=owned,
+                keep_cache=chain,
             )
-            for j, row in enumerate(batch):
+            if chain:
+                previous = (encoded[batch[0]], after)
+            for j, row_index in enumerate(batch):
                 for t in range(len(targets)):
-                    out[row, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
+                    out[row_index, t] = float(token_lp[j, bounds[t] : bounds[t + 1]].sum())
         return out
 
     def _reference(self, encoded: list[list[int]], keep: int) -> tuple[Any, list[int]]:
@@ -462,9 +481,22 @@ class TransformersLLM:
         return getattr(result, "cache", None)
 
     def _target_logprobs(
-        self, rows: list[list[int]], shared: int, prefix_cache: Any, keep: int, flat_t: Any
-    ) -> np.ndarray:
-        """Per-token log p of the target tokens at the end of each row (rows follow the prefix)."""
+        self,
+        rows: list[list[int]],
+        shared: int,
+        prefix_cache: Any,
+        keep: int,
+        flat_t: Any,
+        *,
+        owned: bool = False,
+        keep_cache: bool = False,
+    ) -> tuple[np.ndarray, Any]:
+        """Per-token log p of the target tokens at the end of each row (rows follow the prefix).
+
+        ``owned``: the prefix cache is this call's to extend (else it is copied: the reference
+        is reused by later rows and calls). ``keep_cache``: also return the cache of the whole
+        rows, so the next row can start from it.
+        """
         import torch
 
         pad = self._tokenizer.pad_token_id
@@ -481,27 +513,28 @@ class TransformersLLM:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         kwargs: dict[str, Any] = {}
         if prefix_cache is not None:
-            # a copy: the reference cache is reused by later rows and calls
-            cache = copy.deepcopy(prefix_cache)
+            cache = prefix_cache if owned else copy.deepcopy(prefix_cache)
             extra = cache.get_seq_length() - shared
             if extra > 0:
                 cache.crop(-extra)  # this transformers takes the tokens to drop, negated
-            cache.batch_repeat_interleave(len(rows))
+            if len(rows) > 1:
+                cache.batch_repeat_interleave(len(rows))
             kwargs["cache"] = cache
         device = self._model.device
         with torch.inference_mode():
-            logits = self._model(
+            result = self._model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 logits_to_keep=keep,
-                use_cache=prefix_cache is not None,
+                use_cache=prefix_cache is not None or keep_cache,
                 **kwargs,
-            ).logits.float()
+            )
+        logits = result.logits.float()
         # logits[:, i] predicts the token after position (width - keep + i)
         logp = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
         token_lp = logp.gather(2, flat_t.expand(len(rows), -1).unsqueeze(-1)).squeeze(-1)
-        return token_lp.numpy()
+        return token_lp.numpy(), (getattr(result, "cache", None) if keep_cache else None)
 
     def attention(
         self, messages: Sequence[Message], spans: Sequence[Span], targets: Sequence[str]
@@ -698,6 +731,16 @@ class _RowStreamer:
 
 # Below this many shared tokens a separate prefix pass costs more than it saves.
 MIN_PREFIX = 16
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return max(n, 0)
 
 
 def _attention_rows(
