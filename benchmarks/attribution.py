@@ -23,7 +23,9 @@ rows when ``attribution_calibrate`` is on (with ``attribution_calibrate_ridge``)
 when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants, each alone:
 ``attention-unrefined``, the per-head prediction; ``attention-calibrated``, the calibration
 (ridge ``--calibrate-ridge``, else the setting's); ``attention-refined``, the refinement
-(``--refine-sets``, else the setting, at least 2). Each method is also compared with the
+(``--refine-sets``, else the setting, at least 2); ``attention-unchained``, the default with
+each scored row starting from the reference prompt only, not also from the row run before it
+(what that reuse saves). Each method is also compared with the
 default answer by answer: the paired mean difference of the top-3 drop, with its interval.
 
 MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
@@ -56,6 +58,7 @@ ALL_METHODS = (
     "attention-unrefined",
     "attention-calibrated",
     "attention-refined",
+    "attention-unchained",
     "hierarchical",
     "surrogate",
     "shap",
@@ -69,6 +72,7 @@ CHECKED = (
     "attention-unrefined",
     "attention-calibrated",
     "attention-refined",
+    "attention-unchained",
     "hierarchical",
 )
 SETS = ("pubmedqa", "medquad")
@@ -192,6 +196,7 @@ def attention_options(
             attribution_calibrate_ridge=ridge,
         ),
         "attention-refined": app(attribution_refine_sets=max(sets, 2), attribution_calibrate=False),
+        "attention-unchained": app(attribution_refine_sets=sets),
     }
 
     def build(scorer: Any, method: str = "attention") -> dict[str, Any]:
@@ -265,6 +270,8 @@ def run_set(
             }.get(method, {})
             if method.startswith("attention") and attention is not None:
                 options = attention(base, method)
+            if hasattr(llm, "chain_rows"):
+                llm.chain_rows = method != "attention-unchained"
             start, cpu0 = time.perf_counter(), time.process_time()
             registered = "attention" if method.startswith("attention") else method
             result = make_attributor(registered, **options).attribute(

@@ -196,6 +196,10 @@ def _convert_gguf(src: Path, gguf_name: str, dest: Path) -> None:
 
 
 class TransformersLLM:
+    # Rows scored one by one start from the row before them where that shares more
+    # (logprobs); benchmarks/attribution.py turns it off to measure what it saves.
+    chain_rows = True
+
     def __init__(self, settings: Settings) -> None:
         self._setting: str = settings.llm_model
         self._device_setting: str = settings.device
@@ -241,6 +245,7 @@ class TransformersLLM:
     @property
     def info(self) -> ModelInfo:
         """The model's identity from its files, without loading it (see :meth:`loaded`)."""
+
         identity = self._identity
         if not identity:
             source, gguf_name = self._source()
@@ -382,7 +387,7 @@ class TransformersLLM:
         # from its own shared prefix; a GPU gains more from batching (the batch shares the
         # shortest prefix of its rows). Without reuse, similar lengths are batched together so
         # little compute goes to padding.
-        chain = ref_cache is not None and self.device == "cpu"
+        chain = ref_cache is not None and self.device == "cpu" and self.chain_rows
         step = 1 if chain else batch_size
         if chain:
             # One by one, a row may also start from the row run just before it: two top-3
