@@ -17,6 +17,7 @@ from ingest.loaders import is_candidate, load_document
 from ingest.loaders.metadata import KNOWN_KEYS, split_front_matter
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_GUIDELINES = REPO.parent / "shared" / "eval" / "guidelines"
 LIMITS = {"max_bytes": 5_000_000, "max_pages": 20}
 BODY = "# Opioid Tapering\n\n## Dose\n\nReduce the dose by 10% each month.\n"
 
@@ -177,6 +178,37 @@ def test_front_matter_forms_still_read() -> None:
         "No front matter.\n---\nrule",
         0,
     )
+
+
+def test_a_site_generators_keys_are_ignored_and_ours_still_checked() -> None:
+    """A Jekyll or Hugo page's own keys (and what is nested under them) are not metadata;
+    a misspelt key of ours after them is still refused."""
+    meta, body, _ = split_front_matter(
+        "---\ntitle: Opioid Tapering\nid: 9568\npermalink: /:collection/9568\nlayout: page\n"
+        "tags:\n  - pain\n  - opioids\nmenu:\n  main:\n    weight: 3\n"
+        "restricted_roles: pharmacist\n---\nBody\n"
+    )
+    assert meta == {"title": "Opioid Tapering", "restricted_roles": "pharmacist"}
+    assert body == "Body\n"
+    for front in ("id: 1\nrestricted-roles: pharmacist", "permalink: /a\nroles: pharmacist"):
+        with pytest.raises(LoadError) as info:
+            split_front_matter(f"---\n{front}\n---\nBody\n")
+        assert info.value.reason == "bad_metadata"
+    with pytest.raises(LoadError):  # nested lines under one of ours are still refused
+        split_front_matter("---\nid: 1\ntitle:\n  en: Nested\n---\nBody\n")
+
+
+def test_the_shared_federal_guidelines_load() -> None:
+    """Real Markdown from a site generator (front matter with id and permalink): every file
+    of ../shared/eval/guidelines was refused as bad_metadata."""
+    folder = SHARED_GUIDELINES / "markdown"
+    if not folder.is_dir():
+        pytest.skip("../shared/eval/guidelines is not beside the repository")
+    files = sorted(folder.glob("*.md"))
+    assert len(files) >= 90
+    for path in files:
+        doc = load(path)
+        assert doc.blocks and "restricted_roles" not in doc.metadata, path.name
 
 
 # --------------------------------------------------------------------------- HTML

@@ -30,6 +30,38 @@ KNOWN_KEYS = (
     "doc_id",
     "restricted_roles",
 )
+# What a static-site generator (Jekyll, Hugo, MkDocs) writes into a page's front matter: about
+# the web page, not the guideline, and never a misspelling of ours. Ignored in front matter
+# (with any nested lines under them), so a site's Markdown export ingests: all 96 federal
+# guideline summaries in ../shared/eval/guidelines carry "id" and "permalink" and were refused.
+# Any other unknown key is still an error.
+SITE_KEYS = frozenset(
+    {
+        "id",
+        "permalink",
+        "layout",
+        "slug",
+        "aliases",
+        "tags",
+        "categories",
+        "draft",
+        "weight",
+        "description",
+        "summary",
+        "keywords",
+        "lang",
+        "toc",
+        "nav_order",
+        "parent",
+        "has_children",
+        "sidebar",
+        "menu",
+        "template",
+        "collection",
+        "published",
+        "excerpt",
+    }
+)
 SIDECAR_SUFFIX = ".meta.json"
 # A sidecar holds a handful of short fields; anything bigger is a mistake or an attack.
 MAX_SIDECAR_BYTES = 64 * 1024
@@ -163,10 +195,14 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:
 def _parse_block(lines: list[tuple[int, str]]) -> dict[str, str]:
     pairs: list[tuple[str, object]] = []
     list_items: list[str] | None = None  # the open block list, if the last key had no value
+    site_key = False  # the last key was a site generator's: its nested lines are its own
     for number, line in lines:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if site_key and (line[:1].isspace() or stripped.startswith("-")):
+            continue
+        site_key = False
         if list_items is not None and (stripped.startswith("- ") or stripped == "-"):
             item = _unquote(stripped[1:].strip())
             if item:
@@ -188,6 +224,9 @@ def _parse_block(lines: list[tuple[int, str]]) -> dict[str, str]:
                 "'---' lines if the file has no metadata",
             )
         value = value.strip()
+        if key.strip().lower() in SITE_KEYS:
+            site_key = True
+            continue
         # block scalars (| >) and flow mappings ({) would be read as the text "|"...
         if value[:1] in ("|", ">", "{") or (value.startswith("[") and not value.endswith("]")):
             raise LoadError(
