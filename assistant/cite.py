@@ -307,6 +307,15 @@ _EARLIER_VERSION = re.compile(
     re.I,
 )
 HISTORY_PENALTY = 0.1
+# A heading whose every word the question uses ("Screening Test" for "What screening test is
+# used for AAA?", "When to Start Medication" for "What blood pressure threshold should prompt
+# starting medication?") says its passage is the one asked about, while its sentences rarely
+# repeat the subject ("Abdominal duplex ultrasonography is the test of choice" ranked below
+# a grade D statement naming AAA twice). Two words at least: "Recommendation" alone is every
+# guideline's heading. An aspect's size, not more: "Adequate Prior Screening" is made of the
+# words of "Should a 70-year-old woman with adequate negative prior screening continue
+# cervical cancer screening?", whose answer is the statement "...: stop screening (grade D)".
+HEADING_BONUS = 0.1
 
 
 def question_evidence(
@@ -470,12 +479,24 @@ def _units(hits: Sequence[Hit], sources: list[SourceSentence]) -> list[_Unit]:
                     statements.append((recommendations.describe(chunk.text, a, b), covered))
         taken = {i for _, covered in statements for i in covered}
         first = {covered[0]: (st, covered) for st, covered in statements}
+        previous: SourceSentence | None = None  # the last plain sentence quoted alone
         for s in own:
             if s.index in first:
                 st, covered = first[s.index]
                 units.append((n, st.text, covered, st))
+                previous = None
             elif s.index not in taken:
+                if previous is not None and _ANAPHORA.match(s.text):
+                    # "It is quick, does not use radiation..." names nothing: it is quoted
+                    # with the sentence it leans on ("Abdominal duplex ultrasonography is the
+                    # test of choice."), which its words then lift
+                    units[-1] = (n, f"{previous.text} {s.text}", (previous.index, s.index), None)
+                    previous = None
+                    continue
                 units.append((n, s.text, (s.index,), None))
+                previous = s
+            else:
+                previous = None
     return units
 
 
@@ -521,6 +542,7 @@ def _bonuses(
     asks_dose = bool(_ASKS_DOSE.search(question))
     asks_diagnosis = bool(_ASKS_DIAGNOSIS.search(question))
     population = recommendations.Population.of(question)
+    asked_stems = {w[:5] for w in content_tokens(question)}
     bonus = np.zeros(len(units))
     described = [
         st if st is not None else recommendations.describe(text, 0, len(text))
@@ -554,6 +576,8 @@ def _bonuses(
             text, hits[n - 1].chunk.section, statement=st is not None
         )
         bonus[j] += ASPECT_BONUS * held - OTHER_POPULATION_PENALTY * excluded
+        if _heading_asked(hits[n - 1].chunk.section, asked_stems):
+            bonus[j] += HEADING_BONUS
         if _EARLIER_VERSION.search(text):
             bonus[j] -= HISTORY_PENALTY
         if text.rstrip().endswith(":"):
@@ -578,6 +602,13 @@ def _bonuses(
         if aged:
             bonus[min(aged)[1]] += START_BONUS
     return bonus
+
+
+def _heading_asked(section: str, asked_stems: set[str]) -> bool:
+    """Whether the passage's own heading is made of the question's words (two or more)."""
+    heading = section.split(" > ")[-1] if section else ""
+    words = {w[:5] for w in content_tokens(heading) if not w.isdigit()}
+    return len(words) >= 2 and words <= asked_stems
 
 
 _BIBLIOGRAPHIC_SECTION = re.compile(r"\b(source|references?|citation|bibliography|about)\b", re.I)

@@ -221,13 +221,21 @@ def test_a_sentence_that_leaves_its_subject_to_the_title_is_strong_evidence(
         ("What is step 1 asthma therapy for adults?", "Step 1 (intermittent asthma)"),
         ("What is the daily dose of oral PrEP?", "- Emtricitabine/tenofovir alafenamide"),
         ("What HbA1c cut-off confirms a diagnosis of diabetes?", "- Hemoglobin A1c (HbA1c): 6.5%"),
+        # under a heading made of the question's words ("Screening Test"), and the sentence
+        # "It is quick..." quoted with the one it leans on
+        (
+            "What screening test is used for AAA?",
+            "Abdominal duplex ultrasonography is the test of choice. It is quick",
+        ),
+        ("How do I convert oxycodone to morphine milligram equivalents?", "Oxycodone: factor 1.5"),
     ],
 )
 def test_the_quoted_answer_leads_with_the_aspect_asked(
     library: Settings, question: str, first: str
 ) -> None:
     """Each led with a neighbour before: SMART ("steps 3 and 4"), the kidney follow-up line
-    ("90 mL/min" read as a dose), the HbA1c treatment targets."""
+    ("90 mL/min" read as a dose), the HbA1c treatment targets, a grade D statement for women
+    ("do not screen"), the MME threshold."""
     assistant = Assistant(library.model_copy(update={"attribution": "off"}))
     assistant.warm_up(model=False)
     answer = assistant.ask(question, record=False)
