@@ -142,6 +142,30 @@ def test_the_decisions_set_cites_real_documents_and_allows_maybe() -> None:
     assert all(set(q.gold) <= docs and q.gold for q in qs)
 
 
+def test_the_guidelines_set_cites_real_shared_guidelines() -> None:
+    """The set over the 96 federal guideline summaries in ../shared (not in the repository):
+    every gold id is a file there, and every key fact is in its gold guideline's text."""
+    if not (REPO.parent / "shared" / "eval" / "guidelines" / "markdown").is_dir():
+        pytest.skip("../shared/eval/guidelines is not beside the repository")
+    data = load_dataset(REPO / "evaluation" / "sets" / "guidelines")
+    qs = data.questions
+    assert len(qs) == 40 and len({q.qid for q in qs}) == 40
+    kinds = [q.kind for q in qs]
+    assert (kinds.count("guideline"), kinds.count("yes_no"), kinds.count("off_library")) == (
+        25,
+        10,
+        5,
+    )
+    texts = {row["doc_id"]: row["text"] for row in data.corpus}
+    assert len(texts) == 96  # every summary loads (their site front matter was refused)
+    for q in qs:
+        assert set(q.gold) <= set(texts), (q.qid, q.gold)
+        if q.key_fact:
+            assert any(m.key_fact_found(texts[g], q.key_fact, q.key_fact_min) for g in q.gold), (
+                q.qid
+            )
+
+
 def _write_set(folder: Path, rows: list[dict[str, Any]], library: str = "lib") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps({"library": library}), encoding="utf-8")
