@@ -534,6 +534,13 @@ _ASKS_AGAINST = re.compile(
 )
 
 
+def asks_advice(question: str) -> bool:
+    """Whether the question, or any sentence of it, asks what to do: a case is often told
+    first ("A health-care worker still has anti-HBs below 10 mIU/mL after a full series.
+    Should she get more vaccine doses?")."""
+    return any(_ASKS_ADVICE.search(part) for part in re.split(r"(?<=[.?!])\s+", question))
+
+
 def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     """The decision a guideline states, for a question asking what to do: read from the first
     quoted passage that is a recommendation statement saying what to do (a recommendation verb
@@ -563,13 +570,13 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
     """
     from core import recommendations
 
-    if not _ASKS_ADVICE.search(question):
+    if not asks_advice(question):
         return None
     population = recommendations.Population.of(question)
     terms = question_terms(question)
     stated: list[Decision] = []
     unconditional: list[bool] = []
-    shared: list[int] = []  # the question's terms each statement names
+    shared: list[set[str]] = []  # the question's terms each statement names
     documents: list[str] = []
     for quote in quotes:
         if not quote.recommendation:
@@ -583,7 +590,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
             continue  # for other ages, the other sex, smoking or risk: about someone else
         stated.append(_polarity(question, quote, text, statement))
         unconditional.append(statement.directs and not _CONDITIONAL.search(text))
-        shared.append(len(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)}))
+        shared.append(terms & {_stem(w) for w in re.findall(r"[\w-]+", text)})
         documents.append(quote.evidence.doc_id)
     if not stated:
         return None
@@ -594,9 +601,11 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         # inactivated vaccine") leave the answer to what differs between them: neither yes
         # nor no, and the reader is shown both. A report ("modeling suggested little added
         # benefit") reads as yes only by default, so it contradicts nothing.
-        # Only one naming as much of the question ("chest x-ray"): "Screening programs should
-        # use Lung-RADS" does not contradict "chest x-ray is not recommended" for a question
-        # about chest x-rays.
+        # Only one naming every word of the question the first names ("chest x-ray"):
+        # "Screening programs should use Lung-RADS" does not contradict "chest x-ray is not
+        # recommended" for a question about chest x-rays, nor "counsel about contraception
+        # while taking hydroxyurea" "in females who are pregnant, discontinue hydroxyurea"
+        # for a pregnant woman (it names "taking", but not "pregnant").
         # Only within the guideline stated first: another document's instruction is about its
         # own subject ("Anyone who asks for a test should get one", hepatitis C, beside
         # "Younger than 21: do not screen" for a Pap test question).
@@ -605,7 +614,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
             if (
                 plain
                 and document == documents[0]
-                and names >= shared[0]
+                and names >= shared[0]  # a superset: it speaks of the same case
                 and other.label not in (first.label, DecisionLabel.UNCERTAIN)
             ):
                 return Decision(

@@ -797,6 +797,17 @@ def test_statements_pointing_opposite_ways_leave_the_decision_uncertain() -> Non
 # stage, sex or smoking status; a risk threshold that leaves the question's risk out) is
 # passed over
 _PASSED_OVER: list[tuple[str, list[str | tuple[str, str]], DecisionLabel | None]] = [
+    # it names "taking hydroxyurea" but not the pregnancy the first one is about (was
+    # "uncertain": the two were read as disagreeing; a real federal guideline's quotes)
+    (
+        "Should a woman with sickle cell anemia keep taking hydroxyurea while pregnant?",
+        [
+            "In females who are pregnant or breastfeeding, discontinue hydroxyurea therapy.",
+            "Both males and females of reproductive age should be counseled regarding the "
+            "need for contraception while taking hydroxyurea.",
+        ],
+        DecisionLabel.NO,
+    ),
     (
         "Should a 60-year-old who smokes be screened for lung cancer?",
         [
@@ -896,6 +907,23 @@ def test_a_statement_for_someone_else_or_that_contradicts_nothing_is_passed_over
     assert (decision.label if decision is not None else None) is expected
     if decision is not None:
         assert decision.method != f"{decide.STATED_METHOD}:{decide.DISAGREE}"
+
+
+def test_a_question_that_tells_the_case_first_still_asks_for_advice() -> None:
+    """ "A health-care worker still has anti-HBs below 10 mIU/mL after a full hepatitis B
+    series. Should she get more vaccine doses?" was left to the abstract-fitted model, which
+    said no to "...should receive 2 additional vaccine doses": its "Should" was not first."""
+    question = (
+        "A health-care worker still has anti-HBs below 10 mIU/mL after a full hepatitis B "
+        "series. Should she get more vaccine doses?"
+    )
+    assert decide.asks_advice(question)
+    assert not decide.asks_advice("Aspirin was given after the stroke. Did it reduce deaths?")
+    statement = _lead(
+        "HCP whose anti-HBs remains <10 mIU/mL should receive 2 additional vaccine doses."
+    )
+    decision = decide.stated_decision(question, [statement])
+    assert decision is not None and decision.label is DecisionLabel.YES
 
 
 def test_another_guidelines_instruction_contradicts_nothing() -> None:
