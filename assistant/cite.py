@@ -297,6 +297,18 @@ _META = re.compile(
     r"\bsummar(?:y|izes|ises|ize)\s+(?:of\s+)?the\b",
     re.I,
 )
+# Whatever its verbs, a summary pointing at its source ("The original guideline document
+# provides comprehensive information for the use of daily oral PrEP" led a PrEP question) or
+# a labelled aside ("Note : This recommendation does not apply to children", "Rationale :
+# Previously, ... was recommended" led) is not the advice: seen in the federal guideline
+# summaries (../shared).
+_ASIDE = re.compile(
+    r"\boriginal guideline document\b|"
+    r"^\s*(?:see|refer to)\s+(?:the\s+)?(?:original|appendix|appendices|tables?|figures?|"
+    r"sections?|algorithms?|discussion|full|text)\b|"
+    r"^\s*(?:note|rationale|comments?|discussion|remarks?)\s*:",
+    re.I,
+)
 _ANAPHORA = re.compile(r"^\s*(?:this|these|that|those|it|they|such)\b", re.I)
 # What an earlier version said ("The 2016 statement recommended biennial mammography for ages
 # 50 to 74 ..." led for a 50-year-old woman, above the current grade B): history, not advice.
@@ -582,7 +594,7 @@ def _bonuses(
             bonus[j] -= HISTORY_PENALTY
         if text.rstrip().endswith(":"):
             bonus[j] -= LIST_OPENING_PENALTY
-        elif st is None and _META.search(text):
+        elif _ASIDE.search(text) or (st is None and _META.search(text)):
             bonus[j] -= META_PENALTY
         elif st is None and _ANAPHORA.match(text):
             bonus[j] -= ANAPHORA_PENALTY

@@ -208,6 +208,9 @@ _LIGHT = frozenset(
         "after",
         "before",
         "during",
+        "while",
+        "where",
+        "whose",
         "between",
         "among",
         "within",
@@ -601,11 +604,11 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
         # inactivated vaccine") leave the answer to what differs between them: neither yes
         # nor no, and the reader is shown both. A report ("modeling suggested little added
         # benefit") reads as yes only by default, so it contradicts nothing.
-        # Only one naming every word of the question the first names ("chest x-ray"):
-        # "Screening programs should use Lung-RADS" does not contradict "chest x-ray is not
-        # recommended" for a question about chest x-rays, nor "counsel about contraception
-        # while taking hydroxyurea" "in females who are pregnant, discontinue hydroxyurea"
-        # for a pregnant woman (it names "taking", but not "pregnant").
+        # Only one naming every word of the question the first names, or more of them
+        # ("chest x-ray"): "Screening programs should use Lung-RADS" does not contradict
+        # "chest x-ray is not recommended" for a question about chest x-rays, nor "counsel
+        # about contraception while taking hydroxyurea" "in females who are pregnant,
+        # discontinue hydroxyurea" for a pregnant woman (as many words, but not "pregnant").
         # Only within the guideline stated first: another document's instruction is about its
         # own subject ("Anyone who asks for a test should get one", hepatitis C, beside
         # "Younger than 21: do not screen" for a Pap test question).
@@ -614,7 +617,7 @@ def stated_decision(question: str, quotes: Sequence[Quote]) -> Decision | None:
             if (
                 plain
                 and document == documents[0]
-                and names >= shared[0]  # a superset: it speaks of the same case
+                and (names >= shared[0] or len(names) > len(shared[0]))
                 and other.label not in (first.label, DecisionLabel.UNCERTAIN)
             ):
                 return Decision(

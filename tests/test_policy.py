@@ -379,6 +379,27 @@ def test_a_list_opening_without_its_list_is_not_quoted_first() -> None:
     assert _first_quote(question, hits).startswith("Stop screening once")
 
 
+@pytest.mark.parametrize(
+    "aside",
+    [
+        "The original guideline document covers oral PrEP for adults who inject.",
+        "Note : oral PrEP for adults.",
+        "Rationale : oral PrEP for adults.",
+        "See the appendix on oral PrEP in adults who inject.",
+    ],
+)
+def test_a_pointer_to_the_source_or_a_labelled_aside_is_not_quoted_first(aside: str) -> None:
+    """Each kind led a question in the federal guideline summaries (../shared) over the
+    statement that answers it."""
+    section = "Major Recommendations"
+    hits = [
+        _hit("hiv prep", aside, section),
+        _hit("hiv prep", "Offer PrEP to people who inject drugs (grade A).", section),
+    ]
+    question = "Is daily oral PrEP recommended for adults who inject drugs?"
+    assert _first_quote(question, hits).startswith("Offer PrEP")
+
+
 def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
     """The ranking lifts a statement that names no subject ("Ages 45 to 49: screen all
     adults"), whose own match is low; whether the evidence is strong enough to quote must
