@@ -12,6 +12,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from assistant import coverage, decide, policy
 from assistant.cite import align, quotes_for, source_sentences
 from assistant.generate import generate
@@ -139,7 +141,57 @@ class Assistant:
             top += [h for h in ranked[k:] if h.chunk.doc_id == leading][:extra]
         if self.settings.population_passage:
             top += self._population_passage(question, top)
+        if self.settings.recommendation_passage:
+            top += self._recommendation_passage(question, top)
         return top
+
+    def _recommendation_passage(self, question: str, top: list[Hit]) -> list[Hit]:
+        """The leading document's recommendation passage closest to the question, when no
+        passage of it read so far holds a statement.
+
+        A summary's short administrative passages match a question through their title
+        alone: "Who should get a one-time ultrasound screen for abdominal aortic aneurysm?"
+        read a federal summary's "Interventions Considered", "Adaptation", "Date Released"
+        and "Companion Documents", and quoted "Screening for abdominal aortic aneurysm (AAA)
+        with ultrasonography", while "The USPSTF recommends 1-time screening for AAA with
+        ultrasonography in men aged 65 to 75 years who have ever smoked" ranked lower. The
+        answer policy leads with a statement (issue 19), so one is read."""
+        from core import recommendations
+
+        if not top:
+            return []
+        leading = top[0].chunk.doc_id
+
+        def statements(chunk: Chunk) -> list[str]:
+            # what to do (a recommendation verb or a grade), not only whom or how often
+            said = (
+                recommendations.describe(chunk.text, a, b)
+                for a, b in recommendations.spans(chunk.text, chunk.section, chunk.metadata)
+            )
+            return [st.text for st in said if st.recommends]
+
+        read = [h.chunk for h in top if h.chunk.doc_id == leading]
+        if any(statements(c) for c in read):
+            return []
+        taken = {c.chunk_id for c in read}
+        found = [
+            (c, said)
+            for c in self.retriever.index.manifest.chunks([leading])
+            if c.chunk_id not in taken and (said := statements(c))
+        ]
+        if not found:
+            return []
+        # Each passage by its statement closest to the question, as quotes are ranked: a
+        # whole passage's match favours a neighbouring topic ("Screening Methods: studies
+        # suggest handheld ultrasonography...") over the summary of recommendations.
+        texts = [t for _, said in found for t in said]
+        vectors = self.embed([question, *texts])
+        closeness = vectors[1:] @ vectors[0]
+        bounds = np.cumsum([0] + [len(said) for _, said in found])
+        best = int(
+            np.argmax([closeness[a:b].max() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        )
+        return self.retriever.hits_for(question, [found[best][0]], min(h.score for h in top))
 
     def _population_passage(self, question: str, top: list[Hit]) -> list[Hit]:
         """The leading document's passage that says whom it is for, when no passage of it

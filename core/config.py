@@ -90,6 +90,13 @@ class Settings(BaseModel):
         "passages read holds it, also read that document's passage whose statement does "
         '("Younger than 21: do not screen" for a 20-year-old), wherever it ranks.',
     )
+    recommendation_passage: bool = Field(
+        True,
+        description="When none of the leading document's passages read holds a "
+        "recommendation statement, also read its statement passage closest to the question, "
+        "wherever it ranks (short administrative passages can fill the ranks: a summary's "
+        "'Date Released' and 'Companion Documents' outranked its recommendations).",
+    )
     candidates: int = Field(40, gt=0, description="Per-retriever candidates before fusion.")
     rrf_k: int = Field(60, gt=0)
     # Weighted RRF: on a MedQuAD dev sample (benchmarks/retrieval.py --sweep) BM25 at equal
@@ -383,6 +390,7 @@ ANSWER_SETTINGS: tuple[str, ...] = (
     "top_k",
     "leading_document_passages",
     "population_passage",
+    "recommendation_passage",
     "candidates",
     "rrf_k",
     "dense_weight",
@@ -418,6 +426,8 @@ ANSWER_SETTINGS_ABSENT_MEANS: dict[str, Any] = {
     "leading_document_passages": 0,
     # answers before the setting read no passage for the question's ages beyond the ranks
     "population_passage": False,
+    # answers before the setting read no statement passage beyond the ranks
+    "recommendation_passage": False,
     # answers before the setting showed the model's wording whenever most of it verified
     "answer_style": "generated",
     "yes_no_decisions": False,

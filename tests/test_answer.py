@@ -242,6 +242,73 @@ def test_the_quoted_answer_leads_with_the_aspect_asked(
     assert answer.mode == "quoted" and answer.sentences[0].text.startswith(first), answer.answer
 
 
+_ADMIN_SUMMARY = """# Screening for Zorbitis: Task Force Recommendation Statement
+
+## Interventions Considered
+
+Screening for zorbitis with ultrasonography
+
+## Date Released
+
+2019 (revised 2021 Aug 19)
+
+## Adaptation
+
+Not applicable: the summary is not adapted from another source.
+
+## Companion Documents
+
+Zorbitis screening with ultrasonography: an evidence review for the task force.
+
+## Patient Resources
+
+Screening for zorbitis: understanding the task force recommendation.
+
+## Methods
+
+The review team searched three databases for trials of imaging and scored their quality \
+with a standard tool, and two reviewers extracted the outcomes independently.
+
+## Summary of Recommendations
+
+The task force recommends one-time screening for zorbitis with ultrasonography in men aged \
+65 to 75 years who have ever smoked (grade B). It recommends against routine screening in \
+women who have never smoked (grade D).
+"""
+
+
+def test_a_statement_passage_is_read_when_short_passages_fill_the_ranks(
+    tmp_path: Path, settings: Settings, models_cache: Path
+) -> None:
+    """A federal summary's short administrative passages match a question through its title
+    alone and filled the ranks: "Screening for ... with ultrasonography" (a list of the
+    interventions considered) was quoted while the statement that answers ranked below."""
+    from assistant.retrieve import Filters
+    from ingest.index import ingest
+    from tests.conftest import share_models
+
+    share_models(settings.home, models_cache)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "zorbitis.md").write_text(_ADMIN_SUMMARY.replace("\\\n", ""), encoding="utf-8")
+    settings = settings.model_copy(
+        update={"attribution": "off", "top_k": 1, "leading_document_passages": 1}
+    )
+    ingest([lib], settings, progress=False)
+    question = "Who should get a one-time ultrasound screen for zorbitis?"
+    statement = "The task force recommends one-time screening for zorbitis"
+    without = Assistant(settings.model_copy(update={"recommendation_passage": False}))
+    without.warm_up(model=False)
+    read = without._retrieve(question, 1, Filters())
+    assert not any(statement in h.chunk.text for h in read)  # the ranks hold no statement
+    assistant = Assistant(settings)
+    assistant.warm_up(model=False)
+    read = assistant._retrieve(question, 1, Filters())
+    assert len(read) == 3 and statement in read[-1].chunk.text
+    answer = assistant.ask(question, record=False)
+    assert answer.mode == "quoted" and answer.sentences[0].text.startswith(statement)
+
+
 def test_replay_unchanged_then_changed_after_document_edit(
     tmp_path: Path, settings: Settings, models_cache: Path
 ) -> None:

@@ -809,6 +809,8 @@ def test_the_leading_documents_passages_below_the_cut_are_read_too(settings: Set
 
     docs = ["lung", "lung", "breast", "lung", "cervix", "cervix", "lung", "breast", "lung", "lung"]
     ranked = [_hit(doc, f"{doc} passage {i}.", f"S{i}") for i, doc in enumerate(docs, 1)]
+    # (no passage here states anything: recommendation_passage is tested in test_answer.py)
+    settings = settings.model_copy(update={"recommendation_passage": False})
     assistant = Assistant(settings.model_copy(update={"leading_document_passages": 2}))
     retriever = _RankedRetriever(ranked)
     assistant.retriever = retriever  # type: ignore[assignment]
