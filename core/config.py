@@ -73,6 +73,15 @@ class Settings(BaseModel):
         "files in the home, so several app servers share them. Unset: SQLite (the default).",
     )
     collection: str = "clinrag"
+    vector_search_ef: int = Field(
+        400,
+        ge=10,
+        le=10_000,
+        description="How many graph neighbours the vector index explores per query (Chroma's "
+        "HNSW ef_search; raised on an existing collection at start, applied when the server "
+        "or process next loads it). Chroma's default of 100 missed a question's best "
+        "passages outright in a 12,150-passage library (docs/benchmarks.md).",
+    )
 
     # retrieval
     top_k: int = Field(5, gt=0, le=50)
