@@ -553,6 +553,8 @@ def _bonuses(
     asks_grade = bool(_ASKS_GRADE.search(question))
     asks_dose = bool(_ASKS_DOSE.search(question))
     asks_diagnosis = bool(_ASKS_DIAGNOSIS.search(question))
+    # "what systolic goal should I treat to at 60?" led with when to start treating (160)
+    asks_goal = bool(_GOAL.search(question))
     population = recommendations.Population.of(question)
     asked_stems = {w[:5] for w in content_tokens(question)}
     bonus = np.zeros(len(units))
@@ -569,6 +571,7 @@ def _bonuses(
             or (asks_grade and facts.grade is not None)
             or (asks_dose and facts.dose)
             or (asks_drug and names_drug(text))
+            or (asks_goal and bool(_GOAL.search(text)))
             or (
                 asks_diagnosis
                 and bool(

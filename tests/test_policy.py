@@ -400,6 +400,21 @@ def test_a_pointer_to_the_source_or_a_labelled_aside_is_not_quoted_first(aside: 
     assert _first_quote(question, hits).startswith("Offer PrEP")
 
 
+def test_a_question_asking_the_goal_leads_with_the_goal() -> None:
+    """ "What systolic goal should I treat to in a hypertensive patient aged 60 or older?" led
+    with when to start treating ("...with a systolic blood pressure of 160 or higher") in a
+    federal guideline summary (../shared), above "...treating to a systolic blood pressure
+    goal of <150 mmHg"."""
+    hits = [
+        _hit("hypertension", "The Work Group recommends treating hypertensive patients aged 60 "
+             "and older with a systolic pressure of 160 or higher.", "Initiation"),
+        _hit("hypertension", "For patients 60 and over, the Work Group recommends a systolic "
+             "goal below 150.", "Goals"),
+    ]  # fmt: skip
+    question = "What systolic goal should I treat hypertensive patients aged 65 to?"
+    assert _first_quote(question, hits).startswith("For patients 60 and over")
+
+
 def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
     """The ranking lifts a statement that names no subject ("Ages 45 to 49: screen all
     adults"), whose own match is low; whether the evidence is strong enough to quote must
