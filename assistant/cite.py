@@ -248,7 +248,9 @@ OTHER_POPULATION_PENALTY = 0.2
 OTHER_DOCUMENT_MARGIN = 0.1
 _ASKS_AGE = re.compile(
     r"\b(?:what|which|minimum|maximum|starting|stopping)\s+ages?\b|\bhow old\b|"
-    r"\bage\s+(?:to|at which|range|should)\b|"
+    # (a gestational age is the pregnancy's, not the person's: "at what gestational age
+    # should an undelivered woman be offered delivery?" led with "women greater than 44")
+    r"(?<!gestational\s)\bage\s+(?:to|at which|range|should)\b|"
     # "When should screening start?": for a screening or a treatment, when is an age
     r"\bwhen\b.*\b(?:start|starts|begin|begins|stop|stops|end|ends)\b",
     re.I,

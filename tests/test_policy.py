@@ -415,6 +415,18 @@ def test_a_question_asking_the_goal_leads_with_the_goal() -> None:
     assert _first_quote(question, hits).startswith("For patients 60 and over")
 
 
+def test_a_gestational_age_is_not_the_persons_age() -> None:
+    """ "At what gestational age should an undelivered woman be offered scheduled delivery?"
+    lifted "women greater than 44 years of age: planned delivery at 38 weeks" as stating
+    the ages asked about."""
+    from assistant import cite
+
+    assert cite._ASKS_AGE.search("At what age should a woman be offered delivery?")
+    assert not cite._ASKS_AGE.search(
+        "At what gestational age should an undelivered woman be offered delivery?"
+    )
+
+
 def test_strong_evidence_is_judged_on_the_closest_sentence_too() -> None:
     """The ranking lifts a statement that names no subject ("Ages 45 to 49: screen all
     adults"), whose own match is low; whether the evidence is strong enough to quote must
