@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from core.config import Settings
 from evaluation import metrics as m
-from evaluation.data import EvalDataError, load_dataset
+from evaluation.data import EvalDataError, Question, load_dataset
 from evaluation.runner import system_metrics
 from ui.cli.eval import add_eval_parser, eval_command
 
@@ -89,11 +90,8 @@ def test_normalised_tokens_keep_decimals_and_read_number_words() -> None:
 # --- the set's file ------------------------------------------------------------------------------
 
 
-def test_the_clinician_set_is_complete_and_cites_real_documents() -> None:
-    from ingest.loaders import is_candidate, load_document
-
-    data = load_dataset(SET)
-    qs = data.questions
+def _assert_forty_of_three_kinds(qs: Sequence[Question]) -> None:
+    """40 questions with distinct ids: 25 guideline, 10 yes/no, 5 off-library (issue 19)."""
     assert len(qs) == 40 and len({q.qid for q in qs}) == 40
     kinds = [q.kind for q in qs]
     assert (kinds.count("guideline"), kinds.count("yes_no"), kinds.count("off_library")) == (
@@ -101,6 +99,14 @@ def test_the_clinician_set_is_complete_and_cites_real_documents() -> None:
         10,
         5,
     )
+
+
+def test_the_clinician_set_is_complete_and_cites_real_documents() -> None:
+    from ingest.loaders import is_candidate, load_document
+
+    data = load_dataset(SET)
+    qs = data.questions
+    _assert_forty_of_three_kinds(qs)
     assert {q.answer for q in qs if q.kind == "yes_no"} == {"yes", "no"}
     # doc ids as ingest derives them from the sample files (front matter, sidecar or stem)
     samples = REPO / "data_samples"
@@ -149,13 +155,7 @@ def test_the_guidelines_set_cites_real_shared_guidelines() -> None:
         pytest.skip("../shared/eval/guidelines is not beside the repository")
     data = load_dataset(REPO / "evaluation" / "sets" / "guidelines")
     qs = data.questions
-    assert len(qs) == 40 and len({q.qid for q in qs}) == 40
-    kinds = [q.kind for q in qs]
-    assert (kinds.count("guideline"), kinds.count("yes_no"), kinds.count("off_library")) == (
-        25,
-        10,
-        5,
-    )
+    _assert_forty_of_three_kinds(qs)
     texts = {row["doc_id"]: row["text"] for row in data.corpus}
     assert len(texts) == 96  # every summary loads (their site front matter was refused)
     for q in qs:
