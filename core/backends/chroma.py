@@ -121,7 +121,9 @@ class ChromaStore:
         collection = self._client.get_or_create_collection(
             self._name,
             metadata=wanted,
-            configuration={"hnsw": {"ef_search": self._ef_search}},
+            # the space again: a configuration without it makes the collection L2 (Chroma
+            # 1.5.9 reads "hnsw:space" only when no configuration is given)
+            configuration={"hnsw": {"space": "cosine", "ef_search": self._ef_search}},
             embedding_function=None,
         )
         have = collection.metadata or {}
