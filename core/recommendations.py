@@ -56,7 +56,10 @@ _GRADE = re.compile(
     re.I,
 )
 _GRADE_VALUE = re.compile(
-    r"\bgrade\s+([A-D]|I)\b|\b(strong|weak|conditional)\b(?=\s+recommendation|\))", re.I
+    r"\bgrade\s+([A-D]|I)\b|\b(strong|weak|conditional)\b(?=\s+recommendation|\))|"
+    # the USPSTF's own form: "( A recommendation )", "(D recommendation)", "(I statement)"
+    r"\(\s*([A-D])\s+recommendation\s*\)|\(\s*(I)\s+statement\s*\)",
+    re.I,
 )
 _AGE = re.compile(
     r"\b(?:ages?|aged)\s+(\d{1,3})\s*(?:to|-|–|through)\s*(\d{1,3})\b|"
@@ -64,7 +67,10 @@ _AGE = re.compile(
     r"\b(?:ages?|aged)?\s*(\d{1,3})\s+(?:years\s+)?(?:and|or)\s+(?:younger|under)\b|"
     r"\b(?:over|above)\s+age\s+(\d{1,3})\b|\bolder than\s+(?:age\s+)?(\d{1,3})\b|"
     r"\b(?:under|younger than|below)\s+age\s+(\d{1,3})\b|\byounger than\s+(\d{1,3})\b|"
-    r"\b(\d{1,3})\s*(?:to|-|–)\s*(\d{1,3})\s+years?\s+(?:old|of age)\b",
+    r"\b(\d{1,3})\s*(?:to|-|–)\s*(\d{1,3})\s+years?\s+(?:old|of age)\b|"
+    # "starting at age 50 years and continuing until age 75 years" (USPSTF 2016)
+    r"\b(?:starting|beginning|from)\s+(?:at\s+)?age\s+(\d{1,3})(?:\s+years?)?\s+(?:and\s+)?"
+    r"(?:continuing\s+)?(?:until|to|through)\s+(?:age\s+)?(\d{1,3})\b",
     re.I,
 )
 _INTERVAL = re.compile(
@@ -191,7 +197,7 @@ def describe(text: str, start: int, end: int) -> Statement:
         end=end,
         text=display_text(raw),
         verb=bool(_VERB.search(raw) or _IMPERATIVE.search(_LIST_MARKER.sub("", raw, count=1))),
-        grade=(grade.group(1) or grade.group(2)) if grade else None,
+        grade=next(g for g in grade.groups() if g) if grade else None,
         ages=_ages(raw),
         interval=bool(_INTERVAL.search(raw)),
         dose=bool(_DOSE.search(raw)),
@@ -448,7 +454,9 @@ def _age_range(match: re.Match[str]) -> tuple[int, int | None]:
     for highest in (g[6], g[7]):
         if highest is not None:
             return 0, int(highest)
-    return int(g[8]), int(g[9])
+    if g[8] is not None:
+        return int(g[8]), int(g[9])
+    return int(g[10]), int(g[11])
 
 
 def ages_in_heading(section: str) -> tuple[int, int | None] | None:

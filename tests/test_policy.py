@@ -111,6 +111,32 @@ def test_statements_by_interval_age_and_grade_but_not_background() -> None:
     assert recommendations.find("- URL: every year (grade A)", "Source") == []
 
 
+@pytest.mark.parametrize(
+    ("text", "grade", "ages"),
+    [
+        # the USPSTF's own forms in the federal guideline summaries (../shared): the 2016
+        # colorectal statement had neither, so its 76-to-85 grade C line led "start and stop"
+        (
+            "The USPSTF recommends screening for colorectal cancer starting at age 50 years and "
+            "continuing until age 75 years ( A recommendation ).",
+            "A",
+            (50, 75),
+        ),
+        ("The USPSTF recommends against screening for ovarian cancer. (D recommendation)", "D",
+         None),
+        ("The evidence is insufficient to assess screening in adults 86 and older "
+         "(I statement).", "I", (86, None)),
+        ("Ages 45 to 49: screen all adults (grade B).", "B", (45, 49)),
+        ("Screening from age 21 to 65 with cytology every 3 years.", None, (21, 65)),
+    ],
+)  # fmt: skip
+def test_a_statements_grade_and_ages_in_the_forms_guidelines_write(
+    text: str, grade: str | None, ages: tuple[int, int | None] | None
+) -> None:
+    described = recommendations.describe(text, 0, len(text))
+    assert (described.grade, described.ages) == (grade, ages)
+
+
 def test_stored_spans_are_used_and_stale_or_missing_ones_recomputed() -> None:
     text = "Ages 45 to 49: screen all adults (grade B). Background sentence."
     now = recommendations.find(text, "")
