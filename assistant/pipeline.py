@@ -7,7 +7,7 @@ only after its audit record is committed: if the log cannot be written, the answ
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -160,7 +160,6 @@ class Assistant:
 
         if not top:
             return []
-        leading = top[0].chunk.doc_id
 
         def statements(chunk: Chunk) -> list[str]:
             # what to do (a recommendation verb or a grade), not only whom or how often
@@ -170,28 +169,30 @@ class Assistant:
             )
             return [st.text for st in said if st.recommends]
 
-        read = [h.chunk for h in top if h.chunk.doc_id == leading]
-        if any(statements(c) for c in read):
-            return []
-        taken = {c.chunk_id for c in read}
-        found = [
-            (c, said)
-            for c in self.retriever.index.manifest.chunks([leading])
-            if c.chunk_id not in taken and (said := statements(c))
-        ]
+        found = [(c, statements(c)) for c in self._unread_of_leading(top, statements)]
         if not found:
             return []
         # Each passage by its statement closest to the question, as quotes are ranked: a
         # whole passage's match favours a neighbouring topic ("Screening Methods: studies
         # suggest handheld ultrasonography...") over the summary of recommendations.
-        texts = [t for _, said in found for t in said]
-        vectors = self.embed([question, *texts])
-        closeness = vectors[1:] @ vectors[0]
-        bounds = np.cumsum([0] + [len(said) for _, said in found])
-        best = int(
-            np.argmax([closeness[a:b].max() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-        )
+        owner = [i for i, (_, said) in enumerate(found) for _ in said]
+        vectors = self.embed([question, *(t for _, said in found for t in said)])
+        best = owner[int(np.argmax(vectors[1:] @ vectors[0]))]
         return self.retriever.hits_for(question, [found[best][0]], min(h.score for h in top))
+
+    def _unread_of_leading(
+        self, top: list[Hit], fits: Callable[[Chunk], object]
+    ) -> Iterator[Chunk]:
+        """The leading document's passages that ``fits`` and were not read, in order; none
+        when a passage of it read already fits."""
+        leading = top[0].chunk.doc_id
+        read = [h.chunk for h in top if h.chunk.doc_id == leading]
+        if any(fits(c) for c in read):
+            return
+        taken = {c.chunk_id for c in read}
+        for chunk in self.retriever.index.manifest.chunks([leading]):
+            if chunk.chunk_id not in taken and fits(chunk):
+                yield chunk
 
     def _population_passage(self, question: str, top: list[Hit]) -> list[Hit]:
         """The leading document's passage that says whom it is for, when no passage of it
@@ -226,13 +227,7 @@ class Assistant:
 
         else:
             return []
-        leading = top[0].chunk.doc_id
-        read = [h.chunk for h in top if h.chunk.doc_id == leading]
-        if any(fits(c) for c in read):
-            return []
-        taken = {c.chunk_id for c in read}
-        chunks = self.retriever.index.manifest.chunks([leading])
-        found = next((c for c in chunks if c.chunk_id not in taken and fits(c)), None)
+        found = next(self._unread_of_leading(top, fits), None)
         if found is None:
             return []
         return self.retriever.hits_for(question, [found], min(h.score for h in top))

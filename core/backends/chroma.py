@@ -145,10 +145,8 @@ class ChromaStore:
         of the low back pain guideline's passages (cosine 0.77) among 12,150, only 0.47s.
         Chroma reads it when it loads the index: from the next start of this process, or of
         the server."""
-        config = getattr(collection, "configuration", None) or {}
-        hnsw = config.get("hnsw") if isinstance(config, dict) else None
-        have = hnsw.get("ef_search") if isinstance(hnsw, dict) else None
-        if isinstance(have, int) and have < self._ef_search:
+        have = (collection.configuration.get("hnsw") or {}).get("ef_search")
+        if have is not None and have < self._ef_search:
             collection.modify(configuration={"hnsw": {"ef_search": self._ef_search}})
 
     def close(self) -> None:

@@ -245,7 +245,6 @@ class TransformersLLM:
     @property
     def info(self) -> ModelInfo:
         """The model's identity from its files, without loading it (see :meth:`loaded`)."""
-
         identity = self._identity
         if not identity:
             source, gguf_name = self._source()
@@ -745,7 +744,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
         if n >= limit or x != y:
             break
         n += 1
-    return max(n, 0)
+    return n
 
 
 def _attention_rows(
