@@ -24,7 +24,7 @@ import numpy as np
 from assistant.cite import Embed, parse_markers
 from assistant.generate import build_messages, render_sources, source_header
 from assistant.prompts import PromptTemplate, load_template
-from core.backends.base import LLM, AttentionReader, LogProbScorer, Message, Span
+from core.backends.base import LLM, AttentionReader, LogProbScorer, Message, Span, SpanMasker
 from core.config import Settings
 from core.text import sentence_spans
 from core.types import Answer, Evidence, Hit, SourceSentence
@@ -192,6 +192,24 @@ def attention_features(llm: AttentionReader, scorer: AnswerScorer) -> np.ndarray
     return llm.attention(messages, spans, scorer.targets)
 
 
+class MaskedEstimate:
+    """Removal estimated by masking: log p(answer sentences) with each row's dropped source
+    sentences hidden from the question and the answer, over the full prompt (what
+    attention refinement measures its candidate sets with under ``refine_by = "masking"``)."""
+
+    name = "masking"
+
+    def __init__(self, llm: SpanMasker, scorer: AnswerScorer) -> None:
+        self.llm, self.scorer = llm, scorer
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        s = self.scorer
+        full = np.ones(len(s.sources), dtype=bool)
+        messages = build_messages(s.template, s.question, s.hits, s.texts(full))
+        spans = source_spans(messages, s.hits, s.sources)
+        return self.llm.masked_logprobs(messages, spans, s.targets, np.asarray(masks, bool))
+
+
 def weights_dirs(settings: Settings) -> list[Path]:
     """Where a site's own fitted attention weights live (before the shipped ones)."""
     return [settings.home / "attribution"]
@@ -231,12 +249,22 @@ def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> st
     return resolve_method(settings, llm, method)[0]
 
 
-def attention_options(settings: Settings) -> dict[str, Any]:
-    """The attention method's settings: refinement, and calibration by the faithfulness
-    check's random rows (the same rows :func:`attribute_answer`'s check scores next)."""
+def attention_options(
+    settings: Settings, llm: object = None, scorer: AnswerScorer | None = None
+) -> dict[str, Any]:
+    """The attention method's settings: refinement (by removal, or estimated by masking where
+    the model can mask), and calibration by the faithfulness check's random rows (the same
+    rows :func:`attribute_answer`'s check scores next)."""
     from audit.attribution.faithfulness import DEFAULT_DRAWS
 
-    return {
+    options: dict[str, Any] = {}
+    if (
+        settings.attribution_refine_by == "masking"
+        and isinstance(llm, SpanMasker)
+        and scorer is not None
+    ):
+        options["estimate"] = MaskedEstimate(llm, scorer)
+    return options | {
         "refine_sets": settings.attribution_refine_sets,
         "calibrate_draws": DEFAULT_DRAWS if settings.attribution_calibrate else 0,
         "calibrate_ridge": settings.attribution_calibrate_ridge,
@@ -282,7 +310,7 @@ def attribute_answer(
         kwargs["n_samples"] = settings.attribution_ablations
     elif method == "attention":
         kwargs["weights"] = weights
-        kwargs.update(attention_options(settings))
+        kwargs.update(attention_options(settings, llm, base))
         # resolve_method picked attention only for an AttentionReader with weights
         kwargs["features"] = lambda: attention_features(llm, base)  # type: ignore[arg-type]
     elif method == "similarity":

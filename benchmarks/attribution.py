@@ -25,7 +25,9 @@ when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants
 (ridge ``--calibrate-ridge``, else the setting's); ``attention-refined``, the refinement
 (``--refine-sets``, else the setting, at least 2); ``attention-unchained``, the default with
 each scored row starting from the reference prompt only, not also from the row run before it
-(what that reuse saves). Each method is also compared with the
+(what that reuse saves); ``attention-masked`` and ``attention-removal``, the refinement
+measuring its sets by masking (``attribution_refine_by``) or by removal, whatever the
+setting says (``-5``, ``-10``: that many sets, by masking). Each method is also compared with the
 default answer by answer: the paired mean difference of the top-3 drop, with its interval.
 
 MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
@@ -59,6 +61,10 @@ ALL_METHODS = (
     "attention-calibrated",
     "attention-refined",
     "attention-unchained",
+    "attention-masked",
+    "attention-masked-5",
+    "attention-masked-10",
+    "attention-removal",
     "hierarchical",
     "surrogate",
     "shap",
@@ -73,6 +79,10 @@ CHECKED = (
     "attention-calibrated",
     "attention-refined",
     "attention-unchained",
+    "attention-masked",
+    "attention-masked-5",
+    "attention-masked-10",
+    "attention-removal",
     "hierarchical",
 )
 SETS = ("pubmedqa", "medquad")
@@ -183,28 +193,39 @@ def attention_options(
     sets = settings.attribution_refine_sets if refine_sets is None else refine_sets
     ridge = settings.attribution_calibrate_ridge if calibrate_ridge is None else calibrate_ridge
 
-    def app(**update: Any) -> dict[str, Any]:
-        # the options the app derives from its settings (assistant.attribute), overridden
-        return glue.attention_options(settings.model_copy(update=update))
-
-    variants = {
-        "attention": app(attribution_refine_sets=sets),
-        "attention-unrefined": app(attribution_refine_sets=0, attribution_calibrate=False),
-        "attention-calibrated": app(
-            attribution_refine_sets=0,
-            attribution_calibrate=True,
-            attribution_calibrate_ridge=ridge,
-        ),
-        "attention-refined": app(attribution_refine_sets=max(sets, 2), attribution_calibrate=False),
-        "attention-unchained": app(attribution_refine_sets=sets),
+    variants: dict[str, dict[str, Any]] = {
+        "attention": {"attribution_refine_sets": sets},
+        "attention-unrefined": {"attribution_refine_sets": 0, "attribution_calibrate": False},
+        "attention-calibrated": {
+            "attribution_refine_sets": 0,
+            "attribution_calibrate": True,
+            "attribution_calibrate_ridge": ridge,
+        },
+        "attention-refined": {
+            "attribution_refine_sets": max(sets, 2),
+            "attribution_calibrate": False,
+        },
+        "attention-unchained": {"attribution_refine_sets": sets},
+        "attention-masked": {
+            "attribution_refine_sets": max(sets, 2),
+            "attribution_refine_by": "masking",
+        },
+        # masking is cheap enough to measure more of the prediction's sets
+        "attention-masked-5": {"attribution_refine_sets": 5, "attribution_refine_by": "masking"},
+        "attention-masked-10": {
+            "attribution_refine_sets": 10,
+            "attribution_refine_by": "masking",
+        },
+        "attention-removal": {
+            "attribution_refine_sets": max(sets, 2),
+            "attribution_refine_by": "removal",
+        },
     }
 
     def build(scorer: Any, method: str = "attention") -> dict[str, Any]:
-        return {
-            "features": lambda: features(llm, scorer),
-            "weights": weights,
-            **variants[method],
-        }
+        # the options the app derives from its settings (assistant.attribute), overridden
+        options = glue.attention_options(settings.model_copy(update=variants[method]), llm, scorer)
+        return {"features": lambda: features(llm, scorer), "weights": weights, **options}
 
     return build
 

@@ -236,6 +236,14 @@ class Settings(BaseModel):
         "faithfulness check's top-3 removal, which the check then reuses, so 2 sets add one "
         "pass to what every answer costs (docs/benchmarks.md, Attribution).",
     )
+    attribution_refine_by: Literal["removal", "masking"] = Field(
+        "removal",
+        description="How refinement measures a candidate set: removal (the prompt without "
+        "it, from the first removed sentence on) or masking (the question and answer rerun "
+        "with the set hidden from them over the full prompt's keys and values: about a "
+        "tenth of a removal pass; an estimate, since the prompt after a hidden sentence saw "
+        "it). The faithfulness check always measures by removal.",
+    )
     attribution_calibrate: bool = Field(
         False,
         description="Attention attribution reads the faithfulness check's random removals "

@@ -380,6 +380,30 @@ def test_calibration_reads_the_checks_rows_and_corrects_a_wrong_prediction() -> 
     assert calibrated.scores == pytest.approx(calibrated.per_target.sum(axis=0))
 
 
+def test_refinement_by_an_estimate_spends_no_scorer_row() -> None:
+    """With an estimate (masking), the candidate sets are measured by it, not by removal:
+    the scorer runs nothing, and the set the estimate says hurts most is shown."""
+    needed = {0, 1, 3}
+    scorer_rows: list[np.ndarray] = []
+    estimated: list[np.ndarray] = []
+
+    def scorer(masks: np.ndarray) -> np.ndarray:
+        scorer_rows.extend(masks)
+        return np.zeros((len(masks), 1))
+
+    def estimate(masks: np.ndarray) -> np.ndarray:
+        estimated.extend(masks)
+        return np.array([[-1.0 - len(needed - set(np.flatnonzero(m).tolist()))] for m in masks])
+
+    features = np.array([3.0, 2.5, 2.0, 1.9, 0.2, 0.1])[None, :, None]
+    result = AttentionAttributor(
+        features=features, weights=np.ones(1), refine_sets=2, estimate=estimate
+    ).attribute(scorer, 6, 1)
+    assert result.top(3) == [0, 1, 3]
+    assert scorer_rows == [] and len(estimated) == 2 and result.n_evaluations == 0
+    assert result.info["refined"]["by"] == "estimate"
+
+
 def test_refinement_adds_one_model_row_to_the_check_by_default(tmp_path: Path) -> None:
     """The default (2 sets): the plain top 3 is the check's own top-3 removal, so method and
     check together score one row more than the check alone after the per-head prediction."""
@@ -495,14 +519,10 @@ def _bag_of_words(texts: Any) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
-def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: Path) -> None:
-    from assistant.attribute import attribute_answer
+def _dose_answer(llm: _FakeReader) -> Any:
     from assistant.cite import align
     from core.types import Answer, Generation
 
-    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
-        update={"attribution_refine_sets": 2, "attribution_calibrate": False}
-    )
     hits = [
         _hit(1, "The clinic opens at 8. Parking is free."),
         _hit(2, "The dose of zorbamycin is 40 mg daily. The cafeteria serves soup."),
@@ -510,7 +530,6 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
     ]
     text = "The dose of zorbamycin is 40 mg daily [2]."
     aligned = align(text, hits, _bag_of_words)
-    llm = _LeansOnTheDose("e" * 64)
     answer = Answer(
         question="What is the dose of zorbamycin?",
         answer=text,
@@ -523,6 +542,61 @@ def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: 
         generation=Generation(text, llm.info, "h", "answer_v1", {}, 0.1),
         timings={},
     )
+    return answer
+
+
+class _MasksToo(_LeansOnTheDose):
+    """Can also estimate removal by masking: the dose sentence hidden, the answer unlikely."""
+
+    def __init__(self, weights_hash: str) -> None:
+        super().__init__(weights_hash)
+        self.masked_rows = 0
+
+    def masked_logprobs(self, messages: Any, spans: Any, targets: Any, keep: Any) -> np.ndarray:
+        content = messages[-1]["content"]
+        dose = [s for s, (_, a, b) in enumerate(spans) if "40 mg" in content[a:b]]
+        self.masked_rows += len(keep)
+        return np.array([[-9.0 + 7.0 * bool(row[dose].all())] * len(targets) for row in keep])
+
+
+def test_refinement_by_masking_measures_no_removal_and_the_check_still_does(
+    tmp_path: Path,
+) -> None:
+    from assistant.attribute import attribute_answer
+
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
+        update={"attribution_refine_by": "masking"}
+    )
+    HeadWeights("fake", "e" * 64, 1, 2, np.array([2.0, 0.1])).save(
+        tmp_path / "attribution" / "fake.json"
+    )
+    llm = _MasksToo("e" * 64)
+    answer = attribute_answer(_dose_answer(llm), llm, settings, _bag_of_words)
+    record = answer.attribution
+    assert record is not None and record["method"] == "attention"
+    assert record["n_evaluations"] == 0 and llm.masked_rows == 2
+    refinement = record["refinement"]
+    assert refinement["by"] == "masking"
+    dose = next(s.index for s in answer.source_sentences if "40 mg" in s.text)
+    assert dose in refinement["sets"][refinement["chosen"]]
+    assert int(np.argmax(record["scores"])) == dose
+    assert record["faithfulness"]["top_k_drop"] == pytest.approx(8.0)  # measured by removal
+    # a model that cannot mask is refined by removal, whatever the setting says
+    unmasking = _LeansOnTheDose("e" * 64)
+    plain = attribute_answer(_dose_answer(unmasking), unmasking, settings, _bag_of_words)
+    assert plain.attribution is not None
+    assert plain.attribution["refinement"]["by"] == "removal"
+    assert plain.attribution["n_evaluations"] == 2
+
+
+def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: Path) -> None:
+    from assistant.attribute import attribute_answer
+
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
+        update={"attribution_refine_sets": 2, "attribution_calibrate": False}
+    )
+    llm = _LeansOnTheDose("e" * 64)
+    answer = _dose_answer(llm)
     HeadWeights("fake", "e" * 64, 1, 2, np.array([2.0, 0.1])).save(
         tmp_path / "attribution" / "fake.json"
     )

@@ -119,3 +119,45 @@ def test_shared_prefix_cache_gives_the_same_logprobs(
     without = scorer(masks)
     np.testing.assert_allclose(with_cache, without, atol=2e-3)
     assert with_cache[0, 0] > with_cache[2, 0]  # removing the dose sentence lowers log p
+
+
+def test_masking_estimates_removal_from_one_short_pass_per_row(
+    library: Settings, packaged_llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masking nothing is the full prompt's log p exactly; hiding the dose sentence lowers
+    the dose sentence's log p as removing it does; only the question and answer run per row."""
+    from assistant.attribute import MaskedEstimate
+
+    llm = packaged_llm
+    hits = [
+        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
+        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
+    ]
+    sources = source_sentences(hits)
+    scorer = AnswerScorer(
+        llm,
+        load_template(library.prompt_template),
+        "What is the starting dose of zorbamycin?",
+        hits,
+        sources,
+        answer_targets("The starting dose is 40 mg. It is taken once daily."),
+    )
+    masks = np.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1]], dtype=bool)
+    removed = scorer(masks)
+    monkeypatch.setattr(llm, "_generated", None, raising=False)
+    runs: list[int] = []
+    real = llm._model.forward
+
+    def forward(*args: object, **kwargs: object) -> object:
+        runs.append(int(kwargs["input_ids"].shape[1]))  # type: ignore[union-attr]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm._model, "forward", forward)
+    masked = MaskedEstimate(llm, scorer)(masks)
+    assert masked.shape == removed.shape
+    np.testing.assert_allclose(masked[0], removed[0], atol=2e-3)
+    assert masked[1, 0] < masked[0, 0] - 1.0  # hiding the dose sentence, as removing it
+    assert removed[1, 0] < removed[0, 0] - 1.0
+    assert abs(masked[2, 0] - masked[0, 0]) < abs(masked[1, 0] - masked[0, 0])
+    # one prefix pass, then per row only what follows the last source sentence
+    assert len(runs) == 1 + len(masks) and max(runs[1:]) < runs[0] / 2

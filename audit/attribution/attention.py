@@ -163,6 +163,9 @@ class AttentionAttributor(Method):
     calibrate_k: int = 3
     calibrate_seed: int = DEFAULT_SEED
     calibrate_ridge: float = 3.0
+    # measures the candidate sets instead of the scorer (masks -> (M, T) log p): a cheaper
+    # estimate of removal, e.g. the answer rerun with the set hidden (``masked_logprobs``)
+    estimate: Callable[[np.ndarray], np.ndarray] | None = None
 
     name: ClassVar[str] = "attention"
 
@@ -208,11 +211,16 @@ class AttentionAttributor(Method):
             masks = np.ones((len(candidates), n_sources), dtype=bool)
             for row, chosen in enumerate(candidates):
                 masks[row, list(chosen)] = False
-            kept = evaluate(scorer, masks, n_targets, self.batch_size).sum(axis=1)
-            n_evaluations += len(masks)
+            if self.estimate is not None:
+                kept = evaluate(self.estimate, masks, n_targets, self.batch_size).sum(axis=1)
+            else:
+                kept = evaluate(scorer, masks, n_targets, self.batch_size).sum(axis=1)
+                n_evaluations += len(masks)
             best = int(np.argmin(kept))  # the lowest log p left: the largest drop
             info.setdefault("attention_scores", [float(x) for x in scores])
+            by = "removal" if self.estimate is None else getattr(self.estimate, "name", "estimate")
             info["refined"] = {
+                "by": by,
                 "k": self.refine_k,
                 "sets": [list(map(int, c)) for c in candidates],
                 "logprob_without": [float(x) for x in kept],

@@ -133,3 +133,21 @@ class AttentionReader(Protocol):
     def attention(
         self, messages: Sequence[Message], spans: Sequence[Span], targets: Sequence[str]
     ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SpanMasker(Protocol):
+    """Optional LLM capability: removal estimated by masking, without re-running the prompt.
+
+    For each row of ``keep`` (rows x spans, True keeps a span), log p(target_t | prompt) with
+    the tokens of the dropped spans hidden from what follows the last span; shape
+    (len(keep), len(targets)).
+    """
+
+    def masked_logprobs(
+        self,
+        messages: Sequence[Message],
+        spans: Sequence[Span],
+        targets: Sequence[str],
+        keep: np.ndarray,
+    ) -> np.ndarray: ...

@@ -629,6 +629,94 @@ class TransformersLLM:
                 handle.remove()
         return out.transpose(1, 2, 0, 3).reshape(n_targets, n_spans, -1)
 
+    def masked_logprobs(
+        self,
+        messages: Sequence[Message],
+        spans: Sequence[Span],
+        targets: Sequence[str],
+        keep: np.ndarray,
+    ) -> np.ndarray:
+        """log p(target_t | prompt) with the spans a row drops hidden, shape (len(keep), T).
+
+        A row keeps every token where it is, and hides the tokens of its dropped spans from
+        everything after the last span (the question and the answer), which is recomputed
+        over the full prompt's keys and values: only those tokens run, one short pass per row
+        instead of the prompt from the first removed sentence on. An estimate of removal, not
+        removal: the prompt between a hidden sentence and the question still saw it.
+        """
+        import torch
+
+        self.warm_up()
+        keep = np.asarray(keep, dtype=bool)
+        if keep.ndim != 2 or keep.shape[1] != len(spans):
+            raise ValueError(f"keep must have shape (M, {len(spans)}); got {keep.shape}")
+        tok = self._tokenizer
+        text, starts = self._rendered_prompt(messages)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        prompt_ids = list(enc["input_ids"])
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
+        flat = [i for ids in target_ids for i in ids]
+        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        ids = prompt_ids + flat
+        tokens_of: list[np.ndarray] = []
+        for m, a, b in spans:
+            lo, hi = starts[m] + a, starts[m] + b
+            inside = (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
+            tokens_of.append(np.nonzero(inside)[0])
+        # rows run from the token after the last span; the prompt before it is shared
+        start = max((int(t[-1]) + 1 for t in tokens_of if len(t)), default=0)
+        start = min(start, len(prompt_ids) - 1)
+        out = np.zeros((len(keep), len(targets)), dtype=np.float64)
+        if not flat:
+            return out
+        cache = self._shared_prefix_cache(ids, start)
+        device = self._model.device
+        run = torch.tensor([ids[start:]], device=device)
+        positions = torch.arange(start, len(ids), device=device)[None]
+        flat_t = torch.tensor(flat, dtype=torch.long)
+        n_keep = len(flat) + 1
+        for row, kept in enumerate(keep):
+            mask = torch.ones((1, len(ids)), dtype=torch.long)
+            for s in np.nonzero(~kept)[0]:
+                mask[0, torch.from_numpy(tokens_of[s])] = 0
+            with torch.inference_mode():
+                result = self._model(
+                    input_ids=run,
+                    attention_mask=mask.to(device),
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=n_keep,
+                )
+            # back to the shared prompt for the next row (this transformers takes the number
+            # of tokens to drop, negated)
+            cache.crop(start - cache.get_seq_length())
+            logp = torch.log_softmax(result.logits.float()[0, :-1], dim=-1).cpu()
+            token_lp = logp.gather(1, flat_t.unsqueeze(-1)).squeeze(-1).numpy()
+            for t in range(len(targets)):
+                out[row, t] = float(token_lp[bounds[t] : bounds[t + 1]].sum())
+        return out
+
+    def _shared_prefix_cache(self, ids: list[int], length: int) -> Any:
+        """A private KV cache of ``ids[:length]``: from the last generation's where it shares
+        a prefix (only the rest runs), else from one pass."""
+        import torch
+
+        cache, shared = self._generation_cache(ids, length)
+        if cache is None:
+            return self._prefix_cache(ids[:length])
+        if shared < length:
+            with torch.inference_mode():
+                self._model(
+                    input_ids=torch.tensor([ids[shared:length]], device=self._model.device),
+                    position_ids=torch.arange(shared, length, device=self._model.device)[None],
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        return cache
+
     def _generation_cache(self, ids: list[int], limit: int) -> tuple[Any, int]:
         """A private copy of the last generation's KV cache cut to the prefix it shares with
         ``ids`` (at most ``limit`` tokens), and that length; (None, 0) when too little is
