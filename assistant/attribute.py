@@ -249,6 +249,11 @@ def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> st
     return resolve_method(settings, llm, method)[0]
 
 
+# what refinement by removal measures at most when masking was asked for but the model
+# cannot mask (docs/benchmarks.md: two removals cost about what five masked rows do)
+REMOVAL_SETS = 2
+
+
 def attention_options(
     settings: Settings, llm: object = None, scorer: AnswerScorer | None = None
 ) -> dict[str, Any]:
@@ -257,15 +262,15 @@ def attention_options(
     rows :func:`attribute_answer`'s check scores next)."""
     from audit.attribution.faithfulness import DEFAULT_DRAWS
 
-    options: dict[str, Any] = {}
-    if (
-        settings.attribution_refine_by == "masking"
-        and isinstance(llm, SpanMasker)
-        and scorer is not None
-    ):
-        options["estimate"] = MaskedEstimate(llm, scorer)
+    options: dict[str, Any] = {"refine_sets": settings.attribution_refine_sets}
+    if settings.attribution_refine_by == "masking":
+        if isinstance(llm, SpanMasker) and scorer is not None:
+            options["estimate"] = MaskedEstimate(llm, scorer)
+        else:
+            # a removal costs about four masked rows: a model that cannot mask measures at
+            # most the two sets the removal default measured
+            options["refine_sets"] = min(settings.attribution_refine_sets, REMOVAL_SETS)
     return options | {
-        "refine_sets": settings.attribution_refine_sets,
         "calibrate_draws": DEFAULT_DRAWS if settings.attribution_calibrate else 0,
         "calibrate_ridge": settings.attribution_calibrate_ridge,
     }

@@ -25,9 +25,10 @@ when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants
 (ridge ``--calibrate-ridge``, else the setting's); ``attention-refined``, the refinement
 (``--refine-sets``, else the setting, at least 2); ``attention-unchained``, the default with
 each scored row starting from the reference prompt only, not also from the row run before it
-(what that reuse saves); ``attention-masked`` and ``attention-removal``, the refinement
-measuring its sets by masking (``attribution_refine_by``) or by removal, whatever the
-setting says (``-5``, ``-10``: that many sets, by masking). Each method is also compared with the
+(what that reuse saves); ``attention-removal``, refinement measuring 2 sets by removal (the
+default before 2026-12-04); ``attention-masked-question``, the default with masking rerunning
+the question too, not only the answer; ``attention-masked-10``, refinement measuring all 10
+sets of the top 5 by masking. Each method is also compared with the
 default answer by answer: the paired mean difference of the top-3 drop, with its interval.
 
 MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
@@ -61,10 +62,9 @@ ALL_METHODS = (
     "attention-calibrated",
     "attention-refined",
     "attention-unchained",
-    "attention-masked",
-    "attention-masked-5",
-    "attention-masked-10",
     "attention-removal",
+    "attention-masked-question",
+    "attention-masked-10",
     "hierarchical",
     "surrogate",
     "shap",
@@ -79,10 +79,9 @@ CHECKED = (
     "attention-calibrated",
     "attention-refined",
     "attention-unchained",
-    "attention-masked",
-    "attention-masked-5",
-    "attention-masked-10",
     "attention-removal",
+    "attention-masked-question",
+    "attention-masked-10",
     "hierarchical",
 )
 SETS = ("pubmedqa", "medquad")
@@ -206,20 +205,9 @@ def attention_options(
             "attribution_calibrate": False,
         },
         "attention-unchained": {"attribution_refine_sets": sets},
-        "attention-masked": {
-            "attribution_refine_sets": max(sets, 2),
-            "attribution_refine_by": "masking",
-        },
-        # masking is cheap enough to measure more of the prediction's sets
-        "attention-masked-5": {"attribution_refine_sets": 5, "attribution_refine_by": "masking"},
-        "attention-masked-10": {
-            "attribution_refine_sets": 10,
-            "attribution_refine_by": "masking",
-        },
-        "attention-removal": {
-            "attribution_refine_sets": max(sets, 2),
-            "attribution_refine_by": "removal",
-        },
+        "attention-masked-question": {},
+        "attention-masked-10": {"attribution_refine_sets": 10, "attribution_refine_by": "masking"},
+        "attention-removal": {"attribution_refine_sets": 2, "attribution_refine_by": "removal"},
     }
 
     def build(scorer: Any, method: str = "attention") -> dict[str, Any]:
@@ -293,6 +281,8 @@ def run_set(
                 options = attention(base, method)
             if hasattr(llm, "chain_rows"):
                 llm.chain_rows = method != "attention-unchained"
+            if hasattr(llm, "mask_question"):
+                llm.mask_question = method == "attention-masked-question"
             start, cpu0 = time.perf_counter(), time.process_time()
             registered = "attention" if method.startswith("attention") else method
             result = make_attributor(registered, **options).attribute(

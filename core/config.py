@@ -227,22 +227,21 @@ class Settings(BaseModel):
     )
     attribution_ablations: int = Field(32, gt=0, le=1024)
     attribution_refine_sets: int = Field(
-        2,
+        5,
         ge=0,
         le=10,
-        description="Attention attribution measures this many candidate top-3 sets by removal "
-        "(one model pass each, from its top 5) and shows the one whose removal hurts the "
-        "answer most; 0 or 1 = the per-head prediction alone. The first set's pass is the "
-        "faithfulness check's top-3 removal, which the check then reuses, so 2 sets add one "
-        "pass to what every answer costs (docs/benchmarks.md, Attribution).",
+        description="Attention attribution measures this many candidate top-3 sets (from its "
+        "top 5, by predicted sum) and shows the one that hurts the answer most when left "
+        "out; 0 or 1 = the per-head prediction alone (docs/benchmarks.md, Attribution).",
     )
-    attribution_refine_by: Literal["removal", "masking"] = Field(
-        "removal",
-        description="How refinement measures a candidate set: removal (the prompt without "
-        "it, from the first removed sentence on) or masking (the question and answer rerun "
-        "with the set hidden from them over the full prompt's keys and values: about a "
-        "tenth of a removal pass; an estimate, since the prompt after a hidden sentence saw "
-        "it). The faithfulness check always measures by removal.",
+    attribution_refine_by: Literal["masking", "removal"] = Field(
+        "masking",
+        description="How refinement measures a candidate set. masking: the answer rerun with "
+        "the set hidden from it, over the full prompt's keys and values (a model that can "
+        "mask: the transformers adapter), about 0.06x the generation per set; removal: the "
+        "prompt without the set, from its first sentence on, about 0.25x per set (the first "
+        "set's row is the faithfulness check's own; a model that cannot mask measures at most 2 "
+        "sets by removal). The faithfulness check always removes.",
     )
     attribution_calibrate: bool = Field(
         False,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from assistant.attribute import (
+    REMOVAL_SETS,
     AnswerScorer,
     attention_features,
     choose_method,
@@ -404,10 +405,12 @@ def test_refinement_by_an_estimate_spends_no_scorer_row() -> None:
     assert result.info["refined"]["by"] == "estimate"
 
 
-def test_refinement_adds_one_model_row_to_the_check_by_default(tmp_path: Path) -> None:
-    """The default (2 sets): the plain top 3 is the check's own top-3 removal, so method and
-    check together score one row more than the check alone after the per-head prediction."""
-    assert load_settings(env={"CLINRAG_HOME": str(tmp_path)}).attribution_refine_sets == 2
+def test_refinement_by_removal_adds_one_model_row_to_the_check(tmp_path: Path) -> None:
+    """Refined by removal (2 sets), the plain top 3 is the check's own top-3 removal, so method
+    and check together score one row more than the check alone after the per-head
+    prediction. By default refinement masks instead (5 sets) and adds no removal row."""
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)})
+    assert settings.attribution_refine_by == "masking" and settings.attribution_refine_sets == 5
     calls: list[int] = []
 
     def model(masks: np.ndarray) -> np.ndarray:
@@ -416,16 +419,21 @@ def test_refinement_adds_one_model_row_to_the_check_by_default(tmp_path: Path) -
 
     features = np.arange(6.0)[None, :, None][:, ::-1]  # predicts sentence 0 matters least
 
-    def rows(refine_sets: int) -> int:
+    def rows(refine_sets: int, **options: Any) -> int:
         calls.clear()
         scorer = CachedScorer(model)
         result = AttentionAttributor(
-            features=features, weights=np.ones(1), refine_sets=refine_sets
+            features=features, weights=np.ones(1), refine_sets=refine_sets, **options
         ).attribute(scorer, 6, 1)
         faithfulness(scorer, result, k=3)
         return sum(calls)
 
     assert rows(2) == rows(0) + 1
+
+    def masking(masks: np.ndarray) -> np.ndarray:
+        return masks.astype(float) @ np.arange(1.0, 7.0)[:, None] - 30.0
+
+    assert rows(5, estimate=masking) == rows(0)  # the check removes the set masking chose
 
 
 def test_weights_file_round_trip_and_lookup(tmp_path: Path) -> None:
@@ -574,26 +582,31 @@ def test_refinement_by_masking_measures_no_removal_and_the_check_still_does(
     answer = attribute_answer(_dose_answer(llm), llm, settings, _bag_of_words)
     record = answer.attribution
     assert record is not None and record["method"] == "attention"
-    assert record["n_evaluations"] == 0 and llm.masked_rows == 2
+    assert record["n_evaluations"] == 0
+    assert llm.masked_rows == settings.attribution_refine_sets == 5
     refinement = record["refinement"]
     assert refinement["by"] == "masking"
     dose = next(s.index for s in answer.source_sentences if "40 mg" in s.text)
     assert dose in refinement["sets"][refinement["chosen"]]
     assert int(np.argmax(record["scores"])) == dose
     assert record["faithfulness"]["top_k_drop"] == pytest.approx(8.0)  # measured by removal
-    # a model that cannot mask is refined by removal, whatever the setting says
+    # a model that cannot mask is refined by removal, of at most 2 sets (5 would cost 1.2x)
     unmasking = _LeansOnTheDose("e" * 64)
     plain = attribute_answer(_dose_answer(unmasking), unmasking, settings, _bag_of_words)
     assert plain.attribution is not None
     assert plain.attribution["refinement"]["by"] == "removal"
-    assert plain.attribution["n_evaluations"] == 2
+    assert plain.attribution["n_evaluations"] == REMOVAL_SETS == 2
 
 
 def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: Path) -> None:
     from assistant.attribute import attribute_answer
 
     settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)}).model_copy(
-        update={"attribution_refine_sets": 2, "attribution_calibrate": False}
+        update={
+            "attribution_refine_sets": 2,
+            "attribution_refine_by": "removal",
+            "attribution_calibrate": False,
+        }
     )
     llm = _LeansOnTheDose("e" * 64)
     answer = _dose_answer(llm)

@@ -199,6 +199,9 @@ class TransformersLLM:
     # Rows scored one by one start from the row before them where that shares more
     # (logprobs); benchmarks/attribution.py turns it off to measure what it saves.
     chain_rows = True
+    # masked_logprobs reruns only the answer (the benchmark's attention-masked-question turns
+    # this on to measure rerunning the question too: it cost more and chose worse sets)
+    mask_question = False
 
     def __init__(self, settings: Settings) -> None:
         self._setting: str = settings.llm_model
@@ -610,7 +613,7 @@ class TransformersLLM:
 
         handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
         device = self._model.device
-        extra: dict[str, Any] = {"use_cache": False}
+        extra: dict[str, Any] = {"use_cache": True}
         if cache is not None:
             extra = {
                 "use_cache": True,
@@ -619,7 +622,7 @@ class TransformersLLM:
             }
         try:
             with torch.inference_mode():
-                self._model(
+                result = self._model(
                     input_ids=torch.tensor([ids[start:]], device=device),
                     logits_to_keep=1,
                     **extra,
@@ -627,6 +630,11 @@ class TransformersLLM:
         finally:
             for handle in handles:
                 handle.remove()
+        if cache is None and getattr(result, "cache", None) is not None:
+            # no generation wrote this answer (a quoted one): this pass ran the whole prompt,
+            # so it stands in for the generation's cache, and the faithfulness check's rows
+            # and masking start from it instead of running the prompt again
+            self._generated = (prompt_ids, result.cache)
         return out.transpose(1, 2, 0, 3).reshape(n_targets, n_spans, -1)
 
     def masked_logprobs(
@@ -639,10 +647,10 @@ class TransformersLLM:
         """log p(target_t | prompt) with the spans a row drops hidden, shape (len(keep), T).
 
         A row keeps every token where it is, and hides the tokens of its dropped spans from
-        everything after the last span (the question and the answer), which is recomputed
-        over the full prompt's keys and values: only those tokens run, one short pass per row
-        instead of the prompt from the first removed sentence on. An estimate of removal, not
-        removal: the prompt between a hidden sentence and the question still saw it.
+        the answer, which is rerun over the full prompt's keys and values: only the answer's
+        tokens run, one short pass per row instead of the prompt from the first removed
+        sentence on. An estimate of removal, not removal: the prompt after a hidden sentence
+        (the question too) still saw it, and the answer still sees that.
         """
         import torch
 
@@ -664,9 +672,11 @@ class TransformersLLM:
             lo, hi = starts[m] + a, starts[m] + b
             inside = (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
             tokens_of.append(np.nonzero(inside)[0])
-        # rows run from the token after the last span; the prompt before it is shared
-        start = max((int(t[-1]) + 1 for t in tokens_of if len(t)), default=0)
-        start = min(start, len(prompt_ids) - 1)
+        # rows run from the token that predicts the answer's first; the prompt before it is
+        # shared (with mask_question, from the token after the last span)
+        start = len(prompt_ids) - 1
+        if self.mask_question:
+            start = min(max((int(t[-1]) + 1 for t in tokens_of if len(t)), default=0), start)
         out = np.zeros((len(keep), len(targets)), dtype=np.float64)
         if not flat:
             return out
@@ -705,7 +715,9 @@ class TransformersLLM:
 
         cache, shared = self._generation_cache(ids, length)
         if cache is None:
-            return self._prefix_cache(ids[:length])
+            cache = self._prefix_cache(ids[:length])
+            self._generated = (ids[:length], cache)
+            return copy.deepcopy(cache)
         if shared < length:
             with torch.inference_mode():
                 self._model(
