@@ -20,7 +20,8 @@ it with every method, each with a fresh scorer cache (each pays its own forward 
 ``attention`` runs only where its fitted weights for the packaged model are found (otherwise
 it is skipped with a note), as the app runs it: calibrated by the faithfulness check's random
 rows when ``attribution_calibrate`` is on (with ``attribution_calibrate_ridge``), refined
-when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides). Its variants, each alone:
+when ``attribution_refine_sets`` > 1 (``--refine-sets`` overrides), measuring its sets as
+``attribution_refine_by`` says (masking by default). Its variants, each alone:
 ``attention-unrefined``, the per-head prediction; ``attention-calibrated``, the calibration
 (ridge ``--calibrate-ridge``, else the setting's); ``attention-refined``, the refinement
 (``--refine-sets``, else the setting, at least 2); ``attention-unchained``, the default with

@@ -8,14 +8,16 @@ that scores predict what ablating sentences does to log p(answer) (``attention_f
 scorer rows are spent for the scores, so attribution costs one teacher-forced pass instead of 33;
 the faithfulness check on every answer still measures, by ablation, whether the scores are causal.
 
-Refinement (``refine_sets``; the app's ``attribution_refine_sets``, 2 by default): the
+Refinement (``refine_sets``; the app's ``attribution_refine_sets``, 5 by default): the
 per-head model is a linear prediction (held-out correlation about 0.6 with measured ablation
 effects), and a near-tie in its top few is where it errs most. So it proposes the
 ``refine_sets`` k-sentence sets it predicts matter most (k-subsets of its top k + 2, by
-predicted sum) and measures each by removal, one scorer row per set; the set whose removal
-lowers log p(answer) most becomes the top k. The first set's row is the top-k removal the
-faithfulness check measures anyway (the check then reuses it from the scorer's cache), and
-what the screen highlights is the set that was measured to matter.
+predicted sum) and measures each; the set that lowers log p(answer) most becomes the top k,
+so what the screen highlights is the set that was measured to matter. Measured by the
+scorer (removal: one row per set; the first set's row is the top-k removal the
+faithfulness check measures anyway, and the check then reuses it) or, when given, by an
+``estimate`` of removal (the app's default: the answer rerun with the set masked, about a
+quarter of a removal row; ``assistant.attribute.MaskedEstimate``).
 
 Calibration by the check's own rows (``calibrate_draws``; the app's ``attribution_calibrate``,
 off by default: it lowered the benchmark's top-3 drop, since a row's surprise is spread
