@@ -254,6 +254,25 @@ def choose_method(settings: Settings, llm: LLM, method: str | None = None) -> st
 REMOVAL_SETS = 2
 
 
+def describe_method(settings: Settings, llm: LLM, method: str | None = None) -> str:
+    """What attribution will run, in a few words ("attention, 5 sets by masking"), as
+    :func:`resolve_method` and :func:`attention_options` will run it: the CLI says it before
+    the wait."""
+    chosen, _ = resolve_method(settings, llm, method)
+    if chosen == "attention":
+        sets = settings.attribution_refine_sets
+        by = settings.attribution_refine_by
+        if by == "masking" and not isinstance(llm, SpanMasker):
+            sets, by = min(sets, REMOVAL_SETS), "removal"
+        what = f"attention, {sets} sets by {by}" if sets > 1 else "attention"
+    elif chosen in ("surrogate", "shap"):
+        what = f"{chosen}, {settings.attribution_ablations} ablations"
+    else:
+        what = {"loo": "leave-one-out", "hierarchical": "hierarchical ablation"}.get(chosen, chosen)
+    requested = method or settings.attribution
+    return f"{requested}: {what}" if requested != chosen else what
+
+
 def attention_options(
     settings: Settings, llm: object = None, scorer: AnswerScorer | None = None
 ) -> dict[str, Any]:

@@ -98,6 +98,14 @@ def attribute(
         return _attribute(assistant, actor, answer, answer.audit_id, busy_is_failure)
 
 
+def attribution_plan(assistant: Assistant) -> str:
+    """The attribution method an answer will get, in a few words, with the faithfulness check
+    that every method is followed by."""
+    from assistant.attribute import describe_method
+
+    return f"{describe_method(assistant.settings, assistant.llm)}, then the faithfulness check"
+
+
 def _attribute(
     assistant: Assistant, actor: Actor, answer: Answer, answer_id: int, busy_is_failure: bool
 ) -> int | None:

@@ -598,6 +598,25 @@ def test_refinement_by_masking_measures_no_removal_and_the_check_still_does(
     assert plain.attribution["n_evaluations"] == REMOVAL_SETS == 2
 
 
+def test_the_method_is_described_as_it_will_run(tmp_path: Path) -> None:
+    """Defect: the CLI said "attributing (auto, 32 ablations)..." before an attention
+    attribution that runs no ablation of that kind."""
+    from assistant.attribute import describe_method
+
+    settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)})
+    assert describe_method(settings, _MasksToo("e" * 64)) == "auto: hierarchical ablation"
+    HeadWeights("fake", "e" * 64, 1, 2, np.array([2.0, 0.1])).save(
+        tmp_path / "attribution" / "fake.json"
+    )
+    assert describe_method(settings, _MasksToo("e" * 64)) == "auto: attention, 5 sets by masking"
+    assert describe_method(settings, _FakeReader("e" * 64)) == "auto: attention, 2 sets by removal"
+    assert (
+        describe_method(settings, _FakeReader("e" * 64), "surrogate") == "surrogate, 32 ablations"
+    )
+    plain = settings.model_copy(update={"attribution_refine_sets": 0})
+    assert describe_method(plain, _MasksToo("e" * 64), "attention") == "attention"
+
+
 def test_auto_attributes_an_answer_with_attention_and_keeps_the_check(tmp_path: Path) -> None:
     from assistant.attribute import attribute_answer
 

@@ -89,7 +89,15 @@ def test_faithfulness_tiny_and_huge_drops() -> None:
     assert "leaves this answer about as likely" in faithfulness_text(
         _faith(top_k_drop=0.001, random_drop=0.0)
     )
-    assert likelihood_factor(500.0) == "more than 1,000,000x"
+    assert likelihood_factor(500.0) == "10^217x"
+    assert likelihood_factor(math.log(1e6) + 0.01) == "10^6x"
+
+
+def test_faithfulness_keeps_two_huge_factors_apart() -> None:
+    """Defect: a quoted answer's check read "more than 1,000,000x less likely" for the credited
+    sentences and for random ones, and then claimed the credited ones matter more."""
+    text = faithfulness_text(_faith(top_k_drop=100.0, random_drop=30.0))
+    assert "makes this answer 10^43x less likely; removing 3 random sentences: 10^13x" in text
     assert likelihood_factor(math.log(2.5)) == "2.5x"
     assert likelihood_factor(math.log(1234)) == "1,234x"
 

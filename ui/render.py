@@ -113,7 +113,8 @@ def highlighted_html(text: str, evidence: Sequence[str], attributed: Sequence[st
 # A drop smaller than this (in nats, a factor of about 1.02) is read as "no change": log-probs
 # are recorded to 6 digits but batched scoring wobbles in the third decimal.
 _NO_CHANGE_NATS = 0.02
-# exp() of the largest recorded drops overflows and a 40-digit factor tells a reader nothing.
+# exp() of the largest recorded drops overflows and a 40-digit factor tells a reader nothing:
+# above this the factor is shown as a power of ten
 _MAX_FACTOR = 1e6
 _FAITHFULNESS_KEYS = ("top_k_drop", "random_drop", "context_reliance", "flag_memory")
 
@@ -126,10 +127,15 @@ def _number(value: Any) -> float | None:
 
 
 def likelihood_factor(nats: float) -> str:
-    """A log-probability change as a factor in words: 3.0 nats -> "20x"."""
-    factor = math.exp(min(abs(nats), math.log(_MAX_FACTOR) + 1))
-    if factor >= _MAX_FACTOR:
-        return f"more than {_MAX_FACTOR:,.0f}x"
+    """A log-probability change as a factor in words: 3.0 nats -> "20x", 100 -> "10^43x".
+
+    Quoted answers lose tens of nats when a quoted sentence goes; a cap ("more than a
+    million") would read the same for the credited sentences and for random ones, and the
+    comparison the check is for would be lost, so large factors keep their order of magnitude.
+    """
+    if abs(nats) >= math.log(_MAX_FACTOR):
+        return f"10^{math.floor(abs(nats) / math.log(10))}x"
+    factor = math.exp(abs(nats))
     if factor < 10:
         return f"{factor:.1f}x"
     return f"{factor:,.0f}x"

@@ -329,11 +329,7 @@ def cmd_ask(
         sys.stdout.flush()
     if settings.attribution != "off" and not args.no_attribution and not answer.abstained:
         if not args.json:
-            print(
-                f"\nattributing ({settings.attribution}, {settings.attribution_ablations} "
-                "ablations)...",
-                file=sys.stderr,
-            )
+            print(f"\nattributing ({ask.attribution_plan(assistant)})...", file=sys.stderr)
         try:
             # the same path as the app: recorded as its own record linked by answer_id,
             # or as a failure with its reason
