@@ -167,7 +167,7 @@ class AttentionAttributor(Method):
     calibrate_ridge: float = 3.0
     # measures the candidate sets instead of the scorer (masks -> (M, T) log p): a cheaper
     # estimate of removal, e.g. the answer rerun with the set hidden (``masked_logprobs``)
-    estimate: Callable[[np.ndarray], np.ndarray] | None = None
+    estimate: Scorer | None = None
 
     name: ClassVar[str] = "attention"
 
