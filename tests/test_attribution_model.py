@@ -85,25 +85,29 @@ def test_surrogate_beats_random_removal_on_data_samples(library: Settings) -> No
     assert record.payload["attribution"]["faithfulness"]["top_k_drop"] == faith["top_k_drop"]
 
 
+def _dose_scorer(library: Settings, llm: LLM) -> AnswerScorer:
+    """Two passages, four sentences; the answer rests on the dose sentence (column 2)."""
+    hits = [
+        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
+        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
+    ]
+    return AnswerScorer(
+        llm,
+        load_template(library.prompt_template),
+        "What is the starting dose of zorbamycin?",
+        hits,
+        source_sentences(hits),
+        answer_targets("The starting dose is 40 mg. It is taken once daily."),
+    )
+
+
 def test_shared_prefix_cache_gives_the_same_logprobs(
     library: Settings, packaged_llm: LLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.backends import transformers_llm
 
     llm = packaged_llm
-    hits = [
-        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
-        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
-    ]
-    sources = source_sentences(hits)
-    scorer = AnswerScorer(
-        llm,
-        load_template(library.prompt_template),
-        "What is the starting dose of zorbamycin?",
-        hits,
-        sources,
-        answer_targets("The starting dose is 40 mg. It is taken once daily."),
-    )
+    scorer = _dose_scorer(library, llm)
     masks = np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 0], [1, 0, 0, 1]], dtype=bool)
     prompts = [scorer.texts(m) for m in masks]
     assert len({p[0] for p in prompts}) > 1  # the rows really differ after the shared prefix
@@ -129,19 +133,7 @@ def test_masking_estimates_removal_from_one_short_pass_per_row(
     from assistant.attribute import MaskedEstimate
 
     llm = packaged_llm
-    hits = [
-        _hit(1, "The clinic opens at 8 in the morning. Parking is free on weekends."),
-        _hit(2, "The starting dose of zorbamycin is 40 mg once daily. The cafeteria serves soup."),
-    ]
-    sources = source_sentences(hits)
-    scorer = AnswerScorer(
-        llm,
-        load_template(library.prompt_template),
-        "What is the starting dose of zorbamycin?",
-        hits,
-        sources,
-        answer_targets("The starting dose is 40 mg. It is taken once daily."),
-    )
+    scorer = _dose_scorer(library, llm)
     masks = np.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1]], dtype=bool)
     removed = scorer(masks)
     monkeypatch.setattr(llm, "_generated", None, raising=False)

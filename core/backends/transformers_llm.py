@@ -560,22 +560,11 @@ class TransformersLLM:
         import torch
 
         self.warm_up()
-        tok = self._tokenizer
-        text, starts = self._rendered_prompt(messages)
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        prompt_ids = list(enc["input_ids"])
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
-        flat = [i for ids in target_ids for i in ids]
-        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        prompt_ids, flat, bounds, inside = self._tokenized(messages, spans, targets)
         n_prompt, n_targets, n_spans = len(prompt_ids), len(targets), len(spans)
         ids = prompt_ids + flat
-        # a token belongs to a span when their character ranges overlap
         span_of = torch.zeros((len(ids), n_spans), dtype=torch.float32)
-        for s, (m, a, b) in enumerate(spans):
-            lo, hi = starts[m] + a, starts[m] + b
-            inside = (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
-            span_of[: len(offsets), s] = torch.from_numpy(inside.astype(np.float32))
+        span_of[:n_prompt] = torch.from_numpy(inside.astype(np.float32))
         # query row j (position n_prompt - 1 + j) predicts target token j
         q0, q1 = n_prompt - 1, n_prompt - 1 + len(flat)
         rows_of = torch.zeros((n_targets, len(flat)), dtype=torch.float32)
@@ -658,20 +647,9 @@ class TransformersLLM:
         keep = np.asarray(keep, dtype=bool)
         if keep.ndim != 2 or keep.shape[1] != len(spans):
             raise ValueError(f"keep must have shape (M, {len(spans)}); got {keep.shape}")
-        tok = self._tokenizer
-        text, starts = self._rendered_prompt(messages)
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        prompt_ids = list(enc["input_ids"])
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
-        flat = [i for ids in target_ids for i in ids]
-        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        prompt_ids, flat, bounds, inside = self._tokenized(messages, spans, targets)
         ids = prompt_ids + flat
-        tokens_of: list[np.ndarray] = []
-        for m, a, b in spans:
-            lo, hi = starts[m] + a, starts[m] + b
-            inside = (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
-            tokens_of.append(np.nonzero(inside)[0])
+        tokens_of = [np.nonzero(inside[:, s])[0] for s in range(len(spans))]
         # rows run from the token that predicts the answer's first; the prompt before it is
         # shared (with mask_question, from the token after the last span)
         start = len(prompt_ids) - 1
@@ -707,6 +685,28 @@ class TransformersLLM:
             for t in range(len(targets)):
                 out[row, t] = float(token_lp[bounds[t] : bounds[t + 1]].sum())
         return out
+
+    def _tokenized(
+        self, messages: Sequence[Message], spans: Sequence[Span], targets: Sequence[str]
+    ) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+        """The prompt's token ids, the targets' (concatenated) and each target's bounds in them,
+        and which prompt tokens belong to each span: (prompt tokens, spans) booleans. A token
+        belongs to a span when their character ranges overlap."""
+        tok = self._tokenizer
+        text, starts = self._rendered_prompt(messages)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        prompt_ids = list(enc["input_ids"])
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
+        flat = [i for ids in target_ids for i in ids]
+        bounds = np.cumsum([0] + [len(ids) for ids in target_ids])
+        inside = np.zeros((len(prompt_ids), len(spans)), dtype=bool)
+        for s, (m, a, b) in enumerate(spans):
+            lo, hi = starts[m] + a, starts[m] + b
+            inside[: len(offsets), s] = (
+                (offsets[:, 0] < hi) & (offsets[:, 1] > lo) & (offsets[:, 1] > offsets[:, 0])
+            )
+        return prompt_ids, flat, bounds, inside
 
     def _shared_prefix_cache(self, ids: list[int], length: int) -> Any:
         """A private KV cache of ``ids[:length]``: from the last generation's where it shares
