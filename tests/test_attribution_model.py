@@ -153,3 +153,28 @@ def test_masking_estimates_removal_from_one_short_pass_per_row(
     assert abs(masked[2, 0] - masked[0, 0]) < abs(masked[1, 0] - masked[0, 0])
     # one prefix pass, then per row only what follows the last source sentence
     assert len(runs) == 1 + len(masks) and max(runs[1:]) < runs[0] / 2
+
+
+def test_a_quoted_answers_attention_pass_serves_the_check_and_masking(
+    library: Settings, packaged_llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No generation wrote a quoted answer: the attention pass runs its whole prompt, and the
+    faithfulness check's rows and the masked sets start from that pass's cache instead of
+    running the prompt again."""
+    from assistant.attribute import MaskedEstimate, attention_features
+
+    llm = packaged_llm
+    scorer = _dose_scorer(library, llm)
+    monkeypatch.setattr(llm, "_scoring", threading.local())
+    monkeypatch.setattr(llm, "_generated", None, raising=False)
+    prefix_passes: list[int] = []
+    real = llm._prefix_cache
+    monkeypatch.setattr(
+        llm, "_prefix_cache", lambda ids: prefix_passes.append(len(ids)) or real(ids)
+    )
+    attention_features(llm, scorer)
+    masks = np.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 0]], dtype=bool)
+    removed = scorer(masks)
+    masked = MaskedEstimate(llm, scorer)(masks)
+    assert prefix_passes == []
+    assert removed[1, 0] < removed[0, 0] - 1.0 and masked[1, 0] < masked[0, 0] - 1.0
