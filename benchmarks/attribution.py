@@ -219,6 +219,42 @@ def attention_options(
     return build
 
 
+def measure_method(
+    method: str,
+    attributor: Any,
+    scorer: Any,
+    shared: Any,
+    n_sources: int,
+    n_targets: int,
+) -> dict[str, Any]:
+    """One method on one answer: its time, evaluations and top-1 / top-3 drops (on ``shared``),
+    what its refinement measured, and the faithfulness check's time for the methods in CHECKED."""
+    from audit.attribution import faithfulness, removal_drop
+
+    start, cpu0 = time.perf_counter(), time.process_time()
+    result = attributor.attribute(scorer, n_sources, n_targets)
+    entry: dict[str, Any] = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu0,
+        "evaluations": result.n_evaluations,
+        "drop1": removal_drop(shared, result.scores, 1, n_sources),
+        "drop3": removal_drop(shared, result.scores, 3, n_sources),
+    }
+    if "refined" in result.info:
+        # the sets measured, their predicted sums and log p without them: what a rule for
+        # refining only near-ties would be calibrated on
+        refined = dict(result.info["refined"])
+        predicted = np.asarray(result.info["attention_scores"])
+        refined["predicted"] = [float(predicted[s].sum()) for s in refined["sets"]]
+        entry["refined"] = refined
+    if method in CHECKED:
+        start, cpu0 = time.perf_counter(), time.process_time()
+        faithfulness(scorer, result, k=min(3, n_sources))
+        entry["check_seconds"] = time.perf_counter() - start
+        entry["check_cpu_seconds"] = time.process_time() - cpu0
+    return entry
+
+
 def run_set(
     name: str,
     questions: Sequence[Question],
@@ -233,7 +269,7 @@ def run_set(
     from assistant.generate import generate
     from assistant.pipeline import Assistant
     from assistant.prompts import load_template
-    from audit.attribution import CachedScorer, faithfulness, make_attributor, removal_drop
+    from audit.attribution import CachedScorer, make_attributor
 
     built = common.build_corpus(
         name, args.medquad_docs if name == "medquad" else None, recipe=False
@@ -284,33 +320,15 @@ def run_set(
                 llm.chain_rows = method != "attention-unchained"
             if hasattr(llm, "mask_question"):
                 llm.mask_question = method == "attention-masked-question"
-            start, cpu0 = time.perf_counter(), time.process_time()
             registered = "attention" if method.startswith("attention") else method
-            result = make_attributor(registered, **options).attribute(
-                scorer, len(sources), len(targets)
+            record["methods"][method] = measure_method(
+                method,
+                make_attributor(registered, **options),
+                scorer,
+                shared,
+                len(sources),
+                len(targets),
             )
-            seconds = time.perf_counter() - start
-            cpu = time.process_time() - cpu0
-            entry: dict[str, Any] = {
-                "seconds": seconds,
-                "cpu_seconds": cpu,
-                "evaluations": result.n_evaluations,
-                "drop1": removal_drop(shared, result.scores, 1, len(sources)),
-                "drop3": removal_drop(shared, result.scores, 3, len(sources)),
-            }
-            if "refined" in result.info:
-                # the sets measured, their predicted sums and log p without them: what a rule
-                # for refining only near-ties would be calibrated on
-                refined = dict(result.info["refined"])
-                predicted = np.asarray(result.info["attention_scores"])
-                refined["predicted"] = [float(predicted[s].sum()) for s in refined["sets"]]
-                entry["refined"] = refined
-            if method in CHECKED:
-                start, cpu0 = time.perf_counter(), time.process_time()
-                faithfulness(scorer, result, k=min(3, len(sources)))
-                entry["check_seconds"] = time.perf_counter() - start
-                entry["check_cpu_seconds"] = time.process_time() - cpu0
-            record["methods"][method] = entry
         timing = " ".join(
             f"{m} {e['seconds'] / generation.seconds:.2f}x" for m, e in record["methods"].items()
         )

@@ -180,7 +180,7 @@ class HierarchicalAttributor(Method):
                 "groups_from": origin,
                 "n_passages": n_groups,
                 "passage_effects": whole,
-                "refined": [int(g) for g in refined],
+                "refined_passages": [int(g) for g in refined],
                 "unrefined": sorted(unrefined),
                 "max_passages": self.max_passages,
                 "close": self.close,
