@@ -30,6 +30,7 @@ from core.text import sentence_spans
 from core.types import Answer, Evidence, Hit, SourceSentence
 
 if TYPE_CHECKING:
+    from audit.attribution import CachedScorer
     from audit.attribution.attention import HeadWeights
 
 
@@ -225,6 +226,17 @@ def fallback_method() -> str:
     return FALLBACK_METHOD
 
 
+def fallback_rows(settings: Settings, llm: object, scorer: AnswerScorer) -> CachedScorer | None:
+    """The rows hierarchical ablation measures with, when not the removal scorer: estimated by
+    masking (``attribution_fallback_by``) where the model can mask. Cached on their own: a
+    masked row is not a removal row, so the check's cache must never serve one as the other."""
+    from audit.attribution import CachedScorer
+
+    if settings.attribution_fallback_by == "masking" and isinstance(llm, SpanMasker):
+        return CachedScorer(MaskedEstimate(llm, scorer))
+    return None
+
+
 def resolve_method(
     settings: Settings, llm: LLM, method: str | None = None
 ) -> tuple[str, HeadWeights | None]:
@@ -269,6 +281,9 @@ def describe_method(settings: Settings, llm: LLM, method: str | None = None) -> 
         what = f"{chosen}, {settings.attribution_ablations} ablations"
     else:
         what = {"loo": "leave-one-out", "hierarchical": "hierarchical ablation"}.get(chosen, chosen)
+        if chosen == FALLBACK_METHOD:
+            masks = settings.attribution_fallback_by == "masking" and isinstance(llm, SpanMasker)
+            what += ", by masking" if masks else ", by removal"
     requested = method or settings.attribution
     return f"{requested}: {what}" if requested != chosen else what
 
@@ -340,7 +355,11 @@ def attribute_answer(
     elif method == "similarity":
         vectors = embed(list(targets) + [s.text for s in sources])
         kwargs["similarity"] = vectors[: len(targets)] @ vectors[len(targets) :].T
-    result = make_attributor(method, **kwargs).attribute(scorer, len(sources), len(targets))
+    rows = fallback_rows(settings, llm, base) if method == FALLBACK_METHOD else None
+    result = make_attributor(method, **kwargs).attribute(
+        scorer if rows is None else rows, len(sources), len(targets)
+    )
+    # the check removes for real whatever the method measured with
     check = faithfulness(scorer, result, k=min(3, len(sources)))
     seconds = time.perf_counter() - start
     answer.attribution = {
@@ -355,6 +374,12 @@ def attribute_answer(
         ],
         "faithfulness": check.to_dict(),
         "n_evaluations": result.n_evaluations,
+        # how hierarchical ablation measured its rows (attention's are under "refinement")
+        **(
+            {"measured_by": "removal" if rows is None else "masking"}
+            if method == FALLBACK_METHOD
+            else {}
+        ),
         "seconds": round(seconds, 3),
     }
     # what refinement measured or calibration read, beside the prediction they changed: an

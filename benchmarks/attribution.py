@@ -29,8 +29,11 @@ each scored row starting from the reference prompt only, not also from the row r
 (what that reuse saves); ``attention-removal``, refinement measuring 2 sets by removal (the
 default before 2026-12-04); ``attention-masked-question``, the default with masking rerunning
 the question too, not only the answer; ``attention-masked-10``, refinement measuring all 10
-sets of the top 5 by masking. Each method is also compared with the
-default answer by answer: the paired mean difference of the top-3 drop, with its interval.
+sets of the top 5 by masking. ``hierarchical`` runs as ``attribution_fallback_by`` says (its
+rows estimated by masking by default; its check still removes); ``hierarchical-removal``
+measures its rows by removal (the fallback before 2026-12-04). Each method is also compared
+with the default answer by answer: the paired mean difference of the top-3 drop, with its
+interval.
 
 MedQuAD questions that the shipped attention weights were fitted on are excluded (the weights
 file lists them as ``fit.train_qids``; ``clinrag attribution fit`` leaves this benchmark's
@@ -67,6 +70,7 @@ ALL_METHODS = (
     "attention-masked-question",
     "attention-masked-10",
     "hierarchical",
+    "hierarchical-removal",
     "surrogate",
     "shap",
     "loo",
@@ -84,6 +88,7 @@ CHECKED = (
     "attention-masked-question",
     "attention-masked-10",
     "hierarchical",
+    "hierarchical-removal",
 )
 SETS = ("pubmedqa", "medquad")
 
@@ -226,6 +231,8 @@ def measure_method(
     shared: Any,
     n_sources: int,
     n_targets: int,
+    *,
+    check_scorer: Any = None,
 ) -> dict[str, Any]:
     """One method on one answer: its time, evaluations and top-1 / top-3 drops (on ``shared``),
     what its refinement measured, and the faithfulness check's time for the methods in CHECKED."""
@@ -249,7 +256,7 @@ def measure_method(
         entry["refined"] = refined
     if method in CHECKED:
         start, cpu0 = time.perf_counter(), time.process_time()
-        faithfulness(scorer, result, k=min(3, n_sources))
+        faithfulness(check_scorer or scorer, result, k=min(3, n_sources))
         entry["check_seconds"] = time.perf_counter() - start
         entry["check_cpu_seconds"] = time.process_time() - cpu0
     return entry
@@ -264,7 +271,7 @@ def run_set(
     attention: Callable[..., dict[str, Any]] | None,
 ) -> Iterator[dict[str, Any]]:
     """One record per answered question (the sets are interleaved by the caller)."""
-    from assistant.attribute import AnswerScorer, answer_targets
+    from assistant.attribute import AnswerScorer, answer_targets, fallback_rows
     from assistant.cite import source_sentences
     from assistant.generate import generate
     from assistant.pipeline import Assistant
@@ -320,7 +327,13 @@ def run_set(
                 llm.chain_rows = method != "attention-unchained"
             if hasattr(llm, "mask_question"):
                 llm.mask_question = method == "attention-masked-question"
-            registered = "attention" if method.startswith("attention") else method
+            check_scorer = scorer
+            if method == "hierarchical":
+                # as the app runs it (attribution_fallback_by): rows estimated by masking where
+                # the model can mask; the check still removes for real
+                rows = fallback_rows(settings, llm, base)
+                scorer = scorer if rows is None else rows
+            registered = method.split("-")[0]  # attention-*, hierarchical-*: the registered one
             record["methods"][method] = measure_method(
                 method,
                 make_attributor(registered, **options),
@@ -328,6 +341,7 @@ def run_set(
                 shared,
                 len(sources),
                 len(targets),
+                check_scorer=check_scorer,
             )
         timing = " ".join(
             f"{m} {e['seconds'] / generation.seconds:.2f}x" for m, e in record["methods"].items()
@@ -550,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.log(f"attention {notes['attention']}")
                 continue
             attention = built
-        elif m not in METHODS:
+        elif m.split("-")[0] not in METHODS:
             notes[m] = "skipped: not a registered method"
             continue
         methods.append(m)

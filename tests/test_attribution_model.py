@@ -59,6 +59,13 @@ def test_the_sentence_holding_the_answer_ranks_first(library: Settings, packaged
     for method in ("surrogate", "loo"):
         result = make_attributor(method).attribute(scorer, len(sources), 1)
         assert result.top(1) == [dose], (method, result.scores)
+    # the fallback as the app runs it for a model that can mask: its rows estimated by masking
+    from assistant.attribute import fallback_rows
+
+    rows = fallback_rows(library, llm, scorer.scorer)
+    assert rows is not None
+    result = make_attributor("hierarchical").attribute(rows, len(sources), 1)
+    assert result.top(1) == [dose], ("hierarchical by masking", result.scores)
     check = faithfulness(
         scorer, make_attributor("surrogate").attribute(scorer, len(sources), 1), k=1
     )
