@@ -248,9 +248,9 @@ class Settings(BaseModel):
         description="How hierarchical ablation (the method when the model has no fitted "
         "attention weights) measures its rows. masking: the answer rerun with the rows' "
         "sentences hidden from it, over the full prompt's keys and values (a model that can "
-        "mask: the transformers adapter; about 0.4x the generation on the benchmark, against "
-        "about 1.5x); removal: the prompt without them. A model that cannot mask removes. "
-        "The faithfulness check always removes.",
+        "mask: the transformers adapter; 0.54x the generation on the benchmark's 100 answers, "
+        "against 2.0x, for a top-3 drop 0.33 nats lower); removal: the prompt without them. "
+        "A model that cannot mask removes. The faithfulness check always removes.",
     )
     attribution_calibrate: bool = Field(
         False,
