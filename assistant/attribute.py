@@ -232,9 +232,14 @@ def fallback_rows(settings: Settings, llm: object, scorer: AnswerScorer) -> Cach
     masked row is not a removal row, so the check's cache must never serve one as the other."""
     from audit.attribution import CachedScorer
 
-    if settings.attribution_fallback_by == "masking" and isinstance(llm, SpanMasker):
-        return CachedScorer(MaskedEstimate(llm, scorer))
+    if _fallback_masks(settings, llm):
+        return CachedScorer(MaskedEstimate(llm, scorer))  # type: ignore[arg-type]
     return None
+
+
+def _fallback_masks(settings: Settings, llm: object) -> bool:
+    """Whether hierarchical ablation's rows are estimated by masking for this model."""
+    return settings.attribution_fallback_by == "masking" and isinstance(llm, SpanMasker)
 
 
 def resolve_method(
@@ -282,8 +287,7 @@ def describe_method(settings: Settings, llm: LLM, method: str | None = None) -> 
     else:
         what = {"loo": "leave-one-out", "hierarchical": "hierarchical ablation"}.get(chosen, chosen)
         if chosen == FALLBACK_METHOD:
-            masks = settings.attribution_fallback_by == "masking" and isinstance(llm, SpanMasker)
-            what += ", by masking" if masks else ", by removal"
+            what += ", by masking" if _fallback_masks(settings, llm) else ", by removal"
     requested = method or settings.attribution
     return f"{requested}: {what}" if requested != chosen else what
 

@@ -224,6 +224,11 @@ def attention_options(
     return build
 
 
+def registered(method: str) -> str:
+    """The registered attribution method a benchmark variant runs (attention-*, hierarchical-*)."""
+    return method.split("-")[0]
+
+
 def measure_method(
     method: str,
     attributor: Any,
@@ -256,7 +261,9 @@ def measure_method(
         entry["refined"] = refined
     if method in CHECKED:
         start, cpu0 = time.perf_counter(), time.process_time()
-        faithfulness(check_scorer or scorer, result, k=min(3, n_sources))
+        # a CachedScorer has a length: an empty one is falsy, so test for None, not truth
+        check = scorer if check_scorer is None else check_scorer
+        faithfulness(check, result, k=min(3, n_sources))
         entry["check_seconds"] = time.perf_counter() - start
         entry["check_cpu_seconds"] = time.process_time() - cpu0
     return entry
@@ -333,10 +340,9 @@ def run_set(
                 # the model can mask; the check still removes for real
                 rows = fallback_rows(settings, llm, base)
                 scorer = scorer if rows is None else rows
-            registered = method.split("-")[0]  # attention-*, hierarchical-*: the registered one
             record["methods"][method] = measure_method(
                 method,
-                make_attributor(registered, **options),
+                make_attributor(registered(method), **options),
                 scorer,
                 shared,
                 len(sources),
@@ -564,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.log(f"attention {notes['attention']}")
                 continue
             attention = built
-        elif m.split("-")[0] not in METHODS:
+        elif registered(m) not in METHODS:
             notes[m] = "skipped: not a registered method"
             continue
         methods.append(m)

@@ -601,8 +601,8 @@ def test_refinement_by_masking_measures_no_removal_and_the_check_still_does(
 def test_the_fallback_measures_its_rows_by_masking_and_the_check_still_removes(
     tmp_path: Path,
 ) -> None:
-    """Hierarchical ablation (no fitted weights) removed for every row: about 1.5x the
-    generation on the benchmark; masked rows cost about 0.4x and chose as well."""
+    """Hierarchical ablation (no fitted weights) removed for every row: 2.0x the generation on
+    the benchmark's 100 answers; masked rows cost 0.54x, for a top-3 drop 0.33 nats lower."""
     from assistant.attribute import attribute_answer
 
     settings = load_settings(env={"CLINRAG_HOME": str(tmp_path)})

@@ -242,3 +242,20 @@ def test_the_benchmark_measures_each_method_on_one_answer(method: str) -> None:
         assert entry["drop1"] == pytest.approx(7.0)  # sentence 6 found: 5 + 2 nats
     assert ("check_seconds" in entry) == (method in CHECKED)
     assert "refined" not in entry
+
+
+def test_the_benchmark_checks_on_the_removal_scorer_even_when_its_cache_is_empty() -> None:
+    # the check once ran on ``check_scorer or scorer``: a fresh CachedScorer has length 0, so
+    # the fallback's check ran on its masked rows and its "with check" time was too low
+    from benchmarks.attribution import measure_method
+
+    rows = CountingScorer(PlantedScorer(WEIGHTS, GROUPS))
+    removal = CountingScorer(PlantedScorer(WEIGHTS, GROUPS))
+    check = CachedScorer(removal)
+    assert len(check) == 0
+    entry = measure_method(
+        "hierarchical", make_attributor("hierarchical"), rows, rows, 12, 2, check_scorer=check
+    )
+    assert "check_seconds" in entry
+    assert removal.rows > 0  # the check's rows were removals
+    assert rows.rows == entry["evaluations"] + 4  # the method's rows, then 2 drops of 2 rows
